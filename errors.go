@@ -1,0 +1,31 @@
+package redisservice
+
+import "errors"
+
+// Sentinel errors. Test for them with [errors.Is]: the errors returned by
+// [Service] methods wrap them together with the operation and key.
+var (
+	// ErrInvalidKey reports an empty key, identifier or session id, or a
+	// session id that is too long or holds characters outside the
+	// URL-unreserved set. Nothing is written.
+	ErrInvalidKey = errors.New("redisservice: invalid key")
+
+	// ErrInvalidTTL reports a negative TTL, a positive TTL below one
+	// millisecond, or a zero TTL where one is required. Nothing is written.
+	ErrInvalidTTL = errors.New("redisservice: invalid ttl")
+
+	// ErrInvalidArgument reports a malformed argument other than a key or a
+	// TTL: NX together with XX, a limit or window <= 0, a nil destination.
+	ErrInvalidArgument = errors.New("redisservice: invalid argument")
+
+	// ErrFlushDisabled is returned by [Service.FlushAll] unless
+	// [Options.AllowFlushAll] is set.
+	ErrFlushDisabled = errors.New("redisservice: flushall disabled")
+
+	// ErrClosed is returned by every call made after [Service.Close].
+	ErrClosed = errors.New("redisservice: service closed")
+
+	// ErrDecode reports a stored value that does not decode into the
+	// destination (bad JSON or a type mismatch). The wrapped error says why.
+	ErrDecode = errors.New("redisservice: stored value does not decode")
+)

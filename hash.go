@@ -1,0 +1,66 @@
+package redisservice
+
+import (
+	"context"
+	"fmt"
+)
+
+// HSet sets field in the hash at key to value (anything go-redis can
+// write, as for [Service.Set]).
+func (s *Service) HSet(ctx context.Context, key, field string, value any) error {
+	const op = "hset"
+	if key == "" {
+		return invalid(op, key, ErrInvalidKey)
+	}
+	_, err := call(s, ctx, op, key, func(ctx context.Context) (int64, error) {
+		return s.rdb.HSet(ctx, s.key(key), field, value).Result()
+	})
+	return err
+}
+
+// HGet returns field of the hash at key and whether it was found. A
+// missing key or field is "", false, nil. On error it returns "", false.
+func (s *Service) HGet(ctx context.Context, key, field string) (string, bool, error) {
+	const op = "hget"
+	if key == "" {
+		return "", false, invalid(op, key, ErrInvalidKey)
+	}
+	v, err := call(s, ctx, op, key, func(ctx context.Context) (string, error) {
+		return s.rdb.HGet(ctx, s.key(key), field).Result()
+	})
+	return lookup(s, v, err)
+}
+
+// HGetAll returns every field of the hash at key. The map is never nil:
+// it is empty for a missing key and on error.
+func (s *Service) HGetAll(ctx context.Context, key string) (map[string]string, error) {
+	const op = "hgetall"
+	if key == "" {
+		return map[string]string{}, invalid(op, key, ErrInvalidKey)
+	}
+	m, err := call(s, ctx, op, key, func(ctx context.Context) (map[string]string, error) {
+		return s.rdb.HGetAll(ctx, s.key(key)).Result()
+	})
+	if m == nil {
+		m = map[string]string{}
+	}
+	if err == nil {
+		s.found(len(m) > 0)
+	}
+	return m, err
+}
+
+// HDel removes fields from the hash at key and returns how many existed.
+// At least one field is required. On error it returns 0.
+func (s *Service) HDel(ctx context.Context, key string, fields ...string) (int64, error) {
+	const op = "hdel"
+	if key == "" {
+		return 0, invalid(op, key, ErrInvalidKey)
+	}
+	if len(fields) == 0 {
+		return 0, invalid(op, key, fmt.Errorf("%w: no fields", ErrInvalidArgument))
+	}
+	return call(s, ctx, op, key, func(ctx context.Context) (int64, error) {
+		return s.rdb.HDel(ctx, s.key(key), fields...).Result()
+	})
+}

@@ -1,0 +1,136 @@
+package redisservice
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// HealthCheck reports whether Redis answers a PING within the call's
+// bound: nil when it does. On Redis Cluster it pings every master.
+func (s *Service) HealthCheck(ctx context.Context) error {
+	return s.ping(ctx, "healthcheck")
+}
+
+// ping PINGs Redis (every master of a cluster).
+func (s *Service) ping(ctx context.Context, op string) error {
+	_, err := call(s, ctx, op, "", func(ctx context.Context) (struct{}, error) {
+		if c, ok := s.rdb.(*redis.ClusterClient); ok {
+			return struct{}{}, c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+				return n.Ping(ctx).Err()
+			})
+		}
+		return struct{}{}, s.rdb.Ping(ctx).Err()
+	})
+	return err
+}
+
+// HealthReport is the JSON body written by [Service.HealthHandler].
+type HealthReport struct {
+	Status    string  `json:"status"`          // "ok" or "unavailable"
+	LatencyMS float64 `json:"latencyMs"`       // time the health check took, in milliseconds
+	Error     string  `json:"error,omitempty"` // why the check failed; never holds a password
+}
+
+// HealthHandler returns an [http.Handler] for liveness and readiness
+// probes. It runs [Service.HealthCheck] bounded by the request's context
+// and answers 200 with {"status":"ok","latencyMs":…} or 503 with
+// {"status":"unavailable",…}, with Content-Type application/json and
+// Cache-Control no-store.
+func (s *Service) HealthHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		err := s.HealthCheck(r.Context())
+		rep := HealthReport{Status: "ok", LatencyMS: float64(time.Since(start).Microseconds()) / 1000}
+		code := http.StatusOK
+		if err != nil {
+			rep.Status, rep.Error, code = "unavailable", err.Error(), http.StatusServiceUnavailable
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(code)
+		_ = json.NewEncoder(w).Encode(rep)
+	})
+}
+
+// Info returns the fields of the INFO reply for the given sections (all
+// default sections when none are named) as a map from field to value,
+// e.g. "redis_version" -> "7.0.15". On Redis Cluster it is the INFO of
+// one node. The map is never nil: it is empty on error.
+func (s *Service) Info(ctx context.Context, sections ...string) (map[string]string, error) {
+	txt, err := call(s, ctx, "info", strings.Join(sections, ","), func(ctx context.Context) (string, error) {
+		return s.rdb.Info(ctx, sections...).Result()
+	})
+	if err != nil {
+		return map[string]string{}, err
+	}
+	return parseInfo(txt), nil
+}
+
+// parseInfo parses "field:value" lines, skipping "# Section" headers.
+func parseInfo(txt string) map[string]string {
+	m := make(map[string]string)
+	sc := bufio.NewScanner(strings.NewReader(txt))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+// FlushAll deletes every key of every database, on every master of a
+// cluster, ignoring [Options.KeyPrefix]. It returns [ErrFlushDisabled]
+// unless [Options.AllowFlushAll] is set.
+func (s *Service) FlushAll(ctx context.Context) error {
+	const op = "flushall"
+	if !s.opts.AllowFlushAll {
+		return invalid(op, "", ErrFlushDisabled)
+	}
+	_, err := call(s, ctx, op, "", func(ctx context.Context) (struct{}, error) {
+		if c, ok := s.rdb.(*redis.ClusterClient); ok {
+			return struct{}{}, c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+				return n.FlushAll(ctx).Err()
+			})
+		}
+		return struct{}{}, s.rdb.FlushAll(ctx).Err()
+	})
+	return err
+}
+
+// Stats is a snapshot of a Service's counters since New.
+type Stats struct {
+	Hits           uint64 // reads that found their key (Get, GetJSON, HGet, MGet per key, Cache, GetSession)
+	Misses         uint64 // reads that found nothing
+	Errors         uint64 // calls that failed in Redis or on the way to it
+	Fallbacks      uint64 // calls answered with their fallback value because Redis could not be used (Errors plus calls after Close)
+	LogsSuppressed uint64 // failure log lines held back by the once-a-second limit
+	Connected      bool   // what IsConnected would report, without starting a probe
+	Pool           redis.PoolStats
+}
+
+// Stats returns a snapshot of the counters and of the go-redis pool. It
+// does not touch the network.
+func (s *Service) Stats() Stats {
+	st := Stats{
+		Hits:           s.stats.hits.Load(),
+		Misses:         s.stats.misses.Load(),
+		Errors:         s.stats.errors.Load(),
+		Fallbacks:      s.stats.fallbacks.Load(),
+		LogsSuppressed: s.stats.logsSuppressed.Load(),
+		Connected:      s.connected.Load(),
+	}
+	if ps := s.rdb.PoolStats(); ps != nil {
+		st.Pool = *ps
+	}
+	return st
+}

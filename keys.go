@@ -1,0 +1,120 @@
+package redisservice
+
+import (
+	"context"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// NoExpiry and KeyMissing are the special results of [Service.TTL].
+const (
+	NoExpiry   time.Duration = -1 // the key exists and has no TTL
+	KeyMissing time.Duration = -2 // there is no such key
+)
+
+// Set stores value at key with one SET command. value is anything
+// go-redis can write: string, []byte, numbers, bool, time.Time or an
+// [encoding.BinaryMarshaler]; use [Service.SetJSON] for structs. With NX
+// or XX it reports whether the condition held and the value was written;
+// otherwise it reports true on success. Invalid options fail with
+// [ErrInvalidTTL] or [ErrInvalidArgument] before anything is sent. On
+// error it returns false.
+func (s *Service) Set(ctx context.Context, key string, value any, opts ...SetOption) (bool, error) {
+	const op = "set"
+	if key == "" {
+		return false, invalid(op, key, ErrInvalidKey)
+	}
+	o, err := buildSetOptions(opts)
+	if err != nil {
+		return false, invalid(op, key, err)
+	}
+	return s.set(ctx, op, key, value, o)
+}
+
+// set runs one SET with validated options and reports whether it wrote.
+func (s *Service) set(ctx context.Context, op, key string, value any, o setOptions) (bool, error) {
+	_, err := call(s, ctx, op, key, func(ctx context.Context) (string, error) {
+		if o == (setOptions{}) {
+			return s.rdb.Set(ctx, s.key(key), value, 0).Result()
+		}
+		return s.rdb.SetArgs(ctx, s.key(key), value, o.args()).Result()
+	})
+	if err == redis.Nil { //nolint:errorlint // NX or XX not met
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Get returns the string at key and whether it was found. A missing key
+// is "", false, nil. On error it returns "", false.
+func (s *Service) Get(ctx context.Context, key string) (string, bool, error) {
+	const op = "get"
+	if key == "" {
+		return "", false, invalid(op, key, ErrInvalidKey)
+	}
+	v, err := call(s, ctx, op, key, func(ctx context.Context) (string, error) {
+		return s.rdb.Get(ctx, s.key(key)).Result()
+	})
+	return lookup(s, v, err)
+}
+
+// lookup turns call's result for a read into (value, found, err),
+// counting the hit or miss.
+func lookup[T any](s *Service, v T, err error) (T, bool, error) {
+	switch err {
+	case nil:
+		s.found(true)
+		return v, true, nil
+	case redis.Nil: //nolint:errorlint // call returns redis.Nil unwrapped
+		s.found(false)
+		return v, false, nil
+	}
+	return v, false, err
+}
+
+// Exists reports whether key exists. On error it returns false.
+func (s *Service) Exists(ctx context.Context, key string) (bool, error) {
+	const op = "exists"
+	if key == "" {
+		return false, invalid(op, key, ErrInvalidKey)
+	}
+	n, err := call(s, ctx, op, key, func(ctx context.Context) (int64, error) {
+		return s.rdb.Exists(ctx, s.key(key)).Result()
+	})
+	return n > 0, err
+}
+
+// Expire sets key's time to live to ttl, with millisecond precision, and
+// reports whether the key exists. A ttl below one millisecond, zero or
+// negative fails with [ErrInvalidTTL] and leaves the key as it was (Redis
+// itself would delete it). On error it returns false.
+func (s *Service) Expire(ctx context.Context, key string, ttl time.Duration) (bool, error) {
+	const op = "expire"
+	if key == "" {
+		return false, invalid(op, key, ErrInvalidKey)
+	}
+	if err := checkTTL(ttl); err != nil {
+		return false, invalid(op, key, err)
+	}
+	return call(s, ctx, op, key, func(ctx context.Context) (bool, error) {
+		return s.rdb.PExpire(ctx, s.key(key), ttl).Result()
+	})
+}
+
+// TTL returns key's remaining time to live with millisecond precision,
+// [NoExpiry] for a key without one and [KeyMissing] for a missing key. On
+// error it returns KeyMissing.
+func (s *Service) TTL(ctx context.Context, key string) (time.Duration, error) {
+	const op = "ttl"
+	if key == "" {
+		return KeyMissing, invalid(op, key, ErrInvalidKey)
+	}
+	d, err := call(s, ctx, op, key, func(ctx context.Context) (time.Duration, error) {
+		return s.rdb.PTTL(ctx, s.key(key)).Result()
+	})
+	if err != nil {
+		return KeyMissing, err
+	}
+	return d, nil
+}

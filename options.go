@@ -1,0 +1,222 @@
+package redisservice
+
+import (
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// DefaultURL is used when neither [Options.URL] nor $REDIS_URL is set.
+const DefaultURL = "redis://localhost:6379"
+
+// Options configures a [Service]. The zero value is valid: it dials
+// $REDIS_URL, or [DefaultURL] when that is unset, with the defaults below.
+type Options struct {
+	// URL is a redis:// or rediss:// (TLS) URL, with optional user:password
+	// and /db, e.g. "rediss://app:secret@cache.internal:6380/2". Query
+	// parameters understood by [redis.ParseURL] (dial_timeout, pool_size, …)
+	// are honoured. The default value is $REDIS_URL, then [DefaultURL].
+	// Ignored when Client is set.
+	URL string
+
+	// Client, when non-nil, is used instead of dialling URL: a
+	// *redis.Client, *redis.ClusterClient or a Sentinel-backed client. The
+	// caller keeps ownership: [Service.Close] never closes it. The
+	// connection options below (TLSConfig, DialTimeout, PoolSize,
+	// PoolTimeout, MaxRetries, AutoPipeline) then do not apply; set them on
+	// the client. For the caller's deadlines to reach the socket, the client
+	// should have ContextTimeoutEnabled set.
+	Client redis.UniversalClient
+
+	// KeyPrefix is prepended to every key and pattern the Service sends
+	// ("pos:"), and is never visible to callers. The default is no prefix.
+	KeyPrefix string
+
+	// Logger receives at most about one line per second per kind of
+	// failure (the rest are counted in [Stats.LogsSuppressed]). It never
+	// receives values or passwords; session ids are redacted. The default
+	// value is slog.Default().
+	Logger *slog.Logger
+
+	// AllowFlushAll lets [Service.FlushAll] run. The default is false:
+	// FlushAll returns [ErrFlushDisabled].
+	AllowFlushAll bool
+
+	// Timeout bounds every call whose context has no deadline, retries
+	// and pool waits included. A caller's own deadline is used as it is.
+	// It is also the socket read and write timeout of a dialled client.
+	// The default value is 3s.
+	Timeout time.Duration
+
+	// DialTimeout bounds establishing one connection of a dialled client.
+	// The default value is 2s.
+	DialTimeout time.Duration
+
+	// PoolSize is the dialled client's connection pool size per node. The
+	// default value is go-redis's, 10 per GOMAXPROCS.
+	PoolSize int
+
+	// PoolTimeout is how long a call of a dialled client waits for a free
+	// connection when the pool is exhausted before it fails with
+	// [redis.ErrPoolTimeout]. The default value is Timeout.
+	PoolTimeout time.Duration
+
+	// MaxRetries is how often a dialled client retries a command after a
+	// network error; -1 disables retries. The default value is 2.
+	// The rate-limit script is never retried after it may have run, whatever
+	// this says (see [Service.CheckRateLimit]).
+	MaxRetries int
+
+	// TLSConfig is used for rediss:// URLs. The default value verifies the
+	// server against the system roots and the URL's host name.
+	TLSConfig *tls.Config
+
+	// RateLimitFailClosed makes [Service.CheckRateLimit] deny requests
+	// when Redis cannot be asked. The default, false, fails open: the
+	// request is allowed and the error returned.
+	RateLimitFailClosed bool
+
+	// SessionMaxLifetime caps a session's total life however active it is:
+	// [Service.UpdateSessionActivity] never extends a session past
+	// CreatedAt + SessionMaxLifetime. The default, 0, means no cap.
+	SessionMaxLifetime time.Duration
+
+	// MaxSessionsPerUser bounds the per-user index used by
+	// [Service.DestroyUserSessions]. Creating a session beyond the bound
+	// destroys that user's oldest sessions. The default value is 64.
+	MaxSessionsPerUser int
+
+	// Now is the clock used for session timestamps, a test seam. The
+	// default value is time.Now. Rate-limit windows use the Redis server's
+	// clock instead, so that all processes agree.
+	Now func() time.Time
+}
+
+// withDefaults returns a copy of o with every unset field filled in.
+func (o Options) withDefaults() Options {
+	if o.URL == "" {
+		o.URL = os.Getenv("REDIS_URL")
+	}
+	if o.URL == "" {
+		o.URL = DefaultURL
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 3 * time.Second
+	}
+	if o.DialTimeout == 0 {
+		o.DialTimeout = 2 * time.Second
+	}
+	if o.PoolTimeout == 0 {
+		o.PoolTimeout = o.Timeout
+	}
+	if o.MaxRetries == 0 {
+		o.MaxRetries = 2
+	}
+	if o.MaxSessionsPerUser == 0 {
+		o.MaxSessionsPerUser = 64
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+// validate reports the first option that cannot work.
+func (o Options) validate() error {
+	switch {
+	case o.Timeout < 0:
+		return fmt.Errorf("%w: Timeout %v < 0", ErrInvalidArgument, o.Timeout)
+	case o.DialTimeout < 0:
+		return fmt.Errorf("%w: DialTimeout %v < 0", ErrInvalidArgument, o.DialTimeout)
+	case o.PoolTimeout < 0:
+		return fmt.Errorf("%w: PoolTimeout %v < 0", ErrInvalidArgument, o.PoolTimeout)
+	case o.PoolSize < 0:
+		return fmt.Errorf("%w: PoolSize %d < 0", ErrInvalidArgument, o.PoolSize)
+	case o.MaxRetries < -1:
+		return fmt.Errorf("%w: MaxRetries %d < -1", ErrInvalidArgument, o.MaxRetries)
+	case o.SessionMaxLifetime < 0:
+		return fmt.Errorf("%w: SessionMaxLifetime %v < 0", ErrInvalidArgument, o.SessionMaxLifetime)
+	case o.MaxSessionsPerUser < 0:
+		return fmt.Errorf("%w: MaxSessionsPerUser %d < 0", ErrInvalidArgument, o.MaxSessionsPerUser)
+	}
+	return nil
+}
+
+// SetOption is a per-call option of [Service.Set], [Service.SetJSON] and
+// [Service.MSet].
+type SetOption func(*setOptions)
+
+type setOptions struct {
+	ttl     time.Duration
+	hasTTL  bool
+	nx, xx  bool
+	keepTTL bool
+}
+
+// WithTTL makes the key expire after d, which must be at least one
+// millisecond. Milliseconds are kept: the value is sent as PX when it is
+// not a whole number of seconds. A d below one millisecond, zero or
+// negative makes the call fail with [ErrInvalidTTL] before anything is
+// written.
+func WithTTL(d time.Duration) SetOption {
+	return func(o *setOptions) { o.ttl, o.hasTTL = d, true }
+}
+
+// NX makes the write happen only if the key does not exist yet.
+func NX() SetOption { return func(o *setOptions) { o.nx = true } }
+
+// XX makes the write happen only if the key already exists.
+func XX() SetOption { return func(o *setOptions) { o.xx = true } }
+
+// KeepTTL keeps the key's current time to live instead of clearing it.
+// It cannot be combined with [WithTTL].
+func KeepTTL() SetOption { return func(o *setOptions) { o.keepTTL = true } }
+
+// buildSetOptions applies opts and validates the result.
+func buildSetOptions(opts []SetOption) (setOptions, error) {
+	var o setOptions
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	if o.hasTTL {
+		if err := checkTTL(o.ttl); err != nil {
+			return o, err
+		}
+	}
+	if o.nx && o.xx {
+		return o, fmt.Errorf("%w: NX with XX", ErrInvalidArgument)
+	}
+	if o.keepTTL && o.hasTTL {
+		return o, fmt.Errorf("%w: KeepTTL with WithTTL", ErrInvalidArgument)
+	}
+	return o, nil
+}
+
+// args converts o into go-redis SET arguments.
+func (o setOptions) args() redis.SetArgs {
+	a := redis.SetArgs{TTL: o.ttl, KeepTTL: o.keepTTL}
+	switch {
+	case o.nx:
+		a.Mode = "NX"
+	case o.xx:
+		a.Mode = "XX"
+	}
+	return a
+}
+
+// checkTTL accepts a TTL of at least one millisecond.
+func checkTTL(d time.Duration) error {
+	if d < time.Millisecond {
+		return fmt.Errorf("%w: %v (want >= 1ms)", ErrInvalidTTL, d)
+	}
+	return nil
+}

@@ -1,0 +1,228 @@
+package redisservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Service is the Redis layer of an application: strings, JSON, hashes,
+// sessions, rate limits and a cache-aside helper over one go-redis client.
+// It is safe for concurrent use. Use [New] to make one; the zero value is
+// not usable.
+type Service struct {
+	rdb       redis.UniversalClient
+	ownClient bool // Close closes rdb: New dialled it
+	cluster   bool // rdb is a *redis.ClusterClient
+	prefix    string
+	opts      Options
+	log       *slog.Logger
+
+	closed    atomic.Bool
+	connected atomic.Bool
+	probing   atomic.Bool  // a background PING is running
+	lastProbe atomic.Int64 // unix nanos of the last background PING
+
+	bgMu     sync.Mutex // orders bg.Add after a Close check with Close's bg.Wait
+	bg       sync.WaitGroup
+	bgCtx    context.Context // cancelled by Close
+	bgCancel context.CancelFunc
+
+	stats   counters
+	logGate logGate
+}
+
+// New validates opts and returns a Service. It does not touch the
+// network: call [Service.Connect] to fail fast at start-up, or let the
+// first call connect.
+//
+// When opts.Client is nil, New dials opts.URL (see [Options.URL]) and the
+// Service owns that client: [Service.Close] closes it. A client passed in
+// opts.Client stays the caller's to close.
+func New(opts Options) (*Service, error) {
+	opts = opts.withDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	s := &Service{
+		prefix: opts.KeyPrefix,
+		opts:   opts,
+		log:    opts.Logger,
+	}
+	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
+	if opts.Client != nil {
+		s.rdb = opts.Client
+	} else {
+		ro, err := parseURL(opts.URL)
+		if err != nil {
+			return nil, err
+		}
+		if ro.TLSConfig != nil && opts.TLSConfig != nil {
+			ro.TLSConfig = opts.TLSConfig.Clone()
+		}
+		ro.DialTimeout = opts.DialTimeout
+		ro.ReadTimeout = opts.Timeout
+		ro.WriteTimeout = opts.Timeout
+		ro.PoolTimeout = opts.PoolTimeout
+		ro.MaxRetries = opts.MaxRetries
+		ro.ContextTimeoutEnabled = true
+		if opts.PoolSize > 0 {
+			ro.PoolSize = opts.PoolSize
+		}
+		s.rdb = redis.NewClient(ro)
+		s.ownClient = true
+	}
+	_, s.cluster = s.rdb.(*redis.ClusterClient)
+	// Optimistic until a call says otherwise, so that a Service used
+	// without Connect does not start out reporting an outage.
+	s.connected.Store(true)
+	return s, nil
+}
+
+// parseURL parses a redis:// or rediss:// URL. Its errors never contain
+// the URL's password.
+func parseURL(raw string) (*redis.Options, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
+		return nil, fmt.Errorf("%w: URL %s: %s", ErrInvalidArgument, redactURL(raw), redactIn(err.Error(), raw))
+	}
+	if u.Scheme != "redis" && u.Scheme != "rediss" {
+		return nil, fmt.Errorf("%w: URL %s: scheme %q is not redis or rediss", ErrInvalidArgument, redactURL(raw), u.Scheme)
+	}
+	ro, err := redis.ParseURL(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: URL %s: %s", ErrInvalidArgument, redactURL(raw), redactIn(err.Error(), raw))
+	}
+	return ro, nil
+}
+
+// redactURL returns raw with everything between "://" and the last "@"
+// of the authority replaced, so that no part of a password survives even
+// when the URL is malformed.
+func redactURL(raw string) string {
+	rest, scheme := raw, ""
+	if i := strings.Index(raw, "://"); i >= 0 {
+		scheme, rest = raw[:i+3], raw[i+3:]
+	}
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		return scheme + "xxxxx@" + rest[at+1:]
+	}
+	return scheme + rest
+}
+
+// redactIn removes from msg the user-info part of raw and every piece of
+// it, since parse errors quote fragments of their input.
+func redactIn(msg, raw string) string {
+	rest := raw
+	if i := strings.Index(raw, "://"); i >= 0 {
+		rest = raw[i+3:]
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return msg
+	}
+	userinfo := rest[:at]
+	msg = strings.ReplaceAll(msg, userinfo, "xxxxx")
+	for _, part := range strings.FieldsFunc(userinfo, func(r rune) bool { return r == ':' || r == '@' || r == '/' }) {
+		msg = strings.ReplaceAll(msg, part, "xxxxx")
+	}
+	return msg
+}
+
+// Connect checks that Redis answers a PING within the call's bound. It
+// returns an error when Redis is unreachable; the Service stays usable
+// and reconnects by itself once Redis is back.
+func (s *Service) Connect(ctx context.Context) error {
+	return s.ping(ctx, "connect")
+}
+
+// Close releases the Service. It closes the go-redis client only when New
+// dialled it (never one passed in [Options.Client]) and waits for the
+// Service's own background work. Close is idempotent: calls after the
+// first return nil. Every other method returns [ErrClosed] afterwards.
+func (s *Service) Close() error {
+	if !s.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	s.bgCancel()
+	s.bgMu.Lock() // no goroutine starts after this point
+	s.bgMu.Unlock()
+	s.bg.Wait()
+	s.connected.Store(false)
+	if s.ownClient {
+		return s.rdb.Close()
+	}
+	return nil
+}
+
+// IsConnected reports the last observed state of the connection to
+// Redis: false after a call failed for a connection reason (refused,
+// reset, timed out), true again after the next call that Redis answers.
+// A command error such as WRONGTYPE leaves it true. While it is false,
+// IsConnected itself starts at most one background PING per second, so
+// the state recovers even when no other calls are made.
+func (s *Service) IsConnected() bool {
+	if s.connected.Load() {
+		return true
+	}
+	s.probe()
+	return false
+}
+
+// probe starts a background PING unless one is running or ran in the last
+// second.
+func (s *Service) probe() {
+	now := time.Now().UnixNano()
+	if now-s.lastProbe.Load() < int64(time.Second) || !s.probing.CompareAndSwap(false, true) {
+		return
+	}
+	s.lastProbe.Store(now)
+	started := s.goBackground(func(ctx context.Context) {
+		defer s.probing.Store(false)
+		_ = s.ping(ctx, "probe")
+	})
+	if !started {
+		s.probing.Store(false)
+	}
+}
+
+// goBackground runs fn in a goroutine that Close waits for and whose ctx
+// Close cancels. It reports false, running nothing, once Close has begun.
+func (s *Service) goBackground(fn func(ctx context.Context)) bool {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if s.closed.Load() {
+		return false
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		fn(s.bgCtx)
+	}()
+	return true
+}
+
+// Client returns the underlying go-redis client, for pipelines,
+// instrumentation and commands the Service does not wrap. Keys written
+// through it do not get [Options.KeyPrefix] added.
+func (s *Service) Client() redis.UniversalClient { return s.rdb }
+
+// key returns k with the key prefix.
+func (s *Service) key(k string) string {
+	if s.prefix == "" {
+		return k
+	}
+	return s.prefix + k
+}
