@@ -46,10 +46,16 @@ func call[T any](s *Service, caller context.Context, op, key string, fn func(ctx
 		return zero, s.fail(caller, op, key, err)
 	}
 	v, err := fn(ctx)
-	done()
 	if err != nil && err != redis.Nil { //nolint:errorlint // go-redis returns redis.Nil unwrapped
+		if cerr := ctxErr(ctx); cerr != nil && !errors.Is(err, cerr) {
+			// The socket reports the deadline as an i/o timeout; keep the
+			// context's error reachable with errors.Is too.
+			err = fmt.Errorf("%w: %w", cerr, err)
+		}
+		done()
 		return zero, s.fail(caller, op, key, err)
 	}
+	done()
 	s.ok()
 	return v, err
 }
@@ -68,13 +74,25 @@ func (s *Service) fail(caller context.Context, op, key string, err error) error 
 	switch {
 	case !isConnError(err):
 		s.ok() // Redis answered, if only with an error
-	case caller == nil || caller.Err() == nil:
+	case caller == nil || ctxErr(caller) == nil:
 		// Only when the caller's own cancellation or deadline is not the
 		// cause: those say nothing about Redis.
 		s.connected.Store(false)
 	}
 	s.logFailure(caller, op, key, err)
 	return fmt.Errorf("redisservice: %s %q: %w", op, key, err)
+}
+
+// ctxErr is ctx.Err(), also in the instant between the socket deadline
+// that go-redis derived from ctx firing and ctx's own timer.
+func ctxErr(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= time.Millisecond {
+		return context.DeadlineExceeded
+	}
+	return nil
 }
 
 // invalid wraps a validation error. Nothing was sent to Redis.

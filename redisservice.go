@@ -73,6 +73,9 @@ func New(opts Options) (*Service, error) {
 		ro.WriteTimeout = opts.Timeout
 		ro.PoolTimeout = opts.PoolTimeout
 		ro.MaxRetries = opts.MaxRetries
+		// One dial attempt per try: against a refused port, go-redis's
+		// default of five attempts 100ms apart would hold every call.
+		ro.DialerRetries = 1
 		ro.ContextTimeoutEnabled = true
 		if opts.PoolSize > 0 {
 			ro.PoolSize = opts.PoolSize
