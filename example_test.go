@@ -1,1 +1,91 @@
 package redisservice_test
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+
+	"github.com/vevurn/redisservice"
+)
+
+// newExampleService returns a Service over a fresh miniredis, standing in
+// for a real Redis in these examples.
+func newExampleService() (*redisservice.Service, func()) {
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	svc, err := redisservice.New(redisservice.Options{URL: "redis://" + mr.Addr(), KeyPrefix: "pos:"})
+	if err != nil {
+		panic(err)
+	}
+	return svc, func() { svc.Close(); mr.Close() }
+}
+
+func Example() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+	ctx := context.Background()
+
+	if _, err := svc.Set(ctx, "greeting", "hello", redisservice.WithTTL(time.Minute)); err != nil {
+		fmt.Println(err)
+	}
+	v, found, err := svc.Get(ctx, "greeting")
+	fmt.Println(v, found, err)
+	// Output: hello true <nil>
+}
+
+func ExampleService_Set() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+	ctx := context.Background()
+
+	// NX: only the first writer wins.
+	first, _ := svc.Set(ctx, "order:17:lock", "register-1", redisservice.NX(), redisservice.WithTTL(250*time.Millisecond))
+	second, _ := svc.Set(ctx, "order:17:lock", "register-2", redisservice.NX(), redisservice.WithTTL(250*time.Millisecond))
+	ttl, _ := svc.TTL(ctx, "order:17:lock")
+	fmt.Println(first, second, ttl > 200*time.Millisecond && ttl <= 250*time.Millisecond)
+	// Output: true false true
+}
+
+func ExampleService_MGet() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+	ctx := context.Background()
+
+	_ = svc.MSet(ctx, map[string]any{"price:A-1": 250, "price:B-2": 400}, redisservice.WithTTL(time.Hour))
+	prices, err := svc.MGet(ctx, "price:A-1", "price:B-2", "price:missing")
+	fmt.Println(prices, err)
+	// Output: map[price:A-1:250 price:B-2:400] <nil>
+}
+
+func ExampleService_GetJSON() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+	ctx := context.Background()
+
+	type product struct {
+		SKU   string `json:"sku"`
+		Price int    `json:"priceCents"`
+	}
+	_, _ = svc.SetJSON(ctx, "product:A-1", product{SKU: "A-1", Price: 250})
+
+	var p product
+	found, err := svc.GetJSON(ctx, "product:A-1", &p)
+	fmt.Printf("%+v %v %v\n", p, found, err)
+	// Output: {SKU:A-1 Price:250} true <nil>
+}
+
+func ExampleService_HGetAll() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+	ctx := context.Background()
+
+	_ = svc.HSet(ctx, "register:1", "cashier", "ada")
+	_ = svc.HSet(ctx, "register:1", "float", 20000)
+	fields, err := svc.HGetAll(ctx, "register:1")
+	fmt.Println(fields, err)
+	// Output: map[cashier:ada float:20000] <nil>
+}

@@ -1,0 +1,28 @@
+// Package redisservice is the Redis layer of a Go service: one [Service]
+// over a go-redis v9 client (single node, Redis Cluster or Sentinel, plain
+// or TLS) that gives
+//
+//   - strings and keys with millisecond TTLs, NX, XX and KEEPTTL
+//     ([Service.Set], [Service.Get], [Service.MGet], [Service.MSet], …);
+//   - JSON values stored as plain JSON text ([Service.SetJSON], [Service.GetJSON]);
+//   - hashes ([Service.HSet], [Service.HGetAll], …);
+//   - sessions with sliding and absolute expiry and log-out-everywhere
+//     ([Service.CreateSession], [Service.DestroyUserSessions], …);
+//   - fixed-window rate limiting in one atomic round trip, with net/http
+//     middleware ([Service.CheckRateLimit], [Service.RateLimitMiddleware]);
+//   - cache-aside with one load per key under concurrency, and pattern
+//     invalidation that is safe on large keyspaces and clusters
+//     ([Cache], [Service.InvalidatePattern]);
+//   - health checks, an HTTP health handler and counters
+//     ([Service.HealthCheck], [Service.HealthHandler], [Service.Stats]).
+//
+// Every method is safe for concurrent use, is bounded in time, and on
+// failure returns a safe fallback value (a miss, false, 0, an empty map, the
+// loader's result) together with an error, so that a Redis outage degrades a
+// product instead of breaking it. A miss is not an error.
+//
+// Quick start:
+//
+//	svc, err := redisservice.New(redisservice.Options{URL: "redis://localhost:6379", KeyPrefix: "pos:"})
+//	ok, err := svc.Set(ctx, "greeting", "hello", redisservice.WithTTL(time.Minute))
+package redisservice
