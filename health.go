@@ -115,7 +115,19 @@ type Stats struct {
 	Fallbacks      uint64 // calls answered with their fallback value because Redis could not be used (Errors plus calls after Close)
 	LogsSuppressed uint64 // failure log lines held back by the once-a-second limit
 	Connected      bool   // what IsConnected would report, without starting a probe
-	Pool           redis.PoolStats
+	Pool           PoolStats
+}
+
+// PoolStats are the go-redis connection pool's figures (summed over the
+// nodes of a cluster). [Service.Client] gives the full [redis.PoolStats].
+type PoolStats struct {
+	Hits       uint32        // a free connection was found in the pool
+	Misses     uint32        // no free connection was found; one was dialled or waited for
+	Timeouts   uint32        // waits for a connection that ran out of PoolTimeout
+	WaitTime   time.Duration // total time spent waiting for a connection
+	TotalConns uint32        // connections open now
+	IdleConns  uint32        // idle connections now
+	StaleConns uint32        // connections removed as stale
 }
 
 // Stats returns a snapshot of the counters and of the go-redis pool. It
@@ -130,7 +142,15 @@ func (s *Service) Stats() Stats {
 		Connected:      s.connected.Load(),
 	}
 	if ps := s.rdb.PoolStats(); ps != nil {
-		st.Pool = *ps
+		st.Pool = PoolStats{
+			Hits:       ps.Hits,
+			Misses:     ps.Misses,
+			Timeouts:   ps.Timeouts,
+			WaitTime:   time.Duration(ps.WaitDurationNs),
+			TotalConns: ps.TotalConns,
+			IdleConns:  ps.IdleConns,
+			StaleConns: ps.StaleConns,
+		}
 	}
 	return st
 }
