@@ -66,7 +66,11 @@ func New(opts Options) (*Service, error) {
 			return nil, err
 		}
 		if ro.TLSConfig != nil && opts.TLSConfig != nil {
-			ro.TLSConfig = opts.TLSConfig.Clone()
+			tc := opts.TLSConfig.Clone()
+			if tc.ServerName == "" {
+				tc.ServerName = ro.TLSConfig.ServerName
+			}
+			ro.TLSConfig = tc
 		}
 		ro.DialTimeout = opts.DialTimeout
 		ro.ReadTimeout = opts.Timeout
