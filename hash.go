@@ -13,7 +13,7 @@ func (s *Service) HSet(ctx context.Context, key, field string, value any) error 
 		return invalid(op, key, ErrInvalidKey)
 	}
 	_, err := call(s, ctx, op, key, func(ctx context.Context) (int64, error) {
-		return s.rdb.HSet(ctx, s.key(key), field, value).Result()
+		return s.hot.HSet(ctx, s.key(key), field, value).Result()
 	})
 	return err
 }
@@ -26,7 +26,7 @@ func (s *Service) HGet(ctx context.Context, key, field string) (string, bool, er
 		return "", false, invalid(op, key, ErrInvalidKey)
 	}
 	v, err := call(s, ctx, op, key, func(ctx context.Context) (string, error) {
-		return s.rdb.HGet(ctx, s.key(key), field).Result()
+		return s.hot.HGet(ctx, s.key(key), field).Result()
 	})
 	return lookup(s, v, err)
 }
@@ -39,7 +39,7 @@ func (s *Service) HGetAll(ctx context.Context, key string) (map[string]string, e
 		return map[string]string{}, invalid(op, key, ErrInvalidKey)
 	}
 	m, err := call(s, ctx, op, key, func(ctx context.Context) (map[string]string, error) {
-		return s.rdb.HGetAll(ctx, s.key(key)).Result()
+		return s.hot.HGetAll(ctx, s.key(key)).Result()
 	})
 	if m == nil {
 		m = map[string]string{}
@@ -61,6 +61,6 @@ func (s *Service) HDel(ctx context.Context, key string, fields ...string) (int64
 		return 0, invalid(op, key, fmt.Errorf("%w: no fields", ErrInvalidArgument))
 	}
 	return call(s, ctx, op, key, func(ctx context.Context) (int64, error) {
-		return s.rdb.HDel(ctx, s.key(key), fields...).Result()
+		return s.hot.HDel(ctx, s.key(key), fields...).Result()
 	})
 }

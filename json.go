@@ -53,7 +53,7 @@ func (s *Service) GetJSON(ctx context.Context, key string, dst any) (bool, error
 // getBytes reads the raw value at key, counting the hit or miss.
 func (s *Service) getBytes(ctx context.Context, op, key string) ([]byte, bool, error) {
 	b, err := call(s, ctx, op, key, func(ctx context.Context) ([]byte, error) {
-		return s.rdb.Get(ctx, s.key(key)).Bytes()
+		return s.hot.Get(ctx, s.key(key)).Bytes()
 	})
 	return lookup(s, b, err)
 }

@@ -36,9 +36,9 @@ func (s *Service) Set(ctx context.Context, key string, value any, opts ...SetOpt
 func (s *Service) set(ctx context.Context, op, key string, value any, o setOptions) (bool, error) {
 	_, err := call(s, ctx, op, key, func(ctx context.Context) (string, error) {
 		if o == (setOptions{}) {
-			return s.rdb.Set(ctx, s.key(key), value, 0).Result()
+			return s.hot.Set(ctx, s.key(key), value, 0).Result()
 		}
-		return s.rdb.SetArgs(ctx, s.key(key), value, o.args()).Result()
+		return s.hot.SetArgs(ctx, s.key(key), value, o.args()).Result()
 	})
 	if err == redis.Nil { //nolint:errorlint // NX or XX not met
 		return false, nil
@@ -54,7 +54,7 @@ func (s *Service) Get(ctx context.Context, key string) (string, bool, error) {
 		return "", false, invalid(op, key, ErrInvalidKey)
 	}
 	v, err := call(s, ctx, op, key, func(ctx context.Context) (string, error) {
-		return s.rdb.Get(ctx, s.key(key)).Result()
+		return s.hot.Get(ctx, s.key(key)).Result()
 	})
 	return lookup(s, v, err)
 }
@@ -80,7 +80,7 @@ func (s *Service) Exists(ctx context.Context, key string) (bool, error) {
 		return false, invalid(op, key, ErrInvalidKey)
 	}
 	n, err := call(s, ctx, op, key, func(ctx context.Context) (int64, error) {
-		return s.rdb.Exists(ctx, s.key(key)).Result()
+		return s.hot.Exists(ctx, s.key(key)).Result()
 	})
 	return n > 0, err
 }
@@ -98,7 +98,7 @@ func (s *Service) Expire(ctx context.Context, key string, ttl time.Duration) (bo
 		return false, invalid(op, key, err)
 	}
 	return call(s, ctx, op, key, func(ctx context.Context) (bool, error) {
-		return s.rdb.PExpire(ctx, s.key(key), ttl).Result()
+		return s.hot.PExpire(ctx, s.key(key), ttl).Result()
 	})
 }
 
@@ -111,7 +111,7 @@ func (s *Service) TTL(ctx context.Context, key string) (time.Duration, error) {
 		return KeyMissing, invalid(op, key, ErrInvalidKey)
 	}
 	d, err := call(s, ctx, op, key, func(ctx context.Context) (time.Duration, error) {
-		return s.rdb.PTTL(ctx, s.key(key)).Result()
+		return s.hot.PTTL(ctx, s.key(key)).Result()
 	})
 	if err != nil {
 		return KeyMissing, err

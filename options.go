@@ -27,8 +27,8 @@ type Options struct {
 	// *redis.Client, *redis.ClusterClient or a Sentinel-backed client. The
 	// caller keeps ownership: [Service.Close] never closes it. The
 	// connection options below (TLSConfig, DialTimeout, PoolSize,
-	// PoolTimeout, MaxRetries, AutoPipeline) then do not apply; set them on
-	// the client. For the caller's deadlines to reach the socket, the client
+	// PoolTimeout, MaxRetries, AutoPipeline, ClientSideCache) then do not
+	// apply; set them on the client. For the caller's deadlines to reach the socket, the client
 	// should have ContextTimeoutEnabled set.
 	Client redis.UniversalClient
 
@@ -70,6 +70,51 @@ type Options struct {
 	// The rate-limit script is never retried after it may have run, whatever
 	// this says (see [Service.CheckRateLimit]).
 	MaxRetries int
+
+	// AutoPipeline batches the string, JSON and hash commands of concurrent
+	// callers (Get, Set, SetJSON, GetJSON, Exists, Expire, TTL, HGet, HSet,
+	// HGetAll, HDel) into pipelines through go-redis's blocking
+	// autopipeliner: each call still waits for its own reply, but many
+	// callers share one round trip, which raises throughput under
+	// concurrency (see BENCHMARKS.md). The default is false, because it
+	// changes two things:
+	//   - The caller's ctx bounds a call only until its command is queued.
+	//     After that the call is bounded by the socket timeouts (Timeout
+	//     for each write and read of the batch it rides in, for each of up
+	//     to MaxRetries+1 tries), not by the caller's deadline or
+	//     cancellation.
+	//   - A batch that fails on a network error is retried as a whole, so
+	//     one slow or failed command delays or fails its neighbours.
+	// A single caller gains nothing. Multi-key calls, sessions, rate limits
+	// and scripts keep using the plain client. It applies only to a client
+	// that New dials.
+	AutoPipeline bool
+
+	// ClientSideCache serves repeated reads (Get, GetJSON, Exists, HGet,
+	// HGetAll, MGet, …) from process memory, using Redis 6+ server-assisted
+	// invalidation (RESP3 CLIENT TRACKING): Redis tells the client when a
+	// key it has read changes, and the client drops its copy. The default
+	// is false, because reads become eventually consistent: after another
+	// client writes a key, this Service may return the old value until the
+	// invalidation is applied, which on a healthy connection takes a few
+	// milliseconds (the drain interval is 5 ms) and never longer than
+	// ClientSideCacheMaxStaleness. Reads are not monotonic across cached
+	// and uncached paths. Writes through this Service invalidate too, by
+	// the same path. It needs database 0 and RESP3 (New rejects a URL
+	// naming another database or protocol=2), and applies only to a client
+	// that New dials. Each cached key costs memory on the server for
+	// tracking.
+	ClientSideCache bool
+
+	// ClientSideCacheEntries bounds how many replies the client-side cache
+	// holds; the least recently used go first. The default value is 10000.
+	ClientSideCacheEntries int
+
+	// ClientSideCacheMaxStaleness is the longest a cached reply is served,
+	// whatever invalidations say: the backstop for an invalidation lost
+	// with a connection. Each entry is fetched again at least this often.
+	// The default value is 1s.
+	ClientSideCacheMaxStaleness time.Duration
 
 	// TLSConfig is used for rediss:// URLs. The default value verifies the
 	// server against the system roots and the URL's host name.
@@ -119,6 +164,12 @@ func (o Options) withDefaults() Options {
 	if o.MaxRetries == 0 {
 		o.MaxRetries = 2
 	}
+	if o.ClientSideCacheEntries == 0 {
+		o.ClientSideCacheEntries = 10000
+	}
+	if o.ClientSideCacheMaxStaleness == 0 {
+		o.ClientSideCacheMaxStaleness = time.Second
+	}
 	if o.MaxSessionsPerUser == 0 {
 		o.MaxSessionsPerUser = 64
 	}
@@ -141,6 +192,10 @@ func (o Options) validate() error {
 		return fmt.Errorf("%w: PoolSize %d < 0", ErrInvalidArgument, o.PoolSize)
 	case o.MaxRetries < -1:
 		return fmt.Errorf("%w: MaxRetries %d < -1", ErrInvalidArgument, o.MaxRetries)
+	case o.ClientSideCacheEntries < 0:
+		return fmt.Errorf("%w: ClientSideCacheEntries %d < 0", ErrInvalidArgument, o.ClientSideCacheEntries)
+	case o.ClientSideCacheMaxStaleness < 0:
+		return fmt.Errorf("%w: ClientSideCacheMaxStaleness %v < 0", ErrInvalidArgument, o.ClientSideCacheMaxStaleness)
 	case o.SessionMaxLifetime < 0:
 		return fmt.Errorf("%w: SessionMaxLifetime %v < 0", ErrInvalidArgument, o.SessionMaxLifetime)
 	case o.MaxSessionsPerUser < 0:

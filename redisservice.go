@@ -20,8 +20,9 @@ import (
 // not usable.
 type Service struct {
 	rdb       redis.UniversalClient
-	ownClient bool // Close closes rdb: New dialled it
-	cluster   bool // rdb is a *redis.ClusterClient
+	hot       redis.Cmdable // single-key string and hash commands: rdb, or its autopipeliner
+	ownClient bool          // Close closes rdb: New dialled it
+	cluster   bool          // rdb is a *redis.ClusterClient
 	prefix    string
 	opts      Options
 	log       *slog.Logger
@@ -84,14 +85,50 @@ func New(opts Options) (*Service, error) {
 		if opts.PoolSize > 0 {
 			ro.PoolSize = opts.PoolSize
 		}
-		s.rdb = redis.NewClient(ro)
-		s.ownClient = true
+		if opts.ClientSideCache {
+			if err := clientSideCache(ro, opts); err != nil {
+				return nil, err
+			}
+		}
+		c := redis.NewClient(ro)
+		s.rdb, s.hot, s.ownClient = c, c, true
+		if opts.AutoPipeline {
+			// The blocking face: each call waits for its own reply, as
+			// with the plain client. Closing c closes it too.
+			ap, err := c.AutoPipeline()
+			if err != nil {
+				_ = c.Close()
+				return nil, fmt.Errorf("%w: AutoPipeline: %w", ErrInvalidArgument, err)
+			}
+			s.hot = ap
+		}
+	}
+	if s.hot == nil {
+		s.hot = s.rdb
 	}
 	_, s.cluster = s.rdb.(*redis.ClusterClient)
 	// Optimistic until a call says otherwise, so that a Service used
 	// without Connect does not start out reporting an outage.
 	s.connected.Store(true)
 	return s, nil
+}
+
+// clientSideCache turns on go-redis's client-side cache in ro, which must
+// speak RESP3 to database 0: go-redis would otherwise only log that it
+// disabled the cache.
+func clientSideCache(ro *redis.Options, opts Options) error {
+	if ro.DB != 0 {
+		return fmt.Errorf("%w: ClientSideCache needs database 0, not %d", ErrInvalidArgument, ro.DB)
+	}
+	if ro.Protocol == 2 {
+		return fmt.Errorf("%w: ClientSideCache needs RESP3, not protocol=2", ErrInvalidArgument)
+	}
+	ro.Protocol = 3
+	ro.ClientSideCacheConfig = &redis.ClientSideCacheConfig{
+		MaxEntries:   opts.ClientSideCacheEntries,
+		MaxStaleness: opts.ClientSideCacheMaxStaleness,
+	}
+	return nil
 }
 
 // parseURL parses a redis:// or rediss:// URL. Its errors never contain

@@ -1,0 +1,171 @@
+package redisservice
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// cscInvalidationBound is how soon a write by another client must be
+// visible through a Service with ClientSideCache on a healthy connection
+// (the documented few milliseconds, with room for a loaded machine).
+const cscInvalidationBound = 100 * time.Millisecond
+
+// dialled returns a Service that dials url itself with opts, closed at
+// cleanup.
+func dialled(t testing.TB, url string, opts Options) *Service {
+	t.Helper()
+	opts.URL = url
+	s, err := New(opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestAutoPipelineConcurrentCallers(t *testing.T) {
+	t.Parallel()
+	urls := map[string]string{"miniredis": "redis://" + miniredis.RunT(t).Addr()}
+	if u := os.Getenv(envTestURL); u != "" {
+		urls["redis"] = u
+	}
+	for name, url := range urls {
+		t.Run(name, func(t *testing.T) {
+			prefix := "rstest:" + randomHex(t, 6) + ":"
+			s := dialled(t, url, Options{AutoPipeline: true, KeyPrefix: prefix})
+			if _, ok := s.hot.(*redis.AutoPipeliner); !ok {
+				t.Fatalf("hot client is %T; want *redis.AutoPipeliner", s.hot)
+			}
+			t.Cleanup(func() {
+				if name != "miniredis" {
+					_ = deleteByPrefix(ctxT(t), s.rdb, prefix)
+				}
+			})
+			ctx := ctxT(t)
+			var wg sync.WaitGroup
+			errs := make(chan error, 64)
+			for g := range 64 {
+				wg.Go(func() {
+					for i := range 20 {
+						key, want := fmt.Sprintf("k%d", g), fmt.Sprintf("v%d.%d", g, i)
+						if ok, err := s.Set(ctx, key, want, WithTTL(time.Minute)); !ok || err != nil {
+							errs <- fmt.Errorf("Set(%q) = %v, %v; want true, nil", key, ok, err)
+							return
+						}
+						got, found, err := s.Get(ctx, key)
+						if got != want || !found || err != nil {
+							errs <- fmt.Errorf("Get(%q) = %q, %v, %v; want %q, true, nil", key, got, found, err, want)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			if err := s.HSet(ctx, "h", "f", "x"); err != nil {
+				t.Fatalf("HSet: %v", err)
+			}
+			if m, err := s.HGetAll(ctx, "h"); err != nil || m["f"] != "x" {
+				t.Errorf("HGetAll(h) = %v, %v; want map[f:x], nil", m, err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			if _, _, err := s.Get(ctx, "k0"); !errors.Is(err, ErrClosed) {
+				t.Errorf("Get after Close: err = %v; want ErrClosed", err)
+			}
+		})
+	}
+}
+
+func TestClientSideCacheOptions(t *testing.T) {
+	t.Parallel()
+	addr := miniredis.RunT(t).Addr()
+	tests := []struct {
+		name string
+		url  string
+		opts Options
+	}{
+		{"database 1", "redis://" + addr + "/1", Options{ClientSideCache: true}},
+		{"RESP2", "redis://" + addr + "/0?protocol=2", Options{ClientSideCache: true}},
+		{"negative entries", "redis://" + addr, Options{ClientSideCache: true, ClientSideCacheEntries: -1}},
+		{"negative staleness", "redis://" + addr, Options{ClientSideCacheMaxStaleness: -time.Second}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.opts.URL = tt.url
+			s, err := New(tt.opts)
+			if !errors.Is(err, ErrInvalidArgument) {
+				if s != nil {
+					_ = s.Close()
+				}
+				t.Fatalf("New(%+v) err = %v; want ErrInvalidArgument", tt.opts, err)
+			}
+		})
+	}
+}
+
+// TestClientSideCacheSeesOtherWriters checks on a real Redis that a hot
+// key is served from memory and that another client's write to it is
+// visible within cscInvalidationBound.
+func TestClientSideCacheSeesOtherWriters(t *testing.T) {
+	t.Parallel()
+	url := os.Getenv(envTestURL)
+	if url == "" {
+		t.Skipf("no real Redis: set %s (scripts/redis-test-servers start prints it)", envTestURL)
+	}
+	b := newBackend(t, "redis") // the other writer, and cleanup of b.prefix
+	s := dialled(t, url, Options{ClientSideCache: true, KeyPrefix: b.prefix})
+	c, ok := s.rdb.(*redis.Client)
+	if !ok {
+		t.Fatalf("client is %T; want *redis.Client", s.rdb)
+	}
+	ctx := ctxT(t)
+	if _, err := s.Set(ctx, "hot", "v0"); err != nil {
+		t.Fatalf("Set: %v", err)
+	}
+	for round := 1; round <= 5; round++ {
+		// Warm the cache: the first read fetches, the next ones must hit.
+		want := fmt.Sprintf("v%d", round-1)
+		before := c.CSCStats().Hits
+		for range 3 {
+			if got, _, err := s.Get(ctx, "hot"); got != want || err != nil {
+				t.Fatalf("round %d: Get(hot) = %q, %v; want %q, nil", round, got, err, want)
+			}
+		}
+		if hits := c.CSCStats().Hits - before; hits < 2 {
+			t.Fatalf("round %d: %d cache hits in 3 reads of a hot key; want >= 2", round, hits)
+		}
+
+		want = fmt.Sprintf("v%d", round)
+		if err := b.client.Set(ctx, b.raw("hot"), want, 0).Err(); err != nil {
+			t.Fatalf("other client's SET: %v", err)
+		}
+		start := time.Now()
+		for {
+			got, _, err := s.Get(ctx, "hot")
+			if err != nil {
+				t.Fatalf("Get(hot): %v", err)
+			}
+			if got == want {
+				break
+			}
+			if d := time.Since(start); d > cscInvalidationBound {
+				t.Fatalf("round %d: Get(hot) = %q %v after another client wrote %q; want it within %v",
+					round, got, d, want, cscInvalidationBound)
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		t.Logf("round %d: other client's write seen after %v", round, time.Since(start))
+	}
+}
