@@ -1,0 +1,185 @@
+package redisservice
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RateLimitResult is the outcome of one [Service.CheckRateLimit] call.
+type RateLimitResult struct {
+	// Allowed reports whether the request fits in the current window.
+	Allowed bool
+
+	// Limit is the number of requests allowed per window, as passed in.
+	Limit int
+
+	// Remaining is how many more requests the current window allows after
+	// this one; 0 when denied.
+	Remaining int
+
+	// ResetAt is the end of the current window on the Redis server's
+	// clock, which every process sharing the limit agrees on. Compare
+	// ResetAfter when the local clock may be skewed.
+	ResetAt time.Time
+
+	// ResetAfter is the time left in the current window, as measured by
+	// the Redis server (millisecond precision). It does not depend on the
+	// local clock.
+	ResetAfter time.Duration
+
+	// RetryAfter is how long a denied caller should wait before the
+	// window ends: 0 < RetryAfter <= window when denied, 0 when allowed.
+	RetryAfter time.Duration
+}
+
+// rateLimitScript counts one request in a fixed window. It increments the
+// window's counter and gives a counter without a TTL (a new window, or a
+// key some older code left behind) the window as its TTL, in the same
+// atomic step, so no counter is ever left to live forever and concurrent
+// callers are serialised by Redis. It returns the count including this
+// request, the window's remaining PTTL and the server's TIME.
+//
+// KEYS[1]: the counter. ARGV[1]: the window in milliseconds.
+var rateLimitScript = redis.NewScript(rateLimitLua)
+
+// rateLimitLua is the source of rateLimitScript, for EVAL after NOSCRIPT.
+const rateLimitLua = `
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+	redis.call('PEXPIRE', KEYS[1], ARGV[1])
+	ttl = tonumber(ARGV[1])
+end
+local now = redis.call('TIME')
+return {count, ttl, tonumber(now[1]), tonumber(now[2])}
+`
+
+// CheckRateLimit counts one request for identifier against a fixed window
+// of the given length that allows limit requests, and reports whether
+// this request is allowed. The counter lives at "ratelimit:<identifier>"
+// (after [Options.KeyPrefix]); the window starts with the first request
+// and lasts window, with millisecond precision (a window is truncated to
+// whole milliseconds). The count and the window's expiry are set together
+// by one Lua script in one round trip, so concurrent callers across
+// processes never get more than limit requests through per window, and a
+// counter never outlives its window. Denied requests are counted too, so
+// that the counter shows the load; they do not extend the window.
+//
+// The script runs at most once per call: go-redis's retries after a
+// network error or read timeout, which could count one request twice, are
+// turned off for it whatever the client's MaxRetries, and it is re-sent
+// (as EVAL) only when Redis answers NOSCRIPT, which proves it did not run.
+// A call that fails after the script was sent is not repeated.
+//
+// Invalid arguments are rejected before anything is sent, with the zero
+// result (Allowed false) and an error: an empty identifier with
+// [ErrInvalidKey], a limit <= 0 or a window <= 0 with [ErrInvalidArgument],
+// and a window between 0 and 1ms with [ErrInvalidTTL].
+//
+// When Redis cannot give an answer (unreachable, timed out, closed, a
+// script error), CheckRateLimit returns the error with a fallback that
+// depends on [Options.RateLimitFailClosed]. By default it fails open:
+// Allowed true, Remaining limit-1, as for the first request of a new
+// window. With RateLimitFailClosed it is denied: Remaining 0 and
+// RetryAfter window. Either way ResetAt is the local time plus window.
+func (s *Service) CheckRateLimit(ctx context.Context, identifier string, window time.Duration, limit int) (RateLimitResult, error) {
+	const op = "ratelimit"
+	if err := checkRateLimitArgs(identifier, window, limit); err != nil {
+		return RateLimitResult{}, invalid(op, identifier, err)
+	}
+	window = window.Truncate(time.Millisecond)
+	reply, err := call(s, ctx, op, identifier, func(ctx context.Context) ([]int64, error) {
+		return s.runOnce(ctx, rateLimitScript, rateLimitLua, []string{s.key("ratelimit:" + identifier)}, window.Milliseconds())
+	})
+	if err != nil {
+		return s.rateLimitFallback(window, limit), err
+	}
+	count, ttl := reply[0], time.Duration(reply[1])*time.Millisecond
+	serverNow := time.Unix(reply[2], reply[3]*int64(time.Microsecond))
+	r := RateLimitResult{
+		Allowed:    count <= int64(limit),
+		Limit:      limit,
+		ResetAt:    serverNow.Add(ttl),
+		ResetAfter: ttl,
+	}
+	if r.Allowed {
+		r.Remaining = limit - int(count)
+	} else {
+		r.RetryAfter = max(ttl, time.Millisecond)
+	}
+	return r, nil
+}
+
+// checkRateLimitArgs validates the arguments of CheckRateLimit.
+func checkRateLimitArgs(identifier string, window time.Duration, limit int) error {
+	switch {
+	case identifier == "":
+		return ErrInvalidKey
+	case limit <= 0:
+		return fmt.Errorf("%w: limit %d <= 0", ErrInvalidArgument, limit)
+	case window <= 0:
+		return fmt.Errorf("%w: window %v <= 0", ErrInvalidArgument, window)
+	case window < time.Millisecond:
+		return fmt.Errorf("%w: window %v (want >= 1ms)", ErrInvalidTTL, window)
+	}
+	return nil
+}
+
+// rateLimitFallback is CheckRateLimit's result when Redis gave no answer.
+func (s *Service) rateLimitFallback(window time.Duration, limit int) RateLimitResult {
+	r := RateLimitResult{
+		Allowed:    true,
+		Limit:      limit,
+		Remaining:  limit - 1,
+		ResetAt:    time.Now().Add(window),
+		ResetAfter: window,
+	}
+	if s.opts.RateLimitFailClosed {
+		r.Allowed, r.Remaining, r.RetryAfter = false, 0, window
+	}
+	return r
+}
+
+// runOnce runs script, whose source is src, with keys and args and
+// returns its reply as integers. The script is sent at most once for each time it may run:
+// EVALSHA first, then EVAL only if Redis answered NOSCRIPT (the script
+// did not run), never again after a timeout or a broken connection.
+func (s *Service) runOnce(ctx context.Context, script *redis.Script, src string, keys []string, args ...any) ([]int64, error) {
+	cmd := newNoRetryCmd(ctx, "evalsha", script.Hash(), keys, args)
+	err := s.rdb.Process(ctx, cmd)
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// EVAL also loads the script, so later calls find it by SHA again.
+		cmd = newNoRetryCmd(ctx, "eval", src, keys, args)
+		err = s.rdb.Process(ctx, cmd)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return cmd.Int64Slice()
+}
+
+// noRetryCmd is a command that go-redis must not send a second time: its
+// NoRetry makes both [redis.Client] and [redis.ClusterClient] return the
+// first attempt's error instead of retrying after a read timeout or a
+// broken connection, when the command may already have run.
+type noRetryCmd struct {
+	*redis.Cmd
+}
+
+// NoRetry reports true: a script that counts must not run twice.
+func (*noRetryCmd) NoRetry() bool { return true }
+
+// newNoRetryCmd builds an EVAL or EVALSHA command of body with keys and
+// args.
+func newNoRetryCmd(ctx context.Context, name, body string, keys []string, args []any) *noRetryCmd {
+	a := make([]any, 0, 3+len(keys)+len(args))
+	a = append(a, name, body, len(keys))
+	for _, k := range keys {
+		a = append(a, k)
+	}
+	a = append(a, args...)
+	return &noRetryCmd{redis.NewCmd(ctx, a...)}
+}

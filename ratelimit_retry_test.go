@@ -1,0 +1,264 @@
+package redisservice
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The rate-limit script must run at most once per CheckRateLimit, even
+// though go-redis retries a command after a read timeout. These tests put
+// a proxy between the client and Redis that passes every command on at
+// once but holds back the reply to one script call for longer than the
+// client's read timeout: the script runs on the server, the client times
+// out, and a retry would run it a second time.
+
+const (
+	stallReadTimeout = 150 * time.Millisecond
+	stallFor         = 1500 * time.Millisecond
+)
+
+func TestRateLimitScriptIsNotRetriedAfterATimeout(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		p := newStallProxies(t)
+		ctx := ctxT(t)
+		var s *Service
+		if b.name == "cluster" {
+			// Every node, including those found through CLUSTER SLOTS, is
+			// reached through a proxy.
+			cc := redis.NewClusterClient(&redis.ClusterOptions{
+				Addrs: strings.Split(os.Getenv(envTestCluster), ","),
+				Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+					var d net.Dialer
+					return d.DialContext(ctx, network, p.listen(t, addr))
+				},
+				ReadTimeout:           stallReadTimeout,
+				MaxRetries:            5,
+				ContextTimeoutEnabled: true,
+			})
+			t.Cleanup(func() { cc.Close() })
+			var err error
+			if s, err = New(Options{Client: cc, KeyPrefix: b.prefix}); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+		} else {
+			// The Service's own dialled client, with its default retries.
+			var err error
+			s, err = New(Options{URL: stallURL(t, b, p), KeyPrefix: b.prefix, Timeout: stallReadTimeout})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+		}
+
+		// Load the script and warm the pool without a stall.
+		if _, err := s.CheckRateLimit(ctx, "warm", time.Minute, 10); err != nil {
+			t.Fatalf("CheckRateLimit without a stall: %v", err)
+		}
+		sent := p.scripts.Load()
+
+		p.arm(stallFor)
+		// The caller's deadline is far away: only the read timeout fires,
+		// which is when go-redis would retry an ordinary command.
+		callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		start := time.Now()
+		r, err := s.CheckRateLimit(callCtx, "stalled", time.Minute, 10)
+		took := time.Since(start)
+		if err == nil || !isTimeout(err) {
+			t.Fatalf("CheckRateLimit with the reply held back = %+v, %v; want a timeout error", r, err)
+		}
+		if !r.Allowed {
+			t.Errorf("CheckRateLimit with the reply held back = %+v; want the fail-open result", r)
+		}
+		if took >= stallFor {
+			t.Errorf("CheckRateLimit took %v; want it to give up at the %v read timeout", took, stallReadTimeout)
+		}
+		if n := p.scripts.Load() - sent; n != 1 {
+			t.Errorf("script sent %d times for one CheckRateLimit; want 1", n)
+		}
+		if n, err := b.client.Get(ctx, b.raw("ratelimit:stalled")).Int(); err != nil || n != 1 {
+			t.Errorf("counter after one timed-out CheckRateLimit = %d, %v; want 1", n, err)
+		}
+
+		// The limiter works again at once, on a fresh connection.
+		if r, err := s.CheckRateLimit(ctx, "stalled", time.Minute, 10); err != nil || r.Remaining != 8 {
+			t.Errorf("CheckRateLimit after the stall = %+v, %v; want Remaining 8", r, err)
+		}
+	})
+}
+
+// TestStallMakesGoRedisRetry shows that the proxy above provokes a retry
+// of an ordinary script call, so the test above can fail.
+func TestStallMakesGoRedisRetry(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	p := newStallProxies(t)
+	c := redis.NewClient(&redis.Options{
+		Addr: p.listen(t, b.mr.Addr()), ReadTimeout: stallReadTimeout, MaxRetries: 2, ContextTimeoutEnabled: true,
+	})
+	defer c.Close()
+	ctx := ctxT(t)
+	keys := []string{b.raw("ratelimit:plain")}
+	if err := rateLimitScript.Run(ctx, c, keys, 60000).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p.arm(stallFor)
+	_ = rateLimitScript.Run(ctx, c, keys, 60000).Err()
+	if n, _ := b.client.Get(ctx, keys[0]).Int(); n != 3 {
+		t.Errorf("counter after two plain script calls, one retried = %d; want 3", n)
+	}
+}
+
+// stallURL returns a redis:// URL for b's server through p.
+func stallURL(t testing.TB, b *backend, p *stallProxies) string {
+	t.Helper()
+	if !b.real() {
+		return "redis://" + p.listen(t, b.mr.Addr())
+	}
+	u, err := url.Parse(os.Getenv(envTestURL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = p.listen(t, u.Host)
+	return u.String()
+}
+
+// stallProxies forwards TCP connections to Redis servers, one listener
+// per server, and can hold back the reply to the next script call.
+type stallProxies struct {
+	armed   atomic.Int64 // nanoseconds to hold back the next script reply; 0: none
+	scripts atomic.Int64 // EVAL and EVALSHA commands passed on
+
+	mu      sync.Mutex // guards the fields below
+	addrs   map[string]string
+	closers []io.Closer
+	done    chan struct{}
+	wg      sync.WaitGroup
+}
+
+func newStallProxies(t testing.TB) *stallProxies {
+	t.Helper()
+	p := &stallProxies{addrs: map[string]string{}, done: make(chan struct{})}
+	t.Cleanup(func() {
+		close(p.done)
+		p.mu.Lock()
+		for _, c := range p.closers {
+			c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+// arm holds back the reply to the next script call for d.
+func (p *stallProxies) arm(d time.Duration) { p.armed.Store(int64(d)) }
+
+// listen returns the address of the proxy for target, starting it if
+// needed.
+func (p *stallProxies) listen(t testing.TB, target string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if a, ok := p.addrs[target]; ok {
+		return a
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Errorf("proxy listen: %v", err)
+		return ""
+	}
+	p.addrs[target] = ln.Addr().String()
+	p.closers = append(p.closers, ln)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			down, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				down.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.closers = append(p.closers, down, up)
+			p.mu.Unlock()
+			p.pipe(down, up)
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// pipe copies between the client side down and the server side up.
+func (p *stallProxies) pipe(down, up net.Conn) {
+	var hold atomic.Int64 // delay for the next reply on this connection
+	closeBoth := func() { down.Close(); up.Close() }
+	p.wg.Add(2)
+	go func() {
+		defer p.wg.Done()
+		defer closeBoth()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := down.Read(buf)
+			if n > 0 {
+				if k := countScripts(buf[:n]); k > 0 {
+					p.scripts.Add(int64(k))
+					if d := p.armed.Swap(0); d > 0 {
+						hold.Store(d) // before the command reaches Redis
+					}
+				}
+				if _, err := up.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	go func() {
+		defer p.wg.Done()
+		defer closeBoth()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := up.Read(buf)
+			if n > 0 {
+				if d := hold.Swap(0); d > 0 {
+					select {
+					case <-time.After(time.Duration(d)):
+					case <-p.done:
+						return
+					}
+				}
+				if _, err := down.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+}
+
+// countScripts counts EVAL and EVALSHA commands in RESP bytes.
+func countScripts(b []byte) int {
+	b = bytes.ToLower(b)
+	return bytes.Count(b, []byte("\r\nevalsha\r\n")) + bytes.Count(b, []byte("\r\neval\r\n"))
+}

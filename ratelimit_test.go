@@ -1,0 +1,414 @@
+package redisservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// serverTime returns the backend's TIME.
+func (b *backend) serverTime(t testing.TB) time.Time {
+	t.Helper()
+	if !b.real() {
+		return b.now
+	}
+	now, err := b.client.Time(ctxT(t)).Result()
+	if err != nil {
+		t.Fatalf("TIME: %v", err)
+	}
+	return now
+}
+
+func TestCheckRateLimit(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		const limit = 3
+		window := 400 * time.Millisecond
+		raw := b.raw("ratelimit:user-1")
+
+		before := b.serverTime(t)
+		var first RateLimitResult
+		for i := 1; i <= limit; i++ {
+			r, err := s.CheckRateLimit(ctx, "user-1", window, limit)
+			if err != nil {
+				t.Fatalf("CheckRateLimit #%d: %v", i, err)
+			}
+			if !r.Allowed || r.Limit != limit || r.Remaining != limit-i || r.RetryAfter != 0 {
+				t.Fatalf("CheckRateLimit #%d = %+v; want allowed, Limit %d, Remaining %d, RetryAfter 0", i, r, limit, limit-i)
+			}
+			if r.ResetAfter <= 0 || r.ResetAfter > window {
+				t.Errorf("CheckRateLimit #%d ResetAfter = %v; want in (0, %v]", i, r.ResetAfter, window)
+			}
+			if i == 1 {
+				first = r
+			} else if d := r.ResetAt.Sub(first.ResetAt); d < -time.Millisecond || d > time.Millisecond {
+				t.Errorf("CheckRateLimit #%d ResetAt = %v; want the window's end %v", i, r.ResetAt, first.ResetAt)
+			}
+		}
+		after := b.serverTime(t)
+		if start := first.ResetAt.Add(-window); start.Before(before.Add(-time.Millisecond)) || start.After(after.Add(time.Millisecond)) {
+			t.Errorf("window start ResetAt-window = %v; want between %v and %v (server TIME around the first call)", start, before, after)
+		}
+
+		denied, err := s.CheckRateLimit(ctx, "user-1", window, limit)
+		if err != nil {
+			t.Fatalf("CheckRateLimit over the limit: %v", err)
+		}
+		if denied.Allowed || denied.Remaining != 0 || denied.RetryAfter <= 0 || denied.RetryAfter > window || denied.RetryAfter != denied.ResetAfter {
+			t.Errorf("CheckRateLimit over the limit = %+v; want denied, Remaining 0, 0 < RetryAfter = ResetAfter <= %v", denied, window)
+		}
+		pttl, err := b.client.PTTL(ctx, raw).Result()
+		if err != nil || pttl <= 0 || pttl > window {
+			t.Errorf("PTTL(%q) = %v, %v; want in (0, %v]", raw, pttl, err, window)
+		}
+		if n, err := b.client.Get(ctx, raw).Int(); err != nil || n != limit+1 {
+			t.Errorf("counter = %d, %v; want %d (denied requests are counted)", n, err, limit+1)
+		}
+
+		// Another identifier has its own window.
+		if r, err := s.CheckRateLimit(ctx, "user-2", window, limit); err != nil || !r.Allowed || r.Remaining != limit-1 {
+			t.Errorf("CheckRateLimit(user-2) = %+v, %v; want allowed with Remaining %d", r, err, limit-1)
+		}
+
+		// A new window starts once the old one has expired.
+		b.pass(window)
+		b.waitFor(t, "counter expires", func() bool { return b.client.Exists(ctx, raw).Val() == 0 })
+		r, err := s.CheckRateLimit(ctx, "user-1", window, limit)
+		if err != nil || !r.Allowed || r.Remaining != limit-1 {
+			t.Errorf("CheckRateLimit after the window = %+v, %v; want allowed with Remaining %d", r, err, limit-1)
+		}
+		if !r.ResetAt.After(first.ResetAt) {
+			t.Errorf("new window ResetAt = %v; want after the old window's %v", r.ResetAt, first.ResetAt)
+		}
+	})
+}
+
+func TestCheckRateLimitConcurrentCallersNeverExceedTheLimit(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		const limit, callers = 20, 64
+		var (
+			wg        sync.WaitGroup
+			mu        sync.Mutex
+			allowed   int
+			remaining = map[int]bool{}
+		)
+		for range callers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := s.CheckRateLimit(ctx, "burst", 10*time.Second, limit)
+				if err != nil {
+					t.Errorf("CheckRateLimit: %v", err)
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if r.Allowed {
+					allowed++
+					if remaining[r.Remaining] {
+						t.Errorf("Remaining %d reported twice", r.Remaining)
+					}
+					remaining[r.Remaining] = true
+				}
+			}()
+		}
+		wg.Wait()
+		if allowed != limit {
+			t.Errorf("%d concurrent callers: %d allowed; want exactly %d", callers, allowed, limit)
+		}
+		if n, err := b.client.Get(ctx, b.raw("ratelimit:burst")).Int(); err != nil || n != callers {
+			t.Errorf("counter = %d, %v; want %d", n, err, callers)
+		}
+	})
+}
+
+func TestCheckRateLimitInvalidArguments(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		tests := []struct {
+			name   string
+			id     string
+			window time.Duration
+			limit  int
+			want   error
+		}{
+			{"empty identifier", "", time.Second, 10, ErrInvalidKey},
+			{"zero limit", "id", time.Second, 0, ErrInvalidArgument},
+			{"negative limit", "id", time.Second, -1, ErrInvalidArgument},
+			{"zero window", "id", 0, 10, ErrInvalidArgument},
+			{"negative window", "id", -time.Second, 10, ErrInvalidArgument},
+			{"sub-millisecond window", "id", 500 * time.Microsecond, 10, ErrInvalidTTL},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				r, err := s.CheckRateLimit(ctx, tt.id, tt.window, tt.limit)
+				if !errors.Is(err, tt.want) {
+					t.Errorf("CheckRateLimit(%q, %v, %d) error = %v; want %v", tt.id, tt.window, tt.limit, err, tt.want)
+				}
+				if r != (RateLimitResult{}) {
+					t.Errorf("CheckRateLimit(%q, %v, %d) = %+v; want the zero result (not allowed)", tt.id, tt.window, tt.limit, r)
+				}
+				if n := b.client.Exists(ctx, b.raw("ratelimit:"+tt.id)).Val(); n != 0 {
+					t.Errorf("CheckRateLimit(%q, %v, %d) wrote a counter", tt.id, tt.window, tt.limit)
+				}
+			})
+		}
+		if !s.IsConnected() || s.Stats().Errors != 0 {
+			t.Errorf("invalid arguments counted as Redis failures: IsConnected %v, Stats %+v", s.IsConnected(), s.Stats())
+		}
+	})
+}
+
+func TestCheckRateLimitGivesAStrayCounterATTL(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		raw := b.raw("ratelimit:legacy")
+		// What the original service left behind when it died between INCR
+		// and EXPIRE: a counter that would block its client forever.
+		if err := b.client.Set(ctx, raw, 7, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.CheckRateLimit(ctx, "legacy", 300*time.Millisecond, 10)
+		if err != nil || !r.Allowed || r.Remaining != 2 {
+			t.Errorf("CheckRateLimit = %+v, %v; want allowed with Remaining 2", r, err)
+		}
+		if pttl := b.client.PTTL(ctx, raw).Val(); pttl <= 0 || pttl > 300*time.Millisecond {
+			t.Errorf("PTTL(%q) = %v; want in (0, 300ms]", raw, pttl)
+		}
+	})
+}
+
+func TestCheckRateLimitMillisecondWindow(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		// 1.9ms is used as 1ms: the window is never longer than asked.
+		r, err := s.CheckRateLimit(ctx, "ms", 1900*time.Microsecond, 1)
+		if err != nil || !r.Allowed || r.ResetAfter <= 0 || r.ResetAfter > time.Millisecond {
+			t.Errorf("CheckRateLimit(1.9ms) = %+v, %v; want allowed with ResetAfter in (0, 1ms]", r, err)
+		}
+	})
+}
+
+func TestCheckRateLimitUsesTheServerClock(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	s := b.service(t, Options{})
+	// The server's clock is far from the local one: ResetAt follows the
+	// server, which every process sharing the limit agrees on.
+	serverNow := time.Date(2031, 3, 4, 5, 6, 7, 123_000_000, time.UTC)
+	b.mr.SetTime(serverNow)
+	r, err := s.CheckRateLimit(ctxT(t), "clock", 90*time.Second, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := serverNow.Add(90 * time.Second); !r.ResetAt.Equal(want) || r.ResetAfter != 90*time.Second {
+		t.Errorf("CheckRateLimit ResetAt, ResetAfter = %v, %v; want %v, 90s", r.ResetAt, r.ResetAfter, want)
+	}
+}
+
+func TestCheckRateLimitWhenRedisCannotBeAsked(t *testing.T) {
+	t.Parallel()
+	addr := closedPort(t)
+	window := 30 * time.Second
+	for _, failClosed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("RateLimitFailClosed=%v", failClosed), func(t *testing.T) {
+			t.Parallel()
+			s, err := New(Options{URL: "redis://" + addr, Timeout: 500 * time.Millisecond, RateLimitFailClosed: failClosed})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			start := time.Now()
+			r, err := s.CheckRateLimit(context.Background(), "client", window, 10)
+			if took := time.Since(start); took > 2*time.Second {
+				t.Errorf("CheckRateLimit with Redis down took %v; want within the 500ms Timeout bound", took)
+			}
+			if err == nil {
+				t.Fatalf("CheckRateLimit with Redis down = %+v, nil error; want an error", r)
+			}
+			want := RateLimitResult{Allowed: true, Limit: 10, Remaining: 9, ResetAfter: window}
+			if failClosed {
+				want = RateLimitResult{Allowed: false, Limit: 10, Remaining: 0, ResetAfter: window, RetryAfter: window}
+			}
+			got := r
+			got.ResetAt = time.Time{}
+			if got != want {
+				t.Errorf("CheckRateLimit with Redis down = %+v; want %+v", got, want)
+			}
+			if d := time.Until(r.ResetAt); d <= 0 || d > window {
+				t.Errorf("fallback ResetAt in %v; want about now + %v", d, window)
+			}
+
+			// After Close: the same fallback, with ErrClosed.
+			_ = s.Close()
+			r, err = s.CheckRateLimit(context.Background(), "client", window, 10)
+			if !errors.Is(err, ErrClosed) || r.Allowed != !failClosed {
+				t.Errorf("CheckRateLimit after Close = %+v, %v; want Allowed %v and ErrClosed", r, err, !failClosed)
+			}
+		})
+	}
+}
+
+func TestCheckRateLimitScriptError(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		if err := b.client.HSet(ctx, b.raw("ratelimit:hash"), "f", "v").Err(); err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.CheckRateLimit(ctx, "hash", time.Second, 10)
+		if err == nil || !strings.Contains(err.Error(), "WRONGTYPE") || !r.Allowed {
+			t.Errorf("CheckRateLimit on a hash = %+v, %v; want the fail-open result and a WRONGTYPE error", r, err)
+		}
+		if !s.IsConnected() {
+			t.Errorf("IsConnected after a script error = false; want true")
+		}
+	})
+}
+
+// closedPort returns a loopback address nothing listens on.
+func closedPort(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func TestCheckRateLimitRecoversFromNoScript(t *testing.T) {
+	t.Parallel()
+	type server struct {
+		client  *redis.Client
+		restart func() // nil when the server cannot be restarted
+	}
+	servers := map[string]func(t *testing.T) server{
+		"miniredis": func(t *testing.T) server {
+			b := newBackend(t, "miniredis")
+			return server{client: b.client.(*redis.Client)}
+		},
+		"redis": func(t *testing.T) server {
+			sr := startScratchRedis(t)
+			c := redis.NewClient(&redis.Options{Addr: sr.addr, ContextTimeoutEnabled: true})
+			t.Cleanup(func() { c.Close() })
+			return server{client: c, restart: sr.restart}
+		},
+	}
+	for _, name := range []string{"miniredis", "redis"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv := servers[name](t)
+			s, err := New(Options{Client: srv.client})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			ctx := ctxT(t)
+			sha := rateLimitScript.Hash()
+			check := func(what string, wantRemaining int) {
+				t.Helper()
+				r, err := s.CheckRateLimit(ctx, "noscript", time.Minute, 5)
+				if err != nil || !r.Allowed || r.Remaining != wantRemaining {
+					t.Fatalf("CheckRateLimit %s = %+v, %v; want allowed with Remaining %d", what, r, err, wantRemaining)
+				}
+				if ok, err := srv.client.ScriptExists(ctx, sha).Result(); err != nil || !ok[0] {
+					t.Fatalf("SCRIPT EXISTS after CheckRateLimit %s = %v, %v; want the script loaded again", what, ok, err)
+				}
+			}
+			check("on a fresh server", 4)
+			check("with the script cached", 3)
+			if err := srv.client.ScriptFlush(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+			check("after SCRIPT FLUSH", 2)
+			if srv.restart == nil {
+				return
+			}
+			srv.restart() // the counter is lost with the server: a new window
+			check("after a restart", 4)
+		})
+	}
+}
+
+// scratchRedis is a redis-server of the test's own, which it may stall,
+// flush or restart without disturbing anyone.
+type scratchRedis struct {
+	addr    string
+	dir     string
+	restart func()
+}
+
+// startScratchRedis starts a redis-server on a free loopback port for the
+// test and stops it at cleanup. It skips unless real servers are wanted
+// (REDIS_TEST_URL is set) and redis-server is installed.
+func startScratchRedis(t testing.TB) *scratchRedis {
+	t.Helper()
+	if os.Getenv(envTestURL) == "" {
+		t.Skipf("no real Redis: set %s (scripts/redis-test-servers start prints it)", envTestURL)
+	}
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Skipf("redis-server not installed: %v", err)
+	}
+	sr := &scratchRedis{addr: closedPort(t), dir: t.TempDir()}
+	_, port, _ := net.SplitHostPort(sr.addr)
+	var cmd *exec.Cmd
+	stop := func() {
+		if cmd != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			cmd = nil
+		}
+	}
+	start := func() {
+		t.Helper()
+		cmd = exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+			"--dir", sr.dir, "--daemonize", "no")
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("start redis-server: %v", err)
+		}
+		c := redis.NewClient(&redis.Options{Addr: sr.addr, MaxRetries: -1})
+		defer c.Close()
+		deadline := time.Now().Add(5 * time.Second)
+		for c.Ping(context.Background()).Err() != nil {
+			if time.Now().After(deadline) {
+				stop()
+				t.Fatalf("redis-server on %s did not answer PING", sr.addr)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	sr.restart = func() { stop(); start() }
+	start()
+	t.Cleanup(stop)
+	return sr
+}
