@@ -3,6 +3,9 @@ package redisservice_test
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -88,4 +91,53 @@ func ExampleService_HGetAll() {
 	fields, err := svc.HGetAll(ctx, "register:1")
 	fmt.Println(fields, err)
 	// Output: map[cashier:ada float:20000] <nil>
+}
+
+func ExampleService_CheckRateLimit() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+	ctx := context.Background()
+
+	// Three logins per register per minute; the fourth is refused.
+	for i := 1; i <= 4; i++ {
+		r, err := svc.CheckRateLimit(ctx, "login:register-1", time.Minute, 3)
+		if err != nil {
+			fmt.Println(err) // Redis down: r.Allowed is true unless Options.RateLimitFailClosed
+		}
+		fmt.Printf("attempt %d: allowed=%v remaining=%d retry in window=%v\n",
+			i, r.Allowed, r.Remaining, r.RetryAfter > 0 && r.RetryAfter <= time.Minute)
+	}
+	// Output:
+	// attempt 1: allowed=true remaining=2 retry in window=false
+	// attempt 2: allowed=true remaining=1 retry in window=false
+	// attempt 3: allowed=true remaining=0 retry in window=false
+	// attempt 4: allowed=false remaining=0 retry in window=true
+}
+
+func ExampleService_RateLimitMiddleware() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+
+	api := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "products") })
+	limit := svc.RateLimitMiddleware(redisservice.RateLimitConfig{
+		Limit:  2,
+		Window: time.Minute,
+		// Behind a load balancer: believe its X-Forwarded-For, no one else's.
+		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
+	})
+	h := limit(api)
+
+	for i := 1; i <= 3; i++ {
+		req := httptest.NewRequest(http.MethodGet, "/products", nil)
+		req.RemoteAddr = "10.0.0.5:41000" // the load balancer
+		req.Header.Set("X-Forwarded-For", "203.0.113.7")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		fmt.Printf("%d remaining=%s retry-after=%q\n",
+			rec.Code, rec.Header().Get("RateLimit-Remaining"), rec.Header().Get("Retry-After"))
+	}
+	// Output:
+	// 200 remaining=1 retry-after=""
+	// 200 remaining=0 retry-after=""
+	// 429 remaining=0 retry-after="60"
 }

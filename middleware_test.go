@@ -1,0 +1,364 @@
+package redisservice
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// limited wraps a handler that counts its calls in the middleware.
+func limited(s *Service, cfg RateLimitConfig) (http.Handler, *atomic.Int64) {
+	var calls atomic.Int64
+	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.WriteHeader(http.StatusOK)
+	})
+	return s.RateLimitMiddleware(cfg)(next), &calls
+}
+
+// serve sends a GET from remoteAddr with headers (name, value pairs).
+func serve(h http.Handler, remoteAddr string, headers ...string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(http.MethodGet, "/api/products", nil)
+	req.RemoteAddr = remoteAddr
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Add(headers[i], headers[i+1])
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+func TestRateLimitMiddleware(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		h, calls := limited(s, RateLimitConfig{Limit: 2, Window: 1500 * time.Millisecond})
+		// Whole seconds, rounded up: 1.5s is 2 (1 once a real server has
+		// used up half a second of the window).
+		resetOK := func(v string) bool { return v == "2" || (b.real() && v == "1") }
+
+		for i, wantRemaining := range []string{"1", "0"} {
+			rec := serve(h, "203.0.113.7:40000")
+			if rec.Code != http.StatusOK {
+				t.Fatalf("request %d: status %d; want 200", i+1, rec.Code)
+			}
+			hd := rec.Header()
+			if hd.Get("RateLimit-Limit") != "2" || hd.Get("RateLimit-Remaining") != wantRemaining ||
+				!resetOK(hd.Get("RateLimit-Reset")) || hd.Get("RateLimit-Policy") != "2;w=2" {
+				t.Errorf("request %d headers %v; want RateLimit-Limit 2, -Remaining %s, -Reset 2, -Policy 2;w=2", i+1, hd, wantRemaining)
+			}
+			if hd.Get("Retry-After") != "" {
+				t.Errorf("request %d: Retry-After %q on an allowed request", i+1, hd.Get("Retry-After"))
+			}
+		}
+
+		// Same client, another port: same bucket, over the limit.
+		rec := serve(h, "203.0.113.7:40001")
+		if rec.Code != http.StatusTooManyRequests {
+			t.Fatalf("third request: status %d; want 429", rec.Code)
+		}
+		hd := rec.Header()
+		if !resetOK(hd.Get("Retry-After")) || hd.Get("RateLimit-Remaining") != "0" || !resetOK(hd.Get("RateLimit-Reset")) {
+			t.Errorf("429 headers %v; want Retry-After 2, RateLimit-Remaining 0, RateLimit-Reset 2", hd)
+		}
+		if ct := hd.Get("Content-Type"); ct != "application/json" {
+			t.Errorf("429 Content-Type %q; want application/json", ct)
+		}
+		var body struct {
+			Error      string `json:"error"`
+			RetryAfter int64  `json:"retryAfter"`
+		}
+		if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || body.Error == "" ||
+			strconv.FormatInt(body.RetryAfter, 10) != hd.Get("Retry-After") {
+			t.Errorf("429 body %q (%v); want JSON with error and retryAfter = Retry-After", rec.Body, err)
+		}
+		if n := calls.Load(); n != 2 {
+			t.Errorf("next handler ran %d times; want 2 (not for the denied request)", n)
+		}
+
+		// Another client has its own bucket.
+		if rec := serve(h, "198.51.100.9:1234"); rec.Code != http.StatusOK {
+			t.Errorf("other client: status %d; want 200", rec.Code)
+		}
+	})
+}
+
+func TestRateLimitMiddlewareResetRoundsUp(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	s := b.service(t, Options{})
+	tests := []struct {
+		window time.Duration
+		want   string
+	}{
+		{time.Millisecond, "1"},
+		{999 * time.Millisecond, "1"},
+		{time.Second, "1"},
+		{1001 * time.Millisecond, "2"},
+		{time.Minute, "60"},
+	}
+	for _, tt := range tests {
+		h, _ := limited(s, RateLimitConfig{Limit: 1, Window: tt.window})
+		serve(h, "192.0.2.1:1")
+		rec := serve(h, "192.0.2.1:1")
+		if got, ra := rec.Header().Get("RateLimit-Reset"), rec.Header().Get("Retry-After"); got != tt.want || ra != tt.want {
+			t.Errorf("window %v: RateLimit-Reset %q, Retry-After %q; want %q", tt.window, got, ra, tt.want)
+		}
+	}
+}
+
+func TestRateLimitMiddlewareKeyAndName(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	s := b.service(t, Options{})
+	byUser := func(r *http.Request) string { return r.Header.Get("X-User") }
+	users, _ := limited(s, RateLimitConfig{Limit: 1, Window: time.Minute, Key: byUser, Name: "users"})
+	other, _ := limited(s, RateLimitConfig{Limit: 1, Window: time.Minute, Key: byUser, Name: "exports"})
+
+	if rec := serve(users, "192.0.2.1:1", "X-User", "ada"); rec.Code != http.StatusOK {
+		t.Fatalf("ada first: %d; want 200", rec.Code)
+	}
+	if rec := serve(users, "192.0.2.2:1", "X-User", "ada"); rec.Code != http.StatusTooManyRequests {
+		t.Errorf("ada again from another IP: %d; want 429 (keyed on the user)", rec.Code)
+	}
+	if rec := serve(users, "192.0.2.1:1", "X-User", "bob"); rec.Code != http.StatusOK {
+		t.Errorf("bob from ada's IP: %d; want 200", rec.Code)
+	}
+	if rec := serve(other, "192.0.2.1:1", "X-User", "ada"); rec.Code != http.StatusOK {
+		t.Errorf("ada under another Name: %d; want 200 (own buckets)", rec.Code)
+	}
+	if !b.mr.Exists(b.raw("ratelimit:users:ada")) {
+		t.Errorf("no counter at ratelimit:users:ada; keys %v", b.mr.Keys())
+	}
+	// Key returning "" falls back to the client IP rather than exempting.
+	if rec := serve(users, "192.0.2.3:1"); rec.Code != http.StatusOK {
+		t.Errorf("anonymous first: %d; want 200", rec.Code)
+	}
+	if rec := serve(users, "192.0.2.3:2"); rec.Code != http.StatusTooManyRequests {
+		t.Errorf("anonymous again from the same IP: %d; want 429", rec.Code)
+	}
+}
+
+func TestRateLimitMiddlewareDefaultNameSeparatesLimits(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	s := b.service(t, Options{})
+	perMinute, _ := limited(s, RateLimitConfig{Limit: 1, Window: time.Minute})
+	perHour, _ := limited(s, RateLimitConfig{Limit: 1, Window: time.Hour})
+	serve(perMinute, "192.0.2.1:1")
+	if rec := serve(perHour, "192.0.2.1:1"); rec.Code != http.StatusOK {
+		t.Errorf("a second limit with its own window: %d; want 200 (own bucket)", rec.Code)
+	}
+	if !b.mr.Exists(b.raw("ratelimit:1/1m0s:192.0.2.1")) || !b.mr.Exists(b.raw("ratelimit:1/1h0m0s:192.0.2.1")) {
+		t.Errorf("keys %v; want ratelimit:1/1m0s:192.0.2.1 and ratelimit:1/1h0m0s:192.0.2.1", b.mr.Keys())
+	}
+}
+
+func TestRateLimitMiddlewareDenied(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	s := b.service(t, Options{})
+	denied := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusTeapot)
+		_, _ = w.Write([]byte("slow down"))
+	})
+	h, calls := limited(s, RateLimitConfig{Limit: 1, Window: 10 * time.Second, Denied: denied})
+	serve(h, "192.0.2.1:1")
+	rec := serve(h, "192.0.2.1:1")
+	if rec.Code != http.StatusTeapot || rec.Body.String() != "slow down" || rec.Header().Get("Retry-After") != "10" {
+		t.Errorf("denied: %d %q Retry-After %q; want the Denied handler's 418 with Retry-After 10", rec.Code, rec.Body, rec.Header().Get("Retry-After"))
+	}
+	if calls.Load() != 1 {
+		t.Errorf("next ran %d times; want 1", calls.Load())
+	}
+}
+
+func TestRateLimitMiddlewareWhenRedisIsDown(t *testing.T) {
+	t.Parallel()
+	addr := closedPort(t)
+	for _, failClosed := range []bool{false, true} {
+		name := "fail open"
+		if failClosed {
+			name = "fail closed"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			s, err := New(Options{URL: "redis://" + addr, Timeout: 300 * time.Millisecond, RateLimitFailClosed: failClosed})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			var seen atomic.Value
+			h, calls := limited(s, RateLimitConfig{Limit: 5, Window: 30 * time.Second,
+				OnError: func(r *http.Request, err error) { seen.Store(err) }})
+			rec := serve(h, "192.0.2.1:1")
+			if err, _ := seen.Load().(error); err == nil {
+				t.Errorf("OnError not called")
+			}
+			if rec.Header().Get("RateLimit-Limit") != "5" {
+				t.Errorf("headers %v; want RateLimit-Limit 5 even when Redis is down", rec.Header())
+			}
+			if !failClosed {
+				if rec.Code != http.StatusOK || calls.Load() != 1 {
+					t.Errorf("fail open: status %d, next ran %d times; want 200 and 1", rec.Code, calls.Load())
+				}
+				return
+			}
+			if rec.Code != http.StatusServiceUnavailable || calls.Load() != 0 || rec.Header().Get("Retry-After") != "30" ||
+				rec.Header().Get("Content-Type") != "application/json" {
+				t.Errorf("fail closed: status %d, next ran %d times, headers %v; want 503 JSON with Retry-After 30, next not run",
+					rec.Code, calls.Load(), rec.Header())
+			}
+		})
+	}
+}
+
+func TestRateLimitMiddlewareInvalidConfigPanics(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	s := b.service(t, Options{})
+	tests := []struct {
+		name string
+		cfg  RateLimitConfig
+		want string
+	}{
+		{"zero config", RateLimitConfig{}, "Limit 0"},
+		{"negative limit", RateLimitConfig{Limit: -1, Window: time.Second}, "Limit -1"},
+		{"zero window", RateLimitConfig{Limit: 1}, "Window 0s"},
+		{"sub-millisecond window", RateLimitConfig{Limit: 1, Window: time.Microsecond}, "Window 1µs"},
+		{"invalid proxy", RateLimitConfig{Limit: 1, Window: time.Second, TrustedProxies: []netip.Prefix{{}}}, "TrustedProxies[0]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			defer func() {
+				msg, _ := recover().(string)
+				if !strings.HasPrefix(msg, "redisservice: RateLimitMiddleware: ") || !strings.Contains(msg, tt.want) {
+					t.Errorf("RateLimitMiddleware(%+v) panic %q; want one prefixed \"redisservice: RateLimitMiddleware: \" naming %q", tt.cfg, msg, tt.want)
+				}
+			}()
+			s.RateLimitMiddleware(tt.cfg)
+		})
+	}
+}
+
+func TestClientIP(t *testing.T) {
+	t.Parallel()
+	proxies := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8")}
+	tests := []struct {
+		name    string
+		remote  string
+		header  string // ForwardedHeader; "" is X-Forwarded-For
+		proxies []netip.Prefix
+		headers []string
+		want    string
+	}{
+		{name: "ipv4 with port", remote: "203.0.113.7:5555", want: "203.0.113.7"},
+		{name: "ipv6 with port", remote: "[2001:db8::1]:5555", want: "2001:db8::1"},
+		{name: "ipv6 with zone", remote: "[fe80::1%eth0]:5555", want: "fe80::1"},
+		{name: "ipv4-mapped ipv6", remote: "[::ffff:203.0.113.7]:5555", want: "203.0.113.7"},
+		{name: "no port", remote: "203.0.113.7", want: "203.0.113.7"},
+		{name: "unparsable", remote: "pipe", want: "pipe"},
+		{name: "empty", remote: "", want: "unknown"},
+
+		// No trusted proxies: every forwarding header is ignored.
+		{name: "spoofed XFF", remote: "203.0.113.7:1", headers: []string{"X-Forwarded-For", "1.2.3.4"}, want: "203.0.113.7"},
+		{name: "spoofed X-Real-IP", remote: "203.0.113.7:1", headers: []string{"X-Real-IP", "1.2.3.4"}, want: "203.0.113.7"},
+		{name: "spoofed Forwarded", remote: "203.0.113.7:1", headers: []string{"Forwarded", "for=1.2.3.4"}, want: "203.0.113.7"},
+		// Trusted proxies, but the request does not come from one.
+		{name: "XFF from an untrusted peer", remote: "203.0.113.7:1", proxies: proxies,
+			headers: []string{"X-Forwarded-For", "1.2.3.4"}, want: "203.0.113.7"},
+
+		// From a trusted proxy: the right-most untrusted address.
+		{name: "XFF via proxy", remote: "10.0.0.2:1", proxies: proxies,
+			headers: []string{"X-Forwarded-For", "198.51.100.9"}, want: "198.51.100.9"},
+		{name: "XFF client prepends a lie", remote: "10.0.0.2:1", proxies: proxies,
+			headers: []string{"X-Forwarded-For", "1.2.3.4, 198.51.100.9"}, want: "198.51.100.9"},
+		{name: "XFF through two proxies", remote: "10.0.0.2:1", proxies: proxies,
+			headers: []string{"X-Forwarded-For", "1.2.3.4, 198.51.100.9, 10.1.1.1"}, want: "198.51.100.9"},
+		{name: "XFF on several lines", remote: "10.0.0.2:1", proxies: proxies,
+			headers: []string{"X-Forwarded-For", "1.2.3.4", "X-Forwarded-For", "198.51.100.9, 10.1.1.1"}, want: "198.51.100.9"},
+		{name: "XFF with ports and ipv6", remote: "[fd00::2]:1", proxies: proxies,
+			headers: []string{"X-Forwarded-For", "[2001:db8::7]:4711, 10.1.1.1:80"}, want: "2001:db8::7"},
+		{name: "XFF all trusted", remote: "10.0.0.2:1", proxies: proxies,
+			headers: []string{"X-Forwarded-For", "10.3.3.3, 10.1.1.1"}, want: "10.3.3.3"},
+		{name: "XFF garbage from the proxy", remote: "10.0.0.2:1", proxies: proxies,
+			headers: []string{"X-Forwarded-For", "1.2.3.4, unknown"}, want: "10.0.0.2"},
+		{name: "XFF missing", remote: "10.0.0.2:1", proxies: proxies, want: "10.0.0.2"},
+		{name: "4in6 prefix", remote: "10.0.0.2:1",
+			proxies: []netip.Prefix{netip.MustParsePrefix("::ffff:10.0.0.0/104")},
+			headers: []string{"X-Forwarded-For", "198.51.100.9"}, want: "198.51.100.9"},
+
+		// Only the configured header is read.
+		{name: "XFF proxy, client's Forwarded ignored", remote: "10.0.0.2:1", proxies: proxies,
+			headers: []string{"Forwarded", "for=1.2.3.4", "X-Forwarded-For", "198.51.100.9"}, want: "198.51.100.9"},
+		{name: "XFF proxy, client's X-Real-IP ignored", remote: "10.0.0.2:1", proxies: proxies,
+			headers: []string{"X-Real-IP", "1.2.3.4"}, want: "10.0.0.2"},
+		{name: "X-Real-IP proxy", remote: "10.0.0.2:1", proxies: proxies, header: "x-real-ip",
+			headers: []string{"X-Real-IP", "198.51.100.9", "X-Forwarded-For", "1.2.3.4"}, want: "198.51.100.9"},
+		{name: "Forwarded proxy", remote: "10.0.0.2:1", proxies: proxies, header: "Forwarded",
+			headers: []string{"Forwarded", `for=1.2.3.4, for="[2001:db8:cafe::17]:4711";proto=https, For=10.1.1.1`},
+			want:    "2001:db8:cafe::17"},
+		{name: "Forwarded obfuscated", remote: "10.0.0.2:1", proxies: proxies, header: "Forwarded",
+			headers: []string{"Forwarded", "for=1.2.3.4, for=_hidden"}, want: "10.0.0.2"},
+		{name: "Forwarded proxy, client's XFF ignored", remote: "10.0.0.2:1", proxies: proxies, header: "Forwarded",
+			headers: []string{"X-Forwarded-For", "1.2.3.4", "Forwarded", "for=198.51.100.9"}, want: "198.51.100.9"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := RateLimitConfig{Limit: 1, Window: time.Second, TrustedProxies: tt.proxies, ForwardedHeader: tt.header}.withDefaults()
+			req := httptest.NewRequest(http.MethodGet, "/", nil)
+			req.RemoteAddr = tt.remote
+			for i := 0; i+1 < len(tt.headers); i += 2 {
+				req.Header.Add(tt.headers[i], tt.headers[i+1])
+			}
+			if got := cfg.clientIP(req); got != tt.want {
+				t.Errorf("clientIP(RemoteAddr %q, %v) = %q; want %q", tt.remote, req.Header, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestRateLimitMiddlewareIgnoresSpoofedHeaders(t *testing.T) {
+	t.Parallel()
+	spoofs := []struct {
+		name    string
+		headers []string
+	}{
+		{"X-Forwarded-For", []string{"X-Forwarded-For", "1.2.3.4"}},
+		{"X-Forwarded-For list", []string{"X-Forwarded-For", "5.6.7.8, 9.9.9.9"}},
+		{"X-Real-IP", []string{"X-Real-IP", "1.2.3.5"}},
+		{"Forwarded", []string{"Forwarded", "for=1.2.3.6"}},
+		{"all at once", []string{"X-Forwarded-For", "1.2.3.7", "X-Real-IP", "1.2.3.8", "Forwarded", "for=1.2.3.9"}},
+	}
+	for _, trusted := range [][]netip.Prefix{nil, {netip.MustParsePrefix("10.0.0.0/8")}} {
+		name := "no trusted proxies"
+		if trusted != nil {
+			name = "client is not a trusted proxy"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := newBackend(t, "miniredis")
+			s := b.service(t, Options{})
+			h, _ := limited(s, RateLimitConfig{Limit: 1, Window: time.Minute, TrustedProxies: trusted})
+			if rec := serve(h, "203.0.113.7:1000"); rec.Code != http.StatusOK {
+				t.Fatalf("first request: %d; want 200", rec.Code)
+			}
+			for _, sp := range spoofs {
+				if rec := serve(h, "203.0.113.7:1001", sp.headers...); rec.Code != http.StatusTooManyRequests {
+					t.Errorf("spoofed %s: status %d; want 429 (same bucket as the client's address)", sp.name, rec.Code)
+				}
+			}
+			if keys := b.mr.Keys(); len(keys) != 1 {
+				t.Errorf("counters %v; want one, for 203.0.113.7", keys)
+			}
+		})
+	}
+}
