@@ -3,6 +3,7 @@ package redisservice
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/url"
@@ -32,73 +33,99 @@ func TestRateLimitScriptIsNotRetriedAfterATimeout(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		t.Parallel()
-		p := newStallProxies(t)
-		ctx := ctxT(t)
-		var s *Service
+		type variant struct {
+			name    string
+			service func(t *testing.T, p *stallProxies) *Service
+		}
+		var variants []variant
 		if b.name == "cluster" {
-			// Every node, including those found through CLUSTER SLOTS, is
-			// reached through a proxy.
-			cc := redis.NewClusterClient(&redis.ClusterOptions{
-				Addrs: strings.Split(os.Getenv(envTestCluster), ","),
-				Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
-					var d net.Dialer
-					return d.DialContext(ctx, network, p.listen(t, addr))
-				},
-				ReadTimeout:           stallReadTimeout,
-				MaxRetries:            5,
-				ContextTimeoutEnabled: true,
-			})
-			t.Cleanup(func() { cc.Close() })
-			var err error
-			if s, err = New(Options{Client: cc, KeyPrefix: b.prefix}); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
+			variants = append(variants, variant{"cluster client", func(t *testing.T, p *stallProxies) *Service {
+				// Every node, including those found through CLUSTER SLOTS,
+				// is reached through a proxy.
+				cc := redis.NewClusterClient(&redis.ClusterOptions{
+					Addrs: strings.Split(os.Getenv(envTestCluster), ","),
+					Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+						var d net.Dialer
+						return d.DialContext(ctx, network, p.listen(t, addr))
+					},
+					ReadTimeout:           stallReadTimeout,
+					MaxRetries:            5,
+					ContextTimeoutEnabled: true,
+				})
+				t.Cleanup(func() { cc.Close() })
+				return newStallService(t, Options{Client: cc, KeyPrefix: b.prefix})
+			}})
 		} else {
 			// The Service's own dialled client, with its default retries.
-			var err error
-			s, err = New(Options{URL: stallURL(t, b, p), KeyPrefix: b.prefix, Timeout: stallReadTimeout})
-			if err != nil {
-				t.Fatal(err)
+			variants = append(variants, variant{"dialled client", func(t *testing.T, p *stallProxies) *Service {
+				return newStallService(t, Options{URL: stallURL(t, b, p), KeyPrefix: b.prefix, Timeout: stallReadTimeout})
+			}})
+			if b.real() { // miniredis has no CLIENT TRACKING
+				variants = append(variants, variant{"dialled with AutoPipeline and ClientSideCache", func(t *testing.T, p *stallProxies) *Service {
+					return newStallService(t, Options{URL: stallURL(t, b, p), KeyPrefix: b.prefix, Timeout: stallReadTimeout,
+						AutoPipeline: true, ClientSideCache: true})
+				}})
 			}
-			t.Cleanup(func() { s.Close() })
 		}
-
-		// Load the script and warm the pool without a stall.
-		if _, err := s.CheckRateLimit(ctx, "warm", time.Minute, 10); err != nil {
-			t.Fatalf("CheckRateLimit without a stall: %v", err)
-		}
-		sent := p.scripts.Load()
-
-		p.arm(stallFor)
-		// The caller's deadline is far away: only the read timeout fires,
-		// which is when go-redis would retry an ordinary command.
-		callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		start := time.Now()
-		r, err := s.CheckRateLimit(callCtx, "stalled", time.Minute, 10)
-		took := time.Since(start)
-		if err == nil || !isTimeout(err) {
-			t.Fatalf("CheckRateLimit with the reply held back = %+v, %v; want a timeout error", r, err)
-		}
-		if !r.Allowed {
-			t.Errorf("CheckRateLimit with the reply held back = %+v; want the fail-open result", r)
-		}
-		if took >= stallFor {
-			t.Errorf("CheckRateLimit took %v; want it to give up at the %v read timeout", took, stallReadTimeout)
-		}
-		if n := p.scripts.Load() - sent; n != 1 {
-			t.Errorf("script sent %d times for one CheckRateLimit; want 1", n)
-		}
-		if n, err := b.client.Get(ctx, b.raw("ratelimit:stalled")).Int(); err != nil || n != 1 {
-			t.Errorf("counter after one timed-out CheckRateLimit = %d, %v; want 1", n, err)
-		}
-
-		// The limiter works again at once, on a fresh connection.
-		if r, err := s.CheckRateLimit(ctx, "stalled", time.Minute, 10); err != nil || r.Remaining != 8 {
-			t.Errorf("CheckRateLimit after the stall = %+v, %v; want Remaining 8", r, err)
+		for i, v := range variants {
+			t.Run(v.name, func(t *testing.T) {
+				p := newStallProxies(t)
+				checkScriptNotRetried(t, b, p, v.service(t, p), fmt.Sprintf("stalled-%d", i))
+			})
 		}
 	})
+}
+
+// newStallService returns a Service made with opts, closed at cleanup.
+func newStallService(t testing.TB, opts Options) *Service {
+	t.Helper()
+	s, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// checkScriptNotRetried holds back the reply to one CheckRateLimit of s,
+// which talks to b through p, and checks that it counted once.
+func checkScriptNotRetried(t *testing.T, b *backend, p *stallProxies, s *Service, id string) {
+	t.Helper()
+	ctx := ctxT(t)
+	// Load the script and warm the pool without a stall.
+	if _, err := s.CheckRateLimit(ctx, "warm", time.Minute, 10); err != nil {
+		t.Fatalf("CheckRateLimit without a stall: %v", err)
+	}
+	sent := p.scripts.Load()
+
+	p.arm(stallFor)
+	// The caller's deadline is far away: only the read timeout fires,
+	// which is when go-redis would retry an ordinary command.
+	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	r, err := s.CheckRateLimit(callCtx, id, time.Minute, 10)
+	took := time.Since(start)
+	if err == nil || !isTimeout(err) {
+		t.Fatalf("CheckRateLimit with the reply held back = %+v, %v; want a timeout error", r, err)
+	}
+	if !r.Allowed {
+		t.Errorf("CheckRateLimit with the reply held back = %+v; want the fail-open result", r)
+	}
+	if took >= stallFor {
+		t.Errorf("CheckRateLimit took %v; want it to give up at the %v read timeout", took, stallReadTimeout)
+	}
+	if n := p.scripts.Load() - sent; n != 1 {
+		t.Errorf("script sent %d times for one CheckRateLimit; want 1", n)
+	}
+	if n, err := b.client.Get(ctx, b.raw("ratelimit:"+id)).Int(); err != nil || n != 1 {
+		t.Errorf("counter after one timed-out CheckRateLimit = %d, %v; want 1", n, err)
+	}
+
+	// The limiter works again at once, on a fresh connection.
+	if r, err := s.CheckRateLimit(ctx, id, time.Minute, 10); err != nil || r.Remaining != 8 {
+		t.Errorf("CheckRateLimit after the stall = %+v, %v; want Remaining 8", r, err)
+	}
 }
 
 // TestStallMakesGoRedisRetry shows that the proxy above provokes a retry
