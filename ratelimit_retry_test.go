@@ -128,6 +128,81 @@ func checkScriptNotRetried(t *testing.T, b *backend, p *stallProxies, s *Service
 	}
 }
 
+func TestRateLimitScriptIsNotRetriedOnAStalledServer(t *testing.T) {
+	t.Parallel()
+	sr := startScratchRedis(t)
+	ctx := ctxT(t)
+	direct := redis.NewClient(&redis.Options{Addr: sr.addr})
+	defer direct.Close()
+	// Idle connections ready in the pool, so that a retry would not have
+	// to dial (a new connection's handshake would stall too).
+	c := redis.NewClient(&redis.Options{Addr: sr.addr, ReadTimeout: stallReadTimeout, MaxRetries: 2,
+		MinIdleConns: 4, ContextTimeoutEnabled: true})
+	defer c.Close()
+	s := newStallService(t, Options{Client: c})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := s.CheckRateLimit(ctx, "warm", time.Minute, 10); err != nil {
+				t.Errorf("CheckRateLimit before the stall: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+
+	// The server itself stalls: commands queue up behind DEBUG SLEEP and
+	// run when it ends, retries included.
+	waitForStall := stallProbe(t, sr.addr)
+	slept := make(chan error, 1)
+	go func() { slept <- direct.Do(ctx, "DEBUG", "SLEEP", "1").Err() }()
+	waitForStall()
+	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	r, err := s.CheckRateLimit(callCtx, "stalled", time.Minute, 10)
+	if took := time.Since(start); err == nil || !isTimeout(err) || took > 600*time.Millisecond {
+		t.Errorf("CheckRateLimit on a stalled server = %+v, %v after %v; want a timeout error after about %v", r, err, took, stallReadTimeout)
+	}
+	if err := <-slept; err != nil {
+		t.Fatalf("DEBUG SLEEP: %v", err)
+	}
+	// Whatever was queued has run once the server answers again.
+	if err := direct.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := direct.Get(ctx, "ratelimit:stalled").Int(); err != nil || n != 1 {
+		t.Errorf("counter after one timed-out CheckRateLimit = %d, %v; want 1", n, err)
+	}
+}
+
+// stallProbe returns a function that returns once the server at addr
+// no longer answers a PING within 30ms. Call stallProbe before the stall
+// begins: it dials then.
+func stallProbe(t testing.TB, addr string) func() {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { c.Close() })
+	if err := c.Ping(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Second)
+		for time.Now().Before(deadline) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+			err := c.Ping(ctx).Err()
+			cancel()
+			if err != nil {
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		t.Fatalf("server %s never stalled", addr)
+	}
+}
+
 // TestStallMakesGoRedisRetry shows that the proxy above provokes a retry
 // of an ordinary script call, so the test above can fail.
 func TestStallMakesGoRedisRetry(t *testing.T) {

@@ -392,7 +392,7 @@ func startScratchRedis(t testing.TB) *scratchRedis {
 	start := func() {
 		t.Helper()
 		cmd = exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-			"--dir", sr.dir, "--daemonize", "no")
+			"--dir", sr.dir, "--daemonize", "no", "--enable-debug-command", "local")
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("start redis-server: %v", err)
 		}
