@@ -5,8 +5,8 @@ import "errors"
 // Sentinel errors. Test for them with [errors.Is]: the errors returned by
 // [Service] methods wrap them together with the operation and key.
 var (
-	// ErrInvalidKey reports an empty key, identifier or session id, or a
-	// session id that is too long or holds characters outside the
+	// ErrInvalidKey reports an empty key, identifier, pattern or session
+	// id, or a session id that is too long or holds characters outside the
 	// URL-unreserved set. Nothing is written.
 	ErrInvalidKey = errors.New("redisservice: invalid key")
 
@@ -24,6 +24,11 @@ var (
 
 	// ErrClosed is returned by every call made after [Service.Close].
 	ErrClosed = errors.New("redisservice: service closed")
+
+	// ErrUnavailable is returned by [Cache] when it did not try Redis
+	// because the last call found it unreachable (see
+	// [Service.IsConnected]); the loader's value comes with it.
+	ErrUnavailable = errors.New("redisservice: redis unavailable")
 
 	// ErrDecode reports a stored value that does not decode into the
 	// destination (bad JSON or a type mismatch). The wrapped error says why.

@@ -39,6 +39,7 @@ type Service struct {
 
 	stats   counters
 	logGate logGate
+	flights flightGroup // Cache's loads in progress
 }
 
 // New validates opts and returns a Service. It does not touch the

@@ -1,0 +1,304 @@
+package redisservice
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Cache returns the value cached at key, or loads, caches and returns it
+// (cache-aside).
+//
+// A hit decodes the JSON stored at key into a new T. On a miss Cache calls
+// load, stores its result as JSON with the time to live ttl (never longer:
+// sent as PX in whole milliseconds) and returns it. Within one Service the
+// callers that miss the same key (and T) at the same time share one call
+// of load, however many they are; they then receive the same T, so do not
+// modify a shared map, slice or pointer in place. The load that runs
+// checks the key once more first, so a caller that missed just before
+// another caller's load stored the value does not load again. A value at
+// key that does not decode into T (other JSON, not JSON, another Redis
+// type) is a miss and is overwritten.
+//
+// load is called exactly once per call of Cache that needs it, never
+// retried. When it fails, Cache returns the zero T and load's error
+// wrapped, and caches nothing. load receives a context with the values of
+// the ctx of the caller that started it but not its cancellation: ctx
+// bounds only how long each caller waits. A caller whose ctx ends gets
+// ctx's error while the others keep waiting; load's context is cancelled
+// only once every caller waiting for it has gone. A panic in load is
+// re-raised in every caller waiting for it.
+//
+// When Redis cannot be used, Cache still returns load's value, together
+// with an error: load runs as on a miss and nothing is cached. After a
+// call found Redis unreachable (see [Service.IsConnected]), Cache does not
+// touch Redis at all, so that an outage costs each call nothing but load:
+// its error matches [ErrUnavailable] until a background PING (at most one
+// a second) sees Redis answer again. Only the calls that find the outage
+// wait for Redis, up to [Options.Timeout] or their own deadline. After
+// [Service.Close], Cache returns load's value with [ErrClosed].
+//
+// An empty key fails with [ErrInvalidKey], a ttl below one millisecond
+// with [ErrInvalidTTL] and a nil load with [ErrInvalidArgument]; load is
+// then not called and the zero T is returned.
+func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error)) (T, error) {
+	const op = "cache"
+	var zero T
+	switch {
+	case key == "":
+		return zero, invalid(op, key, ErrInvalidKey)
+	case load == nil:
+		return zero, invalid(op, key, fmt.Errorf("%w: nil loader", ErrInvalidArgument))
+	}
+	if err := checkTTL(ttl); err != nil {
+		return zero, invalid(op, key, err)
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	v, hit, readErr := cacheRead[T](ctx, s, key)
+	if hit {
+		s.found(true)
+		return v, nil
+	}
+	if readErr == nil {
+		s.found(false)
+	}
+	recheck := readErr == nil // Redis answered: worth asking again inside the flight
+	res, err := s.flights.do(ctx, flightKey{key: key, typ: reflect.TypeFor[T]()}, func(lctx context.Context) (any, error) {
+		return loadAndStore(lctx, s, key, ttl, load, recheck)
+	})
+	if res == nil { // load failed, this caller stopped waiting, or load returned a nil interface
+		if err == nil {
+			return zero, readErr
+		}
+		if cerr := ctx.Err(); cerr != nil && err == cerr { //nolint:errorlint // do returns ctx.Err() itself
+			err = fmt.Errorf("redisservice: %s %q: %w", op, key, err)
+		}
+		return zero, err
+	}
+	if readErr != nil {
+		// This caller's own failure says more than the store's, which
+		// was skipped or failed for the same reason.
+		err = readErr
+	}
+	return res.(T), err
+}
+
+// loadAndStore is the shared part of a miss: check once more, call load,
+// store its value. It returns the value and load's error, or the value and
+// the error that kept it from being stored.
+func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), recheck bool) (any, error) {
+	const op = "cache"
+	if recheck {
+		if v, hit, _ := cacheRead[T](ctx, s, key); hit {
+			return v, nil
+		}
+	}
+	v, err := load(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("redisservice: %s %q: load: %w", op, key, err)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return v, invalid(op, key, fmt.Errorf("%w: %w", ErrInvalidArgument, err))
+	}
+	if err := s.skipWhileDown(op, key); err != nil {
+		return v, err
+	}
+	// The value is worth storing even when every caller has gone: the
+	// write is bounded by Options.Timeout instead.
+	_, err = call(s, context.WithoutCancel(ctx), op, key, func(ctx context.Context) (string, error) {
+		return s.rdb.Set(ctx, s.key(key), b, ttl).Result()
+	})
+	return v, err
+}
+
+// cacheRead reads key and decodes it into a T. It reports hit only for a
+// value that decodes; a missing or undecodable value is a miss with a nil
+// error. The error is Redis's or [ErrUnavailable]. It counts no hit or
+// miss.
+func cacheRead[T any](ctx context.Context, s *Service, key string) (T, bool, error) {
+	const op = "cache"
+	var v T
+	if err := s.skipWhileDown(op, key); err != nil {
+		return v, false, err
+	}
+	b, err := call(s, ctx, op, key, func(ctx context.Context) ([]byte, error) {
+		return s.rdb.Get(ctx, s.key(key)).Bytes()
+	})
+	var rerr redis.Error
+	switch {
+	case err == redis.Nil: //nolint:errorlint // call returns redis.Nil unwrapped
+		return v, false, nil
+	case errors.As(err, &rerr) && !errors.Is(err, ErrClosed):
+		return v, false, nil // WRONGTYPE: undecodable, overwritten by the SET
+	case err != nil:
+		return v, false, err
+	}
+	if json.Unmarshal(b, &v) != nil {
+		var zero T
+		return zero, false, nil
+	}
+	return v, true, nil
+}
+
+// skipWhileDown returns [ErrUnavailable], counted as a fallback, while
+// the last call found Redis unreachable; [Service.IsConnected] then
+// probes Redis in the background. After Close it returns nil, leaving
+// [ErrClosed] to call.
+func (s *Service) skipWhileDown(op, key string) error {
+	if s.closed.Load() || s.IsConnected() {
+		return nil
+	}
+	s.stats.fallbacks.Add(1)
+	return fmt.Errorf("redisservice: %s %q: %w", op, key, ErrUnavailable)
+}
+
+// Batch sizes of InvalidatePattern.
+const (
+	scanCount   = 1000 // COUNT hint of each SCAN
+	unlinkBatch = 500  // most keys deleted by one UNLINK (or one pipeline)
+)
+
+// InvalidatePattern deletes every key matching pattern and returns how
+// many it deleted. [Options.KeyPrefix] is put in front of pattern (with
+// its own glob characters escaped), so pattern matches the keys as the
+// caller names them: "product:*". Use [EscapePattern] on any part of
+// pattern that comes from user input.
+//
+// It walks the keyspace with SCAN MATCH pattern COUNT 1000 and deletes
+// each batch found with UNLINK (at most 500 keys a command), so it never
+// blocks Redis the way KEYS or one huge DEL would; UNLINK frees memory in
+// the background. On Redis Cluster it scans every master, in parallel,
+// and deletes with one single-key UNLINK per key, pipelined, since keys
+// of one node lie in different slots. Each SCAN and UNLINK round trip is
+// bounded by [Options.Timeout] when ctx has no deadline; the walk as a
+// whole only by ctx. The count is exact: a key that SCAN reports twice,
+// or that expires or is deleted by someone else meanwhile, is not
+// counted. Keys written during the walk may or may not be deleted.
+//
+// The pattern goes to Redis as it is, in Redis's glob syntax: * ? [abc]
+// [^a] [a-z] and \ to escape. Redis also takes odd patterns without an
+// error: [z-a] matches like [a-z], an unclosed [a like [a], a lone [ or []
+// matches nothing, and a trailing \ matches a backslash. (miniredis
+// differs there: it panics on [z-a] and a trailing \ matches nothing.)
+//
+// An empty pattern fails with [ErrInvalidKey]. On error InvalidatePattern
+// returns how many keys it deleted before the failure.
+func (s *Service) InvalidatePattern(ctx context.Context, pattern string) (int64, error) {
+	const op = "invalidatepattern"
+	if pattern == "" {
+		return 0, invalid(op, pattern, ErrInvalidKey)
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if s.closed.Load() {
+		return 0, s.fail(ctx, op, pattern, ErrClosed)
+	}
+	match := EscapePattern(s.prefix) + pattern
+	var deleted atomic.Int64
+	var stepFailed atomic.Bool // the error has been counted and wrapped by call
+	walk := func(ctx context.Context, node redis.UniversalClient) error {
+		var cursor uint64
+		for {
+			var keys []string
+			next, err := call(s, ctx, op, pattern, func(ctx context.Context) (uint64, error) {
+				var err error
+				var next uint64
+				keys, next, err = node.Scan(ctx, cursor, match, scanCount).Result()
+				return next, err
+			})
+			if err == nil {
+				var n int64
+				n, err = s.unlink(ctx, op, pattern, keys)
+				deleted.Add(n)
+			}
+			if err != nil {
+				stepFailed.Store(true)
+				return err
+			}
+			if cursor = next; cursor == 0 {
+				return nil
+			}
+		}
+	}
+	var err error
+	if c, ok := s.rdb.(*redis.ClusterClient); ok {
+		err = c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return walk(ctx, n) })
+		if err != nil && !stepFailed.Load() {
+			err = s.fail(ctx, op, pattern, err) // finding the masters failed
+		}
+	} else {
+		err = walk(ctx, s.rdb)
+	}
+	return deleted.Load(), err
+}
+
+// unlink deletes keys, given as stored (with the prefix), in batches and
+// returns how many existed, counting those of a failed batch too as far as
+// they are known.
+func (s *Service) unlink(ctx context.Context, op, pattern string, keys []string) (int64, error) {
+	var total int64
+	for len(keys) > 0 {
+		batch := keys[:min(len(keys), unlinkBatch)]
+		keys = keys[len(batch):]
+		var n int64
+		_, err := call(s, ctx, op, pattern, func(ctx context.Context) (struct{}, error) {
+			if !s.cluster {
+				var err error
+				n, err = s.rdb.Unlink(ctx, batch...).Result()
+				return struct{}{}, err
+			}
+			// A multi-key UNLINK across slots fails with CROSSSLOT.
+			cmds, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, k := range batch {
+					p.Unlink(ctx, k)
+				}
+				return nil
+			})
+			for _, c := range cmds {
+				n += c.(*redis.IntCmd).Val()
+			}
+			return struct{}{}, err
+		})
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// EscapePattern returns s with every character that is special in a
+// Redis glob pattern (* ? [ ] \) preceded by a backslash, so that the
+// result, used as a pattern or part of one, matches s itself and nothing
+// else, byte for byte. Use it for user input in a pattern:
+//
+//	svc.InvalidatePattern(ctx, "search:"+redisservice.EscapePattern(query)+":*")
+//
+// ^ and - need no escape: they are special only inside [ ], and no [
+// survives unescaped.
+func EscapePattern(s string) string {
+	if !strings.ContainsAny(s, `*?[]\`) {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s) + 8)
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '*', '?', '[', ']', '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
