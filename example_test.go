@@ -141,3 +141,56 @@ func ExampleService_RateLimitMiddleware() {
 	// 200 remaining=0 retry-after=""
 	// 429 remaining=0 retry-after="60"
 }
+
+func ExampleCache() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+	ctx := context.Background()
+
+	type product struct {
+		SKU   string `json:"sku"`
+		Price int    `json:"priceCents"`
+	}
+	loads := 0
+	loadProducts := func(ctx context.Context) ([]product, error) {
+		loads++ // a database query in a real service
+		return []product{{SKU: "A-1", Price: 250}, {SKU: "B-2", Price: 400}}, nil
+	}
+
+	for range 3 {
+		products, err := redisservice.Cache(ctx, svc, "products:all", time.Minute, loadProducts)
+		fmt.Println(len(products), products[0].SKU, err)
+	}
+	fmt.Println("loads:", loads)
+	// Output:
+	// 2 A-1 <nil>
+	// 2 A-1 <nil>
+	// 2 A-1 <nil>
+	// loads: 1
+}
+
+func ExampleService_InvalidatePattern() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+	ctx := context.Background()
+
+	_ = svc.MSet(ctx, map[string]any{
+		"products:all":        "[]",
+		"products:page:1":     "[]",
+		"products:page:2":     "[]",
+		"search:coffee*":      "[]",
+		"search:coffee beans": "[]",
+	}, redisservice.WithTTL(time.Hour))
+
+	n, err := svc.InvalidatePattern(ctx, "products:*")
+	fmt.Println(n, err)
+
+	// A user's query goes into a pattern only escaped: "coffee*" must not
+	// also match "coffee beans".
+	query := "coffee*"
+	n, err = svc.InvalidatePattern(ctx, "search:"+redisservice.EscapePattern(query))
+	fmt.Println(n, err)
+	// Output:
+	// 3 <nil>
+	// 1 <nil>
+}
