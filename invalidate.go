@@ -1,0 +1,150 @@
+package redisservice
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Batch sizes of InvalidatePattern.
+const (
+	scanCount   = 1000 // COUNT hint of each SCAN
+	unlinkBatch = 500  // most keys deleted by one UNLINK (or one pipeline)
+)
+
+// InvalidatePattern deletes every key matching pattern and returns how
+// many it deleted. [Options.KeyPrefix] is put in front of pattern (with
+// its own glob characters escaped), so pattern matches the keys as the
+// caller names them: "product:*". Use [EscapePattern] on any part of
+// pattern that comes from user input.
+//
+// It walks the keyspace with SCAN MATCH pattern COUNT 1000 and deletes
+// each batch found with UNLINK (at most 500 keys a command), so it never
+// blocks Redis the way KEYS or one huge DEL would; UNLINK frees memory in
+// the background. On Redis Cluster it scans every master, in parallel,
+// and deletes with one single-key UNLINK per key, pipelined, since keys
+// of one node lie in different slots. Each SCAN and UNLINK round trip is
+// bounded by [Options.Timeout] when ctx has no deadline; the walk as a
+// whole only by ctx. The count is exact: a key that SCAN reports twice,
+// or that expires or is deleted by someone else meanwhile, is not
+// counted. Keys written during the walk may or may not be deleted.
+//
+// The pattern goes to Redis as it is, in Redis's glob syntax: * ? [abc]
+// [^a] [a-z] and \ to escape. Redis also takes odd patterns without an
+// error: [z-a] matches like [a-z], an unclosed [a like [a], a lone [ or []
+// matches nothing, and a trailing \ matches a backslash. (miniredis
+// differs there: it panics on [z-a] and a trailing \ matches nothing.)
+//
+// An empty pattern fails with [ErrInvalidKey]. On error InvalidatePattern
+// returns how many keys it deleted before the failure.
+func (s *Service) InvalidatePattern(ctx context.Context, pattern string) (int64, error) {
+	const op = "invalidatepattern"
+	if pattern == "" {
+		return 0, invalid(op, pattern, ErrInvalidKey)
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if s.closed.Load() {
+		return 0, s.fail(ctx, op, pattern, ErrClosed)
+	}
+	match := EscapePattern(s.prefix) + pattern
+	var deleted atomic.Int64
+	var stepFailed atomic.Bool // the error has been counted and wrapped by call
+	walk := func(ctx context.Context, node redis.UniversalClient) error {
+		var cursor uint64
+		for {
+			var keys []string
+			next, err := call(s, ctx, op, pattern, func(ctx context.Context) (uint64, error) {
+				var err error
+				var next uint64
+				keys, next, err = node.Scan(ctx, cursor, match, scanCount).Result()
+				return next, err
+			})
+			if err == nil {
+				var n int64
+				n, err = s.unlink(ctx, op, pattern, keys)
+				deleted.Add(n)
+			}
+			if err != nil {
+				stepFailed.Store(true)
+				return err
+			}
+			if cursor = next; cursor == 0 {
+				return nil
+			}
+		}
+	}
+	var err error
+	if c, ok := s.rdb.(*redis.ClusterClient); ok {
+		err = c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return walk(ctx, n) })
+		if err != nil && !stepFailed.Load() {
+			err = s.fail(ctx, op, pattern, err) // finding the masters failed
+		}
+	} else {
+		err = walk(ctx, s.rdb)
+	}
+	return deleted.Load(), err
+}
+
+// unlink deletes keys, given as stored (with the prefix), in batches and
+// returns how many existed, counting those of a failed batch too as far as
+// they are known.
+func (s *Service) unlink(ctx context.Context, op, pattern string, keys []string) (int64, error) {
+	var total int64
+	for len(keys) > 0 {
+		batch := keys[:min(len(keys), unlinkBatch)]
+		keys = keys[len(batch):]
+		var n int64
+		_, err := call(s, ctx, op, pattern, func(ctx context.Context) (struct{}, error) {
+			if !s.cluster {
+				var err error
+				n, err = s.rdb.Unlink(ctx, batch...).Result()
+				return struct{}{}, err
+			}
+			// A multi-key UNLINK across slots fails with CROSSSLOT.
+			cmds, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, k := range batch {
+					p.Unlink(ctx, k)
+				}
+				return nil
+			})
+			for _, c := range cmds {
+				n += c.(*redis.IntCmd).Val()
+			}
+			return struct{}{}, err
+		})
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// EscapePattern returns s with every character that is special in a
+// Redis glob pattern (* ? [ ] \) preceded by a backslash, so that the
+// result, used as a pattern or part of one, matches s itself and nothing
+// else, byte for byte. Use it for user input in a pattern:
+//
+//	svc.InvalidatePattern(ctx, "search:"+redisservice.EscapePattern(query)+":*")
+//
+// ^ and - need no escape: they are special only inside [ ], and no [
+// survives unescaped.
+func EscapePattern(s string) string {
+	if !strings.ContainsAny(s, `*?[]\`) {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s) + 8)
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '*', '?', '[', ']', '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
