@@ -31,8 +31,9 @@ import (
 // the ctx of the caller that started it but not its cancellation: ctx
 // bounds only how long each caller waits. A caller whose ctx ends gets
 // ctx's error while the others keep waiting; load's context is cancelled
-// only once every caller waiting for it has gone. A panic in load is
-// re-raised in every caller waiting for it.
+// only once every caller waiting for it has gone; a ctx that has already
+// ended when Cache misses returns its error without calling load. A panic
+// in load is re-raised in every caller waiting for it.
 //
 // When Redis cannot be used, Cache still returns load's value, together
 // with an error: load runs as on a miss and nothing is cached. After a

@@ -56,11 +56,15 @@ func (p *panicError) Unwrap() error {
 
 // do returns fn's result for k. It starts fn in a new goroutine unless a
 // call for k is in flight, in which case it waits for that one. ctx bounds
-// only this caller's wait: when it ends first, do returns ctx.Err(). fn's
+// only this caller's wait: when it ends first, do returns ctx.Err(), and a
+// ctx that has already ended starts nothing. fn's
 // ctx carries the values of the ctx of the caller that started it and is
 // cancelled once every waiting caller has gone, or when fn returns. A
 // panic in fn is re-raised in every caller still waiting.
 func (g *flightGroup) do(ctx context.Context, k flightKey, fn func(context.Context) (any, error)) (any, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	g.mu.Lock()
 	if g.calls == nil {
 		g.calls = make(map[flightKey]*flight)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -19,9 +20,10 @@ import (
 // one pipeline.
 func fillKeys(t testing.TB, c redis.UniversalClient, keys []string) {
 	t.Helper()
-	_, err := c.Pipelined(ctxT(t), func(p redis.Pipeliner) error {
+	ctx := ctxT(t)
+	_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, k := range keys {
-			p.Set(ctxT(t), k, 1, time.Minute)
+			p.Set(ctx, k, 1, time.Minute)
 		}
 		return nil
 	})
@@ -375,6 +377,96 @@ func FuzzEscapePattern(f *testing.F) {
 				t.Errorf("pattern %q for %q deleted %q too", esc, in, d)
 			}
 			_, _ = s.Del(ctx, "u:"+d)
+		}
+	})
+}
+
+// faultHook fails the commands for which fail returns an error, without
+// sending them.
+type faultHook struct {
+	fail func(cmd redis.Cmder) error
+}
+
+func (h faultHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h faultHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if err := h.fail(cmd); err != nil {
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h faultHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+var errInjected = errors.New("injected fault")
+
+func TestInvalidatePatternPartialFailure(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := ctxT(t)
+		const n = 1200
+		var keys []string
+		for i := range n {
+			keys = append(keys, b.raw(fmt.Sprintf("k%d", i)))
+		}
+		cc, isCluster := b.client.(*redis.ClusterClient)
+		var victim atomic.Value // address of the master whose SCAN fails
+		var unlinks atomic.Int32
+		hook := func(addr string) faultHook {
+			return faultHook{fail: func(cmd redis.Cmder) error {
+				switch name := cmd.Name(); {
+				case isCluster && name == "scan" && victim.Load() == addr:
+					return errInjected
+				case !isCluster && name == "unlink" && unlinks.Add(1) == 2:
+					return errInjected
+				}
+				return nil
+			}}
+		}
+		if isCluster {
+			cc.OnNewNode(func(c *redis.Client) { c.AddHook(hook(c.Options().Addr)) })
+		} else {
+			b.client.AddHook(hook(""))
+		}
+		s := b.service(t, Options{})
+		fillKeys(t, b.client, keys)
+
+		want := int64(unlinkBatch) // the first UNLINK went through, the second failed
+		if isCluster {
+			// Every master but the victim is walked to the end.
+			var mu sync.Mutex
+			perMaster := map[string]int64{}
+			err := cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+				iter := m.Scan(ctx, 0, b.prefix+"*", 1000).Iterator()
+				var c int64
+				for iter.Next(ctx) {
+					c++
+				}
+				mu.Lock()
+				perMaster[m.Options().Addr] = c
+				mu.Unlock()
+				return iter.Err()
+			})
+			addrs := slices.Sorted(maps.Keys(perMaster))
+			if err != nil || len(addrs) < 3 || perMaster[addrs[0]] == 0 {
+				t.Fatalf("keys per master %v, %v; want some on each of >= 3", perMaster, err)
+			}
+			victim.Store(addrs[0])
+			onVictim := perMaster[addrs[0]]
+			want = n - onVictim
+		}
+		got, err := s.InvalidatePattern(ctx, "k*")
+		if got != want || !errors.Is(err, errInjected) {
+			t.Errorf("InvalidatePattern with a failing node = %d, %v; want %d deleted and the error", got, err, want)
+		}
+		victim.Store("") // heal the node for the checks and the cleanup
+		if left := len(scanAll(t, b.client, b.prefix+"*")); int64(left) != n-want {
+			t.Errorf("%d keys left; want %d: the count must be exactly what was deleted", left, n-want)
 		}
 	})
 }
