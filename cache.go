@@ -32,7 +32,9 @@ import (
 // bounds only how long each caller waits. A caller whose ctx ends gets
 // ctx's error while the others keep waiting; load's context is cancelled
 // only once every caller waiting for it has gone; a ctx that has already
-// ended when Cache misses returns its error without calling load. A panic
+// ended when Cache misses returns its error without calling load.
+// [Options.Timeout] bounds each Redis round trip of Cache but not load:
+// give ctx a deadline to bound how long a caller waits for load. A panic
 // in load is re-raised in every caller waiting for it.
 //
 // When Redis cannot be used, Cache still returns load's value, together
