@@ -1,0 +1,82 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/vevurn/redisservice"
+)
+
+// stub answers GET and SET in process without touching the network, so
+// that BenchmarkOverhead measures only the code around the round trip:
+// go-redis's own, and the Service's on top of it.
+type stub struct{}
+
+func (stub) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (stub) ProcessHook(redis.ProcessHook) redis.ProcessHook {
+	return func(_ context.Context, cmd redis.Cmder) error {
+		switch c := cmd.(type) {
+		case *redis.StringCmd:
+			c.SetVal(value64)
+		case *redis.StatusCmd:
+			c.SetVal("OK")
+		}
+		return nil
+	}
+}
+
+func (stub) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// BenchmarkOverhead is the wrapper's own cost per call, without Redis:
+// impl=service against impl=raw on the same stubbed client, with a caller
+// ctx without a deadline (the Service adds Options.Timeout) and with one.
+// It needs no redis-server.
+func BenchmarkOverhead(b *testing.B) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", ContextTimeoutEnabled: true})
+	rdb.AddHook(stub{})
+	b.Cleanup(func() { _ = rdb.Close() })
+	s, err := redisservice.New(redisservice.Options{Client: rdb})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = s.Close() })
+	ops := []struct {
+		name     string
+		svc, raw func(ctx context.Context) error
+	}{
+		{"get",
+			func(ctx context.Context) error {
+				_, found, err := s.Get(ctx, "k")
+				if err == nil && !found {
+					err = fmt.Errorf("Get: not found")
+				}
+				return err
+			},
+			func(ctx context.Context) error { return rdb.Get(ctx, "k").Err() }},
+		{"set",
+			func(ctx context.Context) error {
+				_, err := s.Set(ctx, "k", value64, redisservice.WithTTL(time.Minute))
+				return err
+			},
+			func(ctx context.Context) error { return rdb.Set(ctx, "k", value64, time.Minute).Err() }},
+	}
+	for _, op := range ops {
+		for _, c := range ctxs {
+			for _, impl := range []struct {
+				name string
+				fn   func(ctx context.Context) error
+			}{{"raw", op.raw}, {"service", op.svc}} {
+				b.Run(fmt.Sprintf("op=%s/ctx=%s/impl=%s", op.name, c.name, impl.name), func(b *testing.B) {
+					ctx := c.ctx(b)
+					runCallers(b, 1, func(int) error { return impl.fn(ctx) })
+				})
+			}
+		}
+	}
+}
