@@ -30,6 +30,12 @@ func (s *Service) begin(ctx context.Context) (context.Context, context.CancelFun
 	if _, ok := ctx.Deadline(); ok {
 		return ctx, noop, nil
 	}
+	if ctx.Done() == nil {
+		// ctx can never end, so nothing needs to be merged with it: share
+		// a deadline with the calls starting about now instead of paying
+		// for a timer per call (see deadline.go).
+		return s.deadlines.bound(ctx), noop, nil
+	}
 	bounded, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 	return bounded, cancel, nil
 }

@@ -48,6 +48,10 @@ type Options struct {
 
 	// Timeout bounds every call whose context has no deadline, retries
 	// and pool waits included. A caller's own deadline is used as it is.
+	// Calls whose context can never end (context.Background, or values
+	// over it) share one deadline per slot of Timeout/64 (at most 10 ms)
+	// instead of a timer each, so their bound is Timeout plus at most one
+	// slot.
 	// It is also the socket read and write timeout of a dialled client.
 	// The default value is 3s.
 	Timeout time.Duration

@@ -37,9 +37,10 @@ type Service struct {
 	bgCtx    context.Context // cancelled by Close
 	bgCancel context.CancelFunc
 
-	stats   counters
-	logGate logGate
-	flights flightGroup // Cache's loads in progress
+	stats     counters
+	logGate   logGate
+	flights   flightGroup // Cache's loads in progress
+	deadlines *deadlines  // bounds calls whose ctx can never end
 }
 
 // New validates opts and returns a Service. It does not touch the
@@ -55,9 +56,10 @@ func New(opts Options) (*Service, error) {
 		return nil, err
 	}
 	s := &Service{
-		prefix: opts.KeyPrefix,
-		opts:   opts,
-		log:    opts.Logger,
+		prefix:    opts.KeyPrefix,
+		opts:      opts,
+		log:       opts.Logger,
+		deadlines: newDeadlines(opts.Timeout),
 	}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	if opts.Client != nil {

@@ -1,0 +1,88 @@
+package redisservice
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+)
+
+// This file bounds calls whose context can never end (Background, TODO,
+// or values over them) without a timer per call: such calls share one
+// deadline context per short slot of time. A context.WithTimeout per call
+// costs four allocations and a runtime timer; a shared slot costs none,
+// or one small allocation when the caller's ctx carries values.
+
+// maxSlotWidth caps how much later than Options.Timeout a shared deadline
+// may fall.
+const maxSlotWidth = 10 * time.Millisecond
+
+// deadlines hands out shared deadline contexts. A call that starts in the
+// slot [start, start+width) gets the deadline start+width+timeout: never
+// less than timeout away, and at most width more. The zero value is not
+// usable: use newDeadlines.
+type deadlines struct {
+	timeout time.Duration
+	width   time.Duration
+	epoch   time.Time // carries the monotonic clock that slot times count from
+	cur     atomic.Pointer[deadlineSlot]
+}
+
+// deadlineSlot is one shared deadline context. Its timer releases it at
+// the deadline; nothing else needs to.
+type deadlineSlot struct {
+	ctx    context.Context
+	cancel context.CancelFunc // kept for vet; the deadline cancels it
+	end    time.Duration      // since epoch: calls starting before end share ctx
+}
+
+func newDeadlines(timeout time.Duration) *deadlines {
+	return &deadlines{
+		timeout: timeout,
+		width:   min(maxSlotWidth, max(timeout/64, time.Microsecond)),
+		epoch:   time.Now(),
+	}
+}
+
+// bound returns a context that ends within timeout (plus at most one slot
+// width) from now and that carries ctx's values. ctx must have no deadline
+// and a nil Done channel: it can never end by itself.
+func (d *deadlines) bound(ctx context.Context) context.Context {
+	sc := d.slot()
+	if ctx == context.Background() || ctx == context.TODO() { //nolint:contextcheck // identity test only
+		return sc
+	}
+	return valuesCtx{Context: sc, values: ctx}
+}
+
+// slot returns the current slot's context, starting a new slot when the
+// current one has ended.
+func (d *deadlines) slot() context.Context {
+	now := time.Since(d.epoch)
+	if s := d.cur.Load(); s != nil && now < s.end {
+		return s.ctx
+	}
+	end := (now/d.width + 1) * d.width
+	ctx, cancel := context.WithDeadline(context.Background(), d.epoch.Add(end+d.timeout))
+	s := &deadlineSlot{ctx: ctx, cancel: cancel, end: end}
+	for {
+		old := d.cur.Load()
+		if old != nil && old.end >= end {
+			// Another call started this slot, or a later one, first.
+			cancel()
+			return old.ctx
+		}
+		if d.cur.CompareAndSwap(old, s) {
+			return ctx
+		}
+	}
+}
+
+// valuesCtx is a shared deadline context that answers Value from the
+// caller's ctx, so that hooks (tracing, logging) still see the caller's
+// values.
+type valuesCtx struct {
+	context.Context
+	values context.Context
+}
+
+func (c valuesCtx) Value(key any) any { return c.values.Value(key) }
