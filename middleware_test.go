@@ -15,7 +15,7 @@ import (
 // limited wraps a handler that counts its calls in the middleware.
 func limited(s *Service, cfg RateLimitConfig) (http.Handler, *atomic.Int64) {
 	var calls atomic.Int64
-	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	next := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		calls.Add(1)
 		w.WriteHeader(http.StatusOK)
 	})
@@ -165,7 +165,7 @@ func TestRateLimitMiddlewareDenied(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, "miniredis")
 	s := b.service(t, Options{})
-	denied := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	denied := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusTeapot)
 		_, _ = w.Write([]byte("slow down"))
 	})
@@ -197,7 +197,7 @@ func TestRateLimitMiddlewareWhenRedisIsDown(t *testing.T) {
 			defer s.Close()
 			var seen atomic.Value
 			h, calls := limited(s, RateLimitConfig{Limit: 5, Window: 30 * time.Second,
-				OnError: func(r *http.Request, err error) { seen.Store(err) }})
+				OnError: func(_ *http.Request, err error) { seen.Store(err) }})
 			rec := serve(h, "192.0.2.1:1")
 			if err, _ := seen.Load().(error); err == nil {
 				t.Errorf("OnError not called")
