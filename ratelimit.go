@@ -72,7 +72,10 @@ return {count, ttl, tonumber(now[1]), tonumber(now[2])}
 // network error or read timeout, which could count one request twice, are
 // turned off for it whatever the client's MaxRetries, and it is re-sent
 // (as EVAL) only when Redis answers NOSCRIPT, which proves it did not run.
-// A call that fails after the script was sent is not repeated.
+// A call that fails after the script was sent is not repeated; nor is
+// one whose connection could not be dialled, which gets the fallback
+// below at once. On a cluster, MOVED, ASK and READONLY redirections
+// (the script did not run) are still followed.
 //
 // Invalid arguments are rejected before anything is sent, with the zero
 // result (Allowed false) and an error: an empty identifier with
