@@ -154,3 +154,33 @@ func TestBeginAllocations(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkBegin compares the shared deadline (background, values) with
+// the context.WithTimeout that a cancellable ctx without a deadline still
+// gets, in the same run.
+func BenchmarkBegin(b *testing.B) {
+	s, err := New(Options{URL: "redis://127.0.0.1:1"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	cancellable, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, bc := range []struct {
+		name string
+		ctx  context.Context
+	}{
+		{"background", context.Background()},
+		{"values", context.WithValue(context.Background(), ctxKey{}, 1)},
+		{"cancellable", cancellable},
+	} {
+		b.Run("ctx="+bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				_, done, _ := s.begin(bc.ctx)
+				done()
+			}
+		})
+	}
+}
