@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -193,4 +194,32 @@ func ExampleService_InvalidatePattern() {
 	// Output:
 	// 3 <nil>
 	// 1 <nil>
+}
+
+func ExampleOptions_autoPipeline() {
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	// Concurrent callers' commands share round trips; each call still
+	// waits for its own reply.
+	svc, err := redisservice.New(redisservice.Options{URL: "redis://" + mr.Addr(), AutoPipeline: true})
+	if err != nil {
+		panic(err)
+	}
+	defer svc.Close()
+	ctx := context.Background()
+
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Go(func() {
+			_, _ = svc.Set(ctx, fmt.Sprintf("order:%d", i), "pending", redisservice.WithTTL(time.Hour))
+		})
+	}
+	wg.Wait()
+	v, found, err := svc.Get(ctx, "order:42")
+	fmt.Println(v, found, err)
+	// Output:
+	// pending true <nil>
 }
