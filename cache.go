@@ -23,7 +23,9 @@ import (
 // checks the key once more first, so a caller that missed just before
 // another caller's load stored the value does not load again. A value at
 // key that does not decode into T (other JSON, not JSON, another Redis
-// type) is a miss and is overwritten.
+// type) is a miss and is overwritten. Callers that read the same key at
+// the same moment share one GET, so a hot key costs one round trip per
+// burst of callers; each decodes its own T.
 //
 // load is called exactly once per call of Cache that needs it, never
 // retried. When it fails, Cache returns the zero T and load's error
@@ -132,8 +134,10 @@ func cacheRead[T any](ctx context.Context, s *Service, key string) (T, bool, err
 	if err := s.skipWhileDown(op, key); err != nil {
 		return v, false, err
 	}
-	b, err := call(s, ctx, op, key, func(ctx context.Context) ([]byte, error) {
-		return s.rdb.Get(ctx, s.key(key)).Bytes()
+	b, err := s.reads.get(ctx, key, func(ctx context.Context) ([]byte, error) {
+		return call(s, ctx, op, key, func(ctx context.Context) ([]byte, error) {
+			return s.rdb.Get(ctx, s.key(key)).Bytes()
+		})
 	})
 	var rerr redis.Error
 	switch {

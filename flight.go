@@ -140,3 +140,59 @@ func (g *flightGroup) waiting(k flightKey) int {
 	}
 	return 0
 }
+
+// readGroup shares one GET among the callers that read the same key at
+// the same moment, so that a hot key costs one round trip per burst
+// instead of one per caller. Unlike flightGroup the read runs in the
+// first caller's goroutine: a hit must stay as cheap as one GET. The zero
+// value is ready to use.
+type readGroup struct {
+	mu    sync.Mutex // guards reads
+	reads map[string]*read
+}
+
+// read is one GET in progress.
+type read struct {
+	done    chan struct{} // closed once b and err are set
+	ctx     context.Context
+	b       []byte
+	err     error
+	waiters int // callers sharing this read; guarded by readGroup.mu
+}
+
+// get returns fn's result for key, calling fn with ctx unless a read of
+// key is in flight, in which case it waits for that one. The bytes are
+// shared: callers must not modify them. When the shared read failed
+// because its caller's ctx ended, a waiter whose ctx is still live reads
+// for itself.
+func (g *readGroup) get(ctx context.Context, key string, fn func(context.Context) ([]byte, error)) ([]byte, error) {
+	g.mu.Lock()
+	if r, ok := g.reads[key]; ok {
+		r.waiters++
+		g.mu.Unlock()
+		select {
+		case <-r.done:
+			if r.err != nil && ctxErr(r.ctx) != nil && ctx.Err() == nil {
+				return fn(ctx)
+			}
+			return r.b, r.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if g.reads == nil {
+		g.reads = make(map[string]*read)
+	}
+	r := &read{done: make(chan struct{}), ctx: ctx}
+	g.reads[key] = r
+	g.mu.Unlock()
+
+	defer func() {
+		g.mu.Lock()
+		delete(g.reads, key)
+		g.mu.Unlock()
+		close(r.done)
+	}()
+	r.b, r.err = fn(ctx)
+	return r.b, r.err
+}

@@ -40,6 +40,7 @@ type Service struct {
 	stats     counters
 	logGate   logGate
 	flights   flightGroup // Cache's loads in progress
+	reads     readGroup   // Cache's reads in progress
 	deadlines *deadlines  // bounds calls whose ctx can never end
 }
 
