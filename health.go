@@ -20,12 +20,9 @@ func (s *Service) HealthCheck(ctx context.Context) error {
 // ping PINGs Redis (every master of a cluster).
 func (s *Service) ping(ctx context.Context, op string) error {
 	_, err := call(s, ctx, op, "", func(ctx context.Context) (struct{}, error) {
-		if c, ok := s.rdb.(*redis.ClusterClient); ok {
-			return struct{}{}, c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
-				return n.Ping(ctx).Err()
-			})
-		}
-		return struct{}{}, s.rdb.Ping(ctx).Err()
+		return struct{}{}, s.eachMaster(ctx, func(ctx context.Context, n redis.UniversalClient) error {
+			return n.Ping(ctx).Err()
+		})
 	})
 	return err
 }
@@ -97,12 +94,9 @@ func (s *Service) FlushAll(ctx context.Context) error {
 		return invalid(op, "", ErrFlushDisabled)
 	}
 	_, err := call(s, ctx, op, "", func(ctx context.Context) (struct{}, error) {
-		if c, ok := s.rdb.(*redis.ClusterClient); ok {
-			return struct{}{}, c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
-				return n.FlushAll(ctx).Err()
-			})
-		}
-		return struct{}{}, s.rdb.FlushAll(ctx).Err()
+		return struct{}{}, s.eachMaster(ctx, func(ctx context.Context, n redis.UniversalClient) error {
+			return n.FlushAll(ctx).Err()
+		})
 	})
 	return err
 }

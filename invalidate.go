@@ -77,14 +77,9 @@ func (s *Service) InvalidatePattern(ctx context.Context, pattern string) (int64,
 			}
 		}
 	}
-	var err error
-	if c, ok := s.rdb.(*redis.ClusterClient); ok {
-		err = c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return walk(ctx, n) })
-		if err != nil && !stepFailed.Load() {
-			err = s.fail(ctx, op, pattern, err) // finding the masters failed
-		}
-	} else {
-		err = walk(ctx, s.rdb)
+	err := s.eachMaster(ctx, walk)
+	if err != nil && !stepFailed.Load() {
+		err = s.fail(ctx, op, pattern, err) // finding the masters failed
 	}
 	return deleted.Load(), err
 }

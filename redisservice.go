@@ -267,6 +267,15 @@ func (s *Service) goBackground(fn func(ctx context.Context)) bool {
 // through it do not get [Options.KeyPrefix] added.
 func (s *Service) Client() redis.UniversalClient { return s.rdb }
 
+// eachMaster runs fn on every master of a Redis Cluster, concurrently,
+// or once on the client of a single node or Sentinel setup.
+func (s *Service) eachMaster(ctx context.Context, fn func(context.Context, redis.UniversalClient) error) error {
+	if c, ok := s.rdb.(*redis.ClusterClient); ok {
+		return c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return fn(ctx, n) })
+	}
+	return fn(ctx, s.rdb)
+}
+
 // key returns k with the key prefix.
 func (s *Service) key(k string) string {
 	if s.prefix == "" {
