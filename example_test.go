@@ -223,3 +223,23 @@ func ExampleOptions_autoPipeline() {
 	// Output:
 	// pending true <nil>
 }
+
+func Example_session() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+	ctx := context.Background()
+
+	id, _ := redisservice.NewSessionID()
+	_ = svc.CreateSession(ctx, id, redisservice.SessionData{UserID: "u42", Role: "cashier"}, 30*time.Minute)
+
+	s, found, _ := svc.GetSession(ctx, id)
+	fmt.Println(s.UserID, s.Role, found)
+
+	active, _ := svc.UpdateSessionActivity(ctx, id) // slides the 30-minute idle expiry
+	n, _ := svc.DestroyUserSessions(ctx, "u42")     // log out everywhere
+	_, found, _ = svc.GetSession(ctx, id)
+	fmt.Println(active, n, found)
+	// Output:
+	// u42 cashier true
+	// true 1 false
+}
