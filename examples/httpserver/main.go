@@ -1,0 +1,85 @@
+// Command httpserver is a small point-of-sale API built on redisservice:
+// a cached product list invalidated on update, rate-limited endpoints with
+// the RateLimit headers, cookie sessions with log-out-everywhere, a health
+// endpoint, and graceful shutdown on SIGINT or SIGTERM.
+//
+// With REDIS_URL unset it runs against an embedded miniredis. ADDR sets
+// the listen address (default 127.0.0.1:8080).
+//
+//	go run ./examples/httpserver
+//	curl -i -c jar -d '{"email":"ada@example.com","password":"espresso"}' localhost:8080/login
+//	curl -i -b jar localhost:8080/products
+package main
+
+import (
+	"context"
+	"errors"
+	"log"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+
+	"github.com/vevurn/redisservice"
+)
+
+func main() {
+	if err := run(); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run() error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	url := os.Getenv("REDIS_URL")
+	if url == "" {
+		mr, err := miniredis.Run()
+		if err != nil {
+			return err
+		}
+		defer mr.Close()
+		url = "redis://" + mr.Addr()
+		slog.Info("REDIS_URL unset: using an embedded miniredis")
+	}
+	svc, err := redisservice.New(redisservice.Options{URL: url, KeyPrefix: "pos:"})
+	if err != nil {
+		return err
+	}
+	defer svc.Close()
+	if err := svc.Connect(ctx); err != nil {
+		// Not fatal: every call degrades to its fallback until Redis is back.
+		slog.Warn("redis unreachable at start", "error", err)
+	}
+
+	addr := os.Getenv("ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:8080"
+	}
+	srv := &http.Server{
+		Addr:              addr,
+		Handler:           newServer(svc, newCatalog()),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	slog.Info("listening", "addr", addr)
+
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	slog.Info("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
