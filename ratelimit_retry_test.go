@@ -130,13 +130,13 @@ func checkScriptNotRetried(t *testing.T, b *backend, p *stallProxies, s *Service
 
 func TestRateLimitScriptIsNotRetriedOnAStalledServer(t *testing.T) {
 	t.Parallel()
-	sr := startScratchRedis(t)
+	sr := startRedisServer(t)
 	ctx := ctxT(t)
-	direct := redis.NewClient(&redis.Options{Addr: sr.addr})
+	direct := redis.NewClient(&redis.Options{Addr: sr.addr()})
 	defer direct.Close()
 	// Idle connections ready in the pool, so that a retry would not have
 	// to dial (a new connection's handshake would stall too).
-	c := redis.NewClient(&redis.Options{Addr: sr.addr, ReadTimeout: stallReadTimeout, MaxRetries: 2,
+	c := redis.NewClient(&redis.Options{Addr: sr.addr(), ReadTimeout: stallReadTimeout, MaxRetries: 2,
 		MinIdleConns: 4, ContextTimeoutEnabled: true})
 	defer c.Close()
 	s := newStallService(t, Options{Client: c})
@@ -154,7 +154,7 @@ func TestRateLimitScriptIsNotRetriedOnAStalledServer(t *testing.T) {
 
 	// The server itself stalls: commands queue up behind DEBUG SLEEP and
 	// run when it ends, retries included.
-	waitForStall := stallProbe(t, sr.addr)
+	waitForStall := stallProbe(t, sr.addr())
 	slept := make(chan error, 1)
 	go func() { slept <- direct.Do(ctx, "DEBUG", "SLEEP", "1").Err() }()
 	waitForStall()

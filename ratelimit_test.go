@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -317,8 +315,8 @@ func TestCheckRateLimitRecoversFromNoScript(t *testing.T) {
 			return server{client: b.client.(*redis.Client)}
 		},
 		"redis": func(t *testing.T) server {
-			sr := startScratchRedis(t)
-			c := redis.NewClient(&redis.Options{Addr: sr.addr, ContextTimeoutEnabled: true})
+			sr := startRedisServer(t)
+			c := redis.NewClient(&redis.Options{Addr: sr.addr(), ContextTimeoutEnabled: true})
 			t.Cleanup(func() { c.Close() })
 			return server{client: c, restart: sr.restart}
 		},
@@ -357,58 +355,4 @@ func TestCheckRateLimitRecoversFromNoScript(t *testing.T) {
 			check("after a restart", 4)
 		})
 	}
-}
-
-// scratchRedis is a redis-server of the test's own, which it may stall,
-// flush or restart without disturbing anyone.
-type scratchRedis struct {
-	addr    string
-	dir     string
-	restart func()
-}
-
-// startScratchRedis starts a redis-server on a free loopback port for the
-// test and stops it at cleanup. It skips unless real servers are wanted
-// (REDIS_TEST_URL is set) and redis-server is installed.
-func startScratchRedis(t testing.TB) *scratchRedis {
-	t.Helper()
-	if os.Getenv(envTestURL) == "" {
-		t.Skipf("no real Redis: set %s (scripts/redis-test-servers start prints it)", envTestURL)
-	}
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Skipf("redis-server not installed: %v", err)
-	}
-	sr := &scratchRedis{addr: closedPort(t), dir: t.TempDir()}
-	_, port, _ := net.SplitHostPort(sr.addr)
-	var cmd *exec.Cmd
-	stop := func() {
-		if cmd != nil {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-			cmd = nil
-		}
-	}
-	start := func() {
-		t.Helper()
-		cmd = exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-			"--dir", sr.dir, "--daemonize", "no", "--enable-debug-command", "local")
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("start redis-server: %v", err)
-		}
-		c := redis.NewClient(&redis.Options{Addr: sr.addr, MaxRetries: -1})
-		defer c.Close()
-		deadline := time.Now().Add(5 * time.Second)
-		for c.Ping(context.Background()).Err() != nil {
-			if time.Now().After(deadline) {
-				stop()
-				t.Fatalf("redis-server on %s did not answer PING", sr.addr)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	sr.restart = func() { stop(); start() }
-	start()
-	t.Cleanup(stop)
-	return sr
 }

@@ -11,9 +11,7 @@ import (
 	"math/big"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -73,18 +71,11 @@ func TestTLS(t *testing.T) {
 	}
 }
 
-// startTLSRedis starts a redis-server that listens only on TLS on a free
-// loopback port and requires password. It returns the address and a pool
-// holding its self-signed certificate. The server is killed at cleanup.
+// startTLSRedis starts a redis-server that listens only on TLS and
+// requires password. It returns the address and a pool holding its
+// self-signed certificate.
 func startTLSRedis(t *testing.T, password string) (string, *x509.CertPool) {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("redis-server is not installed; .ci/run installs it")
-		}
-		t.Skip("redis-server is not installed (apt-get install redis-server); skipping the TLS test")
-	}
 	dir := t.TempDir()
 	certPEM, keyPEM := selfSignedCert(t)
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
@@ -94,35 +85,13 @@ func startTLSRedis(t *testing.T, password string) (string, *x509.CertPool) {
 	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
-	cmd := exec.Command(bin,
-		"--port", "0", "--tls-port", strconv.Itoa(port), "--bind", "127.0.0.1",
+	// The TLS port is the one the helper waits on; plain TCP is off.
+	srv := startRedisServer(t, "--tls-port", "PORT", "--port", "0",
 		"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-ca-cert-file", certFile,
-		"--tls-auth-clients", "no", "--requirepass", password,
-		"--save", "", "--appendonly", "no", "--dir", dir)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("TLS redis-server did not listen on %s", addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		"--tls-auth-clients", "no", "--requirepass", password)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(certPEM)
-	return addr, pool
+	return srv.addr(), pool
 }
 
 func selfSignedCert(t testing.TB) (certPEM, keyPEM []byte) {
@@ -152,15 +121,4 @@ func selfSignedCert(t testing.TB) (certPEM, keyPEM []byte) {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-}
-
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }

@@ -1,0 +1,110 @@
+package redisservice
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// redisServer is a redis-server process of one test's own, on a free
+// loopback port, so that the test can kill, stall or restart it without
+// disturbing any other. It is killed at cleanup.
+type redisServer struct {
+	t    testing.TB
+	bin  string
+	port int
+	args []string
+	dir  string
+
+	mu  sync.Mutex // guards cmd
+	cmd *exec.Cmd
+}
+
+// startRedisServer starts redis-server on a free loopback port with the
+// extra args. It skips the test when redis-server is not installed,
+// except under CI, where that is a failure.
+func startRedisServer(t testing.TB, args ...string) *redisServer {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("redis-server is not installed; .ci/run installs it")
+		}
+		t.Skip("redis-server is not installed (apt-get install redis-server); skipping a test that needs its own server")
+	}
+	srv := &redisServer{t: t, bin: bin, port: freePort(t), args: args, dir: t.TempDir()}
+	srv.start()
+	t.Cleanup(srv.kill)
+	return srv
+}
+
+func (r *redisServer) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)) }
+func (r *redisServer) url() string  { return "redis://" + r.addr() }
+
+// start runs the server and waits until it accepts connections.
+func (r *redisServer) start() {
+	r.t.Helper()
+	port := strconv.Itoa(r.port)
+	args := []string{"--port", port, "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", r.dir, "--enable-debug-command", "local"}
+	for _, a := range r.args {
+		if a == "PORT" { // a later --port or --tls-port takes the server's port
+			a = port
+		}
+		args = append(args, a)
+	}
+	cmd := exec.Command(r.bin, args...)
+	if err := cmd.Start(); err != nil {
+		r.t.Fatalf("redis-server: %v", err)
+	}
+	r.mu.Lock()
+	r.cmd = cmd
+	r.mu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", r.addr(), 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("redis-server did not listen on %s", r.addr())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// restart kills the server and starts it again on the same port, with
+// an empty dataset.
+func (r *redisServer) restart() {
+	r.t.Helper()
+	r.kill()
+	r.start()
+}
+
+// kill stops the server at once (SIGKILL), as a crash would.
+func (r *redisServer) kill() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd == nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	_ = r.cmd.Wait()
+	r.cmd = nil
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
