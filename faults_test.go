@@ -171,7 +171,9 @@ func stall(t *testing.T, srv *redisServer, d time.Duration) {
 	if err := c.Ping(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = c.Do(context.Background(), "DEBUG", "SLEEP", strconv.FormatFloat(d.Seconds(), 'f', 3, 64)).Err() }()
+	go func() {
+		_ = c.Do(context.Background(), "DEBUG", "SLEEP", strconv.FormatFloat(d.Seconds(), 'f', 3, 64)).Err()
+	}()
 	// The server is busy once a PING on another connection stops answering.
 	probe := redis.NewClient(&redis.Options{Addr: srv.addr(), ReadTimeout: 20 * time.Millisecond, MaxRetries: -1})
 	defer probe.Close()
