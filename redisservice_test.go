@@ -810,3 +810,26 @@ func (w *syncWriter) Write(p []byte) (int, error) {
 	defer w.mu.Unlock()
 	return w.w.Write(p)
 }
+
+func TestLargeValues(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		big := strings.Repeat("0123456789abcdef", 5<<20/16) // 5 MiB
+		if _, err := s.Set(ctx, "big", big, WithTTL(time.Minute)); err != nil {
+			t.Fatalf("Set(5 MiB) = %v", err)
+		}
+		if v, found, err := s.Get(ctx, "big"); len(v) != len(big) || v != big || !found || err != nil {
+			t.Errorf("Get(5 MiB) = %d bytes, %v, %v; want the value back", len(v), found, err)
+		}
+		in := map[string][]string{"lines": strings.Split(big[:3<<20], "f")}
+		if _, err := s.SetJSON(ctx, "bigjson", in, WithTTL(time.Minute)); err != nil {
+			t.Fatalf("SetJSON(3 MiB) = %v", err)
+		}
+		var out map[string][]string
+		if found, err := s.GetJSON(ctx, "bigjson", &out); !found || err != nil || len(out["lines"]) != len(in["lines"]) {
+			t.Errorf("GetJSON(3 MiB) = %d lines, %v, %v; want %d", len(out["lines"]), found, err, len(in["lines"]))
+		}
+	})
+}
