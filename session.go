@@ -52,7 +52,8 @@ func NewSessionID() (string, error) {
 
 // validSessionID reports whether id is 1 to 256 URL-unreserved characters
 // (A-Z a-z 0-9 - . _ ~). Anything else cannot have come from NewSessionID
-// or the original service and is refused before Redis is asked.
+// or the original service: every session call refuses it with
+// ErrInvalidKey before Redis is asked.
 func validSessionID(id string) bool {
 	if id == "" || len(id) > maxSessionIDLen {
 		return false
@@ -169,18 +170,14 @@ func (s *Service) indexSession(ctx context.Context, op, uid, id string, expiry t
 }
 
 // GetSession returns the session stored under id. An unknown or expired
-// id is the zero SessionData, false, nil; so is an id that
-// [NewSessionID] could not have made, which is not sent to Redis. A
+// id is the zero SessionData, false, nil. An id that [NewSessionID] could
+// not have made is refused with [ErrInvalidKey] without asking Redis. A
 // stored value that does not decode is false with an error matching
 // [ErrDecode].
 func (s *Service) GetSession(ctx context.Context, id string) (SessionData, bool, error) {
 	const op = "getsession"
 	if !validSessionID(id) {
-		if id == "" {
-			return SessionData{}, false, invalid(op, sessionDisplayKey, ErrInvalidKey)
-		}
-		s.found(false)
-		return SessionData{}, false, nil
+		return SessionData{}, false, invalid(op, sessionDisplayKey, ErrInvalidKey)
 	}
 	b, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) ([]byte, error) {
 		return s.rdb.Get(ctx, s.key(sessionKey(id))).Bytes()
@@ -251,10 +248,7 @@ return {1, tostring(s['userId'] or ''), ttl}
 func (s *Service) UpdateSessionActivity(ctx context.Context, id string) (bool, error) {
 	const op = "updatesession"
 	if !validSessionID(id) {
-		if id == "" {
-			return false, invalid(op, sessionDisplayKey, ErrInvalidKey)
-		}
-		return false, nil
+		return false, invalid(op, sessionDisplayKey, ErrInvalidKey)
 	}
 	now := s.opts.Now()
 	stamp, err := now.UTC().MarshalText()
@@ -284,10 +278,7 @@ func (s *Service) UpdateSessionActivity(ctx context.Context, id string) (bool, e
 func (s *Service) DestroySession(ctx context.Context, id string) (bool, error) {
 	const op = "destroysession"
 	if !validSessionID(id) {
-		if id == "" {
-			return false, invalid(op, sessionDisplayKey, ErrInvalidKey)
-		}
-		return false, nil
+		return false, invalid(op, sessionDisplayKey, ErrInvalidKey)
 	}
 	n, err := s.delSessions(ctx, op, []string{id})
 	return n > 0, err

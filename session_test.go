@@ -282,8 +282,16 @@ func TestSessionInvalidInput(t *testing.T) {
 	if keys := b.mr.Keys(); len(keys) != 0 {
 		t.Errorf("invalid calls wrote %v", keys)
 	}
-	if _, found, err := s.GetSession(ctx, "../../etc"); found || err != nil {
-		t.Errorf("GetSession of an impossible id = %v, %v; want a plain miss", found, err)
+	for _, id := range []string{"../../etc", "abc*", strings.Repeat("a", 257)} {
+		if _, found, err := s.GetSession(ctx, id); found || !errors.Is(err, ErrInvalidKey) {
+			t.Errorf("GetSession(%.20q) = %v, %v; want ErrInvalidKey", id, found, err)
+		}
+		if ok, err := s.UpdateSessionActivity(ctx, id); ok || !errors.Is(err, ErrInvalidKey) {
+			t.Errorf("UpdateSessionActivity(%.20q) = %v, %v; want ErrInvalidKey", id, ok, err)
+		}
+		if ok, err := s.DestroySession(ctx, id); ok || !errors.Is(err, ErrInvalidKey) {
+			t.Errorf("DestroySession(%.20q) = %v, %v; want ErrInvalidKey", id, ok, err)
+		}
 	}
 }
 

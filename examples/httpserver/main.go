@@ -22,9 +22,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
-
 	"github.com/vevurn/redisservice"
+	"github.com/vevurn/redisservice/examples/internal/devredis"
 )
 
 func main() {
@@ -37,14 +36,12 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	url := os.Getenv("REDIS_URL")
-	if url == "" {
-		mr, err := miniredis.Run()
-		if err != nil {
-			return err
-		}
-		defer mr.Close()
-		url = "redis://" + mr.Addr()
+	url, embedded, stop, err := devredis.URL()
+	if err != nil {
+		return err
+	}
+	defer stop()
+	if embedded {
 		slog.Info("REDIS_URL unset: using an embedded miniredis")
 	}
 	svc, err := redisservice.New(redisservice.Options{URL: url, KeyPrefix: "pos:"})

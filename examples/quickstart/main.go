@@ -8,12 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"os"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
-
 	"github.com/vevurn/redisservice"
+	"github.com/vevurn/redisservice/examples/internal/devredis"
 )
 
 func main() {
@@ -26,14 +24,12 @@ func run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	url := os.Getenv("REDIS_URL")
-	if url == "" {
-		mr, err := miniredis.Run()
-		if err != nil {
-			return err
-		}
-		defer mr.Close()
-		url = "redis://" + mr.Addr()
+	url, embedded, stop, err := devredis.URL()
+	if err != nil {
+		return err
+	}
+	defer stop()
+	if embedded {
 		fmt.Println("REDIS_URL unset: using an embedded miniredis")
 	} else {
 		fmt.Println("using REDIS_URL")
