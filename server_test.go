@@ -1,10 +1,12 @@
 package redisservice
 
 import (
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -98,13 +100,35 @@ func (r *redisServer) kill() {
 	r.cmd = nil
 }
 
-// freePort returns a loopback port that was free a moment ago.
+// freePort returns a loopback port that was free a moment ago, and whose
+// cluster bus port (+10000) was free too. Both lie below the kernel's
+// ephemeral range, so that no outgoing connection takes one before the
+// server binds it.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 21000+10000 {
+				low = n
+			}
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	for range 1000 {
+		p := 11000 + rand.IntN(low-10000-11000)
+		if listenable(p) && listenable(p+10000) {
+			return p
+		}
+	}
+	t.Fatal("no free loopback port")
+	return 0
+}
+
+func listenable(port int) bool {
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	ln.Close()
+	return true
 }
