@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -358,6 +360,10 @@ func TestNoPasswordInErrorsLogsOrStats(t *testing.T) {
 	errs = append(errs, err)
 	_, err = s.CheckRateLimit(ctx, "ip", time.Minute, 1)
 	errs = append(errs, err)
+	_, err = s.Info(ctx)
+	errs = append(errs, err)
+	_, err = Cache(ctx, s, "k", time.Minute, func(context.Context) (int, error) { return 1, nil })
+	errs = append(errs, err)
 	for _, err := range errs {
 		if err == nil || strings.Contains(err.Error(), password) || strings.Contains(fmt.Sprintf("%+v", err), password) {
 			t.Errorf("error %v: want an error without the password", err)
@@ -365,6 +371,11 @@ func TestNoPasswordInErrorsLogsOrStats(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), password) || !strings.Contains(logs.String(), "redis call failed") {
 		t.Errorf("logs %q: want failures logged without the password", logs.String())
+	}
+	rec := httptest.NewRecorder()
+	s.HealthHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+	if body := rec.Body.String(); rec.Code != http.StatusServiceUnavailable || strings.Contains(body, password) {
+		t.Errorf("HealthHandler = %d %q; want 503 without the password", rec.Code, body)
 	}
 	if st := fmt.Sprintf("%+v", s.Stats()); strings.Contains(st, password) {
 		t.Errorf("Stats %s holds the password", st)
