@@ -199,14 +199,41 @@ func TestStalledServer(t *testing.T) {
 	if err := s.Connect(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	stall(t, srv, 1500*time.Millisecond)
+	stall(t, srv, 4*time.Second)
 
-	within(t, time.Second, "Get on a stalled server with Options.Timeout 200ms", func() {
-		_, _, err := s.Get(context.Background(), "k")
-		if !errors.Is(err, context.DeadlineExceeded) && !isTimeout(err) {
-			t.Errorf("Get = %v; want a deadline or timeout error", err)
-		}
-	})
+	// Every kind of call, with Options.Timeout 200ms and no deadline of
+	// the caller's, returns its fallback by the bound.
+	calls := []struct {
+		name string
+		call func(context.Context) error
+	}{
+		{"Get", func(ctx context.Context) error { _, _, err := s.Get(ctx, "k"); return err }},
+		{"MGet", func(ctx context.Context) error { _, err := s.MGet(ctx, "a", "b"); return err }},
+		{"HGetAll", func(ctx context.Context) error { _, err := s.HGetAll(ctx, "h"); return err }},
+		{"CheckRateLimit", func(ctx context.Context) error {
+			r, err := s.CheckRateLimit(ctx, "ip", time.Minute, 5)
+			if !r.Allowed {
+				t.Errorf("CheckRateLimit on a stalled server = %+v; want allowed (fail open)", r)
+			}
+			return err
+		}},
+		{"HealthCheck", func(ctx context.Context) error { return s.HealthCheck(ctx) }},
+		{"Cache", func(ctx context.Context) error {
+			v, err := Cache(ctx, s, "c", time.Minute, func(context.Context) (string, error) { return "loaded", nil })
+			if v != "loaded" {
+				t.Errorf("Cache on a stalled server = %q; want the loader's value", v)
+			}
+			return err
+		}},
+	}
+	for _, c := range calls {
+		within(t, time.Second, c.name+" on a stalled server with Options.Timeout 200ms", func() {
+			// Cache skips Redis once a call failed for a connection reason.
+			if err := c.call(context.Background()); !errors.Is(err, context.DeadlineExceeded) && !isTimeout(err) && !errors.Is(err, ErrUnavailable) {
+				t.Errorf("%s = %v; want a deadline, timeout or ErrUnavailable error", c.name, err)
+			}
+		})
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	within(t, time.Second, "Set with a 100ms deadline", func() {
