@@ -135,7 +135,15 @@ func TestRedisKilledDuringLoadAndRestarted(t *testing.T) {
 	}
 	time.Sleep(300 * time.Millisecond)
 	srv.kill()
-	time.Sleep(500 * time.Millisecond)
+	down := time.Now().Add(2 * time.Second)
+	for s.IsConnected() {
+		if time.Now().After(down) {
+			t.Error("IsConnected still true 2s after Redis was killed under load")
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
 	srv.start() // same port, empty dataset
 	time.Sleep(700 * time.Millisecond)
 	close(stop)
