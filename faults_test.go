@@ -226,6 +226,7 @@ func TestStalledServer(t *testing.T) {
 			return err
 		}},
 		{"HealthCheck", func(ctx context.Context) error { return s.HealthCheck(ctx) }},
+		{"Connect", func(ctx context.Context) error { return s.Connect(ctx) }},
 		{"Cache", func(ctx context.Context) error {
 			v, err := Cache(ctx, s, "c", time.Minute, func(context.Context) (string, error) { return "loaded", nil })
 			if v != "loaded" {
@@ -372,6 +373,11 @@ func TestClusterWithAMasterDown(t *testing.T) {
 	if _, _, err := s.Get(ctx, "k0"); err == nil {
 		t.Errorf("Get(k0) on the stopped master = nil error")
 	}
+	within(t, 3*time.Second, "HealthCheck with one master down", func() {
+		if err := s.HealthCheck(ctx); err == nil {
+			t.Error("HealthCheck with one of 3 masters down = nil; want an error")
+		}
+	})
 }
 
 func TestNoPasswordInErrorsLogsOrStats(t *testing.T) {
