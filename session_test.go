@@ -97,6 +97,20 @@ func TestSessionWrittenByTheOriginalService(t *testing.T) {
 		if err != nil || got.UserAgent != "Mozilla/5.0" || !got.LastActivity.After(want) {
 			t.Errorf("old session after update = %+v, %v", got, err)
 		}
+
+		// An old session without any TTL stays without one (KEEPTTL), still readable.
+		b.client.Set(ctx, b.raw("session:legacy-id_2"), old, 0)
+		if ok, err := s.UpdateSessionActivity(ctx, "legacy-id_2"); !ok || err != nil {
+			t.Fatalf("UpdateSessionActivity(old format, no TTL) = %v, %v", ok, err)
+		}
+		if d := b.client.PTTL(ctx, b.raw("session:legacy-id_2")).Val(); d != -1 {
+			t.Errorf("old session without TTL has PTTL %v after update; want -1 (none)", d)
+		}
+		b.client.Del(ctx, b.raw("session:legacy-id_2"))
+		got, found, err = s.GetSession(ctx, "legacy-id_2")
+		if found || err != nil {
+			t.Errorf("GetSession after Del = %+v, %v, %v; want a miss", got, found, err)
+		}
 	})
 }
 
