@@ -335,6 +335,10 @@ func FuzzSessionID(f *testing.F) {
 	for _, seed := range []string{"", "abc", "a b", "abc*", "ok-._~", strings.Repeat("x", 257), "ü", "\x00", "session:1"} {
 		f.Add(seed)
 	}
+	// One miniredis per fuzz process; each accepted id is created, read
+	// back and destroyed, so ids never collide between inputs.
+	b := newBackend(f, "miniredis")
+	s := b.service(f, Options{})
 	f.Fuzz(func(t *testing.T, id string) {
 		ok := validSessionID(id)
 		if ok != (id != "" && len(id) <= maxSessionIDLen && strings.Trim(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~") == "") {
@@ -342,6 +346,27 @@ func FuzzSessionID(f *testing.F) {
 		}
 		if ok && strings.ContainsAny(id, "*?[]\\:/ ") {
 			t.Fatalf("validSessionID(%q) accepted a glob or separator character", id)
+		}
+		ctx := ctxT(t)
+		err := s.CreateSession(ctx, id, SessionData{UserID: "fuzz"}, time.Minute)
+		if !ok {
+			if !errors.Is(err, ErrInvalidKey) {
+				t.Fatalf("CreateSession(%q) = %v; want ErrInvalidKey", id, err)
+			}
+			// The message must not depend on the id: compare with the empty id's.
+			if want := s.CreateSession(ctx, "", SessionData{UserID: "fuzz"}, time.Minute); err.Error() != want.Error() {
+				t.Fatalf("CreateSession(%q) error %q; want the id-free %q", id, err, want)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("CreateSession(%q) = %v", id, err)
+		}
+		if got, found, err := s.GetSession(ctx, id); !found || err != nil || got.UserID != "fuzz" {
+			t.Fatalf("GetSession(%q) = %+v, %v, %v; want the session just created", id, got, found, err)
+		}
+		if gone, err := s.DestroySession(ctx, id); !gone || err != nil {
+			t.Fatalf("DestroySession(%q) = %v, %v; want true, nil", id, gone, err)
 		}
 	})
 }
