@@ -136,7 +136,7 @@ type Options struct {
 
 	// MaxSessionsPerUser bounds the per-user index used by
 	// [Service.DestroyUserSessions]. Creating a session beyond the bound
-	// destroys that user's oldest sessions. The default value is 64.
+	// destroys that user's sessions closest to expiring. The default value is 64.
 	MaxSessionsPerUser int
 
 	// Now is the clock used for session timestamps, a test seam. The
