@@ -2,6 +2,9 @@ package redisservice
 
 import (
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestHash(t *testing.T) {
@@ -10,28 +13,35 @@ func TestHash(t *testing.T) {
 		s := b.service(t, Options{})
 		ctx := ctxT(t)
 		for f, v := range map[string]any{"name": "Ada", "visits": 3} {
-			if err := s.HSet(ctx, "h", f, v); err != nil {
-				t.Fatalf("HSet(h, %s): %v", f, err)
-			}
+			require.NoError(t, s.HSet(ctx, "h", f, v), "HSet(h, %s)", f)
 		}
-		if v, found, err := s.HGet(ctx, "h", "visits"); v != "3" || !found || err != nil {
-			t.Errorf("HGet(h, visits) = %q, %v, %v; want 3, true, nil", v, found, err)
-		}
-		if v, found, err := s.HGet(ctx, "h", "nope"); v != "" || found || err != nil {
-			t.Errorf("HGet(h, nope) = %q, %v, %v; want \"\", false, nil", v, found, err)
-		}
-		if m, err := s.HGetAll(ctx, "h"); len(m) != 2 || m["name"] != "Ada" || err != nil {
-			t.Errorf("HGetAll(h) = %v, %v", m, err)
-		}
-		if m, err := s.HGetAll(ctx, "missing"); m == nil || len(m) != 0 || err != nil {
-			t.Errorf("HGetAll(missing) = %#v, %v; want empty non-nil map", m, err)
-		}
-		if n, err := s.HDel(ctx, "h", "name", "nope"); n != 1 || err != nil {
-			t.Errorf("HDel = %d, %v; want 1, nil", n, err)
-		}
+		v, found, err := s.HGet(ctx, "h", "visits")
+		require.NoError(t, err)
+		assert.True(t, found, "HGet(h, visits) found")
+		assert.Equal(t, "3", v, "HGet(h, visits)")
+
+		v, found, err = s.HGet(ctx, "h", "nope")
+		require.NoError(t, err)
+		assert.False(t, found, "HGet(h, nope) found")
+		assert.Empty(t, v, "HGet(h, nope)")
+
+		m, err := s.HGetAll(ctx, "h")
+		require.NoError(t, err)
+		assert.Equal(t, map[string]string{"name": "Ada", "visits": "3"}, m, "HGetAll(h)")
+
+		m, err = s.HGetAll(ctx, "missing")
+		require.NoError(t, err)
+		assert.NotNil(t, m, "HGetAll(missing) must not be nil")
+		assert.Empty(t, m, "HGetAll(missing)")
+
+		n, err := s.HDel(ctx, "h", "name", "nope")
+		require.NoError(t, err)
+		assert.Equal(t, int64(1), n, "HDel(h, name, nope)")
+
 		mustSet(t, s, "str", "x")
-		if m, err := s.HGetAll(ctx, "str"); m == nil || len(m) != 0 || err == nil {
-			t.Errorf("HGetAll(string key) = %#v, %v; want empty map and WRONGTYPE", m, err)
-		}
+		m, err = s.HGetAll(ctx, "str")
+		assert.Error(t, err, "HGetAll(string key) must report WRONGTYPE")
+		assert.NotNil(t, m, "HGetAll(string key) must not be nil")
+		assert.Empty(t, m, "HGetAll(string key)")
 	})
 }
