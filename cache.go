@@ -43,8 +43,8 @@ import (
 // with an error: load runs as on a miss and nothing is cached. After a
 // call found Redis unreachable (see [Service.IsConnected]), Cache does not
 // touch Redis at all, so that an outage costs each call nothing but load:
-// its error matches [ErrUnavailable] until a background PING (at most one
-// a second) sees Redis answer again. Only the calls that find the outage
+// its error matches [ErrUnavailable] until a background PING sees Redis
+// answer again (see [Service.IsConnected]). Only the calls that find the outage
 // wait for Redis, up to [Options.Timeout] or their own deadline. After
 // [Service.Close], Cache returns load's value with [ErrClosed].
 //
@@ -153,16 +153,4 @@ func cacheRead[T any](ctx context.Context, s *Service, key string) (T, bool, err
 		return zero, false, nil
 	}
 	return v, true, nil
-}
-
-// skipWhileDown returns [ErrUnavailable], counted as a fallback, while
-// the last call found Redis unreachable; [Service.IsConnected] then
-// probes Redis in the background. After Close it returns nil, leaving
-// [ErrClosed] to call.
-func (s *Service) skipWhileDown(op, key string) error {
-	if s.closed.Load() || s.IsConnected() {
-		return nil
-	}
-	s.stats.fallbacks.Add(1)
-	return fmt.Errorf("redisservice: %s %q: %w", op, key, ErrUnavailable)
 }

@@ -40,12 +40,22 @@ func (s *Service) begin(ctx context.Context) (context.Context, context.CancelFun
 	return bounded, cancel, nil
 }
 
-// call runs fn for one operation: it refuses after Close, bounds the
-// caller's ctx, and classifies the outcome. It returns fn's value with a
-// nil error, with redis.Nil itself (unwrapped, for the caller to read as
+// call runs fn for one operation: it refuses after Close, fails fast
+// with ErrUnavailable while Redis is known to be down (breaker.go), bounds
+// the caller's ctx, and classifies the outcome. It returns fn's value with
+// a nil error, with redis.Nil itself (unwrapped, for the caller to read as
 // a miss), or the zero value with a wrapped error. key is the caller's
 // key, for error messages and logs.
 func call[T any](s *Service, caller context.Context, op, key string, fn func(ctx context.Context) (T, error)) (T, error) {
+	if err := s.skipWhileDown(op, key); err != nil {
+		var zero T
+		return zero, err
+	}
+	return try(s, caller, op, key, fn)
+}
+
+// try is call without the fast failure: it always asks Redis.
+func try[T any](s *Service, caller context.Context, op, key string, fn func(ctx context.Context) (T, error)) (T, error) {
 	var zero T
 	ctx, done, err := s.begin(caller)
 	if err != nil {
@@ -78,12 +88,16 @@ func (s *Service) fail(caller context.Context, op, key string, err error) error 
 	s.stats.errors.Add(1)
 	s.stats.fallbacks.Add(1)
 	switch {
+	case errors.Is(err, ErrUnavailable), errors.Is(err, redis.ErrPoolTimeout):
+		// Nothing was asked of Redis: a fast failure, or a pool whose
+		// connections are all busy (which says nothing of Redis itself;
+		// if it stalled, the calls holding them time out and tell).
 	case !isConnError(err):
 		s.ok() // Redis answered, if only with an error
 	case caller == nil || ctxErr(caller) == nil:
 		// Only when the caller's own cancellation or deadline is not the
 		// cause: those say nothing about Redis.
-		s.connected.Store(false)
+		s.markDown()
 	}
 	s.logFailure(caller, op, key, err)
 	return fmt.Errorf("redisservice: %s %q: %w", op, key, err)

@@ -25,9 +25,12 @@ var (
 	// ErrClosed is returned by every call made after [Service.Close].
 	ErrClosed = errors.New("redisservice: service closed")
 
-	// ErrUnavailable is returned by [Cache] when it did not try Redis
-	// because the last call found it unreachable (see
-	// [Service.IsConnected]); the loader's value comes with it.
+	// ErrUnavailable is returned, with the call's fallback, by every call
+	// that did not try Redis because an earlier call found it unreachable
+	// and no background PING has seen it answer since (see
+	// [Service.IsConnected]). Calls fail fast like this only on a single
+	// node, not on Redis Cluster. [Cache] returns the loader's value with
+	// it.
 	ErrUnavailable = errors.New("redisservice: redis unavailable")
 
 	// ErrDecode reports a stored value that does not decode into the

@@ -209,6 +209,19 @@ func TestStalledServer(t *testing.T) {
 	}
 	stall(t, srv, 4*time.Second)
 
+	// A caller's own deadline bounds its call, and says nothing about
+	// Redis: the calls after it still ask Redis.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	within(t, time.Second, "Set with a 100ms deadline", func() {
+		if _, err := s.Set(ctx, "k", "v"); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Set = %v; want context.DeadlineExceeded", err)
+		}
+	})
+	if !s.IsConnected() {
+		t.Error("IsConnected = false after a call ended by its caller's own deadline")
+	}
+
 	// Every kind of call, with Options.Timeout 200ms and no deadline of
 	// the caller's, returns its fallback by the bound.
 	calls := []struct {
@@ -237,19 +250,15 @@ func TestStalledServer(t *testing.T) {
 	}
 	for _, c := range calls {
 		within(t, time.Second, c.name+" on a stalled server with Options.Timeout 200ms", func() {
-			// Cache skips Redis once a call failed for a connection reason.
+			// The first call times out; the calls after it fail fast.
 			if err := c.call(context.Background()); !errors.Is(err, context.DeadlineExceeded) && !isTimeout(err) && !errors.Is(err, ErrUnavailable) {
 				t.Errorf("%s = %v; want a deadline, timeout or ErrUnavailable error", c.name, err)
 			}
 		})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	within(t, time.Second, "Set with a 100ms deadline", func() {
-		if _, err := s.Set(ctx, "k", "v"); !errors.Is(err, context.DeadlineExceeded) {
-			t.Errorf("Set = %v; want context.DeadlineExceeded", err)
-		}
-	})
+	if s.IsConnected() {
+		t.Error("IsConnected = true after calls timed out on a stalled server")
+	}
 }
 
 func TestPoolExhaustedAndCancelledMidCall(t *testing.T) {

@@ -17,14 +17,20 @@ func (s *Service) HealthCheck(ctx context.Context) error {
 	return s.ping(ctx, "healthcheck")
 }
 
-// ping PINGs Redis (every master of a cluster).
+// ping PINGs Redis (every master of a cluster), also while calls fail
+// fast: an explicit check always asks.
 func (s *Service) ping(ctx context.Context, op string) error {
-	_, err := call(s, ctx, op, "", func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, s.eachMaster(ctx, func(ctx context.Context, n redis.UniversalClient) error {
-			return n.Ping(ctx).Err()
-		})
+	_, err := try(s, ctx, op, "", func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, s.pingAll(ctx)
 	})
 	return err
+}
+
+// pingAll PINGs every master of a cluster, or the one node.
+func (s *Service) pingAll(ctx context.Context) error {
+	return s.eachMaster(ctx, func(ctx context.Context, n redis.UniversalClient) error {
+		return n.Ping(ctx).Err()
+	})
 }
 
 // HealthReport is the JSON body written by [Service.HealthHandler].
@@ -105,7 +111,7 @@ func (s *Service) FlushAll(ctx context.Context) error {
 type Stats struct {
 	Hits           uint64 // reads that found their key (Get, GetJSON, HGet, MGet per key, Cache, GetSession)
 	Misses         uint64 // reads that found nothing
-	Errors         uint64 // calls that failed in Redis or on the way to it
+	Errors         uint64 // calls that failed in Redis or on the way to it, or failed fast with ErrUnavailable
 	Fallbacks      uint64 // calls answered with their fallback value because Redis could not be used (Errors plus calls after Close)
 	LogsSuppressed uint64 // failure log lines held back by the once-a-second limit
 	Connected      bool   // what IsConnected would report, without starting a probe

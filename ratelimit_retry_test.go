@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 )
 
 // The rate-limit script must run at most once per CheckRateLimit, even
@@ -131,7 +132,9 @@ func checkScriptNotRetried(t *testing.T, b *backend, p *stallProxies, s *Service
 		t.Errorf("counter after one timed-out CheckRateLimit = %d, %v; want 1", n, err)
 	}
 
-	// The limiter works again at once, on a fresh connection.
+	// The limiter works again, on a fresh connection, as soon as the
+	// background PING has seen Redis answer (calls fail fast until then).
+	require.Eventually(t, s.IsConnected, 2*time.Second, time.Millisecond, "IsConnected after the stall")
 	if r, err := s.CheckRateLimit(ctx, id, time.Minute, 10); err != nil || r.Remaining != 8 {
 		t.Errorf("CheckRateLimit after the stall = %+v, %v; want Remaining 8", r, err)
 	}

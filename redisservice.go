@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -27,10 +26,11 @@ type Service struct {
 	opts      Options
 	log       *slog.Logger
 
+	failFast bool // rdb is a single node: calls fail fast while it is down (breaker.go)
+
 	closed    atomic.Bool
 	connected atomic.Bool
-	probing   atomic.Bool  // a background PING is running
-	lastProbe atomic.Int64 // unix nanos of the last background PING
+	probing   atomic.Bool // probeLoop is running
 
 	bgMu     sync.Mutex // orders bg.Add after a Close check with Close's bg.Wait
 	bg       sync.WaitGroup
@@ -85,6 +85,8 @@ func New(opts Options) (*Service, error) {
 		// One dial attempt per try: against a refused port, go-redis's
 		// default of five attempts 100ms apart would hold every call.
 		ro.DialerRetries = 1
+		// Nor retry a refused dial after a backoff (see refusedError).
+		ro.Dialer = noRetryOnRefused(redis.NewDialer(ro))
 		ro.ContextTimeoutEnabled = true
 		if opts.PoolSize > 0 {
 			ro.PoolSize = opts.PoolSize
@@ -111,6 +113,7 @@ func New(opts Options) (*Service, error) {
 		s.hot = s.rdb
 	}
 	_, s.cluster = s.rdb.(*redis.ClusterClient)
+	_, s.failFast = s.rdb.(*redis.Client)
 	// Optimistic until a call says otherwise, so that a Service used
 	// without Connect does not start out reporting an outage.
 	s.connected.Store(true)
@@ -217,33 +220,17 @@ func (s *Service) Close() error {
 
 // IsConnected reports the last observed state of the connection to
 // Redis: false after a call failed for a connection reason (refused,
-// reset, timed out), true again after the next call that Redis answers.
-// A command error such as WRONGTYPE leaves it true. While it is false,
-// IsConnected itself starts at most one background PING per second, so
-// the state recovers even when no other calls are made.
+// reset, timed out by [Options.Timeout]), true again after the next call
+// or background PING that Redis answers. A command error such as
+// WRONGTYPE, a caller's own cancellation or deadline, an exhausted pool
+// and an invalid argument leave it as it was. While it is false, one
+// background PING at a time, at most every 100 ms and each bounded by
+// Options.Timeout, asks Redis, so the state recovers even when no other
+// calls are made; and on a single node (not Redis Cluster) every call
+// fails fast with [ErrUnavailable] (see "Behaviour under failure" in the
+// README). It does not touch the network.
 func (s *Service) IsConnected() bool {
-	if s.connected.Load() {
-		return true
-	}
-	s.probe()
-	return false
-}
-
-// probe starts a background PING unless one is running or ran in the last
-// second.
-func (s *Service) probe() {
-	now := time.Now().UnixNano()
-	if now-s.lastProbe.Load() < int64(time.Second) || !s.probing.CompareAndSwap(false, true) {
-		return
-	}
-	s.lastProbe.Store(now)
-	started := s.goBackground(func(ctx context.Context) {
-		defer s.probing.Store(false)
-		_ = s.ping(ctx, "probe")
-	})
-	if !started {
-		s.probing.Store(false)
-	}
+	return s.connected.Load()
 }
 
 // goBackground runs fn in a goroutine that Close waits for and whose ctx

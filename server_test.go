@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -131,4 +132,17 @@ func listenable(port int) bool {
 	}
 	ln.Close()
 	return true
+}
+
+// pause stops the server's process (SIGSTOP): it keeps its connections
+// and its port but answers nothing, as a hung host would. resume undoes it.
+func (r *redisServer) pause()  { r.signal(syscall.SIGSTOP) }
+func (r *redisServer) resume() { r.signal(syscall.SIGCONT) }
+
+func (r *redisServer) signal(sig syscall.Signal) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd != nil {
+		_ = r.cmd.Process.Signal(sig)
+	}
 }
