@@ -32,6 +32,31 @@ type Options struct {
 	// should have ContextTimeoutEnabled set.
 	Client redis.UniversalClient
 
+	// SentinelMaster, when set, makes New dial through Redis Sentinel: the
+	// name of the master the sentinels in SentinelAddrs monitor ("mymaster").
+	// The Service then follows failovers by itself (see README.md "High
+	// availability" for what one costs a caller). URL still gives the
+	// master's user, password, database, TLS (rediss://) and query
+	// parameters; its host and port are not used. Every setting of this
+	// struct applies as with a plain URL, to the sentinels too (except
+	// ClientSideCache, which New refuses here). With rediss://, the
+	// certificates of the master, its replicas and the sentinels must be
+	// valid for the URL's host name, or for TLSConfig.ServerName. The
+	// default, "", dials URL's host. Not allowed with Client.
+	SentinelMaster string
+
+	// SentinelAddrs lists the sentinels as "host:port" (usually three or
+	// more). New asks them for the master's address; it needs one to
+	// answer. Required with SentinelMaster.
+	SentinelAddrs []string
+
+	// SentinelUsername and SentinelPassword authenticate to the sentinels
+	// (their requirepass), which is separate from the master's password in
+	// URL. They never appear in an error or a log line. The default is no
+	// authentication.
+	SentinelUsername string
+	SentinelPassword string
+
 	// KeyPrefix is prepended to every key and pattern the Service sends
 	// ("pos:"), and is never visible to callers. The default is no prefix.
 	KeyPrefix string
@@ -185,6 +210,9 @@ func (o Options) withDefaults() Options {
 
 // validate reports the first option that cannot work.
 func (o Options) validate() error {
+	if err := o.validateSentinel(); err != nil {
+		return err
+	}
 	switch {
 	case o.Timeout < 0:
 		return fmt.Errorf("%w: Timeout %v < 0", ErrInvalidArgument, o.Timeout)

@@ -48,7 +48,8 @@ type Service struct {
 // network: call [Service.Connect] to fail fast at start-up, or let the
 // first call connect.
 //
-// When opts.Client is nil, New dials opts.URL (see [Options.URL]) and the
+// When opts.Client is nil, New dials opts.URL (see [Options.URL]), or the
+// master that the sentinels of [Options.SentinelMaster] name, and the
 // Service owns that client: [Service.Close] closes it. A client passed in
 // opts.Client stays the caller's to close.
 func New(opts Options) (*Service, error) {
@@ -96,7 +97,7 @@ func New(opts Options) (*Service, error) {
 				return nil, err
 			}
 		}
-		c := redis.NewClient(ro)
+		c := newClient(ro, opts) // a failover client with Options.SentinelMaster
 		s.rdb, s.hot, s.ownClient = c, c, true
 		if opts.AutoPipeline {
 			// The blocking face: each call waits for its own reply, as

@@ -1,0 +1,558 @@
+package redisservice
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The failover tests kill a master of a Sentinel setup and of a Redis
+// Cluster with replicas under load, and measure how long callers see
+// errors. They need the servers that scripts/redis-test-servers starts (it
+// prints the variables below); .ci/run runs them. Each restarts the master
+// it killed, which rejoins as a replica, so the servers serve the next run
+// too. README.md "High availability" quotes the windows they log.
+const (
+	envTestDir               = "REDIS_TEST_DIR"
+	envTestSentinel          = "REDIS_TEST_SENTINEL"
+	envTestSentinelMaster    = "REDIS_TEST_SENTINEL_MASTER"
+	envTestSentinelPassword  = "REDIS_TEST_SENTINEL_PASSWORD"
+	envTestSentinelMasterPwd = "REDIS_TEST_SENTINEL_MASTER_PASSWORD"
+	envTestClusterReplicas   = "REDIS_TEST_CLUSTER_REPLICAS"
+)
+
+// failoverTimeout is the Service's Timeout in the failover tests; every
+// call must return within callBound.
+const (
+	failoverTimeout = time.Second
+	callBound       = 3 * failoverTimeout
+	recoveryBound   = 30 * time.Second // kill to first success, generous on a loaded machine
+	loadGoroutines  = 16
+)
+
+func TestSentinelFailover(t *testing.T) {
+	t.Parallel()
+	addrs, name := os.Getenv(envTestSentinel), os.Getenv(envTestSentinelMaster)
+	if addrs == "" || name == "" {
+		t.Skipf("no Redis Sentinel: set %s and %s (scripts/redis-test-servers start prints them)", envTestSentinel, envTestSentinelMaster)
+	}
+	sentinels := strings.Split(addrs, ",")
+	spw, mpw := os.Getenv(envTestSentinelPassword), os.Getenv(envTestSentinelMasterPwd)
+	ctx := ctxT(t)
+
+	oldMaster := waitSentinelHealthy(t, sentinels, spw, name)
+	mc := redis.NewClient(&redis.Options{Addr: oldMaster, Password: mpw, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = mc.Close() })
+	victim := testServerOf(t, ctx, mc)
+
+	logs := &syncWriter{w: new(bytes.Buffer)}
+	s, err := New(Options{
+		URL:              "redis://:" + mpw + "@unused-with-sentinel/0",
+		SentinelMaster:   name,
+		SentinelAddrs:    sentinels,
+		SentinelPassword: spw,
+		KeyPrefix:        "rstest:" + randomHex(t, 6) + ":",
+		Timeout:          failoverTimeout,
+		Logger:           slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	require.NoError(t, s.Connect(ctx))
+
+	load := startLoad(s, func(int) string { return "" }, func(int) bool { return true })
+	time.Sleep(time.Second) // some calls on the healthy master first
+	load.killAndWait(t, s, victim)
+	r := load.stop()
+	r.report(t, "Sentinel failover (master SIGKILLed)")
+
+	r.requireRecovered(t)
+	waitConnected(t, s)
+	newMaster := sentinelMaster(t, ctx, sentinels[0], spw, name)
+	assert.NotEqual(t, oldMaster, newMaster, "the sentinels still name the killed master")
+	for _, e := range r.errors {
+		assert.NotContains(t, e, mpw, "an error holds the master's password")
+		assert.NotContains(t, e, spw, "an error holds the sentinels' password")
+	}
+	assert.NotContains(t, logs.String(), mpw, "the log holds the master's password")
+	assert.NotContains(t, logs.String(), spw, "the log holds the sentinels' password")
+}
+
+func TestClusterReplicaFailover(t *testing.T) {
+	t.Parallel()
+	addrs := os.Getenv(envTestClusterReplicas)
+	if addrs == "" {
+		t.Skipf("no Redis Cluster with replicas: set %s (scripts/redis-test-servers start prints it)", envTestClusterReplicas)
+	}
+	ctx := ctxT(t)
+	// The settings New gives a client it dials (see redisservice.go).
+	cc := redis.NewClusterClient(&redis.ClusterOptions{
+		Addrs:                 strings.Split(addrs, ","),
+		DialTimeout:           failoverTimeout,
+		ReadTimeout:           failoverTimeout,
+		WriteTimeout:          failoverTimeout,
+		PoolTimeout:           failoverTimeout,
+		DialerRetries:         1,
+		ContextTimeoutEnabled: true,
+	})
+	t.Cleanup(func() { _ = cc.Close() })
+	waitClusterHealthy(t, cc)
+
+	// Hash tags on the victim's slots, and on the other masters' slots.
+	victimMaster, err := cc.MasterForKey(ctx, "{t0}")
+	require.NoError(t, err)
+	victimAddr := victimMaster.Options().Addr
+	var victimTags, otherTags []string
+	for i := 0; len(victimTags) < 4 || len(otherTags) < 4; i++ {
+		tag := "{t" + strconv.Itoa(i) + "}"
+		m, err := cc.MasterForKey(ctx, tag)
+		require.NoError(t, err)
+		if m.Options().Addr == victimAddr {
+			victimTags = append(victimTags, tag)
+		} else {
+			otherTags = append(otherTags, tag)
+		}
+	}
+	victim := testServerOf(t, ctx, victimMaster)
+
+	s, err := New(Options{Client: cc, KeyPrefix: "rstest:" + randomHex(t, 6) + ":", Timeout: failoverTimeout})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	require.NoError(t, s.Connect(ctx))
+
+	// Even goroutines use keys on the victim's slots, odd ones the others'.
+	onVictim := func(g int) bool { return g%2 == 0 }
+	load := startLoad(s, func(g int) string {
+		if onVictim(g) {
+			return victimTags[g/2%len(victimTags)]
+		}
+		return otherTags[g/2%len(otherTags)]
+	}, onVictim)
+	time.Sleep(time.Second)
+	load.killAndWait(t, s, victim)
+	r := load.stop()
+	r.report(t, "Cluster failover (master SIGKILLed), keys of its slots")
+
+	r.requireRecovered(t)
+	waitConnected(t, s)
+	m, err := cc.MasterForKey(ctx, victimTags[0])
+	require.NoError(t, err)
+	assert.NotEqual(t, victimAddr, m.Options().Addr, "the killed master still owns its slots")
+}
+
+// testServer is a redis-server that scripts/redis-test-servers started:
+// the tests kill it by pid and start it again from its config file.
+type testServer struct {
+	addr string
+	pid  int
+	conf string
+}
+
+// testServerOf finds the process behind c, and fails unless it is a
+// redis-server whose config file lies in $REDIS_TEST_DIR: the tests never
+// kill a server they did not start.
+func testServerOf(t testing.TB, ctx context.Context, c *redis.Client) testServer {
+	t.Helper()
+	dir := os.Getenv(envTestDir)
+	require.NotEmpty(t, dir, "%s must name the directory of scripts/redis-test-servers, to restart what a test kills", envTestDir)
+	info, err := c.Info(ctx, "server").Result()
+	require.NoError(t, err)
+	srv := testServer{addr: c.Options().Addr}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "process_id:"); ok {
+			srv.pid, _ = strconv.Atoi(v)
+		}
+		if v, ok := strings.CutPrefix(line, "config_file:"); ok {
+			srv.conf = v
+		}
+	}
+	rel, err := filepath.Rel(dir, srv.conf)
+	require.True(t, err == nil && !strings.HasPrefix(rel, ".."), "%s runs from %q, not from %s", srv.addr, srv.conf, dir)
+	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(srv.pid) + "/cmdline")
+	require.NoError(t, err)
+	_, port, _ := strings.Cut(srv.addr, ":")
+	require.True(t, bytes.Contains(cmdline, []byte("redis-server")) && bytes.Contains(cmdline, []byte(":"+port)),
+		"pid %d is %q, not the redis-server on %s", srv.pid, cmdline, srv.addr)
+	return srv
+}
+
+// kill stops the server at once (SIGKILL), as a crash would.
+func (r testServer) kill(t testing.TB) {
+	t.Helper()
+	p, err := os.FindProcess(r.pid)
+	require.NoError(t, err)
+	require.NoError(t, p.Kill())
+	t.Logf("killed the master %s (pid %d)", r.addr, r.pid)
+}
+
+// restart starts the server again from its config file; it rejoins as a
+// replica of the master promoted meanwhile.
+func (r testServer) restart(t testing.TB) {
+	t.Helper()
+	if out, err := exec.Command("redis-server", r.conf).CombinedOutput(); err != nil {
+		t.Errorf("restarting %s from %s: %v\n%s", r.addr, r.conf, err, out)
+	}
+}
+
+// waitSentinelHealthy waits until every sentinel names the same master,
+// knows the two others, and sees a replica in sync that could take over;
+// a previous run's restarted master may still be catching up. It returns
+// the master's address.
+func waitSentinelHealthy(t testing.TB, sentinels []string, password, name string) string {
+	t.Helper()
+	var why string
+	deadline := time.Now().Add(recoveryBound)
+	for time.Now().Before(deadline) {
+		var master string
+		why = sentinelProblem(sentinels, password, name, &master)
+		if why == "" {
+			return master
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("the Sentinel setup is not healthy after %v: %s", recoveryBound, why)
+	return ""
+}
+
+// sentinelProblem says what keeps the Sentinel setup from being ready to
+// fail over, or "" when it is ready, with its master in *master.
+func sentinelProblem(sentinels []string, password, name string, master *string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, addr := range sentinels {
+		sc := redis.NewSentinelClient(&redis.Options{Addr: addr, Password: password, ContextTimeoutEnabled: true})
+		defer sc.Close()
+		m, err := sc.Master(ctx, name).Result()
+		switch {
+		case err != nil:
+			return fmt.Sprintf("sentinel %s: %v", addr, err)
+		case m["flags"] != "master" || m["num-other-sentinels"] != "2" || m["failover-state"] != "" && m["failover-state"] != "none":
+			return fmt.Sprintf("sentinel %s: master flags %q, other sentinels %s", addr, m["flags"], m["num-other-sentinels"])
+		}
+		got := m["ip"] + ":" + m["port"]
+		if *master != "" && *master != got {
+			return fmt.Sprintf("sentinels disagree on the master: %s, %s", *master, got)
+		}
+		*master = got
+		replicas, err := sc.Replicas(ctx, name).Result()
+		if err != nil {
+			return fmt.Sprintf("sentinel %s: %v", addr, err)
+		}
+		if !slices.ContainsFunc(replicas, func(r map[string]string) bool {
+			return r["flags"] == "slave" && r["master-link-status"] == "ok"
+		}) {
+			return fmt.Sprintf("sentinel %s: no replica in sync: %v", addr, replicas)
+		}
+	}
+	return ""
+}
+
+// sentinelMaster returns the master's address as the sentinel at addr names it.
+func sentinelMaster(t testing.TB, ctx context.Context, addr, password, name string) string {
+	t.Helper()
+	sc := redis.NewSentinelClient(&redis.Options{Addr: addr, Password: password, ContextTimeoutEnabled: true})
+	defer sc.Close()
+	hp, err := sc.GetMasterAddrByName(ctx, name).Result()
+	require.NoError(t, err)
+	return hp[0] + ":" + hp[1]
+}
+
+// waitClusterHealthy waits until the cluster has three masters with a
+// replica in sync each, and cc knows them.
+func waitClusterHealthy(t testing.TB, cc *redis.ClusterClient) {
+	t.Helper()
+	var why string
+	deadline := time.Now().Add(recoveryBound)
+	for time.Now().Before(deadline) {
+		why = clusterProblem(cc)
+		if why == "" {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("the cluster is not healthy after %v: %s", recoveryBound, why)
+}
+
+// clusterProblem says what keeps the cluster from being ready to fail a
+// master over, or "" when it is ready.
+func clusterProblem(cc *redis.ClusterClient) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	cc.ReloadState(ctx)
+	var masters atomic.Int32
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+		masters.Add(1)
+		info, err := n.Info(ctx, "replication").Result()
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(info, "connected_slaves:1") || !strings.Contains(info, "state=online") {
+			return fmt.Errorf("master %s has no replica online", n.Options().Addr)
+		}
+		return nil
+	})
+	if err != nil {
+		return err.Error()
+	}
+	err = cc.ForEachShard(ctx, func(ctx context.Context, n *redis.Client) error {
+		if info := n.ClusterInfo(ctx).Val(); !strings.Contains(info, "cluster_state:ok") {
+			return fmt.Errorf("node %s: cluster state not ok", n.Options().Addr)
+		}
+		return nil
+	})
+	if err != nil {
+		return err.Error()
+	}
+	if n := masters.Load(); n != 3 {
+		return fmt.Sprintf("%d masters, want 3", n)
+	}
+	return ""
+}
+
+// waitConnected fails unless s.IsConnected turns true within a few
+// seconds: it must recover by itself after a failover.
+func waitConnected(t testing.TB, s *Service) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !s.IsConnected() {
+		require.False(t, time.Now().After(deadline), "IsConnected still false 5s after calls succeed again")
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// outcome is one call of the load.
+type outcome struct {
+	end      time.Time
+	took     time.Duration
+	failed   bool
+	measured bool // counts for the outage window
+}
+
+// load runs loadGoroutines goroutines of mixed calls on a Service and
+// records every call, to measure what a failover costs callers.
+type load struct {
+	killed   atomic.Int64 // unix nanos of the kill; 0 before
+	firstBad atomic.Int64 // unix nanos of the first measured failure after the kill
+	firstOK  atomic.Int64 // unix nanos of the first measured success after firstBad
+	measured func(g int) bool
+	sawDown  atomic.Bool // IsConnected was false after the kill
+
+	done    chan struct{}
+	wg      sync.WaitGroup
+	results [][]outcome // per goroutine
+
+	mu     sync.Mutex // guards errors
+	errors map[string]bool
+}
+
+// startLoad starts the goroutines: goroutine g works on keys with
+// tag(g) in them (a cluster hash tag, or ""), and its calls count for the
+// outage window when measured(g).
+func startLoad(s *Service, tag func(g int) string, measured func(g int) bool) *load {
+	l := &load{measured: measured, done: make(chan struct{}), results: make([][]outcome, loadGoroutines), errors: map[string]bool{}}
+	for g := range loadGoroutines {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			l.run(s, g, tag(g))
+		}()
+	}
+	return l
+}
+
+// run is goroutine g: one call per turn, cycling through the kinds of call.
+func (l *load) run(s *Service, g int, tag string) {
+	ctx := context.Background()
+	load := func(context.Context) (string, error) { return "loaded", nil }
+	type doc struct{ N int }
+	for i := 0; ; i++ {
+		select {
+		case <-l.done:
+			return
+		default:
+		}
+		key := fmt.Sprintf("ha:%s:%d:%d", tag, g, i%20)
+		start := time.Now()
+		var err error
+		switch i % 8 {
+		case 0:
+			_, err = s.Set(ctx, key, i, WithTTL(time.Minute))
+		case 1:
+			_, _, err = s.Get(ctx, key)
+		case 2:
+			_, err = s.SetJSON(ctx, key+":json", doc{i}, WithTTL(time.Minute))
+		case 3:
+			var d doc
+			_, err = s.GetJSON(ctx, key+":json", &d)
+		case 4:
+			err = s.HSet(ctx, key+":hash", "f", i)
+		case 5:
+			_, err = s.HGetAll(ctx, key+":hash")
+		case 6:
+			_, err = s.CheckRateLimit(ctx, fmt.Sprintf("ha:%s:%d", tag, g), time.Minute, 1<<30)
+		case 7:
+			_, err = Cache(ctx, s, key+":cache", time.Minute, load)
+		}
+		l.record(g, start, err)
+	}
+}
+
+func (l *load) record(g int, start time.Time, err error) {
+	end := time.Now()
+	o := outcome{end: end, took: end.Sub(start), failed: err != nil, measured: l.measured(g)}
+	l.results[g] = append(l.results[g], o)
+	if err != nil {
+		l.mu.Lock()
+		if len(l.errors) < 1000 {
+			l.errors[err.Error()] = true
+		}
+		l.mu.Unlock()
+	}
+	if !o.measured || l.killed.Load() == 0 {
+		return
+	}
+	// A success counts only for a call begun after the first failure:
+	// one begun before may carry a reply sent before the kill.
+	if o.failed {
+		l.firstBad.CompareAndSwap(0, end.UnixNano())
+	} else if bad := l.firstBad.Load(); bad != 0 && start.UnixNano() > bad {
+		l.firstOK.CompareAndSwap(0, end.UnixNano())
+	}
+}
+
+// killAndWait kills victim (and starts it again at cleanup), waits until a
+// measured call begun after one failed succeeds (or recoveryBound passes), then
+// lets the load run 3s more. Meanwhile it watches s.IsConnected, which must
+// turn false.
+func (l *load) killAndWait(t testing.TB, s *Service, victim testServer) {
+	t.Helper()
+	l.killed.Store(time.Now().UnixNano())
+	victim.kill(t)
+	t.Cleanup(func() { victim.restart(t) })
+	deadline := time.Now().Add(recoveryBound)
+	for l.firstOK.Load() == 0 && time.Now().Before(deadline) {
+		if !s.IsConnected() {
+			l.sawDown.Store(true)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second)
+}
+
+// stop ends the load and sums it up.
+func (l *load) stop() loadResult {
+	close(l.done)
+	l.wg.Wait()
+	r := loadResult{killed: time.Unix(0, l.killed.Load()), sawDown: l.sawDown.Load(), errors: slices.Sorted(maps.Keys(l.errors))}
+	var last time.Time
+	for _, rs := range l.results {
+		for _, o := range rs {
+			r.calls++
+			r.slowest = max(r.slowest, o.took)
+			last = later(last, o.end)
+			switch {
+			case !o.failed:
+			case o.end.Before(r.killed):
+				r.failedBeforeKill++
+			case o.measured:
+				r.failed++
+				r.lastBad = later(r.lastBad, o.end)
+			default:
+				r.failedOther++
+			}
+		}
+	}
+	if bad, ok := l.firstBad.Load(), l.firstOK.Load(); bad != 0 {
+		r.firstBad = time.Unix(0, bad)
+		if ok != 0 {
+			r.firstOK = time.Unix(0, ok)
+		}
+	}
+	// The last 2s of the load, well after recovery: nothing may fail.
+	tail := last.Add(-2 * time.Second)
+	for _, rs := range l.results {
+		for _, o := range rs {
+			if o.failed && o.end.After(tail) {
+				r.failedAtEnd++
+			}
+			if !o.measured && !o.failed && o.end.After(r.firstBad) && o.end.Before(r.firstOK) {
+				r.otherOKInWindow++
+			}
+		}
+	}
+	return r
+}
+
+// loadResult sums up a load run around a kill.
+type loadResult struct {
+	killed, firstBad, firstOK, lastBad time.Time
+	calls, failed, failedOther         int
+	failedBeforeKill, failedAtEnd      int
+	otherOKInWindow                    int // unmeasured calls that succeeded during the window
+	sawDown                            bool
+	slowest                            time.Duration
+	errors                             []string // distinct error texts, up to 1000
+}
+
+// window is the outage a caller saw: from the first failure to the first
+// success of a call begun after it.
+func (r loadResult) window() time.Duration { return r.firstOK.Sub(r.firstBad) }
+
+func (r loadResult) report(t testing.TB, what string) {
+	t.Helper()
+	if r.firstBad.IsZero() || r.firstOK.IsZero() {
+		t.Logf("%s: no recovery seen: first failure %v after the kill; %d calls, %d failed", what, r.firstBad.Sub(r.killed), r.calls, r.failed)
+		return
+	}
+	t.Logf("%s: outage window %v (first failure %v after the kill, first success %v after the kill, last failure %v after it); "+
+		"%d calls by %d goroutines, %d of them failed; slowest call %v",
+		what, r.window().Round(time.Millisecond), r.firstBad.Sub(r.killed).Round(time.Millisecond),
+		r.firstOK.Sub(r.killed).Round(time.Millisecond), r.lastBad.Sub(r.killed).Round(time.Millisecond),
+		r.calls, loadGoroutines, r.failed, r.slowest.Round(time.Millisecond))
+	if r.failedOther+r.otherOKInWindow > 0 {
+		t.Logf("%s: calls on other keys during the window: %d succeeded, %d failed after the kill", what, r.otherOKInWindow, r.failedOther)
+	}
+	for i, e := range r.errors {
+		if i == 5 {
+			t.Logf("… %d more distinct errors", len(r.errors)-i)
+			break
+		}
+		t.Logf("error seen: %s", e)
+	}
+}
+
+// requireRecovered checks what every failover must give: the kill was
+// felt, the Service worked again within recoveryBound and kept working, and
+// no call outlived its bound.
+func (r loadResult) requireRecovered(t testing.TB) {
+	t.Helper()
+	assert.Zero(t, r.failedBeforeKill, "calls failed before the kill")
+	require.False(t, r.firstBad.IsZero(), "no call failed after the master was killed: the test did not test a failover")
+	require.False(t, r.firstOK.IsZero(), "no call succeeded within %v of the first failure", recoveryBound)
+	assert.True(t, r.sawDown, "IsConnected never turned false after the kill")
+	assert.Less(t, r.window(), recoveryBound, "outage window")
+	assert.Zero(t, r.failedAtEnd, "calls failed in the last 2s of the load, after the failover")
+	assert.LessOrEqual(t, r.slowest, callBound, "slowest call; want every call bounded")
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
