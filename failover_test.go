@@ -75,11 +75,18 @@ func TestSentinelFailover(t *testing.T) {
 	t.Cleanup(func() { _ = s.Close() })
 	require.NoError(t, s.Connect(ctx))
 
+	sc := redis.NewSentinelClient(&redis.Options{Addr: sentinels[0], Password: spw, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = sc.Close() })
+	promoted := func(ctx context.Context) bool {
+		hp, err := sc.GetMasterAddrByName(ctx, name).Result()
+		return err == nil && len(hp) == 2 && hp[0]+":"+hp[1] != oldMaster
+	}
+
 	load := startLoad(s, func(int) string { return "" }, func(int) bool { return true })
 	time.Sleep(time.Second) // some calls on the healthy master first
-	load.killAndWait(t, s, victim)
+	load.killAndWait(t, s, victim, promoted)
 	r := load.stop()
-	r.report(t, "Sentinel failover (master SIGKILLed)")
+	r.report(t, "Sentinel failover (master SIGKILLed)", "the sentinels named the replica master")
 
 	r.requireRecovered(t)
 	waitConnected(t, s)
@@ -129,6 +136,18 @@ func TestClusterReplicaFailover(t *testing.T) {
 		}
 	}
 	victim := testServerOf(t, ctx, victimMaster)
+	id, err := victimMaster.Do(ctx, "CLUSTER", "MYID").Text()
+	require.NoError(t, err)
+	replicas, err := victimMaster.ClusterSlaves(ctx, id).Result()
+	require.NoError(t, err)
+	require.Len(t, replicas, 1, "replicas of the victim")
+	replicaAddr, _, _ := strings.Cut(strings.Fields(replicas[0])[1], "@")
+	rc := redis.NewClient(&redis.Options{Addr: replicaAddr, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = rc.Close() })
+	promoted := func(ctx context.Context) bool {
+		info, err := rc.Info(ctx, "replication").Result()
+		return err == nil && strings.Contains(info, "role:master")
+	}
 
 	s, err := New(Options{Client: cc, KeyPrefix: "rstest:" + randomHex(t, 6) + ":", Timeout: failoverTimeout})
 	require.NoError(t, err)
@@ -144,9 +163,9 @@ func TestClusterReplicaFailover(t *testing.T) {
 		return otherTags[g/2%len(otherTags)]
 	}, onVictim)
 	time.Sleep(time.Second)
-	load.killAndWait(t, s, victim)
+	load.killAndWait(t, s, victim, promoted)
 	r := load.stop()
-	r.report(t, "Cluster failover (master SIGKILLed), keys of its slots")
+	r.report(t, "Cluster failover (master SIGKILLed), keys of its slots", "its replica took the master role")
 
 	r.requireRecovered(t)
 	waitConnected(t, s)
@@ -351,6 +370,7 @@ type load struct {
 	firstOK  atomic.Int64 // unix nanos of the first measured success after firstBad
 	measured func(g int) bool
 	sawDown  atomic.Bool // IsConnected was false after the kill
+	promoted time.Time   // when the failover was seen done on the server side; killAndWait's own
 
 	done    chan struct{}
 	wg      sync.WaitGroup
@@ -436,18 +456,26 @@ func (l *load) record(g int, start time.Time, err error) {
 }
 
 // killAndWait kills victim (and starts it again at cleanup), waits until a
-// measured call begun after one failed succeeds (or recoveryBound passes), then
-// lets the load run 3s more. Meanwhile it watches s.IsConnected, which must
-// turn false.
-func (l *load) killAndWait(t testing.TB, s *Service, victim testServer) {
+// measured call begun after one failed succeeds and promoted reports the
+// failover done on the server side (or recoveryBound passes), then lets the
+// load run 3s more. Meanwhile it watches s.IsConnected, which must turn
+// false.
+func (l *load) killAndWait(t testing.TB, s *Service, victim testServer, promoted func(context.Context) bool) {
 	t.Helper()
 	l.killed.Store(time.Now().UnixNano())
 	victim.kill(t)
 	t.Cleanup(func() { victim.restart(t) })
 	deadline := time.Now().Add(recoveryBound)
-	for l.firstOK.Load() == 0 && time.Now().Before(deadline) {
+	for (l.firstOK.Load() == 0 || l.promoted.IsZero()) && time.Now().Before(deadline) {
 		if !s.IsConnected() {
 			l.sawDown.Store(true)
+		}
+		if l.promoted.IsZero() {
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			if promoted(ctx) {
+				l.promoted = time.Now()
+			}
+			cancel()
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -458,7 +486,7 @@ func (l *load) killAndWait(t testing.TB, s *Service, victim testServer) {
 func (l *load) stop() loadResult {
 	close(l.done)
 	l.wg.Wait()
-	r := loadResult{killed: time.Unix(0, l.killed.Load()), sawDown: l.sawDown.Load(), errors: slices.Sorted(maps.Keys(l.errors))}
+	r := loadResult{killed: time.Unix(0, l.killed.Load()), promoted: l.promoted, sawDown: l.sawDown.Load(), errors: slices.Sorted(maps.Keys(l.errors))}
 	var last time.Time
 	for _, rs := range l.results {
 		for _, o := range rs {
@@ -501,6 +529,7 @@ func (l *load) stop() loadResult {
 // loadResult sums up a load run around a kill.
 type loadResult struct {
 	killed, firstBad, firstOK, lastBad time.Time
+	promoted                           time.Time // zero when not seen
 	calls, failed, failedOther         int
 	failedBeforeKill, failedAtEnd      int
 	otherOKInWindow                    int // unmeasured calls that succeeded during the window
@@ -513,7 +542,9 @@ type loadResult struct {
 // success of a call begun after it.
 func (r loadResult) window() time.Duration { return r.firstOK.Sub(r.firstBad) }
 
-func (r loadResult) report(t testing.TB, what string) {
+// report logs the figures; promotion names the server-side event that
+// r.promoted marks.
+func (r loadResult) report(t testing.TB, what, promotion string) {
 	t.Helper()
 	if r.firstBad.IsZero() || r.firstOK.IsZero() {
 		t.Logf("%s: no recovery seen: first failure %v after the kill; %d calls, %d failed", what, r.firstBad.Sub(r.killed), r.calls, r.failed)
@@ -524,6 +555,10 @@ func (r loadResult) report(t testing.TB, what string) {
 		what, r.window().Round(time.Millisecond), r.firstBad.Sub(r.killed).Round(time.Millisecond),
 		r.firstOK.Sub(r.killed).Round(time.Millisecond), r.lastBad.Sub(r.killed).Round(time.Millisecond),
 		r.calls, loadGoroutines, r.failed, r.slowest.Round(time.Millisecond))
+	if !r.promoted.IsZero() {
+		t.Logf("%s: %s %v after the kill (polled every ~10ms); the first call succeeded %v after that",
+			what, promotion, r.promoted.Sub(r.killed).Round(time.Millisecond), r.firstOK.Sub(r.promoted).Round(time.Millisecond))
+	}
 	if r.failedOther+r.otherOKInWindow > 0 {
 		t.Logf("%s: calls on other keys during the window: %d succeeded, %d failed after the kill", what, r.otherOKInWindow, r.failedOther)
 	}
