@@ -376,15 +376,16 @@ type load struct {
 	wg      sync.WaitGroup
 	results [][]outcome // per goroutine
 
-	mu     sync.Mutex // guards errors
-	errors map[string]bool
+	mu          sync.Mutex // guards errors and otherErrors
+	errors      map[string]bool
+	otherErrors map[string]bool // of unmeasured calls
 }
 
 // startLoad starts the goroutines: goroutine g works on keys with
 // tag(g) in them (a cluster hash tag, or ""), and its calls count for the
 // outage window when measured(g).
 func startLoad(s *Service, tag func(g int) string, measured func(g int) bool) *load {
-	l := &load{measured: measured, done: make(chan struct{}), results: make([][]outcome, loadGoroutines), errors: map[string]bool{}}
+	l := &load{measured: measured, done: make(chan struct{}), results: make([][]outcome, loadGoroutines), errors: map[string]bool{}, otherErrors: map[string]bool{}}
 	for g := range loadGoroutines {
 		l.wg.Add(1)
 		go func() {
@@ -441,6 +442,9 @@ func (l *load) record(g int, start time.Time, err error) {
 		if len(l.errors) < 1000 {
 			l.errors[err.Error()] = true
 		}
+		if !o.measured && len(l.otherErrors) < 1000 {
+			l.otherErrors[err.Error()] = true
+		}
 		l.mu.Unlock()
 	}
 	if !o.measured || l.killed.Load() == 0 {
@@ -486,7 +490,8 @@ func (l *load) killAndWait(t testing.TB, s *Service, victim testServer, promoted
 func (l *load) stop() loadResult {
 	close(l.done)
 	l.wg.Wait()
-	r := loadResult{killed: time.Unix(0, l.killed.Load()), promoted: l.promoted, sawDown: l.sawDown.Load(), errors: slices.Sorted(maps.Keys(l.errors))}
+	r := loadResult{killed: time.Unix(0, l.killed.Load()), promoted: l.promoted, sawDown: l.sawDown.Load(),
+		errors: slices.Sorted(maps.Keys(l.errors)), otherErrors: slices.Sorted(maps.Keys(l.otherErrors))}
 	var last time.Time
 	for _, rs := range l.results {
 		for _, o := range rs {
@@ -536,6 +541,7 @@ type loadResult struct {
 	sawDown                            bool
 	slowest                            time.Duration
 	errors                             []string // distinct error texts, up to 1000
+	otherErrors                        []string // those of unmeasured calls
 }
 
 // window is the outage a caller saw: from the first failure to the first
@@ -561,6 +567,9 @@ func (r loadResult) report(t testing.TB, what, promotion string) {
 	}
 	if r.failedOther+r.otherOKInWindow > 0 {
 		t.Logf("%s: calls on other keys during the window: %d succeeded, %d failed after the kill", what, r.otherOKInWindow, r.failedOther)
+		for _, e := range r.otherErrors[:min(3, len(r.otherErrors))] {
+			t.Logf("%s: error seen on other keys: %s", what, e)
+		}
 	}
 	for i, e := range r.errors {
 		if i == 5 {
