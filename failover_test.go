@@ -138,7 +138,7 @@ func TestClusterReplicaFailover(t *testing.T) {
 	victim := testServerOf(t, ctx, victimMaster)
 	id, err := victimMaster.Do(ctx, "CLUSTER", "MYID").Text()
 	require.NoError(t, err)
-	replicas, err := victimMaster.ClusterSlaves(ctx, id).Result()
+	replicas, err := victimMaster.Do(ctx, "CLUSTER", "REPLICAS", id).StringSlice()
 	require.NoError(t, err)
 	require.Len(t, replicas, 1, "replicas of the victim")
 	replicaAddr, _, _ := strings.Cut(strings.Fields(replicas[0])[1], "@")
