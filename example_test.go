@@ -224,6 +224,23 @@ func ExampleOptions_autoPipeline() {
 	// pending true <nil>
 }
 
+func ExampleOptions_sentinel() {
+	// The sentinels name the master, and the Service follows a failover by
+	// itself; the URL gives the master's password and database only.
+	svc, err := redisservice.New(redisservice.Options{
+		URL:              "redis://:master-secret@localhost/0",
+		SentinelMaster:   "mymaster",
+		SentinelAddrs:    []string{"10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"},
+		SentinelPassword: "sentinel-secret",
+	})
+	fmt.Println(err) // New does not dial: Connect would reach the master
+	if err == nil {
+		svc.Close()
+	}
+	// Output:
+	// <nil>
+}
+
 func Example_session() {
 	svc, cleanup := newExampleService()
 	defer cleanup()
@@ -242,21 +259,4 @@ func Example_session() {
 	// Output:
 	// u42 cashier true
 	// true 1 false
-}
-
-func ExampleOptions_sentinel() {
-	// The sentinels name the master, and the Service follows a failover by
-	// itself; the URL gives the master's password and database only.
-	svc, err := redisservice.New(redisservice.Options{
-		URL:              "redis://:master-secret@localhost/0",
-		SentinelMaster:   "mymaster",
-		SentinelAddrs:    []string{"10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"},
-		SentinelPassword: "sentinel-secret",
-	})
-	fmt.Println(err) // New does not dial: Connect would reach the master
-	if err == nil {
-		svc.Close()
-	}
-	// Output:
-	// <nil>
 }
