@@ -33,6 +33,12 @@ var (
 	// it.
 	ErrUnavailable = errors.New("redisservice: redis unavailable")
 
+	// ErrConflict is returned by [Service.UpdateSession] and
+	// [Service.RenewSessionID] when every attempt found the session
+	// changed by another writer between reading and writing it. Nothing
+	// was written; the session is as the other writers left it.
+	ErrConflict = errors.New("redisservice: session changed concurrently")
+
 	// ErrDecode reports a stored value that does not decode into the
 	// destination (bad JSON or a type mismatch). The wrapped error says why.
 	ErrDecode = errors.New("redisservice: stored value does not decode")

@@ -6,14 +6,19 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// SessionData is what a session holds. It is stored as JSON at
-// "session:<id>" with the field names of the original TypeScript
-// service, so that both can read sessions the other wrote.
+// SessionData is what a session holds. It is stored as one JSON object
+// at "session:<id>" with the field names of the original TypeScript
+// service (shown in the tags), so that both can read and update sessions
+// the other wrote. This package writes times as JavaScript's toISOString
+// does (UTC, milliseconds). It also stores "idleTimeoutMs" and, under
+// [Options.SessionMaxLifetime], "expiresAtMs" in the object. SessionData
+// holds a map, so it cannot be compared with ==.
 type SessionData struct {
 	UserID       string    `json:"userId"`
 	Email        string    `json:"email"`
@@ -22,15 +27,16 @@ type SessionData struct {
 	LastActivity time.Time `json:"lastActivity"`
 	IP           string    `json:"ip"`
 	UserAgent    string    `json:"userAgent"`
-}
 
-// storedSession is SessionData as stored, with what the sliding and
-// absolute expiry need. Sessions written by the original service lack
-// both extra fields.
-type storedSession struct {
-	SessionData
-	IdleTimeoutMS int64 `json:"idleTimeoutMs,omitempty"` // the idle TTL the session was created with
-	ExpiresAtMS   int64 `json:"expiresAtMs,omitempty"`   // absolute end (unix ms) under SessionMaxLifetime
+	// Values holds the application's own fields (cart, permissions, CSRF
+	// token, ...). They are stored at the top level of the session's JSON
+	// object, beside the seven fields, exactly as given, and come back
+	// exactly as stored: byte for byte, including fields that another
+	// writer (the original service) put there. The seven fields' names are
+	// never keys here, nor are "idleTimeoutMs" and "expiresAtMs"; each
+	// value must be one valid JSON value. GetSession returns nil when the
+	// session has no such fields.
+	Values map[string]json.RawMessage `json:"-"`
 }
 
 // maxSessionIDLen bounds session ids; NewSessionID makes 43 characters.
@@ -74,12 +80,16 @@ func userSessionsKey(uid string) string { return "user-sessions:" + uid }
 
 // CreateSession stores data under id with the idle time to live ttl
 // (at least one millisecond) and adds id to its user's index, which
-// [Service.DestroyUserSessions] reads. A zero CreatedAt or LastActivity
-// is set to now. With [Options.SessionMaxLifetime] the session also ends
-// at CreatedAt plus that lifetime, however active it is. A user with more
-// than [Options.MaxSessionsPerUser] live sessions loses the ones closest
-// to expiring. An invalid id or empty key fails with [ErrInvalidKey], an
-// empty data.UserID with [ErrInvalidArgument], a bad ttl with
+// [Service.DestroyUserSessions] and [Service.UserSessions] read. A zero
+// CreatedAt or LastActivity is set to now; times are stored with
+// millisecond precision. data.Values are stored beside the seven fields,
+// each exactly as given. With [Options.SessionMaxLifetime] the session
+// also ends at CreatedAt plus that lifetime, however active it is. A user
+// with more than [Options.MaxSessionsPerUser] live sessions loses the ones
+// closest to expiring. An invalid id or empty key fails with
+// [ErrInvalidKey]; an empty data.UserID, a Values key that is a reserved
+// name (the seven fields', "idleTimeoutMs", "expiresAtMs") or a Values
+// entry that is not valid JSON with [ErrInvalidArgument]; a bad ttl with
 // [ErrInvalidTTL]; nothing is written then. It takes two round trips.
 func (s *Service) CreateSession(ctx context.Context, id string, data SessionData, ttl time.Duration) error {
 	const op = "createsession"
@@ -99,11 +109,11 @@ func (s *Service) CreateSession(ctx context.Context, id string, data SessionData
 	if data.LastActivity.IsZero() {
 		data.LastActivity = now
 	}
-	st := storedSession{SessionData: data, IdleTimeoutMS: ttl.Milliseconds()}
+	var expiresAtMS int64
 	life := ttl
 	if max := s.opts.SessionMaxLifetime; max > 0 {
 		end := data.CreatedAt.Add(max)
-		st.ExpiresAtMS = end.UnixMilli()
+		expiresAtMS = end.UnixMilli()
 		if left := end.Sub(now); left < life {
 			life = left
 		}
@@ -111,31 +121,28 @@ func (s *Service) CreateSession(ctx context.Context, id string, data SessionData
 			return invalid(op, sessionDisplayKey, fmt.Errorf("%w: CreatedAt is older than SessionMaxLifetime", ErrInvalidArgument))
 		}
 	}
-	b, err := json.Marshal(st)
+	b, err := encodeSession(data, ttl.Milliseconds(), expiresAtMS)
 	if err != nil {
-		return invalid(op, sessionDisplayKey, fmt.Errorf("%w: %w", ErrInvalidArgument, err))
+		return invalid(op, sessionDisplayKey, err)
 	}
 	if _, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (string, error) {
 		return s.rdb.Set(ctx, s.key(sessionKey(id)), b, life).Result()
 	}); err != nil {
 		return err
 	}
-	return s.indexSession(ctx, op, data.UserID, id, now.Add(life), true)
+	return s.indexSession(ctx, op, data.UserID, id, now.Add(life))
 }
 
 // sessionIndexScript keeps a user's session index: it records a
-// session's expiry (adding it, or with ARGV[5] = "XX" only updating it),
-// drops sessions that have expired, evicts those closest to expiring
-// beyond the cap and returns their ids, and makes the index itself expire
-// with its last session, so that it never outlives them.
+// session's expiry (adding the session when it is missing, so that
+// sessions of the original service join), drops sessions that have
+// expired, evicts those closest to expiring beyond the cap and returns
+// their ids, and makes the index itself expire with its last session, so
+// that it never outlives them.
 //
-// KEYS[1]: the index. ARGV: id, expiry (unix ms), now (unix ms), cap, mode.
+// KEYS[1]: the index. ARGV: id, expiry (unix ms), now (unix ms), cap.
 var sessionIndexScript = redis.NewScript(`
-if ARGV[5] == 'XX' then
-	redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
-else
-	redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
 local evicted = {}
 local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
@@ -151,16 +158,12 @@ end
 return evicted
 `)
 
-// indexSession records id's expiry in uid's index and destroys the
-// sessions the cap evicts.
-func (s *Service) indexSession(ctx context.Context, op, uid, id string, expiry time.Time, add bool) error {
-	mode := "XX"
-	if add {
-		mode = "ADD"
-	}
+// indexSession records id's expiry in uid's index, adding id when it is
+// missing, and destroys the sessions the cap evicts.
+func (s *Service) indexSession(ctx context.Context, op, uid, id string, expiry time.Time) error {
 	idx := s.key(userSessionsKey(uid))
 	evicted, err := call(s, ctx, op, "user-sessions:"+uid, func(ctx context.Context) ([]string, error) {
-		return sessionIndexScript.Run(ctx, s.rdb, []string{idx}, id, expiry.UnixMilli(), s.opts.Now().UnixMilli(), s.opts.MaxSessionsPerUser, mode).StringSlice()
+		return sessionIndexScript.Run(ctx, s.rdb, []string{idx}, id, expiry.UnixMilli(), s.opts.Now().UnixMilli(), s.opts.MaxSessionsPerUser).StringSlice()
 	})
 	if err != nil || len(evicted) == 0 {
 		return err
@@ -169,54 +172,168 @@ func (s *Service) indexSession(ctx context.Context, op, uid, id string, expiry t
 	return err
 }
 
-// GetSession returns the session stored under id. An unknown or expired
-// id is the zero SessionData, false, nil. An id that [NewSessionID] could
-// not have made is refused with [ErrInvalidKey] without asking Redis. A
-// stored value that does not decode is false with an error matching
-// [ErrDecode].
+// GetSession returns the session stored under id, with every stored field
+// beyond the seven in Values, byte for byte. An unknown or expired id is
+// the zero SessionData, false, nil. An id that [NewSessionID] could not
+// have made is refused with [ErrInvalidKey] without asking Redis. A
+// stored value that is not a JSON object with the seven fields' types is
+// false with an error matching [ErrDecode]. It takes one round trip. A
+// session written by the original service (without "idleTimeoutMs")
+// takes two more, which add it to its user's index with its remaining TTL
+// (a session without a TTL is not indexed); when only they fail, it
+// returns the session, true and the error.
 func (s *Service) GetSession(ctx context.Context, id string) (SessionData, bool, error) {
 	const op = "getsession"
 	if !validSessionID(id) {
 		return SessionData{}, false, invalid(op, sessionDisplayKey, ErrInvalidKey)
 	}
-	b, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) ([]byte, error) {
-		return s.rdb.Get(ctx, s.key(sessionKey(id))).Bytes()
-	})
-	b, found, err := lookup(s, b, err)
+	raw, found, err := s.readSession(ctx, op, id)
 	if !found {
 		return SessionData{}, false, err
 	}
-	var st storedSession
-	if err := json.Unmarshal(b, &st); err != nil {
-		return SessionData{}, false, s.fail(ctx, op, sessionDisplayKey, fmt.Errorf("%w: %w", ErrDecode, err))
+	doc, data, err := s.decodeSession(ctx, op, raw)
+	if err != nil {
+		return SessionData{}, false, err
 	}
-	return st.SessionData, true, nil
+	if doc.legacy() {
+		return data, true, s.joinIndex(ctx, op, id, data.UserID)
+	}
+	return data, true, nil
+}
+
+// readSession GETs the stored session id.
+func (s *Service) readSession(ctx context.Context, op, id string) ([]byte, bool, error) {
+	b, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) ([]byte, error) {
+		return s.rdb.Get(ctx, s.key(sessionKey(id))).Bytes()
+	})
+	return lookup(s, b, err)
+}
+
+// decodeSession splits and decodes a stored session; its failure, with
+// ErrDecode, is counted and logged.
+func (s *Service) decodeSession(ctx context.Context, op string, raw []byte) (sessionDoc, SessionData, error) {
+	doc, err := parseSessionDoc(raw)
+	var data SessionData
+	if err == nil {
+		data, err = doc.data()
+	}
+	if err != nil {
+		return sessionDoc{}, SessionData{}, s.fail(ctx, op, sessionDisplayKey, fmt.Errorf("%w: %w", ErrDecode, err))
+	}
+	return doc, data, nil
+}
+
+// joinIndex adds a session of the original service, which never indexes
+// its sessions, to its user's index with its remaining TTL: two round
+// trips. A session without a TTL (or without a user) is left out.
+func (s *Service) joinIndex(ctx context.Context, op, id, uid string) error {
+	if uid == "" {
+		return nil
+	}
+	now := s.opts.Now()
+	ttl, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (time.Duration, error) {
+		return s.rdb.PTTL(ctx, s.key(sessionKey(id))).Result()
+	})
+	if err != nil || ttl <= 0 {
+		return err
+	}
+	return s.indexSession(ctx, op, uid, id, now.Add(ttl))
 }
 
 // sessionTouchScript slides one session's expiry, atomically on its
-// single key: it sets lastActivity and gives the key its own idle TTL
-// again, no later than its absolute end. A missing key stays missing: a
-// session destroyed or expired a moment earlier is never brought back.
-// A session of the original service, without idleTimeoutMs, keeps its
-// remaining TTL (or none). It returns 0 for a missing or ended session,
-// else {1, userId, new PTTL or -1}.
+// single key: it replaces the value of the top-level "lastActivity" in
+// the stored text (adding the member at the end when there is none) and
+// leaves every other byte alone, then gives the key its own idle TTL
+// again, no later than its absolute end. It finds top-level members with
+// a scanner that skips strings and nested values, so a "lastActivity"
+// inside a nested object or a string is never touched; names are matched
+// as stored (an escaped name is another name). A missing key stays
+// missing: a session destroyed or expired a moment earlier is never
+// brought back. A session of the original service, without
+// idleTimeoutMs, keeps its remaining TTL (or none). It returns 0 for a
+// missing or ended session, else {1, the userId value as stored (JSON),
+// new PTTL or -1}.
 //
-// KEYS[1]: the session. ARGV: lastActivity (RFC 3339), now (unix ms).
+// KEYS[1]: the session. ARGV: lastActivity (toISOString), now (unix ms).
 var sessionTouchScript = redis.NewScript(`
 local raw = redis.call('GET', KEYS[1])
 if not raw then
 	return 0
 end
-local ok, s = pcall(cjson.decode, raw)
-if not ok or type(s) ~= 'table' then
-	return redis.error_reply('ERR stored session does not decode')
+local find, byte, sub = string.find, string.byte, string.sub
+-- the end of the string whose opening quote is at i
+local function str(i)
+	local j = i + 1
+	while true do
+		local k = find(raw, '["\\]', j)
+		if not k then return nil end
+		if byte(raw, k) == 34 then return k end
+		j = k + 2
+	end
 end
-s['lastActivity'] = ARGV[1]
-local ttl = tonumber(s['idleTimeoutMs']) or 0
+-- the end of the value that starts at i
+local function value(i)
+	local c = byte(raw, i)
+	if c == 34 then return str(i) end
+	if c == 123 or c == 91 then
+		local depth, j = 0, i
+		while true do
+			local k = find(raw, '[%[%]{}"]', j)
+			if not k then return nil end
+			local d = byte(raw, k)
+			if d == 34 then
+				k = str(k)
+				if not k then return nil end
+			elseif d == 123 or d == 91 then
+				depth = depth + 1
+			else
+				depth = depth - 1
+				if depth == 0 then return k end
+			end
+			j = k + 1
+		end
+	end
+	local k = find(raw, '[%s,}%]]', i)
+	if not k then return nil end
+	return k - 1
+end
+local want = {lastActivity = true, idleTimeoutMs = true, expiresAtMs = true, userId = true}
+local at, n, close = {}, 0, nil
+local i = find(raw, '%S')
+if i and byte(raw, i) == 123 then
+	i = find(raw, '%S', i + 1)
+	while i do
+		local c = byte(raw, i)
+		if c == 125 then close = i break end
+		if c == 44 then i = find(raw, '%S', i + 1) c = i and byte(raw, i) end
+		if c ~= 34 then break end
+		local ke = str(i)
+		if not ke then break end
+		local name = sub(raw, i + 1, ke - 1)
+		i = find(raw, '%S', ke + 1)
+		if not i or byte(raw, i) ~= 58 then break end
+		i = find(raw, '%S', i + 1)
+		if not i then break end
+		local ve = value(i)
+		if not ve then break end
+		if want[name] then at[name] = {i, ve} end
+		n = n + 1
+		i = find(raw, '%S', ve + 1)
+	end
+end
+if not close then
+	return redis.error_reply('ERR stored session is not a JSON object')
+end
+local function num(name)
+	local p = at[name]
+	if not p then return 0 end
+	return tonumber(sub(raw, p[1], p[2])) or 0
+end
+local ttl = num('idleTimeoutMs')
 if ttl <= 0 then
 	ttl = redis.call('PTTL', KEYS[1])
 end
-local ends = tonumber(s['expiresAtMs']) or 0
+local ends = num('expiresAtMs')
 if ends > 0 then
 	local left = ends - tonumber(ARGV[2])
 	if left <= 0 then
@@ -227,36 +344,54 @@ if ends > 0 then
 		ttl = left
 	end
 end
-if ttl > 0 then
-	redis.call('SET', KEYS[1], cjson.encode(s), 'PX', ttl)
+local stamp = '"' .. ARGV[1] .. '"'
+local doc
+local la = at['lastActivity']
+if la then
+	doc = sub(raw, 1, la[1] - 1) .. stamp .. sub(raw, la[2] + 1)
+elseif n == 0 then
+	doc = sub(raw, 1, close - 1) .. '"lastActivity":' .. stamp .. sub(raw, close)
 else
-	redis.call('SET', KEYS[1], cjson.encode(s), 'KEEPTTL')
+	doc = sub(raw, 1, close - 1) .. ',"lastActivity":' .. stamp .. sub(raw, close)
 end
-return {1, tostring(s['userId'] or ''), ttl}
+if ttl > 0 then
+	redis.call('SET', KEYS[1], doc, 'PX', ttl)
+else
+	redis.call('SET', KEYS[1], doc, 'KEEPTTL')
+end
+local uid = ''
+if at['userId'] then
+	uid = sub(raw, at['userId'][1], at['userId'][2])
+end
+return {1, uid, ttl}
 `)
 
 // UpdateSessionActivity sets the session's LastActivity to now and
 // slides its expiry: the session lives for its own idle TTL (the ttl it
 // was created with) from now, never past CreatedAt plus
-// [Options.SessionMaxLifetime]. It reports whether the session exists.
-// It is one atomic script on the session's key, so a session destroyed
-// or expired a moment earlier is never resurrected and concurrent
-// updates lose nothing; a second round trip then moves the session's
-// expiry in its user's index. When only that second step fails it
-// returns true with the error. The stored JSON is re-encoded by Redis's
-// cjson: the same fields, in another order, with "/" escaped.
+// [Options.SessionMaxLifetime]; a session of the original service keeps
+// its remaining TTL. It reports whether the session exists. Only the
+// stored "lastActivity" value changes: every other byte of the stored
+// JSON (field order, number text, escapes, the application's Values)
+// stays as stored. It is one atomic script on the session's key, so a
+// session destroyed or expired a moment earlier is never resurrected and
+// concurrent updates lose nothing; a second round trip then moves the
+// session's expiry in its user's index, adding the session there when it
+// is missing (a session of the original service). When only that second
+// step fails it returns true with the error. Two round trips.
 func (s *Service) UpdateSessionActivity(ctx context.Context, id string) (bool, error) {
-	const op = "updatesession"
+	const op = "updatesessionactivity"
 	if !validSessionID(id) {
 		return false, invalid(op, sessionDisplayKey, ErrInvalidKey)
 	}
 	now := s.opts.Now()
-	stamp, err := now.UTC().MarshalText()
+	stamp, err := appendTime(nil, now)
 	if err != nil {
-		return false, invalid(op, sessionDisplayKey, fmt.Errorf("%w: %w", ErrInvalidArgument, err))
+		return false, invalid(op, sessionDisplayKey, err)
 	}
+	stamp = stamp[1 : len(stamp)-1]
 	reply, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (any, error) {
-		return sessionTouchScript.Run(ctx, s.rdb, []string{s.key(sessionKey(id))}, string(stamp), now.UnixMilli()).Result()
+		return sessionTouchScript.Run(ctx, s.rdb, []string{s.key(sessionKey(id))}, stamp, now.UnixMilli()).Result()
 	})
 	if err != nil {
 		return false, err
@@ -265,12 +400,13 @@ func (s *Service) UpdateSessionActivity(ctx context.Context, id string) (bool, e
 	if !ok || len(r) != 3 {
 		return false, nil // 0: no such session
 	}
-	uid, _ := r[1].(string)
+	rawUID, _ := r[1].(string)
 	ttl, _ := r[2].(int64)
-	if uid == "" || ttl <= 0 {
-		return true, nil // no index entry to move: old session without TTL
+	var uid string
+	if rawUID == "" || decodeString([]byte(rawUID), &uid) != nil || uid == "" || ttl <= 0 {
+		return true, nil // no index entry to move: no user, or an old session without TTL
 	}
-	return true, s.indexSession(ctx, op, uid, id, now.Add(time.Duration(ttl)*time.Millisecond), false)
+	return true, s.indexSession(ctx, op, uid, id, now.Add(time.Duration(ttl)*time.Millisecond))
 }
 
 // DestroySession deletes the session and reports whether it existed. Its
@@ -287,8 +423,11 @@ func (s *Service) DestroySession(ctx context.Context, id string) (bool, error) {
 // DestroyUserSessions deletes every session of userID (log out
 // everywhere) and returns how many existed. It reads the user's index,
 // not the keyspace: one round trip for the index, one for the deletes
-// (one per node on Redis Cluster). Sessions created while it runs
-// survive it.
+// (one per node on Redis Cluster), one to empty the index. With
+// [Options.LegacySessions] it also walks session:* to find the user's
+// sessions that are missing from the index or whose index entry has
+// lapsed (written or refreshed by the original service); see there for
+// the cost. Sessions created while it runs survive it.
 func (s *Service) DestroyUserSessions(ctx context.Context, userID string) (int64, error) {
 	const op = "destroyusersessions"
 	if userID == "" {
@@ -298,11 +437,27 @@ func (s *Service) DestroyUserSessions(ctx context.Context, userID string) (int64
 	ids, err := call(s, ctx, op, "user-sessions:"+userID, func(ctx context.Context) ([]string, error) {
 		return s.rdb.ZRange(ctx, idx, 0, -1).Result()
 	})
-	if err != nil || len(ids) == 0 {
+	if err != nil {
 		return 0, err
 	}
-	n, err := s.delSessions(ctx, op, ids)
-	if err != nil {
+	all := ids
+	if s.opts.LegacySessions {
+		found, err := s.scanUserSessions(ctx, op, userID)
+		if err != nil {
+			return 0, err
+		}
+		all = slices.Clone(ids)
+		for id := range found {
+			if !slices.Contains(ids, id) {
+				all = append(all, id)
+			}
+		}
+	}
+	if len(all) == 0 {
+		return 0, nil
+	}
+	n, err := s.delSessions(ctx, op, all)
+	if err != nil || len(ids) == 0 {
 		return n, err
 	}
 	members := make([]any, len(ids))

@@ -1,24 +1,23 @@
 package redisservice
 
 import (
+	"bytes"
 	"encoding/json"
-	"errors"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func newSession(t testing.TB, s *Service, uid string, ttl time.Duration) string {
 	t.Helper()
 	id, err := NewSessionID()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	data := SessionData{UserID: uid, Email: uid + "@example.com", Role: "cashier", IP: "203.0.113.7", UserAgent: "till/1.0"}
-	if err := s.CreateSession(ctxT(t), id, data, ttl); err != nil {
-		t.Fatalf("CreateSession: %v", err)
-	}
+	require.NoError(t, s.CreateSession(ctxT(t), id, data, ttl), "CreateSession")
 	return id
 }
 
@@ -27,15 +26,11 @@ func TestNewSessionID(t *testing.T) {
 	seen := map[string]bool{}
 	for range 1000 {
 		id, err := NewSessionID()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(id) != 43 || !validSessionID(id) || strings.ContainsAny(id, "=+/") {
-			t.Fatalf("NewSessionID() = %q; want 43 URL-unreserved characters", id)
-		}
-		if seen[id] {
-			t.Fatalf("NewSessionID() repeated %q", id)
-		}
+		require.NoError(t, err)
+		require.Len(t, id, 43, "NewSessionID() = %q", id)
+		require.True(t, validSessionID(id), "NewSessionID() = %q; want URL-unreserved characters", id)
+		require.NotContains(t, id, "=")
+		require.False(t, seen[id], "NewSessionID() repeated %q", id)
 		seen[id] = true
 	}
 }
@@ -49,29 +44,32 @@ func TestSessionLifecycle(t *testing.T) {
 
 		raw := b.client.Get(ctx, b.raw("session:"+id)).Val()
 		for _, field := range []string{`"userId":"u1"`, `"email":`, `"role":"cashier"`, `"createdAt":`, `"lastActivity":`, `"ip":"203.0.113.7"`, `"userAgent":"till/1.0"`} {
-			if !strings.Contains(raw, field) {
-				t.Errorf("stored session %s lacks %s", raw, field)
-			}
+			assert.Contains(t, raw, field, "stored session")
 		}
+		assert.True(t, strings.HasPrefix(raw, `{"userId":"u1","email":"u1@example.com","role":"cashier","createdAt":"`), "stored session %s: want the original service's key order", raw)
 		got, found, err := s.GetSession(ctx, id)
-		if !found || err != nil || got.UserID != "u1" || got.CreatedAt.IsZero() || got.LastActivity.IsZero() {
-			t.Fatalf("GetSession = %+v, %v, %v", got, found, err)
-		}
-		if got, found, err := s.GetSession(ctx, "unknown-id"); found || err != nil || got != (SessionData{}) {
-			t.Errorf("GetSession(unknown) = %+v, %v, %v; want zero, false, nil", got, found, err)
-		}
-		if ok, err := s.DestroySession(ctx, id); !ok || err != nil {
-			t.Errorf("DestroySession = %v, %v; want true, nil", ok, err)
-		}
-		if ok, err := s.DestroySession(ctx, id); ok || err != nil {
-			t.Errorf("second DestroySession = %v, %v; want false, nil", ok, err)
-		}
-		if ok, err := s.UpdateSessionActivity(ctx, id); ok || err != nil {
-			t.Errorf("UpdateSessionActivity after destroy = %v, %v; want false, nil", ok, err)
-		}
-		if n := b.client.Exists(ctx, b.raw("session:"+id)).Val(); n != 0 {
-			t.Errorf("UpdateSessionActivity resurrected a destroyed session")
-		}
+		require.NoError(t, err)
+		require.True(t, found)
+		assert.Equal(t, "u1", got.UserID)
+		assert.False(t, got.CreatedAt.IsZero())
+		assert.False(t, got.LastActivity.IsZero())
+		assert.Nil(t, got.Values, "a session without application fields has nil Values")
+
+		got, found, err = s.GetSession(ctx, "unknown-id")
+		assert.NoError(t, err)
+		assert.False(t, found)
+		assert.Equal(t, SessionData{}, got, "GetSession(unknown)")
+
+		ok, err := s.DestroySession(ctx, id)
+		assert.True(t, ok, "DestroySession")
+		assert.NoError(t, err)
+		ok, err = s.DestroySession(ctx, id)
+		assert.False(t, ok, "second DestroySession")
+		assert.NoError(t, err)
+		ok, err = s.UpdateSessionActivity(ctx, id)
+		assert.False(t, ok, "UpdateSessionActivity after destroy")
+		assert.NoError(t, err)
+		assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+id)).Val(), "UpdateSessionActivity resurrected a destroyed session")
 	})
 }
 
@@ -84,33 +82,33 @@ func TestSessionWrittenByTheOriginalService(t *testing.T) {
 		b.client.Set(ctx, b.raw("session:legacy-id_1"), old, 500*time.Millisecond)
 		got, found, err := s.GetSession(ctx, "legacy-id_1")
 		want := time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)
-		if !found || err != nil || got.UserID != "u9" || got.Role != "admin" || !got.CreatedAt.Equal(want) || got.UserAgent != "Mozilla/5.0" {
-			t.Fatalf("GetSession(old format) = %+v, %v, %v", got, found, err)
-		}
-		if ok, err := s.UpdateSessionActivity(ctx, "legacy-id_1"); !ok || err != nil {
-			t.Fatalf("UpdateSessionActivity(old format) = %v, %v", ok, err)
-		}
-		if d := b.client.PTTL(ctx, b.raw("session:legacy-id_1")).Val(); d <= 0 || d > 500*time.Millisecond {
-			t.Errorf("old session's PTTL after update = %v; want its remaining TTL kept", d)
-		}
+		require.NoError(t, err)
+		require.True(t, found)
+		assert.Equal(t, "u9", got.UserID)
+		assert.Equal(t, "admin", got.Role)
+		assert.True(t, got.CreatedAt.Equal(want), "CreatedAt = %v", got.CreatedAt)
+		assert.Equal(t, "Mozilla/5.0", got.UserAgent)
+
+		ok, err := s.UpdateSessionActivity(ctx, "legacy-id_1")
+		require.NoError(t, err)
+		require.True(t, ok)
+		d := b.client.PTTL(ctx, b.raw("session:legacy-id_1")).Val()
+		assert.True(t, d > 0 && d <= 500*time.Millisecond, "old session's PTTL after update = %v; want its remaining TTL kept", d)
 		got, _, err = s.GetSession(ctx, "legacy-id_1")
-		if err != nil || got.UserAgent != "Mozilla/5.0" || !got.LastActivity.After(want) {
-			t.Errorf("old session after update = %+v, %v", got, err)
-		}
+		require.NoError(t, err)
+		assert.Equal(t, "Mozilla/5.0", got.UserAgent)
+		assert.True(t, got.LastActivity.After(want), "LastActivity = %v", got.LastActivity)
 
 		// An old session without any TTL stays without one (KEEPTTL), still readable.
 		b.client.Set(ctx, b.raw("session:legacy-id_2"), old, 0)
-		if ok, err := s.UpdateSessionActivity(ctx, "legacy-id_2"); !ok || err != nil {
-			t.Fatalf("UpdateSessionActivity(old format, no TTL) = %v, %v", ok, err)
-		}
-		if d := b.client.PTTL(ctx, b.raw("session:legacy-id_2")).Val(); d != -1 {
-			t.Errorf("old session without TTL has PTTL %v after update; want -1 (none)", d)
-		}
+		ok, err = s.UpdateSessionActivity(ctx, "legacy-id_2")
+		require.NoError(t, err)
+		require.True(t, ok)
+		assert.Equal(t, time.Duration(-1), b.client.PTTL(ctx, b.raw("session:legacy-id_2")).Val(), "old session without TTL after update; want none")
 		b.client.Del(ctx, b.raw("session:legacy-id_2"))
-		got, found, err = s.GetSession(ctx, "legacy-id_2")
-		if found || err != nil {
-			t.Errorf("GetSession after Del = %+v, %v, %v; want a miss", got, found, err)
-		}
+		_, found, err = s.GetSession(ctx, "legacy-id_2")
+		assert.False(t, found, "GetSession after Del")
+		assert.NoError(t, err)
 	})
 }
 
@@ -122,20 +120,18 @@ func TestSessionSlidesToItsOwnTTL(t *testing.T) {
 		ttl := 400 * time.Millisecond
 		id := newSession(t, s, "u1", ttl)
 		b.pass(250 * time.Millisecond)
-		if ok, err := s.UpdateSessionActivity(ctx, id); !ok || err != nil {
-			t.Fatalf("UpdateSessionActivity = %v, %v", ok, err)
-		}
-		if d := b.client.PTTL(ctx, b.raw("session:"+id)).Val(); d <= 300*time.Millisecond || d > ttl {
-			t.Errorf("PTTL after update = %v; want the session's own %v again", d, ttl)
-		}
+		ok, err := s.UpdateSessionActivity(ctx, id)
+		require.NoError(t, err)
+		require.True(t, ok)
+		d := b.client.PTTL(ctx, b.raw("session:"+id)).Val()
+		assert.True(t, d > 300*time.Millisecond && d <= ttl, "PTTL after update = %v; want the session's own %v again", d, ttl)
 		b.pass(500 * time.Millisecond)
 		b.waitFor(t, "idle session expires", func() bool {
 			_, found, err := s.GetSession(ctx, id)
 			return !found && err == nil
 		})
-		if ok, _ := s.UpdateSessionActivity(ctx, id); ok {
-			t.Errorf("UpdateSessionActivity of an expired session = true")
-		}
+		ok, _ = s.UpdateSessionActivity(ctx, id)
+		assert.False(t, ok, "UpdateSessionActivity of an expired session")
 	})
 }
 
@@ -151,16 +147,14 @@ func TestSessionMaxLifetime(t *testing.T) {
 		ctx := ctxT(t)
 		id := newSession(t, s, "u1", 400*time.Millisecond)
 		advance(300 * time.Millisecond)
-		if ok, err := s.UpdateSessionActivity(ctx, id); !ok || err != nil {
-			t.Fatalf("UpdateSessionActivity = %v, %v", ok, err)
-		}
-		if d := b.client.PTTL(ctx, b.raw("session:"+id)).Val(); d <= 0 || d > 300*time.Millisecond {
-			t.Errorf("PTTL near the cap = %v; want at most the 300ms left of the lifetime", d)
-		}
+		ok, err := s.UpdateSessionActivity(ctx, id)
+		require.NoError(t, err)
+		require.True(t, ok)
+		d := b.client.PTTL(ctx, b.raw("session:"+id)).Val()
+		assert.True(t, d > 0 && d <= 300*time.Millisecond, "PTTL near the cap = %v; want at most the 300ms left of the lifetime", d)
 		advance(350 * time.Millisecond)
-		if ok, _ := s.UpdateSessionActivity(ctx, id); ok {
-			t.Errorf("UpdateSessionActivity past SessionMaxLifetime = true; want the session ended")
-		}
+		ok, _ = s.UpdateSessionActivity(ctx, id)
+		assert.False(t, ok, "UpdateSessionActivity past SessionMaxLifetime; want the session ended")
 		b.waitFor(t, "capped session is gone", func() bool {
 			_, found, _ := s.GetSession(ctx, id)
 			return !found
@@ -176,33 +170,29 @@ func TestSessionConcurrentUpdatesAndDestroy(t *testing.T) {
 		id := newSession(t, s, "u1", time.Minute)
 		var wg sync.WaitGroup
 		for range 32 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if _, err := s.UpdateSessionActivity(ctx, id); err != nil {
-					t.Errorf("UpdateSessionActivity: %v", err)
-				}
-			}()
+			wg.Go(func() {
+				_, err := s.UpdateSessionActivity(ctx, id)
+				assert.NoError(t, err, "UpdateSessionActivity")
+			})
 		}
 		wg.Wait()
 		got, found, err := s.GetSession(ctx, id)
-		if !found || err != nil || got.Email != "u1@example.com" || got.IP != "203.0.113.7" {
-			t.Fatalf("after 32 concurrent updates GetSession = %+v, %v, %v", got, found, err)
-		}
+		require.NoError(t, err)
+		require.True(t, found)
+		assert.Equal(t, "u1@example.com", got.Email)
+		assert.Equal(t, "203.0.113.7", got.IP)
 
 		// Destroy racing updates: once destroyed, the session stays gone.
 		id2 := newSession(t, s, "u2", time.Minute)
 		for range 16 {
-			wg.Add(1)
-			go func() { defer wg.Done(); _, _ = s.UpdateSessionActivity(ctx, id2) }()
+			wg.Go(func() { _, _ = s.UpdateSessionActivity(ctx, id2) })
 		}
-		if ok, err := s.DestroySession(ctx, id2); !ok || err != nil {
-			t.Errorf("DestroySession = %v, %v", ok, err)
-		}
+		ok, err := s.DestroySession(ctx, id2)
+		assert.True(t, ok, "DestroySession")
+		assert.NoError(t, err)
 		wg.Wait()
-		if _, found, _ := s.GetSession(ctx, id2); found {
-			t.Errorf("a destroyed session came back after racing updates")
-		}
+		_, found, _ = s.GetSession(ctx, id2)
+		assert.False(t, found, "a destroyed session came back after racing updates")
 	})
 }
 
@@ -216,27 +206,23 @@ func TestDestroyUserSessions(t *testing.T) {
 			ids = append(ids, newSession(t, s, "u1", time.Minute))
 		}
 		other := newSession(t, s, "u2", time.Minute)
-		if _, err := s.DestroySession(ctx, ids[0]); err != nil {
-			t.Fatal(err)
-		}
+		_, err := s.DestroySession(ctx, ids[0])
+		require.NoError(t, err)
 		n, err := s.DestroyUserSessions(ctx, "u1")
-		if n != 9 || err != nil {
-			t.Errorf("DestroyUserSessions(u1) = %d, %v; want 9 (the live ones), nil", n, err)
-		}
+		assert.NoError(t, err)
+		assert.Equal(t, int64(9), n, "DestroyUserSessions(u1): want the live ones")
 		for _, id := range ids {
-			if _, found, _ := s.GetSession(ctx, id); found {
-				t.Errorf("a session of u1 survived DestroyUserSessions")
-			}
+			_, found, _ := s.GetSession(ctx, id)
+			assert.False(t, found, "a session of u1 survived DestroyUserSessions")
 		}
-		if _, found, _ := s.GetSession(ctx, other); !found {
-			t.Errorf("DestroyUserSessions(u1) destroyed u2's session")
-		}
-		if n, err := s.DestroyUserSessions(ctx, "u1"); n != 0 || err != nil {
-			t.Errorf("second DestroyUserSessions = %d, %v; want 0, nil", n, err)
-		}
-		if n, err := s.DestroyUserSessions(ctx, "nobody"); n != 0 || err != nil {
-			t.Errorf("DestroyUserSessions(nobody) = %d, %v; want 0, nil", n, err)
-		}
+		_, found, _ := s.GetSession(ctx, other)
+		assert.True(t, found, "DestroyUserSessions(u1) destroyed u2's session")
+		n, err = s.DestroyUserSessions(ctx, "u1")
+		assert.NoError(t, err)
+		assert.Zero(t, n, "second DestroyUserSessions")
+		n, err = s.DestroyUserSessions(ctx, "nobody")
+		assert.NoError(t, err)
+		assert.Zero(t, n, "DestroyUserSessions(nobody)")
 	})
 }
 
@@ -250,17 +236,12 @@ func TestSessionIndexIsBounded(t *testing.T) {
 			ids = append(ids, newSession(t, s, "u1", time.Duration(10+i)*time.Second))
 		}
 		idx := b.raw("user-sessions:u1")
-		if n := b.client.ZCard(ctx, idx).Val(); n != 3 {
-			t.Errorf("index holds %d sessions; want the cap, 3", n)
-		}
-		if d := b.client.PTTL(ctx, idx).Val(); d <= 13*time.Second || d > 14100*time.Millisecond {
-			t.Errorf("index PTTL = %v; want that of its last session (14s)", d)
-		}
+		assert.Equal(t, int64(3), b.client.ZCard(ctx, idx).Val(), "index size; want the cap")
+		d := b.client.PTTL(ctx, idx).Val()
+		assert.True(t, d > 13*time.Second && d <= 14100*time.Millisecond, "index PTTL = %v; want that of its last session (14s)", d)
 		for i, id := range ids {
 			_, found, _ := s.GetSession(ctx, id)
-			if want := i >= 2; found != want {
-				t.Errorf("session %d found = %v; want %v (the two closest to expiring are evicted)", i, found, want)
-			}
+			assert.Equal(t, i >= 2, found, "session %d found (the two closest to expiring are evicted)", i)
 		}
 	})
 }
@@ -271,6 +252,9 @@ func TestSessionInvalidInput(t *testing.T) {
 	s := b.service(t, Options{})
 	ctx := ctxT(t)
 	good := SessionData{UserID: "u1"}
+	withValue := func(k, v string) SessionData {
+		return SessionData{UserID: "u1", Values: map[string]json.RawMessage{k: json.RawMessage(v)}}
+	}
 	tests := []struct {
 		name string
 		err  error
@@ -283,29 +267,44 @@ func TestSessionInvalidInput(t *testing.T) {
 		{"no user", s.CreateSession(ctx, "abc", SessionData{}, time.Minute), ErrInvalidArgument},
 		{"zero ttl", s.CreateSession(ctx, "abc", good, 0), ErrInvalidTTL},
 		{"sub-ms ttl", s.CreateSession(ctx, "abc", good, time.Microsecond), ErrInvalidTTL},
+		{"Values userId", s.CreateSession(ctx, "abc", withValue("userId", `"u2"`), time.Minute), ErrInvalidArgument},
+		{"Values lastActivity", s.CreateSession(ctx, "abc", withValue("lastActivity", `"x"`), time.Minute), ErrInvalidArgument},
+		{"Values idleTimeoutMs", s.CreateSession(ctx, "abc", withValue("idleTimeoutMs", `1`), time.Minute), ErrInvalidArgument},
+		{"Values expiresAtMs", s.CreateSession(ctx, "abc", withValue("expiresAtMs", `1`), time.Minute), ErrInvalidArgument},
+		{"Values bad JSON", s.CreateSession(ctx, "abc", withValue("cart", `{"a":`), time.Minute), ErrInvalidArgument},
+		{"Values empty", s.CreateSession(ctx, "abc", withValue("cart", ``), time.Minute), ErrInvalidArgument},
+		{"Values two values", s.CreateSession(ctx, "abc", withValue("cart", `1 2`), time.Minute), ErrInvalidArgument},
+		{"year 10000", s.CreateSession(ctx, "abc", SessionData{UserID: "u1", CreatedAt: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}, time.Minute), ErrInvalidArgument},
 		{"get empty", func() error { _, _, err := s.GetSession(ctx, ""); return err }(), ErrInvalidKey},
 		{"update empty", func() error { _, err := s.UpdateSessionActivity(ctx, ""); return err }(), ErrInvalidKey},
+		{"update fn empty", func() error { _, err := s.UpdateSession(ctx, "", func(*SessionData) error { return nil }); return err }(), ErrInvalidKey},
+		{"update nil fn", func() error { _, err := s.UpdateSession(ctx, "abc", nil); return err }(), ErrInvalidArgument},
+		{"renew empty", func() error { _, _, err := s.RenewSessionID(ctx, ""); return err }(), ErrInvalidKey},
 		{"destroy empty", func() error { _, err := s.DestroySession(ctx, ""); return err }(), ErrInvalidKey},
 		{"destroy user empty", func() error { _, err := s.DestroyUserSessions(ctx, ""); return err }(), ErrInvalidKey},
+		{"user sessions empty", func() error { _, err := s.UserSessions(ctx, ""); return err }(), ErrInvalidKey},
 	}
 	for _, tt := range tests {
-		if !errors.Is(tt.err, tt.want) {
-			t.Errorf("%s: error = %v; want %v", tt.name, tt.err, tt.want)
-		}
+		assert.ErrorIs(t, tt.err, tt.want, tt.name)
 	}
-	if keys := b.mr.Keys(); len(keys) != 0 {
-		t.Errorf("invalid calls wrote %v", keys)
-	}
+	assert.Empty(t, b.mr.Keys(), "invalid calls wrote keys")
 	for _, id := range []string{"../../etc", "abc*", strings.Repeat("a", 257)} {
-		if _, found, err := s.GetSession(ctx, id); found || !errors.Is(err, ErrInvalidKey) {
-			t.Errorf("GetSession(%.20q) = %v, %v; want ErrInvalidKey", id, found, err)
-		}
-		if ok, err := s.UpdateSessionActivity(ctx, id); ok || !errors.Is(err, ErrInvalidKey) {
-			t.Errorf("UpdateSessionActivity(%.20q) = %v, %v; want ErrInvalidKey", id, ok, err)
-		}
-		if ok, err := s.DestroySession(ctx, id); ok || !errors.Is(err, ErrInvalidKey) {
-			t.Errorf("DestroySession(%.20q) = %v, %v; want ErrInvalidKey", id, ok, err)
-		}
+		_, found, err := s.GetSession(ctx, id)
+		assert.False(t, found)
+		assert.ErrorIs(t, err, ErrInvalidKey, "GetSession(%.20q)", id)
+		ok, err := s.UpdateSessionActivity(ctx, id)
+		assert.False(t, ok)
+		assert.ErrorIs(t, err, ErrInvalidKey, "UpdateSessionActivity(%.20q)", id)
+		ok, err = s.UpdateSession(ctx, id, func(*SessionData) error { return nil })
+		assert.False(t, ok)
+		assert.ErrorIs(t, err, ErrInvalidKey, "UpdateSession(%.20q)", id)
+		newID, ok, err := s.RenewSessionID(ctx, id)
+		assert.False(t, ok)
+		assert.Empty(t, newID)
+		assert.ErrorIs(t, err, ErrInvalidKey, "RenewSessionID(%.20q)", id)
+		ok, err = s.DestroySession(ctx, id)
+		assert.False(t, ok)
+		assert.ErrorIs(t, err, ErrInvalidKey, "DestroySession(%.20q)", id)
 	}
 }
 
@@ -318,16 +317,22 @@ func TestSessionErrorsHideTheID(t *testing.T) {
 		b.client.HSet(ctx, b.raw("session:"+id), "f", "v") // WRONGTYPE for every call
 		_, _, err1 := s.GetSession(ctx, id)
 		_, err2 := s.UpdateSessionActivity(ctx, id)
+		_, err3 := s.UpdateSession(ctx, id, func(*SessionData) error { return nil })
+		_, _, err4 := s.RenewSessionID(ctx, id)
 		b.client.Set(ctx, b.raw("session:"+id), "{not json", time.Minute)
-		_, _, err3 := s.GetSession(ctx, id)
-		for i, err := range []error{err1, err2, err3} {
-			if err == nil || strings.Contains(err.Error(), id) {
-				t.Errorf("error %d = %v; want an error without the session id", i+1, err)
-			}
+		_, _, err5 := s.GetSession(ctx, id)
+		_, err6 := s.UpdateSessionActivity(ctx, id)
+		for i, err := range []error{err1, err2, err3, err4, err5, err6} {
+			require.Error(t, err, "error %d", i+1)
+			assert.NotContains(t, err.Error(), id, "error %d", i+1)
 		}
-		if !errors.Is(err3, ErrDecode) {
-			t.Errorf("GetSession of bad JSON = %v; want ErrDecode", err3)
-		}
+		assert.ErrorIs(t, err5, ErrDecode, "GetSession of bad JSON")
+		b.client.Set(ctx, b.raw("session:"+id), `["not an object"]`, time.Minute)
+		_, _, err := s.GetSession(ctx, id)
+		assert.ErrorIs(t, err, ErrDecode, "GetSession of a JSON array")
+		b.client.Set(ctx, b.raw("session:"+id), `{"userId":1}`, time.Minute)
+		_, _, err = s.GetSession(ctx, id)
+		assert.ErrorIs(t, err, ErrDecode, "GetSession of a number userId")
 	})
 }
 
@@ -341,56 +346,69 @@ func FuzzSessionID(f *testing.F) {
 	s := b.service(f, Options{})
 	f.Fuzz(func(t *testing.T, id string) {
 		ok := validSessionID(id)
-		if ok != (id != "" && len(id) <= maxSessionIDLen && strings.Trim(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~") == "") {
-			t.Fatalf("validSessionID(%q) = %v disagrees with the URL-unreserved rule", id, ok)
-		}
-		if ok && strings.ContainsAny(id, "*?[]\\:/ ") {
-			t.Fatalf("validSessionID(%q) accepted a glob or separator character", id)
+		require.Equal(t, id != "" && len(id) <= maxSessionIDLen && strings.Trim(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~") == "", ok,
+			"validSessionID(%q) disagrees with the URL-unreserved rule", id)
+		if ok {
+			require.False(t, strings.ContainsAny(id, "*?[]\\:/ "), "validSessionID(%q) accepted a glob or separator character", id)
 		}
 		ctx := ctxT(t)
 		err := s.CreateSession(ctx, id, SessionData{UserID: "fuzz"}, time.Minute)
 		if !ok {
-			if !errors.Is(err, ErrInvalidKey) {
-				t.Fatalf("CreateSession(%q) = %v; want ErrInvalidKey", id, err)
-			}
+			require.ErrorIs(t, err, ErrInvalidKey, "CreateSession(%q)", id)
 			// The message must not depend on the id: compare with the empty id's.
-			if want := s.CreateSession(ctx, "", SessionData{UserID: "fuzz"}, time.Minute); err.Error() != want.Error() {
-				t.Fatalf("CreateSession(%q) error %q; want the id-free %q", id, err, want)
-			}
+			want := s.CreateSession(ctx, "", SessionData{UserID: "fuzz"}, time.Minute)
+			require.Equal(t, want.Error(), err.Error(), "CreateSession(%q) error; want the id-free one", id)
 			return
 		}
-		if err != nil {
-			t.Fatalf("CreateSession(%q) = %v", id, err)
-		}
-		if got, found, err := s.GetSession(ctx, id); !found || err != nil || got.UserID != "fuzz" {
-			t.Fatalf("GetSession(%q) = %+v, %v, %v; want the session just created", id, got, found, err)
-		}
-		if gone, err := s.DestroySession(ctx, id); !gone || err != nil {
-			t.Fatalf("DestroySession(%q) = %v, %v; want true, nil", id, gone, err)
-		}
+		require.NoError(t, err, "CreateSession(%q)", id)
+		got, found, err := s.GetSession(ctx, id)
+		require.NoError(t, err)
+		require.True(t, found)
+		require.Equal(t, "fuzz", got.UserID, "GetSession(%q)", id)
+		gone, err := s.DestroySession(ctx, id)
+		require.NoError(t, err)
+		require.True(t, gone, "DestroySession(%q)", id)
 	})
 }
 
+// FuzzSessionJSON checks the stored-object reader: what it accepts it
+// splits into members whose bytes, joined again, are the object itself
+// (up to whitespace between members), and an update that changes nothing
+// writes nothing.
 func FuzzSessionJSON(f *testing.F) {
 	for _, seed := range []string{
 		`{"userId":"u9","email":"a@b.c","role":"admin","createdAt":"2024-01-02T03:04:05.000Z","lastActivity":"2024-01-02T03:04:05.000Z","ip":"1.2.3.4","userAgent":"x"}`,
 		`{"userId":"u","idleTimeoutMs":60000,"expiresAtMs":1764360000000}`,
-		`{"createdAt":"not a time"}`, `[]`, `null`, `{"userId":1}`, `{`,
+		`{"createdAt":"not a time"}`, `[]`, `null`, `{"userId":1}`, `{`, `{}`, ` { "a" : [ 1 , {"b":"}"} ] , "c\"":null } `,
+		originalServiceSession,
 	} {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		var st storedSession
-		if err := json.Unmarshal(raw, &st); err != nil {
+		doc, err := parseSessionDoc(raw)
+		if err != nil {
 			return // GetSession reports ErrDecode
 		}
-		b, err := json.Marshal(st)
-		if err != nil {
-			return // e.g. a year outside what JSON times can hold
+		var v map[string]json.RawMessage
+		require.NoError(t, json.Unmarshal(raw, &v), "parseSessionDoc accepted what encoding/json refuses: %s", raw)
+		out := []byte{'{'}
+		for _, m := range doc.members {
+			require.Contains(t, v, m.name, "member name %s decoded as %q", m.raw, m.name)
+			out = appendMember(out, m.raw, m.value)
 		}
-		var again storedSession
-		if err := json.Unmarshal(b, &again); err != nil {
-			t.Fatalf("a decoded session re-encodes to %s, which does not decode: %v", b, err)
+		out = append(out, '}')
+		var compact bytes.Buffer
+		require.NoError(t, json.Compact(&compact, raw))
+		var compactOut bytes.Buffer
+		require.NoError(t, json.Compact(&compactOut, out))
+		require.Equal(t, compact.String(), compactOut.String(), "members of %s joined again", raw)
+		data, err := doc.data()
+		if err != nil {
+			return
+		}
+		_, changed, err := doc.apply(data, data)
+		if err == nil {
+			require.False(t, changed, "an update that changes nothing changed %s", raw)
 		}
 	})
 }

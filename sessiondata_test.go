@@ -1,0 +1,601 @@
+package redisservice
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// originalServiceSession is exactly what the original TypeScript service
+// stores: JSON.stringify of its session object, in its key order, with
+// toISOString times, then the application's extra fields of every JSON
+// type. JSON.stringify escapes only quotes, backslashes and control
+// characters ("\n", "\t", "\u0001"), keeps "/" and non-ASCII as they are,
+// and writes lone surrogates as "\ud800". lastOrderId and bigId are beyond
+// what a float64 holds exactly (another writer may put such text there).
+// A nested "lastActivity" and one inside a string must never be touched.
+const originalServiceSession = `{"userId":"u-42","email":"ana@example.com","role":"admin",` +
+	`"createdAt":"2026-11-29T06:51:29.123Z","lastActivity":"2026-11-29T06:51:29.123Z",` +
+	`"ip":"203.0.113.7","userAgent":"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",` +
+	`"permissions":[],"prefs":{},` +
+	`"cart":{"items":[{"sku":"A-1","qty":2,"price":12.5,"tags":["new","sale"]}],"total":25,"coupon":null},` +
+	`"mfa":true,"beta":false,"note":null,` +
+	`"device":"Zoë's \"phone\" – 日本","escapes":"line\nbreak\ttab\u0001back\\slash","surrogates":"\ud83d\ude00 \ud800",` +
+	`"path":"/a/b","lastOrderId":1234567890123456,"bigId":12345678901234567890,"neg":-0.5,"exp":1e+21,` +
+	`"history":{"lastActivity":"2020-01-01T00:00:00.000Z"},"decoy":"\"lastActivity\":\"2020-01-01T00:00:00.000Z\""}`
+
+// originalValues are the fields of originalServiceSession beyond the
+// seven, as stored.
+var originalValues = map[string]string{
+	"permissions": `[]`,
+	"prefs":       `{}`,
+	"cart":        `{"items":[{"sku":"A-1","qty":2,"price":12.5,"tags":["new","sale"]}],"total":25,"coupon":null}`,
+	"mfa":         `true`,
+	"beta":        `false`,
+	"note":        `null`,
+	"device":      `"Zoë's \"phone\" – 日本"`,
+	"escapes":     `"line\nbreak\ttab\u0001back\\slash"`,
+	"surrogates":  `"\ud83d\ude00 \ud800"`,
+	"path":        `"/a/b"`,
+	"lastOrderId": `1234567890123456`,
+	"bigId":       `12345678901234567890`,
+	"neg":         `-0.5`,
+	"exp":         `1e+21`,
+	"history":     `{"lastActivity":"2020-01-01T00:00:00.000Z"}`,
+	"decoy":       `"\"lastActivity\":\"2020-01-01T00:00:00.000Z\""`,
+}
+
+// fixedClock is a settable clock for Options.Now.
+type fixedClock struct {
+	mu sync.Mutex // guards t
+	t  time.Time
+}
+
+func (c *fixedClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+
+// storeRaw writes raw as the session id, as another writer would.
+func storeRaw(t testing.TB, b *backend, id, raw string, ttl time.Duration) {
+	t.Helper()
+	require.NoError(t, b.client.Set(ctxT(t), b.raw("session:"+id), raw, ttl).Err())
+}
+
+// stored returns the session's stored bytes.
+func stored(t testing.TB, b *backend, id string) string {
+	t.Helper()
+	v, err := b.client.Get(ctxT(t), b.raw("session:"+id)).Result()
+	require.NoError(t, err, "GET session")
+	return v
+}
+
+func rawValues(v map[string]json.RawMessage) map[string]string {
+	out := make(map[string]string, len(v))
+	for k, b := range v {
+		out[k] = string(b)
+	}
+	return out
+}
+
+func TestSessionValuesRoundTrip(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		values := map[string]json.RawMessage{}
+		for k, v := range originalValues {
+			values[k] = json.RawMessage(v)
+		}
+		values["spaced"] = json.RawMessage(`[ 1, 2 ]`) // valid: kept as given
+		id, _ := NewSessionID()
+		created := time.Date(2026, 11, 29, 6, 51, 29, 123456789, time.UTC)
+		require.NoError(t, s.CreateSession(ctx, id, SessionData{UserID: "u-42", Email: "a<b>&c@example.com", CreatedAt: created, LastActivity: created, Values: values}, time.Minute))
+
+		raw := stored(t, b, id)
+		assert.True(t, strings.HasPrefix(raw, `{"userId":"u-42","email":"a<b>&c@example.com","role":"","createdAt":"2026-11-29T06:51:29.123Z","lastActivity":"2026-11-29T06:51:29.123Z","ip":"","userAgent":"","beta":false,"bigId":12345678901234567890,`),
+			"stored %s: want the seven fields in the original service's order, toISOString times, then the Values by name", raw)
+		assert.True(t, strings.HasSuffix(raw, `,"spaced":[ 1, 2 ],"surrogates":"\ud83d\ude00 \ud800","idleTimeoutMs":60000}`), "stored %s", raw)
+		for k, v := range values {
+			assert.Contains(t, raw, fmt.Sprintf("%q:%s", k, v))
+		}
+
+		got, found, err := s.GetSession(ctx, id)
+		require.NoError(t, err)
+		require.True(t, found)
+		assert.Equal(t, rawValues(values), rawValues(got.Values), "Values after a round trip")
+		assert.True(t, got.CreatedAt.Equal(created.Truncate(time.Millisecond)), "CreatedAt = %v; want milliseconds kept", got.CreatedAt)
+		assert.Equal(t, "a<b>&c@example.com", got.Email)
+	})
+}
+
+func TestSessionOfTheOriginalServiceByteForByte(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		clock := &fixedClock{t: time.Date(2026, 11, 29, 7, 0, 0, 987654321, time.UTC)}
+		s := b.service(t, Options{Now: clock.now})
+		ctx := ctxT(t)
+		const id = "orig-session_1"
+		storeRaw(t, b, id, originalServiceSession, time.Hour)
+
+		got, found, err := s.GetSession(ctx, id)
+		require.NoError(t, err)
+		require.True(t, found)
+		assert.Equal(t, "u-42", got.UserID)
+		assert.Equal(t, "admin", got.Role)
+		assert.Equal(t, "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36", got.UserAgent)
+		assert.True(t, got.LastActivity.Equal(time.Date(2026, 11, 29, 6, 51, 29, 123000000, time.UTC)))
+		assert.Equal(t, originalValues, rawValues(got.Values), "GetSession's Values: every field beyond the seven, byte for byte")
+		assert.Equal(t, originalServiceSession, stored(t, b, id), "GetSession changed the stored bytes")
+
+		// UpdateSessionActivity: only the top-level lastActivity value differs.
+		ok, err := s.UpdateSessionActivity(ctx, id)
+		require.NoError(t, err)
+		require.True(t, ok)
+		want := strings.Replace(originalServiceSession, `"lastActivity":"2026-11-29T06:51:29.123Z"`, `"lastActivity":"2026-11-29T07:00:00.987Z"`, 1)
+		require.NotEqual(t, originalServiceSession, want)
+		assert.Equal(t, want, stored(t, b, id), "UpdateSessionActivity changed more than lastActivity")
+		d := b.client.PTTL(ctx, b.raw("session:"+id)).Val()
+		assert.True(t, d > 59*time.Minute && d <= time.Hour, "PTTL = %v; want the original's remaining hour kept", d)
+
+		// UpdateSession: what fn changed is new, everything else keeps its bytes.
+		ok, err = s.UpdateSession(ctx, id, func(d *SessionData) error {
+			d.Role = "cashier"
+			d.Values["cart"] = json.RawMessage(`{"items":[]}`)
+			delete(d.Values, "note")
+			d.Values["visits"] = json.RawMessage(`1`)
+			d.Values["a-first"] = json.RawMessage(`"x"`)
+			return nil
+		})
+		require.NoError(t, err)
+		require.True(t, ok)
+		want = strings.Replace(want, `"role":"admin"`, `"role":"cashier"`, 1)
+		want = strings.Replace(want, `"cart":`+originalValues["cart"], `"cart":{"items":[]}`, 1)
+		want = strings.Replace(want, `"note":null,`, ``, 1)
+		want = strings.TrimSuffix(want, "}") + `,"a-first":"x","visits":1}`
+		assert.Equal(t, want, stored(t, b, id), "UpdateSession changed more than fn did")
+		d = b.client.PTTL(ctx, b.raw("session:"+id)).Val()
+		assert.True(t, d > 59*time.Minute && d <= time.Hour, "PTTL after UpdateSession = %v; want it kept", d)
+
+		// RenewSessionID: the same bytes under the new id.
+		newID, ok, err := s.RenewSessionID(ctx, id)
+		require.NoError(t, err)
+		require.True(t, ok)
+		assert.Len(t, newID, 43)
+		assert.Equal(t, want, stored(t, b, newID), "RenewSessionID changed the bytes")
+		assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+id)).Val(), "the old id is still readable")
+		d = b.client.PTTL(ctx, b.raw("session:"+newID)).Val()
+		assert.True(t, d > 59*time.Minute && d <= time.Hour, "PTTL after RenewSessionID = %v; want the remaining TTL kept", d)
+	})
+}
+
+func TestUpdateSessionActivityReplacesOnlyTheTopLevelValue(t *testing.T) {
+	t.Parallel()
+	const stamp = `"2026-11-29T07:00:00.000Z"`
+	tests := []struct{ name, stored, want string }{
+		{"decoys first",
+			`{"meta":{"lastActivity":"x","a":[{"lastActivity":1}]},"s":"\"lastActivity\":\"y\" \\","lastActivity":"old","userId":"u"}`,
+			`{"meta":{"lastActivity":"x","a":[{"lastActivity":1}]},"s":"\"lastActivity\":\"y\" \\","lastActivity":` + stamp + `,"userId":"u"}`},
+		{"absent", `{"userId":"u","n":[1,{"lastActivity":2}]}`, `{"userId":"u","n":[1,{"lastActivity":2}],"lastActivity":` + stamp + `}`},
+		{"empty object", `{}`, `{"lastActivity":` + stamp + `}`},
+		{"not a string", `{"lastActivity":null,"userId":"u"}`, `{"lastActivity":` + stamp + `,"userId":"u"}`},
+		{"number", `{"lastActivity":12.5e3}`, `{"lastActivity":` + stamp + `}`},
+		{"indented", "{\n  \"userId\" : \"u\",\n  \"lastActivity\" : \"old\" ,\n  \"x\" : [ ]\n}\n", "{\n  \"userId\" : \"u\",\n  \"lastActivity\" : " + stamp + " ,\n  \"x\" : [ ]\n}\n"},
+		{"escaped name is another name", `{"last\u0041ctivity":"old"}`, `{"last\u0041ctivity":"old","lastActivity":` + stamp + `}`},
+		{"brackets in strings", `{"a":"{[","b":{"c":"]}\\"},"lastActivity":"old"}`, `{"a":"{[","b":{"c":"]}\\"},"lastActivity":` + stamp + `}`},
+	}
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		clock := &fixedClock{t: time.Date(2026, 11, 29, 7, 0, 0, 0, time.UTC)}
+		s := b.service(t, Options{Now: clock.now})
+		ctx := ctxT(t)
+		for i, tt := range tests {
+			id := fmt.Sprintf("touch-%d", i)
+			storeRaw(t, b, id, tt.stored, time.Minute)
+			ok, err := s.UpdateSessionActivity(ctx, id)
+			require.NoError(t, err, tt.name)
+			require.True(t, ok, tt.name)
+			assert.Equal(t, tt.want, stored(t, b, id), tt.name)
+		}
+		for _, bad := range []string{`[1]`, `"s"`, `{"a":`} {
+			storeRaw(t, b, "touch-bad", bad, time.Minute)
+			_, err := s.UpdateSessionActivity(ctx, "touch-bad")
+			assert.Error(t, err, "UpdateSessionActivity of %s", bad)
+			assert.Equal(t, bad, stored(t, b, "touch-bad"), "a bad session must stay as it is")
+		}
+	})
+}
+
+// incr adds one to the integer in d.Values[name].
+func incr(d *SessionData, name string) error {
+	n := 0
+	if v, ok := d.Values[name]; ok {
+		var err error
+		if n, err = strconv.Atoi(string(v)); err != nil {
+			return err
+		}
+	}
+	if d.Values == nil {
+		d.Values = map[string]json.RawMessage{}
+	}
+	d.Values[name] = json.RawMessage(strconv.Itoa(n + 1))
+	return nil
+}
+
+func TestUpdateSessionLosesNoUpdate(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		id := newSession(t, s, "u1", time.Minute)
+		var wg sync.WaitGroup
+		var touches atomic.Int64
+		stop := make(chan struct{})
+		// Activity updates race the increments: they change lastActivity's
+		// bytes, so the increments must retry, and lose nothing.
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, err := s.UpdateSessionActivity(ctx, id)
+				assert.NoError(t, err)
+				touches.Add(1)
+				time.Sleep(time.Millisecond)
+			}
+		})
+		var incs sync.WaitGroup
+		for range 24 {
+			incs.Go(func() {
+				ok, err := s.UpdateSession(ctx, id, func(d *SessionData) error { return incr(d, "counter") })
+				assert.NoError(t, err)
+				assert.True(t, ok)
+			})
+		}
+		incs.Wait()
+		close(stop)
+		wg.Wait()
+		got, found, err := s.GetSession(ctx, id)
+		require.NoError(t, err)
+		require.True(t, found)
+		assert.Equal(t, "24", string(got.Values["counter"]), "24 concurrent increments (with %d activity updates racing)", touches.Load())
+		assert.Equal(t, "u1@example.com", got.Email)
+	})
+}
+
+func TestUpdateSessionNeverResurrects(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		for range 5 {
+			id := newSession(t, s, "u1", time.Minute)
+			var wg sync.WaitGroup
+			for range 8 {
+				wg.Go(func() {
+					_, err := s.UpdateSession(ctx, id, func(d *SessionData) error { return incr(d, "n") })
+					assert.NoError(t, err)
+				})
+			}
+			ok, err := s.DestroySession(ctx, id)
+			require.NoError(t, err)
+			assert.True(t, ok)
+			wg.Wait()
+			assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+id)).Val(), "UpdateSession brought a destroyed session back")
+		}
+
+		// Missing and expired sessions: false, nil, and fn never runs.
+		id := newSession(t, s, "u1", 100*time.Millisecond)
+		b.pass(200 * time.Millisecond)
+		b.waitFor(t, "session expires", func() bool { return b.client.Exists(ctx, b.raw("session:"+id)).Val() == 0 })
+		ok, err := s.UpdateSession(ctx, id, func(*SessionData) error { t.Error("fn ran for an expired session"); return nil })
+		assert.NoError(t, err)
+		assert.False(t, ok)
+		assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+id)).Val())
+	})
+}
+
+func TestUpdateSessionContract(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		id := newSession(t, s, "u1", time.Minute)
+		before := stored(t, b, id)
+
+		errBoom := errors.New("boom")
+		ok, err := s.UpdateSession(ctx, id, func(d *SessionData) error { d.Role = "x"; return errBoom })
+		assert.False(t, ok)
+		assert.ErrorIs(t, err, errBoom, "fn's error, wrapped")
+		assert.NotContains(t, err.Error(), id)
+		assert.Equal(t, before, stored(t, b, id), "fn's error must leave the session alone")
+
+		ok, err = s.UpdateSession(ctx, id, func(d *SessionData) error { d.UserID = "u2"; return nil })
+		assert.False(t, ok)
+		assert.ErrorIs(t, err, ErrInvalidArgument, "a changed UserID")
+		for _, name := range []string{"userId", "createdAt", "idleTimeoutMs", "expiresAtMs"} {
+			_, err = s.UpdateSession(ctx, id, func(d *SessionData) error { return incr(d, name) })
+			assert.ErrorIs(t, err, ErrInvalidArgument, "Values[%q]", name)
+		}
+		_, err = s.UpdateSession(ctx, id, func(d *SessionData) error {
+			d.Values = map[string]json.RawMessage{"x": json.RawMessage(`{`)}
+			return nil
+		})
+		assert.ErrorIs(t, err, ErrInvalidArgument, "invalid JSON in Values")
+		assert.Equal(t, before, stored(t, b, id), "refused updates must leave the session alone")
+
+		// No change, no write: even a time given in another zone.
+		ok, err = s.UpdateSession(ctx, id, func(d *SessionData) error { d.CreatedAt = d.CreatedAt.In(time.FixedZone("x", 3600)); return nil })
+		assert.NoError(t, err)
+		assert.True(t, ok)
+		assert.Equal(t, before, stored(t, b, id))
+
+		// fn may change the bytes it was given in place: what it read stays intact.
+		ok, err = s.UpdateSession(ctx, id, func(d *SessionData) error {
+			d.Values = map[string]json.RawMessage{"k": json.RawMessage(`"v"`)}
+			return nil
+		})
+		require.NoError(t, err)
+		require.True(t, ok)
+		ok, err = s.UpdateSession(ctx, id, func(d *SessionData) error { d.Values["k"][1] = 'w'; return nil })
+		require.NoError(t, err)
+		require.True(t, ok)
+		got, _, err := s.GetSession(ctx, id)
+		require.NoError(t, err)
+		assert.Equal(t, `"w"`, string(got.Values["k"]))
+
+		// Retries run out when every write finds the session changed.
+		calls := 0
+		ok, err = s.UpdateSession(ctx, id, func(d *SessionData) error {
+			calls++
+			// Another writer changes the session between read and write.
+			b.client.Set(ctx, b.raw("session:"+id), strings.Replace(stored(t, b, id), `"role":"`, `"role":"x`, 1), 0)
+			d.Email = "changed@example.com"
+			return nil
+		})
+		assert.False(t, ok)
+		assert.ErrorIs(t, err, ErrConflict)
+		assert.Equal(t, 16, calls, "attempts before ErrConflict")
+		assert.NotContains(t, stored(t, b, id), "changed@example.com")
+	})
+}
+
+func TestRenewSessionID(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{SessionMaxLifetime: time.Hour})
+		ctx := ctxT(t)
+		id := newSession(t, s, "u1", 10*time.Second)
+		other := newSession(t, s, "u1", 10*time.Second)
+		ok, err := s.UpdateSession(ctx, id, func(d *SessionData) error { return incr(d, "cart") })
+		require.NoError(t, err)
+		require.True(t, ok)
+		before := stored(t, b, id)
+		ttlBefore := b.client.PTTL(ctx, b.raw("session:"+id)).Val()
+		newID, ok, err := s.RenewSessionID(ctx, id)
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.NotEqual(t, id, newID)
+		assert.True(t, validSessionID(newID))
+		assert.Equal(t, before, stored(t, b, newID), "same bytes, absolute end (expiresAtMs) included")
+		assert.Contains(t, before, `"expiresAtMs":`)
+		d := b.client.PTTL(ctx, b.raw("session:"+newID)).Val()
+		assert.True(t, d > ttlBefore-time.Second && d <= ttlBefore, "PTTL = %v; want the %v that was left", d, ttlBefore)
+
+		_, found, err := s.GetSession(ctx, id)
+		assert.NoError(t, err)
+		assert.False(t, found, "the old id is still readable")
+		ids := b.client.ZRange(ctx, b.raw("user-sessions:u1"), 0, -1).Val()
+		assert.ElementsMatch(t, []string{newID, other}, ids, "the index names the new id, not the old")
+
+		got, found, err := s.GetSession(ctx, newID)
+		require.NoError(t, err)
+		require.True(t, found)
+		assert.Equal(t, "1", string(got.Values["cart"]))
+
+		n, err := s.DestroyUserSessions(ctx, "u1")
+		require.NoError(t, err)
+		assert.Equal(t, int64(2), n, "log-out-everywhere finds the renewed session")
+
+		newID, ok, err = s.RenewSessionID(ctx, id)
+		assert.NoError(t, err)
+		assert.False(t, ok)
+		assert.Empty(t, newID, "a missing session")
+
+		// A session of the original service without a TTL keeps none.
+		storeRaw(t, b, "no-ttl", originalServiceSession, 0)
+		newID, ok, err = s.RenewSessionID(ctx, "no-ttl")
+		require.NoError(t, err)
+		require.True(t, ok)
+		assert.Equal(t, originalServiceSession, stored(t, b, newID))
+		assert.Equal(t, time.Duration(-1), b.client.PTTL(ctx, b.raw("session:"+newID)).Val())
+	})
+}
+
+func TestRenewSessionIDRacingUpdates(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		id := newSession(t, s, "u1", time.Minute)
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() { _, _ = s.UpdateSessionActivity(ctx, id) })
+		}
+		newID, ok, err := s.RenewSessionID(ctx, id)
+		wg.Wait()
+		require.NoError(t, err)
+		require.True(t, ok)
+		_, found, _ := s.GetSession(ctx, id)
+		assert.False(t, found, "the old id survived")
+		_, found, _ = s.GetSession(ctx, newID)
+		assert.True(t, found, "the new id is missing")
+		live, err := s.UserSessions(ctx, "u1")
+		require.NoError(t, err)
+		assert.Len(t, live, 1)
+		assert.Contains(t, live, newID)
+
+		// Destroyed meanwhile: neither id survives.
+		id = newSession(t, s, "u2", time.Minute)
+		calls := 0
+		ok, err = s.UpdateSession(ctx, id, func(d *SessionData) error {
+			calls++
+			if _, err := s.DestroySession(ctx, id); err != nil {
+				return err
+			}
+			return incr(d, "n")
+		})
+		require.NoError(t, err)
+		assert.False(t, ok, "UpdateSession of a session destroyed while fn ran")
+		assert.Equal(t, 1, calls)
+		newID, ok, err = s.RenewSessionID(ctx, id)
+		assert.NoError(t, err)
+		assert.False(t, ok)
+		assert.Empty(t, newID)
+	})
+}
+
+func TestUserSessions(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		var ids []string
+		for range 6 { // spread over the cluster's masters
+			ids = append(ids, newSession(t, s, "u1", time.Minute))
+		}
+		short := newSession(t, s, "u1", 100*time.Millisecond)
+		newSession(t, s, "u2", time.Minute)
+		_, err := s.UpdateSession(ctx, ids[1], func(d *SessionData) error { return incr(d, "device") })
+		require.NoError(t, err)
+		_, err = s.DestroySession(ctx, ids[0])
+		require.NoError(t, err)
+		b.pass(200 * time.Millisecond)
+		b.waitFor(t, "short session expires", func() bool { return b.client.Exists(ctx, b.raw("session:"+short)).Val() == 0 })
+
+		live, err := s.UserSessions(ctx, "u1")
+		require.NoError(t, err)
+		var got []string
+		for id, d := range live {
+			got = append(got, id)
+			assert.Equal(t, "u1", d.UserID)
+			assert.Equal(t, "u1@example.com", d.Email)
+		}
+		assert.ElementsMatch(t, ids[1:], got, "live sessions only")
+		assert.Equal(t, "1", string(live[ids[1]].Values["device"]))
+		assert.ElementsMatch(t, ids[1:], b.client.ZRange(ctx, b.raw("user-sessions:u1"), 0, -1).Val(), "stale index entries pruned")
+
+		live, err = s.UserSessions(ctx, "nobody")
+		assert.NoError(t, err)
+		assert.Empty(t, live)
+	})
+}
+
+// legacySession is originalServiceSession for user uid.
+func legacySession(uid string) string {
+	return strings.Replace(originalServiceSession, `"userId":"u-42"`, `"userId":`+strconv.Quote(uid), 1)
+}
+
+func TestSessionsOfTheOriginalServiceJoinTheIndex(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		idx := b.raw("user-sessions:u-7")
+		for _, id := range []string{"legacy-get", "legacy-touch", "legacy-update", "legacy-untouched"} {
+			storeRaw(t, b, id, legacySession("u-7"), time.Hour)
+		}
+		_, found, err := s.GetSession(ctx, "legacy-get")
+		require.NoError(t, err)
+		require.True(t, found)
+		ok, err := s.UpdateSessionActivity(ctx, "legacy-touch")
+		require.NoError(t, err)
+		require.True(t, ok)
+		ok, err = s.UpdateSession(ctx, "legacy-update", func(d *SessionData) error { return incr(d, "n") })
+		require.NoError(t, err)
+		require.True(t, ok)
+		assert.ElementsMatch(t, []string{"legacy-get", "legacy-touch", "legacy-update"}, b.client.ZRange(ctx, idx, 0, -1).Val(),
+			"sessions this package read or touched joined the index")
+		for _, z := range b.client.ZRangeWithScores(ctx, idx, 0, -1).Val() {
+			left := time.Until(time.UnixMilli(int64(z.Score)))
+			assert.True(t, left > 59*time.Minute && left <= time.Hour+time.Second, "%s indexed to expire in %v; want its remaining hour", z.Member, left)
+		}
+		d := b.client.PTTL(ctx, idx).Val()
+		assert.True(t, d > 59*time.Minute, "index PTTL %v", d)
+
+		// Without LegacySessions, log-out-everywhere finds those three only.
+		n, err := s.DestroyUserSessions(ctx, "u-7")
+		require.NoError(t, err)
+		assert.Equal(t, int64(3), n)
+		assert.Equal(t, int64(1), b.client.Exists(ctx, b.raw("session:legacy-untouched")).Val())
+	})
+}
+
+func TestLegacySessionsWalk(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		walker := b.service(t, Options{LegacySessions: true})
+		ctx := ctxT(t)
+		// Sessions the original service wrote and this package never saw,
+		// spread over the masters, and other users' sessions beside them.
+		var mine []string
+		for i := range 8 {
+			id := fmt.Sprintf("orig-%d", i)
+			storeRaw(t, b, id, legacySession("u/ü \"7\""), time.Hour)
+			mine = append(mine, id)
+			storeRaw(t, b, fmt.Sprintf("other-%d", i), legacySession("u/ü \"70\""), time.Hour)
+		}
+		storeRaw(t, b, "prefix-of-mine", legacySession("u/ü"), time.Hour)
+		require.NoError(t, b.client.HSet(ctx, b.raw("session:not-a-string"), "userId", "x").Err())
+		storeRaw(t, b, "not-json", `{"userId":"u/ü \"7\"`, time.Hour)
+		// A session of this package whose index entry lapsed: the original
+		// service refreshed it past the index's expiry.
+		goID := newSession(t, s, "u/ü \"7\"", time.Minute)
+		require.NoError(t, b.client.Del(ctx, b.raw(`user-sessions:u/ü "7"`)).Err())
+		mine = append(mine, goID)
+
+		live, err := walker.UserSessions(ctx, `u/ü "7"`)
+		require.NoError(t, err)
+		var got []string
+		for id := range live {
+			got = append(got, id)
+		}
+		assert.ElementsMatch(t, mine, got, "UserSessions with LegacySessions")
+
+		live, err = s.UserSessions(ctx, `u/ü "7"`)
+		require.NoError(t, err)
+		assert.Empty(t, live, "without LegacySessions only the index is read")
+
+		n, err := walker.DestroyUserSessions(ctx, `u/ü "7"`)
+		require.NoError(t, err)
+		assert.Equal(t, int64(len(mine)), n, "DestroyUserSessions with LegacySessions")
+		for _, id := range mine {
+			assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+id)).Val(), "%s survived log-out-everywhere", id)
+		}
+		assert.Equal(t, int64(1), b.client.Exists(ctx, b.raw("session:other-0")).Val(), "another user's session was destroyed")
+		assert.Equal(t, int64(1), b.client.Exists(ctx, b.raw("session:prefix-of-mine")).Val(), "another user's session was destroyed")
+	})
+}
+
+func TestLegacySessionsWalkIsBounded(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	s := b.service(t, Options{LegacySessions: true})
+	storeRaw(t, b, "orig-1", legacySession("u"), time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := s.UserSessions(ctx, "u")
+	assert.ErrorIs(t, err, context.Canceled)
+	_, err = s.DestroyUserSessions(ctx, "u")
+	assert.ErrorIs(t, err, context.Canceled)
+	assert.Equal(t, int64(1), b.client.Exists(context.Background(), b.raw("session:orig-1")).Val())
+}

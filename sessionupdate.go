@@ -1,0 +1,297 @@
+package redisservice
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// sessionAttempts bounds the read-check-write attempts of UpdateSession
+// and RenewSessionID.
+const sessionAttempts = 16
+
+// UpdateSession applies fn to the stored session and writes the result back atomically: a
+// concurrent update or destroy is never lost or undone (optimistic check-and-set, retried a
+// bounded number of times), and a missing session is never brought back (false, nil).
+// Fields fn does not change keep their stored bytes. fn's error aborts with nothing written.
+//
+// Each attempt reads the session (one round trip), calls fn on a copy, and
+// writes only if the stored bytes are still those it read (a script, one
+// round trip); otherwise it pauses a few milliseconds at random and tries
+// again, at most 16 times, calling fn anew each time: fn must have no
+// other effects. When every attempt found the session changed (busy
+// UpdateSessionActivity calls count too), it fails with [ErrConflict]. The
+// whole call is bounded by ctx's deadline, or [Options.Timeout].
+//
+// Only what fn changed is written anew: a seven-field value that differs
+// (times as toISOString, milliseconds), and Values entries fn added,
+// changed or deleted; every other member keeps its bytes and its place,
+// new ones go at the end. The session keeps its remaining TTL and absolute
+// end; LastActivity changes only if fn changes it. A UserID changed by fn
+// fails with [ErrInvalidArgument]: a session never moves to another user
+// (create a new session for the new user instead). A Values key that is a
+// reserved name or a value that is not valid JSON fails with
+// [ErrInvalidArgument] too, and so does a nil fn. When fn changes
+// nothing, nothing is written. It reports whether the session exists.
+// A session of the original service also joins its user's index (two
+// more round trips).
+func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*SessionData) error) (bool, error) {
+	const op = "updatesession"
+	switch {
+	case !validSessionID(id):
+		return false, invalid(op, sessionDisplayKey, ErrInvalidKey)
+	case fn == nil:
+		return false, invalid(op, sessionDisplayKey, fmt.Errorf("%w: nil fn", ErrInvalidArgument))
+	}
+	ctx, done, err := s.begin(ctx)
+	if err != nil {
+		return false, s.fail(ctx, op, sessionDisplayKey, err)
+	}
+	defer done()
+	for attempt := range sessionAttempts {
+		if err := s.pauseBeforeRetry(ctx, op, attempt); err != nil {
+			return false, err
+		}
+		raw, found, err := s.readSession(ctx, op, id)
+		if !found {
+			return false, err
+		}
+		doc, old, err := s.decodeSession(ctx, op, raw)
+		if err != nil {
+			return false, err
+		}
+		data := old
+		data.Values = cloneValues(old.Values)
+		if err := fn(&data); err != nil {
+			return false, invalid(op, sessionDisplayKey, err) // nothing written
+		}
+		if data.UserID != old.UserID {
+			return false, invalid(op, sessionDisplayKey, fmt.Errorf("%w: UserID cannot change", ErrInvalidArgument))
+		}
+		b, changed, err := doc.apply(old, data)
+		switch {
+		case err != nil:
+			return false, invalid(op, sessionDisplayKey, err)
+		case !changed:
+			return true, nil
+		}
+		status, ttl, err := s.compareAndSet(ctx, op, id, raw, b)
+		switch {
+		case err != nil || status == casMissing:
+			return false, err
+		case status == casChanged:
+			continue
+		}
+		if doc.legacy() && old.UserID != "" && ttl > 0 {
+			return true, s.indexSession(ctx, op, old.UserID, id, s.opts.Now().Add(ttl))
+		}
+		return true, nil
+	}
+	return false, invalid(op, sessionDisplayKey, ErrConflict) // nothing written
+}
+
+// RenewSessionID moves a session to a new id from NewSessionID (against session fixation):
+// same data and Values, same remaining idle time and absolute end, the old id unreadable once
+// it returns, the user's index updated. A missing session is ("", false, nil).
+//
+// The steps, one round trip each: read the session and its remaining TTL;
+// write the same bytes under the new id with that TTL (so it ends within
+// a round trip of when the old one would have); add the new id to the
+// user's index; delete the old id, only if its bytes are still those read
+// (a script); drop the old id from the index. The two keys lie in
+// different slots of a cluster, so this cannot be one atomic step; the
+// order means a crash or failure part-way leaves both ids alive for a
+// moment (the old one until its TTL ends), never neither. When the old
+// session changed meanwhile (an update, UpdateSessionActivity), the new
+// key is deleted and it starts again, at most 16 times, then fails with
+// [ErrConflict]; when it was destroyed meanwhile, the new key is deleted
+// too and the result is ("", false, nil). When only the last step fails,
+// it returns the new id, true and the error.
+func (s *Service) RenewSessionID(ctx context.Context, id string) (string, bool, error) {
+	const op = "renewsessionid"
+	if !validSessionID(id) {
+		return "", false, invalid(op, sessionDisplayKey, ErrInvalidKey)
+	}
+	ctx, done, err := s.begin(ctx)
+	if err != nil {
+		return "", false, s.fail(ctx, op, sessionDisplayKey, err)
+	}
+	defer done()
+	for attempt := range sessionAttempts {
+		if err := s.pauseBeforeRetry(ctx, op, attempt); err != nil {
+			return "", false, err
+		}
+		raw, ttl, found, err := s.readSessionTTL(ctx, op, id)
+		if !found {
+			return "", false, err
+		}
+		newID, err := NewSessionID()
+		if err != nil {
+			return "", false, invalid(op, sessionDisplayKey, err)
+		}
+		uid := ""
+		if doc, err := parseSessionDoc(raw); err == nil {
+			uid = doc.userID()
+		}
+		// 1: the new key.
+		created, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (bool, error) {
+			return s.rdb.SetNX(ctx, s.key(sessionKey(newID)), raw, ttl).Result() // ttl 0: none
+		})
+		switch {
+		case err != nil:
+			return "", false, err
+		case !created:
+			continue // the new id was taken (never seen with 256 random bits)
+		}
+		// 2: the index. Without it log-out-everywhere would miss the new id.
+		if uid != "" && ttl > 0 {
+			if err := s.indexSession(ctx, op, uid, newID, s.opts.Now().Add(ttl)); err != nil {
+				_, _ = s.delSessions(ctx, op, []string{newID})
+				return "", false, err
+			}
+		}
+		// 3: the old key, if nobody changed or destroyed it meanwhile.
+		status, _, err := s.compareAndDelete(ctx, op, id, raw)
+		if err != nil || status != casDone {
+			_, _ = s.delSessions(ctx, op, []string{newID})
+			if err != nil || status == casMissing {
+				return "", false, err
+			}
+			continue
+		}
+		// 4: the old id's index entry.
+		if uid != "" {
+			_, err = call(s, ctx, op, "user-sessions:"+uid, func(ctx context.Context) (int64, error) {
+				return s.rdb.ZRem(ctx, s.key(userSessionsKey(uid)), id).Result()
+			})
+		}
+		return newID, true, err
+	}
+	return "", false, invalid(op, sessionDisplayKey, ErrConflict) // the old session is as others left it
+}
+
+// readSessionTTL reads a session and its remaining TTL (-1: none) in one
+// pipelined round trip; both commands address one key, so one node.
+func (s *Service) readSessionTTL(ctx context.Context, op, id string) ([]byte, time.Duration, bool, error) {
+	key := s.key(sessionKey(id))
+	var get *redis.StringCmd
+	var pttl *redis.DurationCmd
+	_, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (struct{}, error) {
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			get = p.Get(ctx, key)
+			pttl = p.PTTL(ctx, key)
+			return nil
+		})
+		return struct{}{}, err
+	})
+	if err != nil && err != redis.Nil { //nolint:errorlint // call returns redis.Nil unwrapped
+		return nil, 0, false, err
+	}
+	raw, err := get.Bytes()
+	raw, found, err := lookup(s, raw, err)
+	switch ttl := pttl.Val(); {
+	case !found:
+		return nil, 0, false, err
+	case ttl == -1: // go-redis's value for "no TTL"
+		return raw, 0, true, nil
+	case ttl <= 0: // expired between the two commands
+		return nil, 0, false, nil
+	default:
+		return raw, ttl, true, nil
+	}
+}
+
+// Outcomes of sessionCASScript.
+const (
+	casMissing = 0  // no such session
+	casChanged = -1 // the session's bytes are not those expected
+	casDone    = 1
+)
+
+// sessionCASScript writes (ARGV[2] 'set': ARGV[3], keeping the TTL) or
+// deletes (ARGV[2] 'del') a session, only if its stored bytes are still
+// ARGV[1]. It returns 0 when the session is missing, -1 when it holds
+// other bytes, else {1, the session's PTTL afterwards}.
+//
+// KEYS[1]: the session.
+var sessionCASScript = redis.NewScript(`
+local raw = redis.call('GET', KEYS[1])
+if not raw then
+	return 0
+end
+if raw ~= ARGV[1] then
+	return -1
+end
+if ARGV[2] == 'del' then
+	redis.call('DEL', KEYS[1])
+	return {1, -2}
+end
+redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
+return {1, redis.call('PTTL', KEYS[1])}
+`)
+
+// compareAndSet replaces session id's bytes was with b, keeping its TTL,
+// if it still holds was. It returns the outcome and, when done, the TTL
+// left (0: none).
+func (s *Service) compareAndSet(ctx context.Context, op, id string, was, b []byte) (int, time.Duration, error) {
+	return s.runCAS(ctx, op, id, was, "set", b)
+}
+
+// compareAndDelete deletes session id if it still holds was.
+func (s *Service) compareAndDelete(ctx context.Context, op, id string, was []byte) (int, time.Duration, error) {
+	return s.runCAS(ctx, op, id, was, "del", nil)
+}
+
+func (s *Service) runCAS(ctx context.Context, op, id string, was []byte, mode string, b []byte) (int, time.Duration, error) {
+	reply, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (any, error) {
+		return sessionCASScript.Run(ctx, s.rdb, []string{s.key(sessionKey(id))}, was, mode, b).Result()
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	switch r := reply.(type) {
+	case int64:
+		return int(r), 0, nil
+	case []any:
+		if len(r) == 2 {
+			ttl, _ := r[1].(int64)
+			return casDone, time.Duration(max(ttl, 0)) * time.Millisecond, nil
+		}
+	}
+	return 0, 0, s.fail(ctx, op, sessionDisplayKey, fmt.Errorf("%w: unexpected script reply %T", ErrDecode, reply))
+}
+
+// pauseBeforeRetry waits before attempt (none before the first): a random
+// pause of up to 1, 2, 4, 8, then 16 ms, so that writers that collided
+// spread out. It fails when ctx ends first.
+func (s *Service) pauseBeforeRetry(ctx context.Context, op string, attempt int) error {
+	if attempt == 0 {
+		return nil
+	}
+	d := rand.N(time.Millisecond << min(attempt-1, 4))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return s.fail(ctx, op, sessionDisplayKey, ctx.Err())
+	case <-t.C:
+		return nil
+	}
+}
+
+// cloneValues returns a deep copy of v, so that fn may change the bytes
+// it was given without touching what was read.
+func cloneValues(v map[string]json.RawMessage) map[string]json.RawMessage {
+	if v == nil {
+		return nil
+	}
+	c := make(map[string]json.RawMessage, len(v))
+	for k, b := range v {
+		c[k] = append(json.RawMessage(nil), b...)
+	}
+	return c
+}

@@ -1,0 +1,185 @@
+package redisservice
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// sessionScanCount is the COUNT hint of each SCAN step of the walk over
+// session:* under Options.LegacySessions.
+const sessionScanCount = 500
+
+// UserSessions returns the user's live sessions by id (expired and destroyed ones never).
+//
+// It reads the user's index (one round trip) and then the sessions it
+// names (one pipelined round trip, one per node on Redis Cluster); index
+// entries whose session has expired or been destroyed are dropped from
+// the index (one more round trip, when there are any). With
+// [Options.LegacySessions] it also walks session:* for the user's
+// sessions that the index lacks (see there for the cost). A session that
+// does not decode is left out and reported with an error matching
+// [ErrDecode], beside the others. An empty userID fails with
+// [ErrInvalidKey].
+func (s *Service) UserSessions(ctx context.Context, userID string) (map[string]SessionData, error) {
+	const op = "usersessions"
+	if userID == "" {
+		return nil, invalid(op, userID, ErrInvalidKey)
+	}
+	idx := s.key(userSessionsKey(userID))
+	ids, err := call(s, ctx, op, "user-sessions:"+userID, func(ctx context.Context) ([]string, error) {
+		return s.rdb.ZRange(ctx, idx, 0, -1).Result()
+	})
+	if err != nil {
+		return nil, err
+	}
+	raws, err := s.readSessions(ctx, op, ids)
+	if err != nil {
+		return nil, err
+	}
+	var stale []any
+	for _, id := range ids {
+		if _, ok := raws[id]; !ok {
+			stale = append(stale, id)
+		}
+	}
+	if len(stale) > 0 {
+		if _, err := call(s, ctx, op, "user-sessions:"+userID, func(ctx context.Context) (int64, error) {
+			return s.rdb.ZRem(ctx, idx, stale...).Result()
+		}); err != nil {
+			return nil, err
+		}
+	}
+	if s.opts.LegacySessions {
+		found, err := s.scanUserSessions(ctx, op, userID)
+		if err != nil {
+			return nil, err
+		}
+		for id, raw := range found {
+			raws[id] = raw
+		}
+	}
+	out := make(map[string]SessionData, len(raws))
+	var decodeErr error
+	for id, raw := range raws {
+		doc, err := parseSessionDoc(raw)
+		var data SessionData
+		if err == nil {
+			data, err = doc.data()
+		}
+		switch {
+		case err != nil:
+			decodeErr = errors.Join(decodeErr, err)
+		case data.UserID == userID:
+			out[id] = data
+		}
+	}
+	if decodeErr != nil {
+		return out, s.fail(ctx, op, "user-sessions:"+userID, errors.Join(ErrDecode, decodeErr))
+	}
+	return out, nil
+}
+
+// readSessions GETs the sessions ids, pipelined, and returns those that
+// exist by id.
+func (s *Service) readSessions(ctx context.Context, op string, ids []string) (map[string][]byte, error) {
+	out := make(map[string][]byte, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	_, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, s.getEach(ctx, s.rdb, ids, func(id string) string { return s.key(sessionKey(id)) }, out)
+	})
+	return out, err
+}
+
+// getEach GETs the keys named by ids through c, pipelined, into out by
+// id. Missing keys, and keys that are not strings, are left out.
+func (s *Service) getEach(ctx context.Context, c redis.UniversalClient, ids []string, key func(string) string, out map[string][]byte) error {
+	cmds := make([]*redis.StringCmd, len(ids))
+	_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			cmds[i] = p.Get(ctx, key(id))
+		}
+		return nil
+	})
+	for i, cmd := range cmds {
+		b, cerr := cmd.Bytes()
+		var rerr redis.Error
+		switch {
+		case cerr == nil:
+			out[ids[i]] = b
+		case cerr == redis.Nil || errors.As(cerr, &rerr): //nolint:errorlint // redis.Nil comes unwrapped
+		default:
+			return cerr
+		}
+	}
+	var rerr redis.Error
+	if err == redis.Nil || errors.As(err, &rerr) { //nolint:errorlint // redis.Nil comes unwrapped
+		return nil // a missing or WRONGTYPE key, left out above
+	}
+	return err
+}
+
+// scanUserSessions walks session:* on every master (SCAN COUNT 500, each
+// step bounded by Options.Timeout when ctx has no deadline) and returns
+// the stored bytes, by id, of the sessions whose top-level userId is uid.
+// Each step's keys are read in one pipelined round trip.
+func (s *Service) scanUserSessions(ctx context.Context, op, uid string) (map[string][]byte, error) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	prefix := s.prefix + sessionKey("")
+	match := EscapePattern(prefix) + "*"
+	// A cheap test before decoding: the stored userId holds uid's text
+	// unless it needed escaping.
+	plain := !strings.ContainsAny(uid, "\"\\/") && !strings.ContainsFunc(uid, func(r rune) bool { return r < 0x20 || r > 0x7e })
+	var mu sync.Mutex // guards found
+	found := map[string][]byte{}
+	var stepFailed atomic.Bool // the error has been counted and wrapped by call
+	walk := func(ctx context.Context, node redis.UniversalClient) error {
+		var cursor uint64
+		for {
+			var keys []string
+			next, err := call(s, ctx, op, "session:*", func(ctx context.Context) (uint64, error) {
+				var err error
+				var next uint64
+				keys, next, err = node.Scan(ctx, cursor, match, sessionScanCount).Result()
+				return next, err
+			})
+			if err == nil && len(keys) > 0 {
+				raws := make(map[string][]byte, len(keys))
+				_, err = call(s, ctx, op, "session:*", func(ctx context.Context) (struct{}, error) {
+					return struct{}{}, s.getEach(ctx, node, keys, func(k string) string { return k }, raws)
+				})
+				mu.Lock()
+				for k, raw := range raws {
+					if plain && !bytes.Contains(raw, []byte(uid)) {
+						continue
+					}
+					if doc, err := parseSessionDoc(raw); err == nil && doc.userID() == uid {
+						found[strings.TrimPrefix(k, prefix)] = raw
+					}
+				}
+				mu.Unlock()
+			}
+			if err != nil {
+				stepFailed.Store(true)
+				return err
+			}
+			if cursor = next; cursor == 0 {
+				return nil
+			}
+		}
+	}
+	err := s.eachMaster(ctx, walk)
+	if err != nil && !stepFailed.Load() {
+		err = s.fail(ctx, op, "session:*", err) // finding the masters failed
+	}
+	return found, err
+}
