@@ -2,6 +2,7 @@ package redisservice_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -259,4 +260,33 @@ func Example_session() {
 	// Output:
 	// u42 cashier true
 	// true 1 false
+}
+
+func ExampleService_UpdateSession() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+	ctx := context.Background()
+
+	id, _ := redisservice.NewSessionID()
+	_ = svc.CreateSession(ctx, id, redisservice.SessionData{UserID: "u42",
+		Values: map[string]json.RawMessage{"cart": json.RawMessage(`{"items":[]}`)}}, 30*time.Minute)
+
+	// Read, change, write back only if nobody else wrote meanwhile (else retried).
+	ok, err := svc.UpdateSession(ctx, id, func(d *redisservice.SessionData) error {
+		d.Values["cart"] = json.RawMessage(`{"items":["A-1"]}`)
+		d.Values["csrf"] = json.RawMessage(`"k3J9vQ"`)
+		return nil
+	})
+	fmt.Println(ok, err)
+
+	newID, ok, _ := svc.RenewSessionID(ctx, id) // after log-in: against session fixation
+	s, _, _ := svc.GetSession(ctx, newID)
+	fmt.Println(ok, string(s.Values["cart"]), string(s.Values["csrf"]))
+	_, found, _ := svc.GetSession(ctx, id)
+	all, _ := svc.UserSessions(ctx, "u42")
+	fmt.Println(found, len(all))
+	// Output:
+	// true <nil>
+	// true {"items":["A-1"]} "k3J9vQ"
+	// false 1
 }

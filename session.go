@@ -244,15 +244,17 @@ func (s *Service) joinIndex(ctx context.Context, op, id, uid string) error {
 // single key: it replaces the value of the top-level "lastActivity" in
 // the stored text (adding the member at the end when there is none) and
 // leaves every other byte alone, then gives the key its own idle TTL
-// again, no later than its absolute end. It finds top-level members with
-// a scanner that skips strings and nested values, so a "lastActivity"
-// inside a nested object or a string is never touched; names are matched
-// as stored (an escaped name is another name). A missing key stays
-// missing: a session destroyed or expired a moment earlier is never
-// brought back. A session of the original service, without
-// idleTimeoutMs, keeps its remaining TTL (or none). It returns 0 for a
-// missing or ended session, else {1, the userId value as stored (JSON),
-// new PTTL or -1}.
+// again, no later than its absolute end. A "lastActivity" inside a nested
+// value or inside a string is never touched; names are matched as stored
+// (an escaped name is another name). Both services write userId, email,
+// role, createdAt and lastActivity first, and this package writes
+// idleTimeoutMs and expiresAtMs last, so two anchored matches find what
+// it needs in most sessions; any other layout is scanned member by member
+// (skipping strings and nested values). A missing key stays missing: a
+// session destroyed or expired a moment earlier is never brought back. A
+// session of the original service, without idleTimeoutMs, keeps its
+// remaining TTL (or none). It returns 0 for a missing or ended session,
+// else {1, the userId value as stored (JSON), new PTTL or -1}.
 //
 // KEYS[1]: the session. ARGV: lastActivity (toISOString), now (unix ms).
 var sessionTouchScript = redis.NewScript(`
@@ -260,8 +262,8 @@ local raw = redis.call('GET', KEYS[1])
 if not raw then
 	return 0
 end
-local find, byte, sub = string.find, string.byte, string.sub
--- the end of the string whose opening quote is at i
+local find, byte, sub, match = string.find, string.byte, string.sub, string.match
+-- The end of the string whose opening quote is at i.
 local function str(i)
 	local j = i + 1
 	while true do
@@ -271,7 +273,7 @@ local function str(i)
 		j = k + 2
 	end
 end
--- the end of the value that starts at i
+-- The end of the value that starts at i.
 local function value(i)
 	local c = byte(raw, i)
 	if c == 34 then return str(i) end
@@ -297,45 +299,68 @@ local function value(i)
 	if not k then return nil end
 	return k - 1
 end
-local want = {lastActivity = true, idleTimeoutMs = true, expiresAtMs = true, userId = true}
-local at, n, close = {}, 0, nil
-local i = find(raw, '%S')
-if i and byte(raw, i) == 123 then
-	i = find(raw, '%S', i + 1)
+-- Fast path. A tail ',"idleTimeoutMs":N}' (or with ',"expiresAtMs":N'
+-- after it) is the object's last member; the anchored head match finds
+-- the first five members when their strings hold no quote or backslash.
+local idle, ends
+local p = find(raw, ',"idleTimeoutMs":', 1, true)
+if p then
+	idle = match(raw, '^(%d+)}%s*$', p + 17)
+	if not idle then
+		idle, ends = match(raw, '^(%d+),"expiresAtMs":(%d+)}%s*$', p + 17)
+	end
+end
+local uid, la1, la2 = match(raw, '^{"userId":("[^"\\]*"),"email":"[^"\\]*","role":"[^"\\]*","createdAt":"[^"\\]*","lastActivity":()"[^"\\]*"()')
+local slow = not uid
+if not idle then
+	slow = slow or find(raw, '"idleTimeoutMs"', 1, true) or find(raw, '"expiresAtMs"', 1, true)
+elseif not ends then
+	slow = slow or find(raw, '"expiresAtMs"', 1, true)
+end
+local la, close, n
+if slow then
+	-- Every top-level member, in order; remember the four names' values.
+	local at = {}
+	n = 0
+	local _, open = find(raw, '^%s*{%s*')
+	local i = open and open + 1
 	while i do
 		local c = byte(raw, i)
 		if c == 125 then close = i break end
-		if c == 44 then i = find(raw, '%S', i + 1) c = i and byte(raw, i) end
 		if c ~= 34 then break end
 		local ke = str(i)
 		if not ke then break end
-		local name = sub(raw, i + 1, ke - 1)
-		i = find(raw, '%S', ke + 1)
-		if not i or byte(raw, i) ~= 58 then break end
-		i = find(raw, '%S', i + 1)
-		if not i then break end
-		local ve = value(i)
+		local _, e = find(raw, '^%s*:%s*', ke + 1)
+		if not e then break end
+		local ve = value(e + 1)
 		if not ve then break end
-		if want[name] then at[name] = {i, ve} end
+		at[sub(raw, i + 1, ke - 1)] = {e + 1, ve}
 		n = n + 1
-		i = find(raw, '%S', ve + 1)
+		local sep
+		_, e, sep = find(raw, '^%s*([,}])', ve + 1)
+		if not e then break end
+		if sep == '}' then close = e break end
+		_, e = find(raw, '^%s*', e + 1)
+		i = e + 1
 	end
+	if not close then
+		return redis.error_reply('ERR stored session is not a JSON object')
+	end
+	local function text(name)
+		local v = at[name]
+		return v and sub(raw, v[1], v[2])
+	end
+	idle, ends, uid, la = text('idleTimeoutMs'), text('expiresAtMs'), text('userId'), at['lastActivity']
+else
+	la = {la1, la2 - 1}
 end
-if not close then
-	return redis.error_reply('ERR stored session is not a JSON object')
-end
-local function num(name)
-	local p = at[name]
-	if not p then return 0 end
-	return tonumber(sub(raw, p[1], p[2])) or 0
-end
-local ttl = num('idleTimeoutMs')
+local ttl = tonumber(idle) or 0
 if ttl <= 0 then
 	ttl = redis.call('PTTL', KEYS[1])
 end
-local ends = num('expiresAtMs')
-if ends > 0 then
-	local left = ends - tonumber(ARGV[2])
+local stop = tonumber(ends) or 0
+if stop > 0 then
+	local left = stop - tonumber(ARGV[2])
 	if left <= 0 then
 		redis.call('DEL', KEYS[1])
 		return 0
@@ -346,7 +371,6 @@ if ends > 0 then
 end
 local stamp = '"' .. ARGV[1] .. '"'
 local doc
-local la = at['lastActivity']
 if la then
 	doc = sub(raw, 1, la[1] - 1) .. stamp .. sub(raw, la[2] + 1)
 elseif n == 0 then
@@ -359,11 +383,7 @@ if ttl > 0 then
 else
 	redis.call('SET', KEYS[1], doc, 'KEEPTTL')
 end
-local uid = ''
-if at['userId'] then
-	uid = sub(raw, at['userId'][1], at['userId'][2])
-end
-return {1, uid, ttl}
+return {1, uid or '', ttl}
 `)
 
 // UpdateSessionActivity sets the session's LastActivity to now and

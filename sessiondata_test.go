@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -598,4 +599,55 @@ func TestLegacySessionsWalkIsBounded(t *testing.T) {
 	_, err = s.DestroyUserSessions(ctx, "u")
 	assert.ErrorIs(t, err, context.Canceled)
 	assert.Equal(t, int64(1), b.client.Exists(context.Background(), b.raw("session:orig-1")).Val())
+}
+
+// FuzzSessionTouch checks the activity script's scanner against the Go
+// reader on miniredis: after UpdateSessionActivity every top-level member
+// but lastActivity keeps its name and value bytes, in order, and
+// lastActivity holds the new time (added at the end when it was missing).
+func FuzzSessionTouch(f *testing.F) {
+	for _, seed := range []string{
+		originalServiceSession, `{}`, `{"lastActivity":1}`, ` { "a" : [ "]" , {"lastActivity":"x"} ] , "lastActivity" : null } `,
+		`{"userId":"u","email":"e","role":"r","createdAt":"c","lastActivity":"l","idleTimeoutMs":60000,"expiresAtMs":99999999999999}`,
+		`{"userId":"u\"","email":"e","role":"r","createdAt":"c","lastActivity":"l","x":{"idleTimeoutMs":5},"idleTimeoutMs":60000}`,
+	} {
+		f.Add(seed)
+	}
+	b := newBackend(f, "miniredis")
+	clock := &fixedClock{t: time.Date(2026, 11, 29, 7, 0, 0, 0, time.UTC)}
+	s := b.service(f, Options{Now: clock.now})
+	const stamp = `"2026-11-29T07:00:00.000Z"`
+	f.Fuzz(func(t *testing.T, raw string) {
+		doc, err := parseSessionDoc([]byte(raw))
+		if err != nil {
+			return
+		}
+		seen := map[string]bool{}
+		for _, m := range doc.members {
+			if seen[string(m.raw)] {
+				return // duplicate names: which one is "the" member is not defined
+			}
+			seen[string(m.raw)] = true
+		}
+		storeRaw(t, b, "fuzz", raw, time.Minute)
+		ok, err := s.UpdateSessionActivity(ctxT(t), "fuzz")
+		if err != nil || !ok {
+			return // e.g. an idleTimeoutMs Redis refuses, or an expiresAtMs in the past
+		}
+		after, err := parseSessionDoc([]byte(stored(t, b, "fuzz")))
+		require.NoError(t, err, "UpdateSessionActivity wrote invalid JSON for %s", raw)
+		want := slices.Clone(doc.members)
+		if !seen[`"lastActivity"`] {
+			want = append(want, member{name: "lastActivity", raw: []byte(`"lastActivity"`)})
+		}
+		require.Len(t, after.members, len(want), "members of %s", raw)
+		for i, m := range want {
+			assert.Equal(t, string(m.raw), string(after.members[i].raw), "member %d name", i)
+			if string(m.raw) == `"lastActivity"` {
+				assert.Equal(t, stamp, string(after.members[i].value))
+			} else {
+				assert.Equal(t, string(m.value), string(after.members[i].value), "member %s", m.raw)
+			}
+		}
+	})
 }

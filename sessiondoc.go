@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"time"
+	"unicode/utf8"
 )
 
 // A session is stored as one JSON object. This file reads and writes that
@@ -104,7 +105,7 @@ func parseSessionDoc(b []byte) (sessionDoc, error) {
 
 // decodeName decodes a member name given with its quotes.
 func decodeName(raw []byte) (string, error) {
-	if bytes.IndexByte(raw, '\\') < 0 {
+	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
 		return string(raw[1 : len(raw)-1]), nil
 	}
 	var name string
@@ -237,7 +238,7 @@ func (d *sessionDoc) legacy() bool {
 
 // decodeString decodes a JSON string (or null, leaving *dst alone).
 func decodeString(v []byte, dst *string) error {
-	if len(v) >= 2 && v[0] == '"' && bytes.IndexByte(v, '\\') < 0 {
+	if len(v) >= 2 && v[0] == '"' && bytes.IndexByte(v, '\\') < 0 && utf8.Valid(v) {
 		*dst = string(v[1 : len(v)-1])
 		return nil
 	}
