@@ -634,6 +634,9 @@ func FuzzSessionTouch(f *testing.F) {
 		if err != nil || !ok {
 			return // e.g. an idleTimeoutMs Redis refuses, or an expiresAtMs in the past
 		}
+		if b.client.Exists(ctxT(t), b.raw("session:fuzz")).Val() == 0 {
+			return // miniredis overflows a TTL of centuries into the past
+		}
 		after, err := parseSessionDoc([]byte(stored(t, b, "fuzz")))
 		require.NoError(t, err, "UpdateSessionActivity wrote invalid JSON for %s", raw)
 		want := slices.Clone(doc.members)
