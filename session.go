@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -447,7 +448,9 @@ func (s *Service) DestroySession(ctx context.Context, id string) (bool, error) {
 // [Options.LegacySessions] it also walks session:* to find the user's
 // sessions that are missing from the index or whose index entry has
 // lapsed (written or refreshed by the original service); see there for
-// the cost. Sessions created while it runs survive it.
+// the cost. When the walk fails part-way, the sessions found until then
+// are destroyed all the same and the error returned with the count.
+// Sessions created while it runs survive it.
 func (s *Service) DestroyUserSessions(ctx context.Context, userID string) (int64, error) {
 	const op = "destroyusersessions"
 	if userID == "" {
@@ -461,11 +464,10 @@ func (s *Service) DestroyUserSessions(ctx context.Context, userID string) (int64
 		return 0, err
 	}
 	all := ids
+	var walkErr error // the sessions found before a failed walk are destroyed all the same
 	if s.opts.LegacySessions {
-		found, err := s.scanUserSessions(ctx, op, userID)
-		if err != nil {
-			return 0, err
-		}
+		var found map[string][]byte
+		found, walkErr = s.scanUserSessions(ctx, op, userID)
 		all = slices.Clone(ids)
 		for id := range found {
 			if !slices.Contains(ids, id) {
@@ -474,11 +476,11 @@ func (s *Service) DestroyUserSessions(ctx context.Context, userID string) (int64
 		}
 	}
 	if len(all) == 0 {
-		return 0, nil
+		return 0, walkErr
 	}
 	n, err := s.delSessions(ctx, op, all)
 	if err != nil || len(ids) == 0 {
-		return n, err
+		return n, errors.Join(walkErr, err)
 	}
 	members := make([]any, len(ids))
 	for i, id := range ids {
@@ -488,7 +490,7 @@ func (s *Service) DestroyUserSessions(ctx context.Context, userID string) (int64
 	_, err = call(s, ctx, op, "user-sessions:"+userID, func(ctx context.Context) (int64, error) {
 		return s.rdb.ZRem(ctx, idx, members...).Result()
 	})
-	return n, err
+	return n, errors.Join(walkErr, err)
 }
 
 // delSessions deletes the sessions ids, pipelined one DEL each (they lie
