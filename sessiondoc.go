@@ -78,7 +78,7 @@ func parseSessionDoc(b []byte) (sessionDoc, error) {
 		return sessionDoc{}, errNotObject
 	}
 	var d sessionDoc
-	d.members = make([]member, 0, 12)
+	d.members = make([]member, 0, 16)
 	i = skipSpace(b, i+1)
 	if b[i] == '}' {
 		return d, nil
