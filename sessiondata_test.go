@@ -346,6 +346,8 @@ func TestUpdateSessionContract(t *testing.T) {
 		})
 		require.NoError(t, err)
 		require.True(t, ok)
+		assert.True(t, strings.HasSuffix(stored(t, b, id), `,"k":"v","idleTimeoutMs":60000}`),
+			"new Values go before this package's own trailing fields: %s", stored(t, b, id))
 		ok, err = s.UpdateSession(ctx, id, func(d *SessionData) error { d.Values["k"][1] = 'w'; return nil })
 		require.NoError(t, err)
 		require.True(t, ok)
@@ -364,7 +366,7 @@ func TestUpdateSessionContract(t *testing.T) {
 		})
 		assert.False(t, ok)
 		assert.ErrorIs(t, err, ErrConflict)
-		assert.Equal(t, 16, calls, "attempts before ErrConflict")
+		assert.Equal(t, sessionAttempts, calls, "attempts before ErrConflict")
 		assert.NotContains(t, stored(t, b, id), "changed@example.com")
 	})
 }
@@ -652,5 +654,53 @@ func FuzzSessionTouch(f *testing.F) {
 				assert.Equal(t, string(m.value), string(after.members[i].value), "member %s", m.raw)
 			}
 		}
+	})
+}
+
+func TestUpdateSessionKeepsARacingActivityUpdate(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		clock := &fixedClock{t: time.Date(2026, 11, 29, 7, 0, 0, 0, time.UTC)}
+		s := b.service(t, Options{Now: clock.now})
+		ctx := ctxT(t)
+		id := newSession(t, s, "u1", time.Minute)
+		touch := func() {
+			clock.mu.Lock()
+			clock.t = clock.t.Add(time.Second)
+			clock.mu.Unlock()
+			ok, err := s.UpdateSessionActivity(ctx, id)
+			require.NoError(t, err)
+			require.True(t, ok)
+		}
+
+		// An activity update between the read and the write is no conflict:
+		// the write goes ahead at once and keeps the newer lastActivity.
+		calls := 0
+		ok, err := s.UpdateSession(ctx, id, func(d *SessionData) error {
+			calls++
+			touch()
+			return incr(d, "n")
+		})
+		require.NoError(t, err)
+		require.True(t, ok)
+		assert.Equal(t, 1, calls, "attempts")
+		got, _, err := s.GetSession(ctx, id)
+		require.NoError(t, err)
+		assert.Equal(t, "1", string(got.Values["n"]))
+		assert.True(t, got.LastActivity.Equal(clock.now()), "LastActivity = %v; want the racing update's %v", got.LastActivity, clock.now())
+
+		// fn's own LastActivity wins over a racing one.
+		mine := time.Date(2030, 1, 2, 3, 4, 5, 6e6, time.UTC)
+		ok, err = s.UpdateSession(ctx, id, func(d *SessionData) error {
+			touch()
+			d.LastActivity = mine
+			return nil
+		})
+		require.NoError(t, err)
+		require.True(t, ok)
+		got, _, err = s.GetSession(ctx, id)
+		require.NoError(t, err)
+		assert.True(t, got.LastActivity.Equal(mine), "LastActivity = %v; want fn's %v", got.LastActivity, mine)
+		assert.Equal(t, "1", string(got.Values["n"]))
 	})
 }

@@ -253,8 +253,9 @@ func decodeTime(v []byte, dst *time.Time) error {
 // apply returns the document with data's changes from the stored session
 // old: a seven-field value that differs from old's is written anew, as are
 // Values entries added or changed; removed entries are dropped; every
-// other member keeps its bytes and place. New members go at the end. It
-// reports whether anything changed.
+// other member keeps its bytes and place. New members go at the end, but
+// before idleTimeoutMs and expiresAtMs when those are last. It reports
+// whether anything changed.
 func (d *sessionDoc) apply(old, data SessionData) ([]byte, bool, error) {
 	if err := checkValues(data.Values); err != nil {
 		return nil, false, err
@@ -305,17 +306,26 @@ func (d *sessionDoc) apply(old, data SessionData) ([]byte, bool, error) {
 	out := make([]byte, 0, 64+len(d.members)*32)
 	out = append(out, '{')
 	written := map[string]bool{}
-	for _, m := range d.members {
-		if removed[m.name] {
-			continue
+	keep := func(members []member) {
+		for _, m := range members {
+			if removed[m.name] {
+				continue
+			}
+			v := m.value
+			if nv, ok := changed[m.name]; ok {
+				v = nv
+				written[m.name] = true
+			}
+			out = appendMember(out, m.raw, v)
 		}
-		v := m.value
-		if nv, ok := changed[m.name]; ok {
-			v = nv
-			written[m.name] = true
-		}
-		out = appendMember(out, m.raw, v)
 	}
+	// New members go before this package's own members when those come
+	// last, where UpdateSessionActivity looks for them first.
+	tail := len(d.members)
+	for tail > 0 && (d.members[tail-1].name == fieldIdleTimeout || d.members[tail-1].name == fieldExpiresAt) {
+		tail--
+	}
+	keep(d.members[:tail])
 	// A seven-field member the stored object lacked, then new Values.
 	slices.Sort(added)
 	for _, name := range append([]string{fieldUserID, fieldEmail, fieldRole, fieldCreatedAt, fieldLastActivity, fieldIP, fieldUserAgent}, added...) {
@@ -324,6 +334,7 @@ func (d *sessionDoc) apply(old, data SessionData) ([]byte, bool, error) {
 			written[name] = true
 		}
 	}
+	keep(d.members[tail:])
 	return append(out, '}'), true, nil
 }
 

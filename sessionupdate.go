@@ -12,7 +12,7 @@ import (
 
 // sessionAttempts bounds the read-check-write attempts of UpdateSession
 // and RenewSessionID.
-const sessionAttempts = 16
+const sessionAttempts = 32
 
 // UpdateSession applies fn to the stored session and writes the result back atomically: a
 // concurrent update or destroy is never lost or undone (optimistic check-and-set, retried a
@@ -21,11 +21,13 @@ const sessionAttempts = 16
 //
 // Each attempt reads the session (one round trip), calls fn on a copy, and
 // writes only if the stored bytes are still those it read (a script, one
-// round trip); otherwise it pauses a few milliseconds at random and tries
-// again, at most 16 times, calling fn anew each time: fn must have no
-// other effects. When every attempt found the session changed (busy
-// UpdateSessionActivity calls count too), it fails with [ErrConflict]. The
-// whole call is bounded by ctx's deadline, or [Options.Timeout].
+// round trip); otherwise it pauses up to a few milliseconds at random and
+// tries again, at most 32 times, calling fn anew each time: fn must have
+// no other effects. A concurrent [Service.UpdateSessionActivity] alone is
+// not a conflict: the write goes ahead and keeps its lastActivity (unless
+// fn changed LastActivity itself). When every attempt found the session
+// changed otherwise, it fails with [ErrConflict]. The whole call is
+// bounded by ctx's deadline, or [Options.Timeout].
 //
 // Only what fn changed is written anew: a seven-field value that differs
 // (times as toISOString, milliseconds), and Values entries fn added,
@@ -107,7 +109,7 @@ func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*Session
 // order means a crash or failure part-way leaves both ids alive for a
 // moment (the old one until its TTL ends), never neither. When the old
 // session changed meanwhile (an update, UpdateSessionActivity), the new
-// key is deleted and it starts again, at most 16 times, then fails with
+// key is deleted and it starts again, at most 32 times, then fails with
 // [ErrConflict]; when it was destroyed meanwhile, the new key is deleted
 // too and the result is ("", false, nil). When only the last step fails,
 // it returns the new id, true and the error.
@@ -214,8 +216,13 @@ const (
 
 // sessionCASScript writes (ARGV[2] 'set': ARGV[3], keeping the TTL) or
 // deletes (ARGV[2] 'del') a session, only if its stored bytes are still
-// ARGV[1]. It returns 0 when the session is missing, -1 when it holds
-// other bytes, else {1, the session's PTTL afterwards}.
+// ARGV[1]. A write also goes ahead when the stored bytes differ from
+// ARGV[1] only in the top-level lastActivity value, in the layout both
+// services write (userId, email, role, createdAt, lastActivity first):
+// that is a concurrent UpdateSessionActivity, whose lastActivity is kept
+// unless ARGV[3] changes it too. It returns 0 when the session is
+// missing, -1 when it holds other bytes, else {1, the session's PTTL
+// afterwards}.
 //
 // KEYS[1]: the session.
 var sessionCASScript = redis.NewScript(`
@@ -223,14 +230,28 @@ local raw = redis.call('GET', KEYS[1])
 if not raw then
 	return 0
 end
+local doc = ARGV[3]
 if raw ~= ARGV[1] then
-	return -1
+	if ARGV[2] ~= 'set' then
+		return -1
+	end
+	local match, sub = string.match, string.sub
+	local head = '^{"userId":"[^"\\]*","email":"[^"\\]*","role":"[^"\\]*","createdAt":"[^"\\]*","lastActivity":()"[^"\\]*"()'
+	local r1, r2 = match(raw, head)
+	local w1, w2 = match(ARGV[1], head)
+	local n1, n2 = match(doc, head)
+	if not (r1 and w1 and n1) or sub(raw, 1, r1 - 1) ~= sub(ARGV[1], 1, w1 - 1) or sub(raw, r2) ~= sub(ARGV[1], w2) then
+		return -1
+	end
+	if sub(doc, n1, n2 - 1) == sub(ARGV[1], w1, w2 - 1) then
+		doc = sub(doc, 1, n1 - 1) .. sub(raw, r1, r2 - 1) .. sub(doc, n2)
+	end
 end
 if ARGV[2] == 'del' then
 	redis.call('DEL', KEYS[1])
 	return {1, -2}
 end
-redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
+redis.call('SET', KEYS[1], doc, 'KEEPTTL')
 return {1, redis.call('PTTL', KEYS[1])}
 `)
 
@@ -266,13 +287,13 @@ func (s *Service) runCAS(ctx context.Context, op, id string, was []byte, mode st
 }
 
 // pauseBeforeRetry waits before attempt (none before the first): a random
-// pause of up to 1, 2, 4, 8, then 16 ms, so that writers that collided
-// spread out. It fails when ctx ends first.
+// pause of up to 1, 2, 4, 8, 16, then 32 ms, so that writers that
+// collided spread out. It fails when ctx ends first.
 func (s *Service) pauseBeforeRetry(ctx context.Context, op string, attempt int) error {
 	if attempt == 0 {
 		return nil
 	}
-	d := rand.N(time.Millisecond << min(attempt-1, 4))
+	d := rand.N(time.Millisecond << min(attempt-1, 5))
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
