@@ -167,10 +167,11 @@ type Options struct {
 	// LegacySessions: the original service may still be writing sessions,
 	// which it never puts in a user index and whose TTL it resets to an
 	// hour. [Service.DestroyUserSessions] and [Service.UserSessions] then
-	// also find a user's sessions by walking session:* (SCAN on every
-	// master, 500 keys a step, each step bounded by Timeout) and reading
-	// each session found, one pipelined round trip per step: their cost
-	// grows with the number of sessions of all users, not the one user's.
+	// also find a user's sessions by walking session:* (SCAN with COUNT
+	// 500 on every master, each step bounded by Timeout when ctx has no
+	// deadline) and reading each session found, one pipelined round trip
+	// per step: their cost grows with the number of sessions of all users,
+	// not the one user's.
 	// Turn it off once the original service no longer writes sessions and
 	// every session it wrote has expired. The default is false.
 	LegacySessions bool
