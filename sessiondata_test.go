@@ -589,7 +589,7 @@ func TestLegacySessionsWalk(t *testing.T) {
 	})
 }
 
-func TestLegacySessionsWalkIsBounded(t *testing.T) {
+func TestLegacySessionsWalkStopsWithItsContext(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, "miniredis")
 	s := b.service(t, Options{LegacySessions: true})

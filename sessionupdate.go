@@ -39,8 +39,8 @@ const sessionAttempts = 32
 // reserved name or a value that is not valid JSON fails with
 // [ErrInvalidArgument] too, and so does a nil fn. When fn changes
 // nothing, nothing is written. It reports whether the session exists.
-// A session of the original service also joins its user's index (two
-// more round trips).
+// A session of the original service also joins its user's index (one
+// more round trip).
 func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*SessionData) error) (bool, error) {
 	const op = "updatesession"
 	switch {
