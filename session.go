@@ -36,7 +36,8 @@ type SessionData struct {
 	// writer (the original service) put there. The seven fields' names are
 	// never keys here, nor are "idleTimeoutMs" and "expiresAtMs"; each
 	// value must be one valid JSON value. GetSession returns nil when the
-	// session has no such fields.
+	// session has no such fields. encoding/json skips Values: the tags
+	// above name the stored fields, and these are stored beside them.
 	Values map[string]json.RawMessage `json:"-"`
 }
 
