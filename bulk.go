@@ -89,16 +89,22 @@ func (s *Service) MGet(ctx context.Context, keys ...string) (map[string]string, 
 // is one pipelined SET per key, sent in one round trip (per node): each
 // key is written atomically, but another client may see some keys written
 // before others. [NX] and [XX] are rejected with [ErrInvalidArgument],
-// since MSet could not say which keys were written. Every key and option
-// is checked before anything is sent.
+// since MSet could not say which keys were written. Every key, value (as
+// for [Service.Set]) and option is checked before anything is sent.
 func (s *Service) MSet(ctx context.Context, values map[string]any, opts ...SetOption) error {
 	const op = "mset"
 	var first string
-	for k := range values {
+	pairs := make([]any, 0, 2*len(values)) // key as stored, value as written
+	for k, v := range values {
 		if k == "" {
 			return invalid(op, k, ErrInvalidKey)
 		}
+		v, err := writable(v)
+		if err != nil {
+			return invalid(op, k, err)
+		}
 		first = k
+		pairs = append(pairs, s.key(k), v)
 	}
 	o, err := buildSetOptions(opts)
 	if err != nil {
@@ -112,16 +118,12 @@ func (s *Service) MSet(ctx context.Context, values map[string]any, opts ...SetOp
 	}
 	_, err = call(s, ctx, op, first, func(ctx context.Context) (struct{}, error) {
 		if !s.cluster && o == (setOptions{}) {
-			pairs := make([]any, 0, 2*len(values))
-			for k, v := range values {
-				pairs = append(pairs, s.key(k), v)
-			}
 			return struct{}{}, s.rdb.MSet(ctx, pairs...).Err()
 		}
 		args := o.args()
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for k, v := range values {
-				p.SetArgs(ctx, s.key(k), v, args)
+			for i := 0; i < len(pairs); i += 2 {
+				p.SetArgs(ctx, pairs[i].(string), pairs[i+1], args)
 			}
 			return nil
 		})

@@ -16,10 +16,25 @@
 //   - health checks, an HTTP health handler and counters
 //     ([Service.HealthCheck], [Service.HealthHandler], [Service.Stats]).
 //
-// Every method is safe for concurrent use, is bounded in time, and on
-// failure returns a safe fallback value (a miss, false, 0, an empty map, the
-// loader's result) together with an error, so that a Redis outage degrades a
-// product instead of breaking it. A miss is not an error.
+// Every method is safe for concurrent use, and on failure returns a safe
+// fallback value (a miss, false, 0, an empty map, the loader's result)
+// together with an error, so that a Redis outage degrades a product instead
+// of breaking it. A miss is not an error. Every Redis round trip is bounded
+// in time by the caller's deadline or [Options.Timeout], with two
+// exceptions: a [Cache] loader is bounded only by the caller's ctx, and
+// with [Options.AutoPipeline] a queued command is bounded by the socket
+// timeouts rather than the caller's deadline. While Redis is known to be
+// down, calls fail fast with [ErrUnavailable] (see [Service.IsConnected]).
+//
+// # Writable values
+//
+// [Service.Set], [Service.HSet] and [Service.MSet] take a value of type
+// any, written as go-redis writes it: nil (as ""), string, []byte, the
+// integer, float and bool types and pointers to them, time.Time (RFC 3339
+// with nanoseconds), time.Duration (nanoseconds), net.IP, or an
+// [encoding.BinaryMarshaler] (its bytes). Any other value, a struct
+// included, fails with [ErrInvalidArgument] before anything is sent or
+// queued; use [Service.SetJSON] for structs.
 //
 // Quick start:
 //

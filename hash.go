@@ -6,13 +6,18 @@ import (
 )
 
 // HSet sets field in the hash at key to value (anything go-redis can
-// write, as for [Service.Set]).
+// write, as for [Service.Set]; anything else fails with
+// [ErrInvalidArgument] before anything is sent).
 func (s *Service) HSet(ctx context.Context, key, field string, value any) error {
 	const op = "hset"
 	if key == "" {
 		return invalid(op, key, ErrInvalidKey)
 	}
-	_, err := call(s, ctx, op, key, func(ctx context.Context) (int64, error) {
+	value, err := writable(value)
+	if err != nil {
+		return invalid(op, key, err)
+	}
+	_, err = call(s, ctx, op, key, func(ctx context.Context) (int64, error) {
 		return s.hot.HSet(ctx, s.key(key), field, value).Result()
 	})
 	return err

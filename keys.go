@@ -2,6 +2,10 @@ package redisservice
 
 import (
 	"context"
+	"encoding"
+	"fmt"
+	"net"
+	"reflect"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -14,12 +18,13 @@ const (
 )
 
 // Set stores value at key with one SET command. value is anything
-// go-redis can write: string, []byte, numbers, bool, time.Time or an
-// [encoding.BinaryMarshaler]; use [Service.SetJSON] for structs. With NX
-// or XX it reports whether the condition held and the value was written;
-// otherwise it reports true on success. Invalid options fail with
-// [ErrInvalidTTL] or [ErrInvalidArgument] before anything is sent. On
-// error it returns false.
+// go-redis can write (see [Writable values]); use [Service.SetJSON] for
+// structs. With NX or XX it reports whether the condition held and the
+// value was written; otherwise it reports true on success. Invalid
+// options and values fail with [ErrInvalidTTL] or [ErrInvalidArgument]
+// before anything is sent. On error it returns false.
+//
+// [Writable values]: https://pkg.go.dev/github.com/vevurn/redisservice#hdr-Writable_values
 func (s *Service) Set(ctx context.Context, key string, value any, opts ...SetOption) (bool, error) {
 	const op = "set"
 	if key == "" {
@@ -29,7 +34,40 @@ func (s *Service) Set(ctx context.Context, key string, value any, opts ...SetOpt
 	if err != nil {
 		return false, invalid(op, key, err)
 	}
+	if value, err = writable(value); err != nil {
+		return false, invalid(op, key, err)
+	}
 	return s.set(ctx, op, key, value, o)
+}
+
+// writable returns value as go-redis will write it, or an error matching
+// ErrInvalidArgument for a value go-redis cannot write. It accepts what
+// go-redis's protocol writer accepts: nil (written as ""), string,
+// []byte, the integer, float and bool types and pointers to them,
+// time.Time, time.Duration and net.IP as they are, and an
+// [encoding.BinaryMarshaler], which it marshals here so that its failure
+// fails this call alone. Checking before anything is queued matters with
+// Options.AutoPipeline, where go-redis writes the commands of many callers
+// at once and one unwritable value would fail them all.
+func writable(value any) (any, error) {
+	switch v := value.(type) {
+	case nil, string, *string, []byte,
+		int, *int, int8, *int8, int16, *int16, int32, *int32, int64, *int64,
+		uint, *uint, uint8, *uint8, uint16, *uint16, uint32, *uint32, uint64, *uint64, uintptr, *uintptr,
+		float32, *float32, float64, *float64, bool, *bool,
+		time.Time, *time.Time, time.Duration, *time.Duration, net.IP:
+		return value, nil
+	case encoding.BinaryMarshaler:
+		if rv := reflect.ValueOf(v); rv.Kind() == reflect.Pointer && rv.IsNil() {
+			return nil, fmt.Errorf("%w: nil %T", ErrInvalidArgument, v)
+		}
+		b, err := v.MarshalBinary()
+		if err != nil {
+			return nil, fmt.Errorf("%w: %T: MarshalBinary: %w", ErrInvalidArgument, v, err)
+		}
+		return b, nil
+	}
+	return nil, fmt.Errorf("%w: cannot write a %T (use SetJSON, or implement encoding.BinaryMarshaler)", ErrInvalidArgument, value)
 }
 
 // set runs one SET with validated options and reports whether it wrote.
