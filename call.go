@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -128,10 +129,13 @@ func (s *Service) ok() {
 }
 
 // isConnError reports whether err says the connection, not the command,
-// failed. Redis's own error replies (WRONGTYPE, script errors) do not.
+// failed. Redis's own error replies (WRONGTYPE, script errors) do not,
+// nor a value that does not decode or that go-redis cannot write: the
+// caller's mistake says nothing about the connection.
 func isConnError(err error) bool {
 	var rerr redis.Error
-	return !errors.As(err, &rerr) && !errors.Is(err, ErrDecode)
+	return !errors.As(err, &rerr) && !errors.Is(err, ErrDecode) && !errors.Is(err, ErrInvalidArgument) &&
+		!strings.Contains(err.Error(), "redis: can't marshal")
 }
 
 // logFailure logs err at most once a second per operation; the rest are

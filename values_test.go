@@ -1,6 +1,7 @@
 package redisservice
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -162,3 +163,14 @@ func TestAutoPipelineUnwritableValueFailsNoOneElse(t *testing.T) {
 	})
 }
 
+// TestMarshalErrorIsNotAConnectionError: go-redis's own error for a value
+// it cannot write is the caller's mistake, not a connection failure.
+func TestMarshalErrorIsNotAConnectionError(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	err := b.client.Set(ctxT(t), "k", struct{ A int }{}, 0).Err()
+	require.ErrorContains(t, err, "can't marshal")
+	assert.False(t, isConnError(err), "isConnError(%v)", err)
+	assert.False(t, isConnError(invalid("set", "k", ErrInvalidArgument)))
+	assert.True(t, isConnError(context.DeadlineExceeded))
+}
