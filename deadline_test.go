@@ -3,9 +3,13 @@ package redisservice
 import (
 	"context"
 	"errors"
+	"math"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 type ctxKey struct{}
@@ -182,5 +186,25 @@ func BenchmarkBegin(b *testing.B) {
 				done()
 			}
 		})
+	}
+}
+
+// TestHugeTimeout: an Options.Timeout too large for deadline arithmetic
+// (math.MaxInt64) is taken as the largest one, not an overflow that
+// fails every call at once.
+func TestHugeTimeout(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	s := b.service(t, Options{Timeout: math.MaxInt64})
+	assert.Equal(t, MaxTimeout, s.opts.Timeout)
+	cctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for name, ctx := range map[string]context.Context{"Background": context.Background(), "cancellable": cctx} {
+		_, err := s.Set(ctx, "k", "v")
+		require.NoError(t, err, "Set with %s ctx", name)
+		v, found, err := s.Get(ctx, "k")
+		require.NoError(t, err, "Get with %s ctx", name)
+		assert.True(t, found)
+		assert.Equal(t, "v", v)
 	}
 }

@@ -13,6 +13,11 @@ import (
 // DefaultURL is used when neither [Options.URL] nor $REDIS_URL is set.
 const DefaultURL = "redis://localhost:6379"
 
+// MaxTimeout is the largest [Options.Timeout]: larger values are taken as
+// it. It leaves room to add the timeout to any instant of a process's life
+// without overflowing a time.Duration.
+const MaxTimeout = 100 * 365 * 24 * time.Hour
+
 // Options configures a [Service]. The zero value is valid: it dials
 // $REDIS_URL, or [DefaultURL] when that is unset, with the defaults below.
 type Options struct {
@@ -78,7 +83,9 @@ type Options struct {
 	// instead of a timer each, so their bound is Timeout plus at most one
 	// slot.
 	// It is also the socket read and write timeout of a dialled client.
-	// The default value is 3s.
+	// The default value is 3s. A value above [MaxTimeout] is taken as
+	// MaxTimeout, so that math.MaxInt64 means "practically unbounded"
+	// instead of a deadline that overflows.
 	Timeout time.Duration
 
 	// DialTimeout bounds establishing one connection of a dialled client.
@@ -196,6 +203,7 @@ func (o Options) withDefaults() Options {
 	if o.Timeout == 0 {
 		o.Timeout = 3 * time.Second
 	}
+	o.Timeout = min(o.Timeout, MaxTimeout)
 	if o.DialTimeout == 0 {
 		o.DialTimeout = 2 * time.Second
 	}
