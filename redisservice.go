@@ -2,11 +2,8 @@ package redisservice
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -137,60 +134,6 @@ func clientSideCache(ro *redis.Options, opts Options) error {
 		MaxStaleness: opts.ClientSideCacheMaxStaleness,
 	}
 	return nil
-}
-
-// parseURL parses a redis:// or rediss:// URL. Its errors never contain
-// the URL's password.
-func parseURL(raw string) (*redis.Options, error) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
-		return nil, fmt.Errorf("%w: URL %s: %s", ErrInvalidArgument, redactURL(raw), redactIn(err.Error(), raw))
-	}
-	if u.Scheme != "redis" && u.Scheme != "rediss" {
-		return nil, fmt.Errorf("%w: URL %s: scheme %q is not redis or rediss", ErrInvalidArgument, redactURL(raw), u.Scheme)
-	}
-	ro, err := redis.ParseURL(raw)
-	if err != nil {
-		return nil, fmt.Errorf("%w: URL %s: %s", ErrInvalidArgument, redactURL(raw), redactIn(err.Error(), raw))
-	}
-	return ro, nil
-}
-
-// redactURL returns raw with everything between "://" and the last "@"
-// of the authority replaced, so that no part of a password survives even
-// when the URL is malformed.
-func redactURL(raw string) string {
-	rest, scheme := raw, ""
-	if i := strings.Index(raw, "://"); i >= 0 {
-		scheme, rest = raw[:i+3], raw[i+3:]
-	}
-	if at := strings.LastIndex(rest, "@"); at >= 0 {
-		return scheme + "xxxxx@" + rest[at+1:]
-	}
-	return scheme + rest
-}
-
-// redactIn removes from msg the user-info part of raw and every piece of
-// it, since parse errors quote fragments of their input.
-func redactIn(msg, raw string) string {
-	rest := raw
-	if i := strings.Index(raw, "://"); i >= 0 {
-		rest = raw[i+3:]
-	}
-	at := strings.LastIndex(rest, "@")
-	if at < 0 {
-		return msg
-	}
-	userinfo := rest[:at]
-	msg = strings.ReplaceAll(msg, userinfo, "xxxxx")
-	for _, part := range strings.FieldsFunc(userinfo, func(r rune) bool { return r == ':' || r == '@' || r == '/' }) {
-		msg = strings.ReplaceAll(msg, part, "xxxxx")
-	}
-	return msg
 }
 
 // Connect checks that Redis answers a PING within the call's bound. It
