@@ -1,15 +1,21 @@
 package redisservice
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestFlushAll(t *testing.T) {
@@ -51,7 +57,7 @@ func TestHealth(t *testing.T) {
 		if err := json.Unmarshal(rec.Body.Bytes(), &rep); err != nil {
 			t.Fatalf("health body %q: %v", rec.Body, err)
 		}
-		if rec.Code != http.StatusOK || rep.Status != "ok" || rep.LatencyMS < 0 {
+		if rec.Code != http.StatusOK || rep.Status != "ok" || rep.LatencyMS <= 0 {
 			t.Errorf("HealthHandler = %d %+v; want 200 ok", rec.Code, rep)
 		}
 		if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
@@ -99,5 +105,47 @@ func TestStatsCountHitsAndMisses(t *testing.T) {
 	}
 	if st.Pool.TotalConns == 0 {
 		t.Errorf("Stats.Pool = %+v; want the pool's figures", st.Pool)
+	}
+}
+
+// TestHealthHandlerHidesTheCause: the 503 body says only that Redis is
+// unavailable and how long the check took; the cause (an address, a
+// server's reply) goes to the logger.
+func TestHealthHandlerHidesTheCause(t *testing.T) {
+	t.Parallel()
+	srv := startRedisServer(t, "--requirepass", "right-pw")
+	refused := startRedisServer(t)
+	refused.kill()
+	for _, c := range []struct {
+		name, url string
+		detail    []string // in the log line, never in the body
+	}{
+		{"refused", refused.url(), []string{"connection refused", refused.addr()}},
+		{"wrong password", "redis://:wrong-pw@" + srv.addr(), []string{"WRONGPASS"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			logs := &syncWriter{w: new(bytes.Buffer)}
+			s, err := New(Options{URL: c.url, Timeout: time.Second, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+			require.NoError(t, err)
+			t.Cleanup(func() { s.Close() })
+			rec := httptest.NewRecorder()
+			start := time.Now()
+			s.HealthHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+			took := time.Since(start)
+
+			require.Equal(t, http.StatusServiceUnavailable, rec.Code)
+			var body map[string]any
+			require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &body), "body %s", rec.Body)
+			assert.Equal(t, "unavailable", body["status"])
+			assert.ElementsMatch(t, []string{"status", "latencyMs"}, slices.Collect(maps.Keys(body)), "body %s", rec.Body)
+			ms, ok := body["latencyMs"].(float64)
+			assert.True(t, ok && ms > 0 && ms <= float64(took.Microseconds())/1000, "latencyMs %v; want in (0, %v]", body["latencyMs"], took)
+			for _, d := range c.detail {
+				assert.NotContains(t, rec.Body.String(), d)
+				assert.Contains(t, logs.String(), d, "the log line of the failed check")
+			}
+			assert.NotContains(t, rec.Body.String(), "127.0.0.1")
+			assert.NotContains(t, logs.String(), "wrong-pw")
+		})
 	}
 }
