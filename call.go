@@ -84,7 +84,7 @@ func try[T any](s *Service, caller context.Context, op, key string, fn func(ctx 
 func (s *Service) fail(caller context.Context, op, key string, err error) error {
 	if errors.Is(err, ErrClosed) || (s.closed.Load() && errors.Is(err, redis.ErrClosed)) {
 		s.stats.fallbacks.Add(1)
-		return fmt.Errorf("redisservice: %s %q: %w", op, key, ErrClosed)
+		return wrapOp(op, key, ErrClosed)
 	}
 	s.stats.errors.Add(1)
 	s.stats.fallbacks.Add(1)
@@ -101,7 +101,7 @@ func (s *Service) fail(caller context.Context, op, key string, err error) error 
 		s.markDown()
 	}
 	s.logFailure(caller, op, key, err)
-	return fmt.Errorf("redisservice: %s %q: %w", op, key, err)
+	return wrapOp(op, key, err)
 }
 
 // ctxErr is ctx.Err(), also in the instant between the socket deadline
@@ -118,7 +118,7 @@ func ctxErr(ctx context.Context) error {
 
 // invalid wraps a validation error. Nothing was sent to Redis.
 func invalid(op, key string, err error) error {
-	return fmt.Errorf("redisservice: %s %q: %w", op, key, err)
+	return wrapOp(op, key, err)
 }
 
 // ok records that Redis answered, which proves the connection works.

@@ -1,6 +1,10 @@
 package redisservice
 
-import "errors"
+import (
+	"errors"
+	"strconv"
+	"strings"
+)
 
 // Sentinel errors. Test for them with [errors.Is]: the errors returned by
 // [Service] methods wrap them together with the operation and key.
@@ -43,3 +47,24 @@ var (
 	// destination (bad JSON or a type mismatch). The wrapped error says why.
 	ErrDecode = errors.New("redisservice: stored value does not decode")
 )
+
+// opError is the error of one call: the operation and the caller's key
+// (or its redacted form) around the cause. It names the package once,
+// `redisservice: set "k": invalid argument: NX with XX`, dropping the
+// prefix of a sentinel's own text, and unwraps to the cause, so that
+// [errors.Is] finds the sentinels, context errors and go-redis errors.
+type opError struct {
+	op, key string
+	err     error
+}
+
+// wrapOp builds every error that a call returns.
+func wrapOp(op, key string, err error) error {
+	return &opError{op: op, key: key, err: err}
+}
+
+func (e *opError) Error() string {
+	return "redisservice: " + e.op + " " + strconv.Quote(e.key) + ": " + strings.TrimPrefix(e.err.Error(), "redisservice: ")
+}
+
+func (e *opError) Unwrap() error { return e.err }
