@@ -2,6 +2,8 @@ package redisservice
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 
@@ -27,9 +29,9 @@ const (
 // and deletes with one single-key UNLINK per key, pipelined, since keys
 // of one node lie in different slots. Each SCAN and UNLINK round trip is
 // bounded by [Options.Timeout] when ctx has no deadline; the walk as a
-// whole only by ctx. The count is exact: a key that SCAN reports twice,
-// or that expires or is deleted by someone else meanwhile, is not
-// counted. Keys written during the walk may or may not be deleted.
+// whole only by ctx. On success the count is exact: a key that SCAN
+// reports twice, or that expires or is deleted by someone else meanwhile,
+// is not counted. Keys written during the walk may or may not be deleted.
 //
 // The pattern goes to Redis as it is, in Redis's glob syntax: * ? [abc]
 // [^a] [a-z] and \ to escape. Redis also takes odd patterns without an
@@ -38,7 +40,10 @@ const (
 // differs there: it panics on [z-a] and a trailing \ matches nothing.)
 //
 // An empty pattern fails with [ErrInvalidKey]. On error InvalidatePattern
-// returns how many keys it deleted before the failure.
+// returns how many keys it knows it deleted before the failure, and its
+// error says so ("deleted at least 1000 keys, then: …"): a lower bound,
+// since an UNLINK whose reply was lost (a timeout, a broken connection)
+// may still have run.
 func (s *Service) InvalidatePattern(ctx context.Context, pattern string) (int64, error) {
 	const op = "invalidatepattern"
 	if pattern == "" {
@@ -78,10 +83,18 @@ func (s *Service) InvalidatePattern(ctx context.Context, pattern string) (int64,
 		}
 	}
 	err := s.eachMaster(ctx, walk)
-	if err != nil && !stepFailed.Load() {
+	n := deleted.Load()
+	if err == nil {
+		return n, nil
+	}
+	if !stepFailed.Load() {
 		err = s.fail(ctx, op, pattern, err) // finding the masters failed
 	}
-	return deleted.Load(), err
+	var oe *opError
+	if errors.As(err, &oe) {
+		err = oe.err // counted and logged already; reworded below
+	}
+	return n, wrapOp(op, pattern, fmt.Errorf("deleted at least %d keys, then: %w", n, err))
 }
 
 // unlink deletes keys, given as stored (with the prefix), in batches and

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +16,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // fillKeys writes each key (as stored, with any prefix) with value 1, in
@@ -469,4 +473,58 @@ func TestInvalidatePatternPartialFailure(t *testing.T) {
 			t.Errorf("%d keys left; want %d: the count must be exactly what was deleted", left, n-want)
 		}
 	})
+}
+
+// TestInvalidatePatternCountAfterAFailure stalls the server (DEBUG SLEEP)
+// in the middle of a walk: the call fails with a deadline error, and the
+// count it returns, which its error states as a lower bound, is at most
+// the number of keys that are gone (an UNLINK that timed out may still
+// have run).
+func TestInvalidatePatternCountAfterAFailure(t *testing.T) {
+	t.Parallel()
+	srv := startRedisServer(t)
+	s, err := New(Options{URL: srv.url(), Timeout: 300 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	raw := redis.NewClient(&redis.Options{Addr: srv.addr(), ReadTimeout: 10 * time.Second})
+	t.Cleanup(func() { raw.Close() })
+	ctx := context.Background()
+
+	const total = 100_000
+	for attempt := 1; ; attempt++ {
+		for i := 0; i < total; i += 5000 {
+			_, err := raw.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for j := i; j < i+5000; j++ {
+					p.Set(ctx, "inv:"+strconv.Itoa(j), "v", 0)
+				}
+				return nil
+			})
+			require.NoError(t, err)
+		}
+		type result struct {
+			n   int64
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			n, err := s.InvalidatePattern(ctx, "inv:*")
+			done <- result{n, err}
+		}()
+		for raw.DBSize(ctx).Val() == total {
+			time.Sleep(100 * time.Microsecond)
+		}
+		require.NoError(t, raw.Do(ctx, "DEBUG", "SLEEP", "1").Err())
+		r := <-done
+		if r.err == nil && attempt < 3 {
+			// The walk ended before the server slept: try again.
+			continue
+		}
+		require.ErrorIs(t, r.err, context.DeadlineExceeded)
+		gone := total - raw.DBSize(ctx).Val()
+		t.Logf("InvalidatePattern = %d, %v; %d keys gone", r.n, r.err, gone)
+		assert.LessOrEqual(t, r.n, gone)
+		assert.Contains(t, r.err.Error(), fmt.Sprintf("deleted at least %d keys", r.n))
+		assert.Equal(t, 1, strings.Count(r.err.Error(), "redisservice"), "error %q", r.err)
+		return
+	}
 }
