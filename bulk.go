@@ -13,8 +13,10 @@ import (
 // no-op. On error it returns 0.
 func (s *Service) Del(ctx context.Context, keys ...string) (int64, error) {
 	const op = "del"
-	if err := checkKeys(keys); err != nil {
-		return 0, invalid(op, firstKey(keys), err)
+	for _, k := range keys {
+		if err := s.checkWriteKey(k); err != nil {
+			return 0, invalid(op, k, err)
+		}
 	}
 	if len(keys) == 0 {
 		return 0, nil
@@ -96,8 +98,8 @@ func (s *Service) MSet(ctx context.Context, values map[string]any, opts ...SetOp
 	var first string
 	pairs := make([]any, 0, 2*len(values)) // key as stored, value as written
 	for k, v := range values {
-		if k == "" {
-			return invalid(op, k, ErrInvalidKey)
+		if err := s.checkWriteKey(k); err != nil {
+			return invalid(op, k, err)
 		}
 		v, err := writable(v)
 		if err != nil {

@@ -10,8 +10,8 @@ import (
 // [ErrInvalidArgument] before anything is sent).
 func (s *Service) HSet(ctx context.Context, key, field string, value any) error {
 	const op = "hset"
-	if key == "" {
-		return invalid(op, key, ErrInvalidKey)
+	if err := s.checkWriteKey(key); err != nil {
+		return invalid(op, key, err)
 	}
 	value, err := writable(value)
 	if err != nil {
@@ -59,8 +59,8 @@ func (s *Service) HGetAll(ctx context.Context, key string) (map[string]string, e
 // At least one field is required. On error it returns 0.
 func (s *Service) HDel(ctx context.Context, key string, fields ...string) (int64, error) {
 	const op = "hdel"
-	if key == "" {
-		return 0, invalid(op, key, ErrInvalidKey)
+	if err := s.checkWriteKey(key); err != nil {
+		return 0, invalid(op, key, err)
 	}
 	if len(fields) == 0 {
 		return 0, invalid(op, key, fmt.Errorf("%w: no fields", ErrInvalidArgument))

@@ -13,8 +13,8 @@ import (
 // marshal fails before anything is sent.
 func (s *Service) SetJSON(ctx context.Context, key string, v any, opts ...SetOption) (bool, error) {
 	const op = "setjson"
-	if key == "" {
-		return false, invalid(op, key, ErrInvalidKey)
+	if err := s.checkWriteKey(key); err != nil {
+		return false, invalid(op, key, err)
 	}
 	o, err := buildSetOptions(opts)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"reflect"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -27,8 +28,8 @@ const (
 // [Writable values]: https://pkg.go.dev/github.com/vevurn/redisservice#hdr-Writable_values
 func (s *Service) Set(ctx context.Context, key string, value any, opts ...SetOption) (bool, error) {
 	const op = "set"
-	if key == "" {
-		return false, invalid(op, key, ErrInvalidKey)
+	if err := s.checkWriteKey(key); err != nil {
+		return false, invalid(op, key, err)
 	}
 	o, err := buildSetOptions(opts)
 	if err != nil {
@@ -38,6 +39,31 @@ func (s *Service) Set(ctx context.Context, key string, value any, opts ...SetOpt
 		return false, invalid(op, key, err)
 	}
 	return s.set(ctx, op, key, value, o)
+}
+
+// reservedKey reports whether the caller's key k lies in a namespace the
+// Service keeps for its own keys: sessions ("session:<id>", the key the
+// original service uses), their per-user index and rate-limit counters.
+// A feature that stores keys of its own adds its prefix here.
+func reservedKey(k string) bool {
+	for _, p := range [...]string{"session:", "user-sessions:", "ratelimit:"} {
+		if strings.HasPrefix(k, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkWriteKey accepts a key that a caller may write or delete: not
+// empty, and not reserved unless Options.AllowReservedKeys.
+func (s *Service) checkWriteKey(k string) error {
+	switch {
+	case k == "":
+		return ErrInvalidKey
+	case !s.opts.AllowReservedKeys && reservedKey(k):
+		return fmt.Errorf("%w: %s… is reserved for the Service's own keys (Options.AllowReservedKeys)", ErrInvalidKey, k[:strings.IndexByte(k, ':')+1])
+	}
+	return nil
 }
 
 // writable returns value as go-redis will write it, or an error matching
@@ -131,8 +157,8 @@ func (s *Service) Exists(ctx context.Context, key string) (bool, error) {
 // itself would delete it). On error it returns false.
 func (s *Service) Expire(ctx context.Context, key string, ttl time.Duration) (bool, error) {
 	const op = "expire"
-	if key == "" {
-		return false, invalid(op, key, ErrInvalidKey)
+	if err := s.checkWriteKey(key); err != nil {
+		return false, invalid(op, key, err)
 	}
 	if err := checkTTL(ttl); err != nil {
 		return false, invalid(op, key, err)

@@ -76,6 +76,15 @@ type Options struct {
 	// FlushAll returns [ErrFlushDisabled].
 	AllowFlushAll bool
 
+	// AllowReservedKeys lets the calls that write or delete a key the
+	// caller names (Set, SetJSON, MSet, HSet, HDel, Expire, Del) touch the
+	// namespaces the Service keeps for its own keys: "session:",
+	// "user-sessions:" and "ratelimit:" (after KeyPrefix). The default is
+	// false: they fail with [ErrInvalidKey], so that a key name built from
+	// user input cannot forge a session or break a rate limiter. Set it
+	// for migrations and tools that must write those keys.
+	AllowReservedKeys bool
+
 	// Timeout bounds every call whose context has no deadline, retries
 	// and pool waits included. A caller's own deadline is used as it is.
 	// Calls whose context can never end (context.Background, or values
