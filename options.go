@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -25,15 +26,16 @@ type Options struct {
 	// and /db, e.g. "rediss://app:secret@cache.internal:6380/2". Query
 	// parameters understood by [redis.ParseURL] (dial_timeout, pool_size, …)
 	// are honoured. The default value is $REDIS_URL, then [DefaultURL].
-	// Ignored when Client is set.
+	// New refuses it together with Client.
 	URL string
 
 	// Client, when non-nil, is used instead of dialling URL: a
 	// *redis.Client, *redis.ClusterClient or a Sentinel-backed client. The
 	// caller keeps ownership: [Service.Close] never closes it. The
-	// connection options below (TLSConfig, DialTimeout, PoolSize,
-	// PoolTimeout, MaxRetries, AutoPipeline, ClientSideCache) then do not
-	// apply; set them on the client. For the caller's deadlines to reach the socket, the client
+	// connection options (URL, TLSConfig, DialTimeout, PoolSize,
+	// PoolTimeout, MaxRetries, AutoPipeline, ClientSideCache and its two
+	// settings) then do not apply, and New refuses them with
+	// [ErrInvalidArgument]: set them on the client. For the caller's deadlines to reach the socket, the client
 	// should have ContextTimeoutEnabled set.
 	Client redis.UniversalClient
 
@@ -235,6 +237,39 @@ func (o Options) withDefaults() Options {
 		o.Now = time.Now
 	}
 	return o
+}
+
+// ignoredWithClient reports the options, set by the caller, that New would
+// ignore because o.Client is set. It runs before withDefaults, so that a
+// URL taken from $REDIS_URL does not count.
+func (o Options) ignoredWithClient() error {
+	if o.Client == nil {
+		return nil
+	}
+	var set []string
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"URL", o.URL != ""},
+		{"TLSConfig", o.TLSConfig != nil},
+		{"DialTimeout", o.DialTimeout != 0},
+		{"PoolSize", o.PoolSize != 0},
+		{"PoolTimeout", o.PoolTimeout != 0},
+		{"MaxRetries", o.MaxRetries != 0},
+		{"AutoPipeline", o.AutoPipeline},
+		{"ClientSideCache", o.ClientSideCache},
+		{"ClientSideCacheEntries", o.ClientSideCacheEntries != 0},
+		{"ClientSideCacheMaxStaleness", o.ClientSideCacheMaxStaleness != 0},
+	} {
+		if f.set {
+			set = append(set, f.name)
+		}
+	}
+	if len(set) > 0 {
+		return fmt.Errorf("%w: %s only apply to a client that New dials, not to Options.Client: set them on that client", ErrInvalidArgument, strings.Join(set, ", "))
+	}
+	return nil
 }
 
 // validate reports the first option that cannot work.

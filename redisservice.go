@@ -48,8 +48,14 @@ type Service struct {
 // When opts.Client is nil, New dials opts.URL (see [Options.URL]), or the
 // master that the sentinels of [Options.SentinelMaster] name, and the
 // Service owns that client: [Service.Close] closes it. A client passed in
-// opts.Client stays the caller's to close.
+// opts.Client stays the caller's to close; the options that only shape a
+// dialled client (URL, TLSConfig, DialTimeout, PoolSize, PoolTimeout,
+// MaxRetries, AutoPipeline, ClientSideCache*) must then be left unset, or
+// New fails with [ErrInvalidArgument] rather than ignore them.
 func New(opts Options) (*Service, error) {
+	if err := opts.ignoredWithClient(); err != nil {
+		return nil, err
+	}
 	opts = opts.withDefaults()
 	if err := opts.validate(); err != nil {
 		return nil, err

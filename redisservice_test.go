@@ -3,6 +3,7 @@ package redisservice
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestNewURL(t *testing.T) {
@@ -392,4 +395,37 @@ func (w *syncWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.w.Write(p)
+}
+
+// TestNewRefusesOptionsItWouldIgnore: with Options.Client, the dial and
+// pool options would silently not apply; New says so instead. (Not
+// parallel: it sets $REDIS_URL.)
+func TestNewRefusesOptionsItWouldIgnore(t *testing.T) {
+	b := newBackend(t, "miniredis")
+	ignored := map[string]Options{
+		"URL":                         {URL: "redis://other:6379"},
+		"AutoPipeline":                {AutoPipeline: true},
+		"ClientSideCache":             {ClientSideCache: true},
+		"ClientSideCacheEntries":      {ClientSideCacheEntries: 5},
+		"ClientSideCacheMaxStaleness": {ClientSideCacheMaxStaleness: time.Second},
+		"TLSConfig":                   {TLSConfig: &tls.Config{}},
+		"DialTimeout":                 {DialTimeout: time.Second},
+		"PoolSize":                    {PoolSize: 3},
+		"PoolTimeout":                 {PoolTimeout: time.Second},
+		"MaxRetries":                  {MaxRetries: -1},
+	}
+	for name, opts := range ignored {
+		opts.Client = b.client
+		s, err := New(opts)
+		if !assert.ErrorIs(t, err, ErrInvalidArgument, "New with Client and %s", name) {
+			s.Close()
+			continue
+		}
+		assert.ErrorContains(t, err, name)
+	}
+	// $REDIS_URL is a default, not the caller's choice: it does not count.
+	t.Setenv("REDIS_URL", "redis://from-env:6379")
+	s, err := New(Options{Client: b.client, Timeout: time.Second, KeyPrefix: "p:"})
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
 }
