@@ -37,7 +37,7 @@ func (s *Service) skipWhileDown(op, key string) error {
 	if s.closed.Load() || !s.unavailable() {
 		return nil
 	}
-	return s.fail(nil, op, key, ErrUnavailable)
+	return s.fail(context.Background(), op, key, ErrUnavailable)
 }
 
 // markDown records that a call found Redis unreachable and starts the

@@ -328,7 +328,7 @@ func TestClusterWithAMasterDown(t *testing.T) {
 			return errors.New("not ok yet")
 		}
 		return nil
-	}) != nil || len(cc.ClusterSlots(ctx).Val()) != 3 {
+	}) != nil || len(cc.ClusterShards(ctx).Val()) != 3 {
 		if time.Now().After(deadline) {
 			t.Fatal("cluster never reached cluster_state:ok")
 		}

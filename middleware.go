@@ -11,6 +11,8 @@ import (
 	"time"
 )
 
+//lint:file-ignore ST1005 the validation errors start with the field's name (Limit, Window)
+
 // RateLimitConfig configures [Service.RateLimitMiddleware]. Limit and
 // Window are required; every other field has a working zero value.
 type RateLimitConfig struct {

@@ -157,8 +157,8 @@ func (s *Service) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
 	}
+	s.bgMu.Lock() // goBackground checks closed under bgMu: no goroutine starts after this
 	s.bgCancel()
-	s.bgMu.Lock() // no goroutine starts after this point
 	s.bgMu.Unlock()
 	s.bg.Wait()
 	s.connected.Store(false)

@@ -83,7 +83,6 @@ func TestCacheStampede(t *testing.T) {
 		var ready, done sync.WaitGroup
 		gate := make(chan struct{})
 		ready.Add(callers)
-		start := time.Now()
 		for range callers {
 			done.Go(func() {
 				ready.Done()
@@ -94,7 +93,7 @@ func TestCacheStampede(t *testing.T) {
 			})
 		}
 		ready.Wait()
-		start = time.Now()
+		start := time.Now()
 		close(gate)
 		done.Wait()
 		return loads.Load(), time.Since(start)
