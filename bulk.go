@@ -22,21 +22,38 @@ func (s *Service) Del(ctx context.Context, keys ...string) (int64, error) {
 		return 0, nil
 	}
 	return call(s, ctx, op, firstKey(keys), func(ctx context.Context) (int64, error) {
-		if !s.cluster || len(keys) == 1 {
-			return s.rdb.Del(ctx, s.keys(keys)...).Result()
-		}
-		cmds, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, k := range keys {
-				p.Del(ctx, s.key(k))
-			}
-			return nil
-		})
-		var n int64
-		for _, c := range cmds {
-			n += c.(*redis.IntCmd).Val()
-		}
-		return n, err
+		return s.deleteKeys(ctx, false, s.keys(keys))
 	})
+}
+
+// deleteKeys deletes keys, given as stored (with the prefix), with DEL,
+// or UNLINK when unlink is set, and returns how many existed. On a single
+// node it is one command; on Redis Cluster, where the keys may lie in
+// different slots, one pipelined single-key command per key, one round
+// trip per node. When the pipeline fails, the count is the sum of the
+// replies that arrived: a lower bound.
+func (s *Service) deleteKeys(ctx context.Context, unlink bool, keys []string) (int64, error) {
+	if !s.cluster || len(keys) == 1 {
+		if unlink {
+			return s.rdb.Unlink(ctx, keys...).Result()
+		}
+		return s.rdb.Del(ctx, keys...).Result()
+	}
+	cmds, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			if unlink {
+				p.Unlink(ctx, k)
+			} else {
+				p.Del(ctx, k)
+			}
+		}
+		return nil
+	})
+	var n int64
+	for _, c := range cmds {
+		n += c.(*redis.IntCmd).Val()
+	}
+	return n, err
 }
 
 // MGet returns the string values of the keys that exist; missing keys

@@ -107,21 +107,8 @@ func (s *Service) unlink(ctx context.Context, op, pattern string, keys []string)
 		keys = keys[len(batch):]
 		var n int64
 		_, err := call(s, ctx, op, pattern, func(ctx context.Context) (struct{}, error) {
-			if !s.cluster {
-				var err error
-				n, err = s.rdb.Unlink(ctx, batch...).Result()
-				return struct{}{}, err
-			}
-			// A multi-key UNLINK across slots fails with CROSSSLOT.
-			cmds, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-				for _, k := range batch {
-					p.Unlink(ctx, k)
-				}
-				return nil
-			})
-			for _, c := range cmds {
-				n += c.(*redis.IntCmd).Val()
-			}
+			var err error
+			n, err = s.deleteKeys(ctx, true, batch) // n survives call's zero value on error
 			return struct{}{}, err
 		})
 		total += n
