@@ -17,19 +17,6 @@ import (
 // (the documented few milliseconds, with room for a loaded machine).
 const cscInvalidationBound = 100 * time.Millisecond
 
-// dialled returns a Service that dials url itself with opts, closed at
-// cleanup.
-func dialled(t testing.TB, url string, opts Options) *Service {
-	t.Helper()
-	opts.URL = url
-	s, err := New(opts)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	return s
-}
-
 func TestAutoPipelineConcurrentCallers(t *testing.T) {
 	t.Parallel()
 	urls := map[string]string{"miniredis": "redis://" + miniredis.RunT(t).Addr()}

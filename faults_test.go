@@ -23,16 +23,6 @@ import (
 // which they kill, stall and restart. README.md "Behaviour under failure"
 // lists what they prove.
 
-// within fails the test when fn takes longer than d.
-func within(t *testing.T, d time.Duration, what string, fn func()) {
-	t.Helper()
-	start := time.Now()
-	fn()
-	if took := time.Since(start); took > d {
-		t.Errorf("%s took %v; want at most %v", what, took, d)
-	}
-}
-
 func TestRedisDownAtStart(t *testing.T) {
 	t.Parallel()
 	startRedisServer(t) // only to skip where redis-server is missing, like the other fault tests
@@ -169,30 +159,6 @@ func TestRedisKilledDuringLoadAndRestarted(t *testing.T) {
 	}
 	if err := s.Close(); err != nil {
 		t.Errorf("Close = %v", err)
-	}
-}
-
-// stall makes srv sleep for d in DEBUG SLEEP, from a connection of its
-// own, and returns once the server is busy.
-func stall(t *testing.T, srv *redisServer, d time.Duration) {
-	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: srv.addr(), ReadTimeout: d + 5*time.Second})
-	t.Cleanup(func() { c.Close() })
-	if err := c.Ping(context.Background()).Err(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		_ = c.Do(context.Background(), "DEBUG", "SLEEP", strconv.FormatFloat(d.Seconds(), 'f', 3, 64)).Err()
-	}()
-	// The server is busy once a PING on another connection stops answering.
-	probe := redis.NewClient(&redis.Options{Addr: srv.addr(), ReadTimeout: 20 * time.Millisecond, MaxRetries: -1})
-	defer probe.Close()
-	deadline := time.Now().Add(2 * time.Second)
-	for probe.Ping(context.Background()).Err() == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("DEBUG SLEEP never stalled the server")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

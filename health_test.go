@@ -125,9 +125,7 @@ func TestHealthHandlerHidesTheCause(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			logs := &syncWriter{w: new(bytes.Buffer)}
-			s, err := New(Options{URL: c.url, Timeout: time.Second, Logger: slog.New(slog.NewTextHandler(logs, nil))})
-			require.NoError(t, err)
-			t.Cleanup(func() { s.Close() })
+			s := newService(t, Options{URL: c.url, Timeout: time.Second, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 			rec := httptest.NewRecorder()
 			start := time.Now()
 			s.HealthHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))

@@ -483,9 +483,7 @@ func TestInvalidatePatternPartialFailure(t *testing.T) {
 func TestInvalidatePatternCountAfterAFailure(t *testing.T) {
 	t.Parallel()
 	srv := startRedisServer(t)
-	s, err := New(Options{URL: srv.url(), Timeout: 300 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, err)
-	t.Cleanup(func() { s.Close() })
+	s := newService(t, Options{URL: srv.url(), Timeout: 300 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
 	raw := redis.NewClient(&redis.Options{Addr: srv.addr(), ReadTimeout: 10 * time.Second})
 	t.Cleanup(func() { raw.Close() })
 	ctx := context.Background()

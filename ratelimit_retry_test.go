@@ -56,16 +56,16 @@ func TestRateLimitScriptIsNotRetriedAfterATimeout(t *testing.T) {
 					ContextTimeoutEnabled: true,
 				})
 				t.Cleanup(func() { cc.Close() })
-				return newStallService(t, Options{Client: cc, KeyPrefix: b.prefix})
+				return newService(t, Options{Client: cc, KeyPrefix: b.prefix})
 			}})
 		} else {
 			// The Service's own dialled client, with its default retries.
 			variants = append(variants, variant{"dialled client", func(t *testing.T, p *stallProxies) *Service {
-				return newStallService(t, Options{URL: stallURL(t, b, p), KeyPrefix: b.prefix, Timeout: stallReadTimeout})
+				return newService(t, Options{URL: stallURL(t, b, p), KeyPrefix: b.prefix, Timeout: stallReadTimeout})
 			}})
 			if b.real() { // miniredis has no CLIENT TRACKING
 				variants = append(variants, variant{"dialled with AutoPipeline and ClientSideCache", func(t *testing.T, p *stallProxies) *Service {
-					return newStallService(t, Options{URL: stallURL(t, b, p), KeyPrefix: b.prefix, Timeout: stallReadTimeout,
+					return newService(t, Options{URL: stallURL(t, b, p), KeyPrefix: b.prefix, Timeout: stallReadTimeout,
 						AutoPipeline: true, ClientSideCache: true})
 				}})
 			}
@@ -77,17 +77,6 @@ func TestRateLimitScriptIsNotRetriedAfterATimeout(t *testing.T) {
 			})
 		}
 	})
-}
-
-// newStallService returns a Service made with opts, closed at cleanup.
-func newStallService(t testing.TB, opts Options) *Service {
-	t.Helper()
-	s, err := New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
 }
 
 // checkScriptNotRetried holds back the reply to one CheckRateLimit of s,
@@ -151,7 +140,7 @@ func TestRateLimitScriptIsNotRetriedOnAStalledServer(t *testing.T) {
 	c := redis.NewClient(&redis.Options{Addr: sr.addr(), ReadTimeout: stallReadTimeout, MaxRetries: 2,
 		MinIdleConns: 4, ContextTimeoutEnabled: true})
 	defer c.Close()
-	s := newStallService(t, Options{Client: c})
+	s := newService(t, Options{Client: c})
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Add(1)
@@ -186,32 +175,6 @@ func TestRateLimitScriptIsNotRetriedOnAStalledServer(t *testing.T) {
 	}
 	if n, err := direct.Get(ctx, "ratelimit:stalled").Int(); err != nil || n != 1 {
 		t.Errorf("counter after one timed-out CheckRateLimit = %d, %v; want 1", n, err)
-	}
-}
-
-// stallProbe returns a function that returns once the server at addr
-// no longer answers a PING within 30ms. Call stallProbe before the stall
-// begins: it dials then.
-func stallProbe(t testing.TB, addr string) func() {
-	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, ContextTimeoutEnabled: true})
-	t.Cleanup(func() { c.Close() })
-	if err := c.Ping(context.Background()).Err(); err != nil {
-		t.Fatal(err)
-	}
-	return func() {
-		t.Helper()
-		deadline := time.Now().Add(2 * time.Second)
-		for time.Now().Before(deadline) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
-			err := c.Ping(ctx).Err()
-			cancel()
-			if err != nil {
-				return
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		t.Fatalf("server %s never stalled", addr)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -289,18 +288,6 @@ func TestCheckRateLimitScriptError(t *testing.T) {
 			t.Errorf("IsConnected after a script error = false; want true")
 		}
 	})
-}
-
-// closedPort returns a loopback address nothing listens on.
-func closedPort(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }
 
 func TestCheckRateLimitRecoversFromNoScript(t *testing.T) {

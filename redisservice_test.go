@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -279,41 +278,6 @@ func TestContextErrorsStayReachable(t *testing.T) {
 	}
 }
 
-// stalledServer accepts connections and never answers.
-func stalledServer(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	})
-	return ln.Addr().String()
-}
-
 func TestEveryCallIsBounded(t *testing.T) {
 	t.Parallel()
 	addr := stalledServer(t)
@@ -347,11 +311,6 @@ func TestEveryCallIsBounded(t *testing.T) {
 	}
 }
 
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
 func TestLogsNeverHoldValues(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, "miniredis")
@@ -377,24 +336,6 @@ func TestLogsNeverHoldValues(t *testing.T) {
 	if strings.Contains(logs.String(), "4111") {
 		t.Errorf("log holds a value: %q", logs.String())
 	}
-}
-
-// syncWriter serialises writes from concurrent loggers.
-type syncWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.w.String()
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.w.Write(p)
 }
 
 // TestNewRefusesOptionsItWouldIgnore: with Options.Client, the dial and

@@ -1,6 +1,13 @@
 package redisservice
 
+// Test helpers shared by the test files: Services made for one test,
+// redis-server processes of a test's own, servers that stall or never
+// answer, and small checks on errors and logs.
+
 import (
+	"bytes"
+	"context"
+	"errors"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -11,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // redisServer is a redis-server process of one test's own, on a free
@@ -46,7 +55,8 @@ func startRedisServer(t testing.TB, args ...string) *redisServer {
 }
 
 func (r *redisServer) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)) }
-func (r *redisServer) url() string  { return "redis://" + r.addr() }
+
+func (r *redisServer) url() string { return "redis://" + r.addr() }
 
 // start runs the server and waits until it accepts connections.
 func (r *redisServer) start() {
@@ -136,7 +146,8 @@ func listenable(port int) bool {
 
 // pause stops the server's process (SIGSTOP): it keeps its connections
 // and its port but answers nothing, as a hung host would. resume undoes it.
-func (r *redisServer) pause()  { r.signal(syscall.SIGSTOP) }
+func (r *redisServer) pause() { r.signal(syscall.SIGSTOP) }
+
 func (r *redisServer) resume() { r.signal(syscall.SIGCONT) }
 
 func (r *redisServer) signal(sig syscall.Signal) {
@@ -145,4 +156,145 @@ func (r *redisServer) signal(sig syscall.Signal) {
 	if r.cmd != nil {
 		_ = r.cmd.Process.Signal(sig)
 	}
+}
+
+// within fails the test when fn takes longer than d.
+func within(t testing.TB, d time.Duration, what string, fn func()) {
+	t.Helper()
+	start := time.Now()
+	fn()
+	if took := time.Since(start); took > d {
+		t.Errorf("%s took %v; want at most %v", what, took, d)
+	}
+}
+
+// stall makes srv sleep for d in DEBUG SLEEP, from a connection of its
+// own, and returns once the server is busy.
+func stall(t testing.TB, srv *redisServer, d time.Duration) {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: srv.addr(), ReadTimeout: d + 5*time.Second})
+	t.Cleanup(func() { c.Close() })
+	if err := c.Ping(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	stalled := stallProbe(t, srv.addr())
+	go func() {
+		_ = c.Do(context.Background(), "DEBUG", "SLEEP", strconv.FormatFloat(d.Seconds(), 'f', 3, 64)).Err()
+	}()
+	stalled()
+}
+
+// stalledServer accepts connections and never answers.
+func stalledServer(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	return ln.Addr().String()
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// syncWriter serialises writes from concurrent loggers.
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.String()
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.Write(p)
+}
+
+// closedPort returns a loopback address nothing listens on.
+func closedPort(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// newService returns a Service made with opts, closed at cleanup.
+func newService(t testing.TB, opts Options) *Service {
+	t.Helper()
+	s, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// stallProbe returns a function that returns once the server at addr
+// no longer answers a PING within 30ms. Call stallProbe before the stall
+// begins: it dials then.
+func stallProbe(t testing.TB, addr string) func() {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { c.Close() })
+	if err := c.Ping(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Second)
+		for time.Now().Before(deadline) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+			err := c.Ping(ctx).Err()
+			cancel()
+			if err != nil {
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		t.Fatalf("server %s never stalled", addr)
+	}
+}
+
+// dialled returns a Service that dials url itself with opts, closed at
+// cleanup.
+func dialled(t testing.TB, url string, opts Options) *Service {
+	t.Helper()
+	opts.URL = url
+	return newService(t, opts)
 }
