@@ -333,6 +333,21 @@ func TestLogsNeverHoldValues(t *testing.T) {
 	if !strings.Contains(logs.String(), "op=getjson") {
 		t.Errorf("failure not logged: %q", logs.String())
 	}
+
+	// Calls that carry a value and fail, so that they log.
+	down := newService(t, Options{URL: "redis://" + closedPort(t), Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	_, err := down.Set(ctx, "k", "card-4111111111111111")
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "4111")
+	err = down.HSet(ctx, "h", "f", "card-4111111111111111")
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "4111")
+	err = down.MSet(ctx, map[string]any{"m": "card-4111111111111111"})
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "4111")
+	for _, op := range []string{"op=set", "op=hset", "op=mset"} {
+		assert.Contains(t, logs.String(), op, "the failed call was not logged")
+	}
 	if strings.Contains(logs.String(), "4111") {
 		t.Errorf("log holds a value: %q", logs.String())
 	}
