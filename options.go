@@ -113,7 +113,9 @@ type Options struct {
 	PoolTimeout time.Duration
 
 	// MaxRetries is how often a dialled client retries a command after a
-	// network error; -1 disables retries. The default value is 2.
+	// network error; -1 disables retries. The default value is 2. A
+	// refused dial is never retried: nothing listens, and the Service then
+	// fails fast (see [Service.IsConnected]).
 	// The rate-limit script is never retried after it may have run, whatever
 	// this says (see [Service.CheckRateLimit]).
 	MaxRetries int
@@ -131,7 +133,9 @@ type Options struct {
 	//     to MaxRetries+1 tries), not by the caller's deadline or
 	//     cancellation.
 	//   - A batch that fails on a network error is retried as a whole, so
-	//     one slow or failed command delays or fails its neighbours.
+	//     one slow or failed command delays or fails its neighbours. (A
+	//     value go-redis cannot write never gets that far: Set, HSet and
+	//     MSet refuse it before queueing.)
 	// A single caller gains nothing. Multi-key calls, sessions, rate limits
 	// and scripts keep using the plain client. It applies only to a client
 	// that New dials.
