@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // The tests in this file run against redis-server processes of their own,
@@ -165,14 +167,8 @@ func TestRedisKilledDuringLoadAndRestarted(t *testing.T) {
 func TestStalledServer(t *testing.T) {
 	t.Parallel()
 	srv := startRedisServer(t)
-	s, err := New(Options{URL: srv.url(), Timeout: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if err := s.Connect(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	s := newService(t, Options{URL: srv.url(), Timeout: 200 * time.Millisecond})
+	require.NoError(t, s.Connect(context.Background()))
 	stall(t, srv, 4*time.Second)
 
 	// A caller's own deadline bounds its call, and says nothing about
@@ -180,13 +176,10 @@ func TestStalledServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	within(t, time.Second, "Set with a 100ms deadline", func() {
-		if _, err := s.Set(ctx, "k", "v"); !errors.Is(err, context.DeadlineExceeded) {
-			t.Errorf("Set = %v; want context.DeadlineExceeded", err)
-		}
+		_, err := s.Set(ctx, "k", "v")
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
 	})
-	if !s.IsConnected() {
-		t.Error("IsConnected = false after a call ended by its caller's own deadline")
-	}
+	assert.True(t, s.IsConnected(), "IsConnected after a call ended by its caller's own deadline")
 
 	// Every kind of call, with Options.Timeout 200ms and no deadline of
 	// the caller's, returns its fallback by the bound.
@@ -199,32 +192,26 @@ func TestStalledServer(t *testing.T) {
 		{"HGetAll", func(ctx context.Context) error { _, err := s.HGetAll(ctx, "h"); return err }},
 		{"CheckRateLimit", func(ctx context.Context) error {
 			r, err := s.CheckRateLimit(ctx, "ip", time.Minute, 5)
-			if !r.Allowed {
-				t.Errorf("CheckRateLimit on a stalled server = %+v; want allowed (fail open)", r)
-			}
+			assert.True(t, r.Allowed, "CheckRateLimit on a stalled server = %+v; want allowed (fail open)", r)
 			return err
 		}},
 		{"HealthCheck", func(ctx context.Context) error { return s.HealthCheck(ctx) }},
 		{"Connect", func(ctx context.Context) error { return s.Connect(ctx) }},
 		{"Cache", func(ctx context.Context) error {
 			v, err := Cache(ctx, s, "c", time.Minute, func(context.Context) (string, error) { return "loaded", nil })
-			if v != "loaded" {
-				t.Errorf("Cache on a stalled server = %q; want the loader's value", v)
-			}
+			assert.Equal(t, "loaded", v, "Cache on a stalled server")
 			return err
 		}},
 	}
 	for _, c := range calls {
 		within(t, time.Second, c.name+" on a stalled server with Options.Timeout 200ms", func() {
 			// The first call times out; the calls after it fail fast.
-			if err := c.call(context.Background()); !errors.Is(err, context.DeadlineExceeded) && !isTimeout(err) && !errors.Is(err, ErrUnavailable) {
-				t.Errorf("%s = %v; want a deadline, timeout or ErrUnavailable error", c.name, err)
-			}
+			err := c.call(context.Background())
+			assert.True(t, errors.Is(err, context.DeadlineExceeded) || isTimeout(err) || errors.Is(err, ErrUnavailable),
+				"%s = %v; want a deadline, timeout or ErrUnavailable error", c.name, err)
 		})
 	}
-	if s.IsConnected() {
-		t.Error("IsConnected = true after calls timed out on a stalled server")
-	}
+	assert.False(t, s.IsConnected(), "IsConnected after calls timed out on a stalled server")
 }
 
 func TestPoolExhaustedAndCancelledMidCall(t *testing.T) {

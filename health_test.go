@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -45,49 +44,36 @@ func TestHealth(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		s := b.service(t, Options{})
 		ctx := ctxT(t)
-		if err := s.Connect(ctx); err != nil {
-			t.Fatalf("Connect = %v", err)
-		}
-		if err := s.HealthCheck(ctx); err != nil {
-			t.Errorf("HealthCheck = %v", err)
-		}
+		require.NoError(t, s.Connect(ctx))
+		assert.NoError(t, s.HealthCheck(ctx))
 		rec := httptest.NewRecorder()
+		start := time.Now()
 		s.HealthHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+		took := time.Since(start)
 		var rep HealthReport
-		if err := json.Unmarshal(rec.Body.Bytes(), &rep); err != nil {
-			t.Fatalf("health body %q: %v", rec.Body, err)
-		}
-		if rec.Code != http.StatusOK || rep.Status != "ok" || rep.LatencyMS <= 0 {
-			t.Errorf("HealthHandler = %d %+v; want 200 ok", rec.Code, rep)
-		}
-		if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
-			t.Errorf("Content-Type = %q; want application/json", ct)
-		}
+		require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &rep), "health body %q", rec.Body)
+		assert.Equal(t, http.StatusOK, rec.Code)
+		assert.Equal(t, "ok", rep.Status)
+		assert.True(t, rep.LatencyMS > 0 && rep.LatencyMS <= float64(took.Microseconds())/1000, "latencyMs %v; want in (0, %v]", rep.LatencyMS, took)
+		assert.Equal(t, "application/json", rec.Header().Get("Content-Type"))
 		info, err := s.Info(ctx, "clients") // the one section miniredis has
-		if err != nil || info["connected_clients"] == "" {
-			t.Errorf("Info(clients) = %v, %v; want connected_clients", info, err)
-		}
+		require.NoError(t, err)
+		assert.NotEmpty(t, info["connected_clients"])
 	})
 }
 
 func TestHealthHandlerDown(t *testing.T) {
 	t.Parallel()
 	mr := miniredis.RunT(t)
-	s, err := New(Options{URL: "redis://:hunter2@" + mr.Addr(), Timeout: 500 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := newService(t, Options{URL: "redis://:hunter2@" + mr.Addr(), Timeout: 500 * time.Millisecond})
 	mr.RequireAuth("hunter2")
 	mr.Close()
 	rec := httptest.NewRecorder()
 	s.HealthHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
-	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Content-Type") != "application/json" {
-		t.Errorf("HealthHandler with Redis down = %d %q; want 503 application/json", rec.Code, rec.Header().Get("Content-Type"))
-	}
-	if !strings.Contains(rec.Body.String(), `"status":"unavailable"`) || strings.Contains(rec.Body.String(), "hunter2") {
-		t.Errorf("HealthHandler body = %s", rec.Body)
-	}
+	assert.Equal(t, http.StatusServiceUnavailable, rec.Code)
+	assert.Equal(t, "application/json", rec.Header().Get("Content-Type"))
+	assert.Contains(t, rec.Body.String(), `"status":"unavailable"`)
+	assert.NotContains(t, rec.Body.String(), "hunter2")
 }
 
 func TestStatsCountHitsAndMisses(t *testing.T) {
