@@ -204,6 +204,28 @@ func (s *Service) goBackground(fn func(ctx context.Context)) bool {
 // through it do not get [Options.KeyPrefix] added.
 func (s *Service) Client() redis.UniversalClient { return s.rdb }
 
+// Key returns k as the Service stores it, with [Options.KeyPrefix]
+// prepended: use it for keys sent through [Service.Client] or
+// [Service.Run], which add no prefix themselves.
+func (s *Service) Key(k string) string { return s.key(k) }
+
+// Run runs fn as one operation of the Service, for packages that build
+// on it (a session store, say) and want what its own methods get. After
+// [Service.Close] it returns [ErrClosed] without calling fn. fn receives
+// the client and ctx bounded by [Options.Timeout] unless ctx has a
+// deadline of its own. A failure is counted in [Stats], logged at most
+// once a second per op and returned wrapped as
+// `redisservice: <op> "<key>": <cause>`; redis.Nil from fn comes back
+// unwrapped, as a miss. op names the operation in errors, logs and
+// metrics; key is shown in errors and logs only, so pass a redacted form
+// of a secret. fn must add the prefix itself, with [Service.Key].
+func (s *Service) Run(ctx context.Context, op, key string, fn func(ctx context.Context, rdb redis.UniversalClient) error) error {
+	_, err := call(s, ctx, op, key, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, fn(ctx, s.rdb)
+	})
+	return err
+}
+
 // eachMaster runs fn on every master of a Redis Cluster, concurrently,
 // or once on the client of a single node or Sentinel setup.
 func (s *Service) eachMaster(ctx context.Context, fn func(context.Context, redis.UniversalClient) error) error {
