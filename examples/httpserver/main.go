@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/vevurn/redisservice"
 	"github.com/vevurn/redisservice/examples/internal/devredis"
 )
@@ -35,6 +36,10 @@ func main() {
 func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+
+	// go-redis's own lines (dial failures during an outage) go to slog,
+	// at most one a second per kind, instead of stderr.
+	redis.SetLogger(redisservice.SlogLogger(slog.Default()))
 
 	url, embedded, stop, err := devredis.URL()
 	if err != nil {

@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"log/slog"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/vevurn/redisservice"
 	"github.com/vevurn/redisservice/examples/internal/devredis"
 )
@@ -23,6 +25,10 @@ func main() {
 func run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+
+	// go-redis's own lines (dial failures during an outage) go to slog,
+	// at most one a second per kind, instead of stderr.
+	redis.SetLogger(redisservice.SlogLogger(slog.Default()))
 
 	url, embedded, stop, err := devredis.URL()
 	if err != nil {
