@@ -69,10 +69,12 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	v, hit, readErr := cacheRead[T](ctx, s, key)
 	if hit {
 		s.found(true)
+		s.tel.cacheResult(ctx, cacheHit)
 		return v, nil
 	}
 	if readErr == nil {
 		s.found(false)
+		s.tel.cacheResult(ctx, cacheMiss)
 	}
 	recheck := readErr == nil // Redis answered: worth asking again inside the flight
 	res, err := s.flights.do(ctx, flightKey{key: key, typ: reflect.TypeFor[T]()}, func(lctx context.Context) (any, error) {
@@ -114,6 +116,7 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 		return v, invalid(op, key, fmt.Errorf("%w: %w", ErrInvalidArgument, err))
 	}
 	if err := s.skipWhileDown(op, key); err != nil {
+		s.tel.fallback(ctx, op)
 		return v, err
 	}
 	// The value is worth storing even when every caller has gone: the
@@ -132,6 +135,7 @@ func cacheRead[T any](ctx context.Context, s *Service, key string) (T, bool, err
 	const op = "cache"
 	var v T
 	if err := s.skipWhileDown(op, key); err != nil {
+		s.tel.fallback(ctx, op)
 		return v, false, err
 	}
 	b, err := s.reads.get(ctx, key, func(ctx context.Context) ([]byte, error) {

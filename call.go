@@ -48,6 +48,9 @@ func (s *Service) begin(ctx context.Context) (context.Context, context.CancelFun
 // a miss), or the zero value with a wrapped error. key is the caller's
 // key, for error messages and logs.
 func call[T any](s *Service, caller context.Context, op, key string, fn func(ctx context.Context) (T, error)) (T, error) {
+	if s.tel != nil {
+		return observe(s, caller, op, key, fn) // telemetry.go
+	}
 	if err := s.skipWhileDown(op, key); err != nil {
 		var zero T
 		return zero, err

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // DefaultURL is used when neither [Options.URL] nor $REDIS_URL is set.
@@ -197,6 +199,30 @@ type Options struct {
 	// Turn it off once the original service no longer writes sessions and
 	// every session it wrote has expired. The default is false.
 	LegacySessions bool
+	// MeterProvider, when set, receives the Service's metrics through the
+	// meter "github.com/vevurn/redisservice": redisservice.operations
+	// (calls by op and outcome), redisservice.operation.duration (seconds,
+	// by op), redisservice.cache.requests (by result),
+	// redisservice.ratelimit.decisions and the go-redis pool's figures as
+	// observable instruments (redisservice.pool.*); the README's
+	// "Observability" lists them. No key is ever a metric attribute. The
+	// default, nil, records no metrics and costs nothing.
+	MeterProvider metric.MeterProvider
+
+	// TracerProvider, when set, receives one span per call to Redis,
+	// named redisservice.<op> (redisservice.get, redisservice.cache, …),
+	// of kind client, with db.system.name=redis, redisservice.op and
+	// redisservice.outcome; a failure sets the span's status to Error with
+	// error.type. A call whose context carries a span becomes its child.
+	// The default, nil, makes no spans and costs nothing.
+	TracerProvider trace.TracerProvider
+
+	// TraceKeys adds each call's key to its span as redisservice.key, and
+	// keeps it in the span's status message. The default, false, records
+	// no key anywhere in telemetry: keys may hold personal data (an email
+	// in a rate-limit identifier, a user id). Session ids are never
+	// recorded, as in errors and logs.
+	TraceKeys bool
 
 	// Now is the clock used for session timestamps, a test seam. The
 	// default value is time.Now. Rate-limit windows use the Redis server's

@@ -39,6 +39,7 @@ type Service struct {
 	flights   flightGroup // Cache's loads in progress
 	reads     readGroup   // Cache's reads in progress
 	deadlines *deadlines  // bounds calls whose ctx can never end
+	tel       *telemetry  // nil unless Options.MeterProvider or TracerProvider is set
 }
 
 // New validates opts and returns a Service. It does not touch the
@@ -118,6 +119,13 @@ func New(opts Options) (*Service, error) {
 	}
 	_, s.cluster = s.rdb.(*redis.ClusterClient)
 	_, s.failFast = s.rdb.(*redis.Client)
+	var err error
+	if s.tel, err = newTelemetry(opts, s.rdb); err != nil {
+		if s.ownClient {
+			_ = s.rdb.Close()
+		}
+		return nil, fmt.Errorf("%w: telemetry: %w", ErrInvalidArgument, err)
+	}
 	// Optimistic until a call says otherwise, so that a Service used
 	// without Connect does not start out reporting an outage.
 	s.connected.Store(true)
@@ -161,6 +169,7 @@ func (s *Service) Close() error {
 	s.bgCancel()
 	s.bgMu.Unlock()
 	s.bg.Wait()
+	s.tel.close()
 	s.connected.Store(false)
 	if s.ownClient {
 		return s.rdb.Close()
@@ -214,7 +223,8 @@ func (s *Service) Key(k string) string { return s.key(k) }
 // [Service.Close] it returns [ErrClosed] without calling fn. fn receives
 // the client and ctx bounded by [Options.Timeout] unless ctx has a
 // deadline of its own. A failure is counted in [Stats], logged at most
-// once a second per op and returned wrapped as
+// once a second per op, recorded by the telemetry (see
+// [Options.MeterProvider]) and returned wrapped as
 // `redisservice: <op> "<key>": <cause>`; redis.Nil from fn comes back
 // unwrapped, as a miss. op names the operation in errors, logs and
 // metrics; key is shown in errors and logs only, so pass a redacted form
