@@ -69,7 +69,8 @@ type telemetry struct {
 type opTelemetry struct {
 	spanName  string
 	spanStart []trace.SpanStartOption
-	outcomes  map[string][]metric.AddOption // by outcome
+	outcomes  map[string][]metric.AddOption   // by outcome
+	spanAttrs map[string][]attribute.KeyValue // by outcome
 	duration  []metric.RecordOption
 }
 
@@ -164,12 +165,14 @@ func (t *telemetry) forOp(op string) *opTelemetry {
 			trace.WithSpanKind(trace.SpanKindClient),
 			trace.WithAttributes(attribute.String("db.system.name", "redis"), attribute.String("redisservice.op", op)),
 		},
-		outcomes: make(map[string][]metric.AddOption, 4),
-		duration: []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("redisservice.op", op)))},
+		outcomes:  make(map[string][]metric.AddOption, 4),
+		spanAttrs: make(map[string][]attribute.KeyValue, 4),
+		duration:  []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("redisservice.op", op)))},
 	}
 	for _, out := range []string{outcomeOK, outcomeMiss, outcomeError, outcomeFallback} {
 		o.outcomes[out] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(
 			attribute.String("redisservice.op", op), attribute.String("redisservice.outcome", out)))}
+		o.spanAttrs[out] = []attribute.KeyValue{attribute.String("redisservice.outcome", out)}
 	}
 	v, _ := t.ops.LoadOrStore(op, o)
 	return v.(*opTelemetry)
@@ -183,7 +186,9 @@ func observe[T any](s *Service, caller context.Context, op, key string, fn func(
 	ctx, span := caller, trace.Span(nil)
 	if t.tracer != nil {
 		ctx, span = t.tracer.Start(caller, o.spanName, o.spanStart...)
-		if t.traceKeys {
+		if !span.IsRecording() {
+			span = nil // not sampled: nothing to add
+		} else if t.traceKeys {
 			span.SetAttributes(attribute.String("redisservice.key", key))
 		}
 	}
@@ -199,7 +204,7 @@ func observe[T any](s *Service, caller context.Context, op, key string, fn func(
 		t.duration.Record(ctx, time.Since(start).Seconds(), o.duration...)
 	}
 	if span != nil {
-		span.SetAttributes(attribute.String("redisservice.outcome", out))
+		span.SetAttributes(o.spanAttrs[out]...)
 		if out == outcomeError || out == outcomeFallback {
 			span.SetAttributes(attribute.String("error.type", errorType(err)))
 			span.SetStatus(codes.Error, t.describe(op, key, err))
