@@ -1,14 +1,16 @@
 // Command httpserver is a small point-of-sale API built on redisservice:
 // a cached product list invalidated on update, rate-limited endpoints with
 // the RateLimit headers, cookie sessions with log-out-everywhere, a health
-// endpoint, and graceful shutdown on SIGINT or SIGTERM.
+// endpoint, OpenTelemetry metrics served for Prometheus at /metrics, and
+// graceful shutdown on SIGINT or SIGTERM.
 //
 // With REDIS_URL unset it runs against an embedded miniredis. ADDR sets
 // the listen address (default 127.0.0.1:8080).
 //
-//	go run ./examples/httpserver
+//	cd examples/httpserver && go run .   # a module of its own
 //	curl -i -c jar -d '{"email":"ada@example.com","password":"espresso"}' localhost:8080/login
 //	curl -i -b jar localhost:8080/products
+//	curl -s localhost:8080/metrics | grep redisservice
 package main
 
 import (
@@ -49,7 +51,12 @@ func run() error {
 	if embedded {
 		slog.Info("REDIS_URL unset: using an embedded miniredis")
 	}
-	svc, err := redisservice.New(redisservice.Options{URL: url, KeyPrefix: "pos:"})
+	mp, metrics, err := newMetrics()
+	if err != nil {
+		return err
+	}
+	defer shutdownMetrics(mp)
+	svc, err := redisservice.New(redisservice.Options{URL: url, KeyPrefix: "pos:", MeterProvider: mp})
 	if err != nil {
 		return err
 	}
@@ -65,7 +72,7 @@ func run() error {
 	}
 	srv := &http.Server{
 		Addr:              addr,
-		Handler:           newServer(svc, newCatalog()),
+		Handler:           withMetrics(newServer(svc, newCatalog()), metrics),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	errc := make(chan error, 1)
