@@ -95,7 +95,7 @@ func (o *observed) sums(t testing.TB, name string) map[string]int64 {
 func attrs(s attribute.Set) string {
 	var kv []string
 	for _, a := range s.ToSlice() {
-		kv = append(kv, string(a.Key)+"="+a.Value.Emit())
+		kv = append(kv, string(a.Key)+"="+a.Value.String())
 	}
 	sort.Strings(kv)
 	return strings.Join(kv, ",")
@@ -111,7 +111,7 @@ func ctxT(t testing.TB) context.Context {
 func spanAttr(s sdktrace.ReadOnlySpan, key string) (string, bool) {
 	for _, a := range s.Attributes() {
 		if string(a.Key) == key {
-			return a.Value.Emit(), true
+			return a.Value.String(), true
 		}
 	}
 	return "", false
@@ -292,12 +292,12 @@ func spanText(s sdktrace.ReadOnlySpan) string {
 	var b strings.Builder
 	fmt.Fprintln(&b, s.Name(), s.Status().Description)
 	for _, a := range s.Attributes() {
-		fmt.Fprintln(&b, a.Key, a.Value.Emit())
+		fmt.Fprintln(&b, a.Key, a.Value.String())
 	}
 	for _, e := range s.Events() {
 		fmt.Fprintln(&b, e.Name)
 		for _, a := range e.Attributes {
-			fmt.Fprintln(&b, a.Key, a.Value.Emit())
+			fmt.Fprintln(&b, a.Key, a.Value.String())
 		}
 	}
 	return b.String()
