@@ -183,12 +183,12 @@ func observe[T any](s *Service, caller context.Context, op, key string, fn func(
 	t := s.tel
 	o := t.forOp(op)
 	caller = orBackground(caller)
-	ctx, span := caller, trace.Span(nil)
+	ctx, span, recording := caller, trace.Span(nil), false
 	if t.tracer != nil {
 		ctx, span = t.tracer.Start(caller, o.spanName, o.spanStart...)
-		if !span.IsRecording() {
-			span = nil // not sampled: nothing to add
-		} else if t.traceKeys {
+		defer span.End()
+		// A span that is not sampled gets no attributes: they would be dropped.
+		if recording = span.IsRecording(); recording && t.traceKeys {
 			span.SetAttributes(attribute.String("redisservice.key", key))
 		}
 	}
@@ -203,13 +203,12 @@ func observe[T any](s *Service, caller context.Context, op, key string, fn func(
 		t.operations.Add(ctx, 1, o.outcomes[out]...)
 		t.duration.Record(ctx, time.Since(start).Seconds(), o.duration...)
 	}
-	if span != nil {
+	if recording {
 		span.SetAttributes(o.spanAttrs[out]...)
 		if out == outcomeError || out == outcomeFallback {
 			span.SetAttributes(attribute.String("error.type", errorType(err)))
 			span.SetStatus(codes.Error, t.describe(op, key, err))
 		}
-		span.End()
 	}
 	return v, err
 }

@@ -374,3 +374,31 @@ func TestOneProvider(t *testing.T) {
 	require.Len(t, rec.Ended(), 1)
 	assert.Equal(t, "github.com/vevurn/redisservice", rec.Ended()[0].InstrumentationScope().Name)
 }
+
+// TestFailFastIsFallback: once a call found Redis down, the calls after it
+// fail fast with ErrUnavailable: outcome fallback, with a span whose
+// error.type is unavailable.
+func TestFailFastIsFallback(t *testing.T) {
+	t.Parallel()
+	o := newObserved(t, redisservice.Options{Timeout: 300 * time.Millisecond, MaxRetries: -1})
+	ctx := ctxT(t)
+	o.mr.Close()
+	_, _, err := o.svc.Get(ctx, "k")
+	require.Error(t, err)
+	_, _, err = o.svc.Get(ctx, "k")
+	require.ErrorIs(t, err, redisservice.ErrUnavailable)
+
+	assert.Equal(t, map[string]int64{
+		"redisservice.op=get,redisservice.outcome=error":    1,
+		"redisservice.op=get,redisservice.outcome=fallback": 1,
+	}, o.sums(t, "redisservice.operations"))
+	var types []string
+	for _, s := range o.spans.Ended() {
+		if s.Name() == "redisservice.get" {
+			et, _ := spanAttr(s, "error.type")
+			types = append(types, et)
+			assert.Equal(t, codes.Error, s.Status().Code)
+		}
+	}
+	assert.Equal(t, []string{"connection", "unavailable"}, types)
+}
