@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -289,4 +291,29 @@ func ExampleService_UpdateSession() {
 	// true <nil>
 	// true {"items":["A-1"]} "k3J9vQ"
 	// false 1
+}
+
+func ExampleSlogLogger() {
+	// The application's logger (here without timestamps, for the output below).
+	logger := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))
+	rl := redisservice.SlogLogger(logger)
+	// In main, once, before making clients:
+	//
+	//	redis.SetLogger(rl)
+	//
+	// Here go-redis's own calls are played by hand.
+	for range 3 { // a burst: one line a second gets through
+		rl.Printf(context.Background(), "redis: connection pool: failed to dial after %d attempts: %v", 1, "connection refused")
+	}
+	rl.Printf(context.Background(), "sentinel: new master=%q addr=%q", "pos", "redis://app:secret@10.0.0.7:6379")
+	// Output:
+	// level=WARN msg="redis: connection pool: failed to dial after 1 attempts: connection refused" logger=go-redis suppressed=0
+	// level=WARN msg="sentinel: new master=\"pos\" addr=\"redis://xxxxx@10.0.0.7:6379\"" logger=go-redis suppressed=0
 }
