@@ -205,8 +205,9 @@ type Options struct {
 	// by op), redisservice.cache.requests (by result),
 	// redisservice.ratelimit.decisions and the go-redis pool's figures as
 	// observable instruments (redisservice.pool.*); the README's
-	// "Observability" lists them. No key is ever a metric attribute. The
-	// default, nil, records no metrics and costs nothing.
+	// "Observability" lists them. No key is ever a metric attribute.
+	// Services sharing a provider add up. The default, nil, records no
+	// metrics and costs nothing.
 	MeterProvider metric.MeterProvider
 
 	// TracerProvider, when set, receives one span per call to Redis,

@@ -92,7 +92,7 @@ func newTelemetry(opts Options, rdb redis.UniversalClient) (*telemetry, error) {
 	m := opts.MeterProvider.Meter(instrumentationName)
 	var errs [11]error
 	var (
-		conns                         metric.Int64ObservableGauge
+		conns                         metric.Int64ObservableUpDownCounter
 		hits, misses, timeouts, stale metric.Int64ObservableCounter
 		wait                          metric.Float64ObservableCounter
 	)
@@ -109,7 +109,10 @@ func newTelemetry(opts Options, rdb redis.UniversalClient) (*telemetry, error) {
 	t.ratelimit, errs[3] = m.Int64Counter("redisservice.ratelimit.decisions",
 		metric.WithDescription("Rate-limit decisions (allowed, denied, fail_open, fail_closed)."),
 		metric.WithUnit("{decision}"))
-	conns, errs[4] = m.Int64ObservableGauge("redisservice.pool.connections",
+	// An up-down counter rather than a gauge, as OpenTelemetry's
+	// db.client.connection.count: Services sharing a provider then add up
+	// their pools instead of the last one hiding the others.
+	conns, errs[4] = m.Int64ObservableUpDownCounter("redisservice.pool.connections",
 		metric.WithDescription("Connections in the go-redis pool by state (idle, used), summed over the nodes of a cluster."),
 		metric.WithUnit("{connection}"))
 	hits, errs[5] = m.Int64ObservableCounter("redisservice.pool.hits",

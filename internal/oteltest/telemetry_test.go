@@ -29,6 +29,7 @@ type observed struct {
 	reader *sdkmetric.ManualReader
 	spans  *tracetest.SpanRecorder
 	tp     *sdktrace.TracerProvider
+	mp     *sdkmetric.MeterProvider
 }
 
 // newObserved starts miniredis and a Service over it with both providers;
@@ -41,9 +42,9 @@ func newObserved(t testing.TB, opts redisservice.Options) *observed {
 		spans:  tracetest.NewSpanRecorder(),
 	}
 	o.tp = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(o.spans))
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(o.reader))
+	o.mp = sdkmetric.NewMeterProvider(sdkmetric.WithReader(o.reader))
 	opts.URL = "redis://" + o.mr.Addr()
-	opts.MeterProvider = mp
+	opts.MeterProvider = o.mp
 	opts.TracerProvider = o.tp
 	if opts.Timeout == 0 {
 		opts.Timeout = time.Second
@@ -53,7 +54,7 @@ func newObserved(t testing.TB, opts redisservice.Options) *observed {
 	o.svc = svc
 	t.Cleanup(func() {
 		_ = svc.Close()
-		_ = mp.Shutdown(context.Background())
+		_ = o.mp.Shutdown(context.Background())
 		_ = o.tp.Shutdown(context.Background())
 	})
 	return o
@@ -401,4 +402,21 @@ func TestFailFastIsFallback(t *testing.T) {
 		}
 	}
 	assert.Equal(t, []string{"connection", "unavailable"}, types)
+}
+
+// TestTwoServicesOneProvider: Services sharing a provider both report;
+// their counts add up under the same attributes.
+func TestTwoServicesOneProvider(t *testing.T) {
+	t.Parallel()
+	o := newObserved(t, redisservice.Options{})
+	second, err := redisservice.New(redisservice.Options{URL: "redis://" + o.mr.Addr(), MeterProvider: o.mp})
+	require.NoError(t, err, "a second Service on the same provider")
+	t.Cleanup(func() { _ = second.Close() })
+	for _, svc := range []*redisservice.Service{o.svc, second} {
+		_, _, err := svc.Get(ctxT(t), "k")
+		require.NoError(t, err)
+	}
+	assert.Equal(t, int64(2), o.sums(t, "redisservice.operations")["redisservice.op=get,redisservice.outcome=miss"])
+	conns := o.sums(t, "redisservice.pool.connections")
+	assert.Equal(t, int64(2), conns["redisservice.pool.state=idle"]+conns["redisservice.pool.state=used"], "both pools: %v", conns)
 }
