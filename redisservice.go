@@ -221,15 +221,16 @@ func (s *Service) Key(k string) string { return s.key(k) }
 // Run runs fn as one operation of the Service, for packages that build
 // on it (a session store, say) and want what its own methods get. After
 // [Service.Close] it returns [ErrClosed] without calling fn, and while
-// Redis is known to be down [ErrUnavailable], as every call does. fn receives
-// the client and ctx bounded by [Options.Timeout] unless ctx has a
-// deadline of its own. A failure is counted in [Stats], logged at most
+// Redis is known to be down [ErrUnavailable], as every call does. fn
+// receives the client and ctx bounded by [Options.Timeout] unless ctx has
+// a deadline of its own. A failure is counted in [Stats], logged at most
 // once a second per op, recorded by the telemetry (see
 // [Options.MeterProvider]) and returned wrapped as
 // `redisservice: <op> "<key>": <cause>`; redis.Nil from fn comes back
 // unwrapped, as a miss. op names the operation in errors, logs and
 // metrics; key is shown in errors and logs only (and in spans under
-// [Options.TraceKeys]), so pass a redacted form of a secret. fn must add the prefix itself, with [Service.Key].
+// [Options.TraceKeys]), so pass a redacted form of a secret. fn must add
+// the prefix itself, with [Service.Key].
 func (s *Service) Run(ctx context.Context, op, key string, fn func(ctx context.Context, rdb redis.UniversalClient) error) error {
 	_, err := call(s, ctx, op, key, func(ctx context.Context) (struct{}, error) {
 		return struct{}{}, fn(ctx, s.rdb)
