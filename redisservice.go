@@ -121,6 +121,7 @@ func New(opts Options) (*Service, error) {
 	_, s.failFast = s.rdb.(*redis.Client)
 	var err error
 	if s.tel, err = newTelemetry(opts, s.rdb); err != nil {
+		s.bgCancel()
 		if s.ownClient {
 			_ = s.rdb.Close()
 		}
