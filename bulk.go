@@ -31,8 +31,11 @@ func (s *Service) Del(ctx context.Context, keys ...string) (int64, error) {
 // node it is one command; on Redis Cluster, where the keys may lie in
 // different slots, one pipelined single-key command per key, one round
 // trip per node. When the pipeline fails, the count is the sum of the
-// replies that arrived: a lower bound.
+// replies that arrived: a lower bound. No keys is a no-op.
 func (s *Service) deleteKeys(ctx context.Context, unlink bool, keys []string) (int64, error) {
+	if len(keys) == 0 {
+		return 0, nil
+	}
 	if !s.cluster || len(keys) == 1 {
 		if unlink {
 			return s.rdb.Unlink(ctx, keys...).Result()

@@ -49,46 +49,19 @@ func (s *Service) InvalidatePattern(ctx context.Context, pattern string) (int64,
 	if pattern == "" {
 		return 0, invalid(op, pattern, ErrInvalidKey)
 	}
-	if ctx == nil {
-		ctx = context.Background()
-	}
 	if s.closed.Load() {
 		return 0, s.fail(ctx, op, pattern, ErrClosed)
 	}
 	match := EscapePattern(s.prefix) + pattern
 	var deleted atomic.Int64
-	var stepFailed atomic.Bool // the error has been counted and wrapped by call
-	walk := func(ctx context.Context, node redis.UniversalClient) error {
-		var cursor uint64
-		for {
-			var keys []string
-			next, err := call(s, ctx, op, pattern, func(ctx context.Context) (uint64, error) {
-				var err error
-				var next uint64
-				keys, next, err = node.Scan(ctx, cursor, match, scanCount).Result()
-				return next, err
-			})
-			if err == nil {
-				var n int64
-				n, err = s.unlink(ctx, op, pattern, keys)
-				deleted.Add(n)
-			}
-			if err != nil {
-				stepFailed.Store(true)
-				return err
-			}
-			if cursor = next; cursor == 0 {
-				return nil
-			}
-		}
-	}
-	err := s.eachMaster(ctx, walk)
+	err := s.scanEach(ctx, op, pattern, match, scanCount, func(ctx context.Context, _ redis.UniversalClient, keys []string) error {
+		n, err := s.unlink(ctx, op, pattern, keys)
+		deleted.Add(n)
+		return err
+	})
 	n := deleted.Load()
 	if err == nil {
 		return n, nil
-	}
-	if !stepFailed.Load() {
-		err = s.fail(ctx, op, pattern, err) // finding the masters failed
 	}
 	var oe *opError
 	if errors.As(err, &oe) {
@@ -117,6 +90,50 @@ func (s *Service) unlink(ctx context.Context, op, pattern string, keys []string)
 		}
 	}
 	return total, nil
+}
+
+// scanEach walks the keys matching match, as stored (with the prefix), on
+// every master: SCAN MATCH match COUNT count, the masters in parallel on
+// Redis Cluster. It hands each step's keys, when there are any, to fn
+// with the node that holds them; fn runs concurrently for different
+// masters. Each SCAN goes through call, so it is bounded by
+// Options.Timeout when ctx has no deadline, counted, logged and wrapped
+// with op and displayKey; the walk as a whole is bounded only by ctx. The
+// walk of a master stops at its first error, and scanEach returns one of
+// them. fn's errors must have come through call too: they are returned as
+// they are. A failure to find the masters is counted and wrapped here.
+func (s *Service) scanEach(ctx context.Context, op, displayKey, match string, count int64,
+	fn func(ctx context.Context, node redis.UniversalClient, keys []string) error) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	var stepFailed atomic.Bool // the error has been counted and wrapped by call
+	err := s.eachMaster(ctx, func(ctx context.Context, node redis.UniversalClient) error {
+		var cursor uint64
+		for {
+			var keys []string
+			next, err := call(s, ctx, op, displayKey, func(ctx context.Context) (uint64, error) {
+				var err error
+				var next uint64
+				keys, next, err = node.Scan(ctx, cursor, match, count).Result()
+				return next, err
+			})
+			if err == nil && len(keys) > 0 {
+				err = fn(ctx, node, keys)
+			}
+			if err != nil {
+				stepFailed.Store(true)
+				return err
+			}
+			if cursor = next; cursor == 0 {
+				return nil
+			}
+		}
+	})
+	if err != nil && !stepFailed.Load() {
+		err = s.fail(ctx, op, displayKey, err) // finding the masters failed
+	}
+	return err
 }
 
 // EscapePattern returns s with every character that is special in a

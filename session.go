@@ -494,23 +494,15 @@ func (s *Service) DestroyUserSessions(ctx context.Context, userID string) (int64
 	return n, errors.Join(walkErr, err)
 }
 
-// delSessions deletes the sessions ids, pipelined one DEL each (they lie
-// in different slots of a cluster), and returns how many existed.
+// delSessions deletes the sessions ids with deleteKeys (one round trip,
+// one per node on Redis Cluster) and returns how many existed; errors and
+// logs name them sessionDisplayKey.
 func (s *Service) delSessions(ctx context.Context, op string, ids []string) (int64, error) {
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = s.key(sessionKey(id))
+	}
 	return call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (int64, error) {
-		if len(ids) == 1 {
-			return s.rdb.Del(ctx, s.key(sessionKey(ids[0]))).Result()
-		}
-		cmds, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, id := range ids {
-				p.Del(ctx, s.key(sessionKey(id)))
-			}
-			return nil
-		})
-		var n int64
-		for _, c := range cmds {
-			n += c.(*redis.IntCmd).Val()
-		}
-		return n, err
+		return s.deleteKeys(ctx, false, keys)
 	})
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -126,14 +125,11 @@ func (s *Service) getEach(ctx context.Context, c redis.UniversalClient, ids []st
 	return err
 }
 
-// scanUserSessions walks session:* on every master (SCAN COUNT 500, each
-// step bounded by Options.Timeout when ctx has no deadline) and returns
-// the stored bytes, by id, of the sessions whose top-level userId is uid.
-// Each step's keys are read in one pipelined round trip.
+// scanUserSessions walks session:* on every master (scanEach, SCAN COUNT
+// 500) and returns the stored bytes, by id, of the sessions whose
+// top-level userId is uid. Each step's keys are read in one pipelined
+// round trip. On error it returns what it found until then.
 func (s *Service) scanUserSessions(ctx context.Context, op, uid string) (map[string][]byte, error) {
-	if ctx == nil {
-		ctx = context.Background()
-	}
 	prefix := s.prefix + sessionKey("")
 	match := EscapePattern(prefix) + "*"
 	// A cheap test before decoding: the stored userId holds uid's text
@@ -141,45 +137,22 @@ func (s *Service) scanUserSessions(ctx context.Context, op, uid string) (map[str
 	plain := !strings.ContainsAny(uid, "\"\\/") && !strings.ContainsFunc(uid, func(r rune) bool { return r < 0x20 || r > 0x7e })
 	var mu sync.Mutex // guards found
 	found := map[string][]byte{}
-	var stepFailed atomic.Bool // the error has been counted and wrapped by call
-	walk := func(ctx context.Context, node redis.UniversalClient) error {
-		var cursor uint64
-		for {
-			var keys []string
-			next, err := call(s, ctx, op, "session:*", func(ctx context.Context) (uint64, error) {
-				var err error
-				var next uint64
-				keys, next, err = node.Scan(ctx, cursor, match, sessionScanCount).Result()
-				return next, err
-			})
-			if err == nil && len(keys) > 0 {
-				raws := make(map[string][]byte, len(keys))
-				_, err = call(s, ctx, op, "session:*", func(ctx context.Context) (struct{}, error) {
-					return struct{}{}, s.getEach(ctx, node, keys, func(k string) string { return k }, raws)
-				})
-				mu.Lock()
-				for k, raw := range raws {
-					if plain && !bytes.Contains(raw, []byte(uid)) {
-						continue
-					}
-					if doc, err := parseSessionDoc(raw); err == nil && doc.userID() == uid {
-						found[strings.TrimPrefix(k, prefix)] = raw
-					}
-				}
-				mu.Unlock()
+	err := s.scanEach(ctx, op, "session:*", match, sessionScanCount, func(ctx context.Context, node redis.UniversalClient, keys []string) error {
+		raws := make(map[string][]byte, len(keys))
+		_, err := call(s, ctx, op, "session:*", func(ctx context.Context) (struct{}, error) {
+			return struct{}{}, s.getEach(ctx, node, keys, func(k string) string { return k }, raws)
+		})
+		mu.Lock()
+		defer mu.Unlock()
+		for k, raw := range raws {
+			if plain && !bytes.Contains(raw, []byte(uid)) {
+				continue
 			}
-			if err != nil {
-				stepFailed.Store(true)
-				return err
-			}
-			if cursor = next; cursor == 0 {
-				return nil
+			if doc, err := parseSessionDoc(raw); err == nil && doc.userID() == uid {
+				found[strings.TrimPrefix(k, prefix)] = raw
 			}
 		}
-	}
-	err := s.eachMaster(ctx, walk)
-	if err != nil && !stepFailed.Load() {
-		err = s.fail(ctx, op, "session:*", err) // finding the masters failed
-	}
+		return err
+	})
 	return found, err
 }
