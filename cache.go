@@ -25,7 +25,10 @@ import (
 // key that does not decode into T (other JSON, not JSON, another Redis
 // type) is a miss and is overwritten. Callers that read the same key at
 // the same moment share one GET, so a hot key costs one round trip per
-// burst of callers; each decodes its own T.
+// burst of callers; each decodes its own T. A caller that shares another's
+// GET still gets its answer within its own bound (ctx's deadline, or
+// [Options.Timeout] from its call), also when the other caller's request
+// ended first.
 //
 // load is called exactly once per call of Cache that needs it, never
 // retried. When it fails, Cache returns the zero T and load's error
@@ -37,10 +40,12 @@ import (
 // ended when Cache misses returns its error without calling load.
 // [Options.Timeout] bounds each Redis round trip of Cache but not load:
 // give ctx a deadline to bound how long a caller waits for load. A panic
-// in load is re-raised in every caller waiting for it.
+// in load is re-raised in every caller waiting for it; a load that calls
+// runtime.Goexit fails them with an error.
 //
 // When Redis cannot be used, Cache still returns load's value, together
-// with an error: load runs as on a miss and nothing is cached. After a
+// with an error: load runs as on a miss and nothing is cached (no store
+// is tried after a failed read, so a call waits for Redis once at most). After a
 // call found Redis unreachable (see [Service.IsConnected]), Cache does not
 // touch Redis at all, so that an outage costs each call nothing but load:
 // its error matches [ErrUnavailable] until a background PING sees Redis
@@ -76,16 +81,18 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 		s.found(false)
 		s.tel.cacheResult(ctx, cacheMiss)
 	}
-	recheck := readErr == nil // Redis answered: worth asking again inside the flight
+	// Redis answered: worth asking again inside the flight, and storing.
+	// Redis did not: a store would only make the caller wait once more.
+	redisOK := readErr == nil
 	res, err := s.flights.do(ctx, flightKey{key: key, typ: reflect.TypeFor[T]()}, func(lctx context.Context) (any, error) {
-		return loadAndStore(lctx, s, key, ttl, load, recheck)
+		return loadAndStore(lctx, s, key, ttl, load, redisOK)
 	})
 	if res == nil { // load failed, this caller stopped waiting, or load returned a nil interface
 		if err == nil {
 			return zero, readErr
 		}
-		if cerr := ctx.Err(); cerr != nil && err == cerr { //nolint:errorlint // do returns ctx.Err() itself
-			err = fmt.Errorf("redisservice: %s %q: %w", op, key, err)
+		if cerr := ctx.Err(); (cerr != nil && err == cerr) || err == errGoexit { //nolint:errorlint // do returns these itself
+			err = fmt.Errorf("redisservice: %s %q: load: %w", op, key, err)
 		}
 		return zero, err
 	}
@@ -98,11 +105,12 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 }
 
 // loadAndStore is the shared part of a miss: check once more, call load,
-// store its value. It returns the value and load's error, or the value and
-// the error that kept it from being stored.
-func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), recheck bool) (any, error) {
+// store its value; with redisOK false, only call load. It returns the
+// value and load's error, or the value and the error that kept it from
+// being stored.
+func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), redisOK bool) (any, error) {
 	const op = "cache"
-	if recheck {
+	if redisOK {
 		if v, hit, _ := cacheRead[T](ctx, s, key); hit {
 			return v, nil
 		}
@@ -114,6 +122,9 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 	b, err := json.Marshal(v)
 	if err != nil {
 		return v, invalid(op, key, fmt.Errorf("%w: %w", ErrInvalidArgument, err))
+	}
+	if !redisOK {
+		return v, nil
 	}
 	if err := s.skipWhileDown(op, key); err != nil {
 		s.tel.fallback(ctx, op)
@@ -134,17 +145,28 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 func cacheRead[T any](ctx context.Context, s *Service, key string) (T, bool, error) {
 	const op = "cache"
 	var v T
-	if err := s.skipWhileDown(op, key); err != nil {
-		s.tel.fallback(ctx, op)
-		return v, false, err
-	}
-	b, err := s.reads.get(ctx, key, func(ctx context.Context) ([]byte, error) {
+	b, err := s.reads.get(ctx, key, s.opts.Timeout, func(ctx context.Context, until time.Time) ([]byte, error) {
+		// Checked by every caller that reads, including one whose shared
+		// read failed: a Redis known to be down is not asked again.
+		if err := s.skipWhileDown(op, key); err != nil {
+			s.tel.fallback(ctx, op)
+			return nil, err
+		}
 		return call(s, ctx, op, key, func(ctx context.Context) ([]byte, error) {
+			if !until.IsZero() {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithDeadline(ctx, until)
+				defer cancel()
+			}
 			return s.rdb.Get(ctx, s.key(key)).Bytes()
 		})
 	})
 	var rerr redis.Error
 	switch {
+	case err == context.DeadlineExceeded || err == context.Canceled: //nolint:errorlint // the read group's own, unwrapped
+		// This caller stopped waiting for another's read: its own ctx
+		// ended, or Redis did not answer within its bound.
+		return v, false, s.fail(ctx, op, key, err)
 	case err == redis.Nil: //nolint:errorlint // call returns redis.Nil unwrapped
 		return v, false, nil
 	case errors.As(err, &rerr) && !errors.Is(err, ErrClosed):

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 type cachedProduct struct {
@@ -31,6 +34,14 @@ func (l *countingLoader[T]) load(context.Context) (T, error) {
 }
 
 var errBoom = errors.New("boom")
+
+// waitReaders waits until a read of key is in flight with n callers
+// waiting for it besides the one reading.
+func waitReaders(t testing.TB, s *Service, key string, n int) {
+	t.Helper()
+	require.Eventually(t, func() bool { return s.reads.readers(key) == n }, 10*time.Second, time.Millisecond,
+		"a read of %q in flight with %d waiters", key, n)
+}
 
 // waitWaiting waits until n callers wait for the load of k.
 func waitWaiting(t testing.TB, s *Service, k flightKey, n int) {
@@ -494,4 +505,83 @@ func TestCacheEndedContext(t *testing.T) {
 	if !s.IsConnected() {
 		t.Errorf("IsConnected = false after the caller's own cancellation")
 	}
+}
+
+// TestCacheSharedReadBoundedOnStall: callers that share a GET whose
+// caller's ctx ended (a request the client gave up on) against a server
+// that never answers each return within Options.Timeout of their own
+// start, not twice that by reading again with a fresh bound.
+func TestCacheSharedReadBoundedOnStall(t *testing.T) {
+	t.Parallel()
+	const timeout = 300 * time.Millisecond
+	s, err := New(Options{URL: "redis://" + stalledServer(t), Timeout: timeout, MaxRetries: -1})
+	require.NoError(t, err)
+	defer s.Close()
+	load := func(context.Context) (string, error) { return "loaded", nil }
+
+	// The first reader's request ends with Options.Timeout, as behind an
+	// HTTP server's timeout handler.
+	leaderCtx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() { _, _ = Cache(leaderCtx, s, "k", time.Minute, load) })
+	waitReaders(t, s, "k", 0)
+
+	const callers = 16
+	took := make([]time.Duration, callers)
+	vals := make([]string, callers)
+	for i := range callers {
+		wg.Go(func() {
+			ctx, cancel := context.WithCancel(context.Background()) // a fresh request: no deadline of its own
+			defer cancel()
+			start := time.Now()
+			vals[i], _ = Cache(ctx, s, "k", time.Minute, load)
+			took[i] = time.Since(start)
+		})
+	}
+	wg.Wait()
+	const slack = 150 * time.Millisecond
+	for i := range callers {
+		assert.LessOrEqual(t, took[i], timeout+slack, "caller %d of a shared read on a stalled server", i)
+		assert.Equal(t, "loaded", vals[i], "caller %d gets the loader's value", i)
+	}
+	assert.False(t, s.IsConnected(), "IsConnected after every caller timed out")
+}
+
+func TestCacheLoaderGoexit(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	s := b.service(t, Options{})
+	ctx := ctxT(t)
+	release := make(chan struct{})
+	load := func(context.Context) (int, error) {
+		<-release
+		runtime.Goexit()
+		return 1, nil
+	}
+	const callers = 4
+	errs := make(chan error, callers)
+	for range callers {
+		go func() {
+			v, err := Cache(ctx, s, "k", time.Minute, load)
+			assert.Zero(t, v)
+			errs <- err
+		}()
+	}
+	waitWaiting(t, s, flightKey{key: "k", typ: reflect.TypeFor[int]()}, callers)
+	close(release)
+	for range callers {
+		select {
+		case err := <-errs:
+			require.Error(t, err, "Cache whose loader called runtime.Goexit")
+			assert.ErrorIs(t, err, errGoexit)
+			assert.Contains(t, err.Error(), `redisservice: cache "k": load: runtime.Goexit`)
+		case <-time.After(5 * time.Second):
+			t.Fatal("a caller hangs after its loader called runtime.Goexit")
+		}
+	}
+	v, err := Cache(ctx, s, "k", time.Minute, func(context.Context) (int, error) { return 7, nil })
+	require.NoError(t, err)
+	assert.Equal(t, 7, v, "Cache after a load that exited")
+	assert.Equal(t, []string{b.raw("k")}, b.mr.Keys(), "only the later value stored")
 }

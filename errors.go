@@ -68,3 +68,8 @@ func (e *opError) Error() string {
 }
 
 func (e *opError) Unwrap() error { return e.err }
+
+// errGoexit reports a function of a flight or read group that called
+// runtime.Goexit instead of returning, as golang.org/x/sync/singleflight
+// does. The callers wrap it with the operation and key.
+var errGoexit = errors.New("runtime.Goexit was called")

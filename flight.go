@@ -60,7 +60,8 @@ func (p *panicError) Unwrap() error {
 // ctx that has already ended starts nothing. fn's
 // ctx carries the values of the ctx of the caller that started it and is
 // cancelled once every waiting caller has gone, or when fn returns. A
-// panic in fn is re-raised in every caller still waiting.
+// panic in fn is re-raised in every caller still waiting; when fn calls
+// runtime.Goexit, they get errGoexit.
 func (g *flightGroup) do(ctx context.Context, k flightKey, fn func(context.Context) (any, error)) (any, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -112,11 +113,19 @@ func (g *flightGroup) leave(k flightKey, f *flight) {
 	}
 }
 
-// run runs fn for f and publishes its result.
+// run runs fn for f and publishes its result: fn's value and error, its
+// panic, or errGoexit when fn called runtime.Goexit, so that no caller
+// waits for a result that never comes nor takes a missing one for a nil
+// value.
 func (g *flightGroup) run(ctx context.Context, k flightKey, f *flight, fn func(context.Context) (any, error)) {
+	returned := false
 	defer func() {
-		if r := recover(); r != nil {
-			f.panicked = &panicError{value: r, stack: debug.Stack()}
+		if !returned {
+			if r := recover(); r != nil {
+				f.panicked = &panicError{value: r, stack: debug.Stack()}
+			} else {
+				f.val, f.err = nil, errGoexit
+			}
 		}
 		// Forget f before waking its callers: one that calls again at once
 		// starts a new load, which finds the value just stored.
@@ -129,70 +138,5 @@ func (g *flightGroup) run(ctx context.Context, k flightKey, f *flight, fn func(c
 		close(f.done)
 	}()
 	f.val, f.err = fn(ctx)
-}
-
-// waiting returns how many callers wait for k's load, for tests.
-func (g *flightGroup) waiting(k flightKey) int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if f, ok := g.calls[k]; ok {
-		return f.waiters
-	}
-	return 0
-}
-
-// readGroup shares one GET among the callers that read the same key at
-// the same moment, so that a hot key costs one round trip per burst
-// instead of one per caller. Unlike flightGroup the read runs in the
-// first caller's goroutine: a hit must stay as cheap as one GET. The zero
-// value is ready to use.
-type readGroup struct {
-	mu    sync.Mutex // guards reads
-	reads map[string]*read
-}
-
-// read is one GET in progress.
-type read struct {
-	done    chan struct{} // closed once b and err are set
-	ctx     context.Context
-	b       []byte
-	err     error
-	waiters int // callers sharing this read; guarded by readGroup.mu
-}
-
-// get returns fn's result for key, calling fn with ctx unless a read of
-// key is in flight, in which case it waits for that one. The bytes are
-// shared: callers must not modify them. When the shared read failed
-// because its caller's ctx ended, a waiter whose ctx is still live reads
-// for itself.
-func (g *readGroup) get(ctx context.Context, key string, fn func(context.Context) ([]byte, error)) ([]byte, error) {
-	g.mu.Lock()
-	if r, ok := g.reads[key]; ok {
-		r.waiters++
-		g.mu.Unlock()
-		select {
-		case <-r.done:
-			if r.err != nil && ctxErr(r.ctx) != nil && ctx.Err() == nil {
-				return fn(ctx)
-			}
-			return r.b, r.err
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-	if g.reads == nil {
-		g.reads = make(map[string]*read)
-	}
-	r := &read{done: make(chan struct{}), ctx: ctx}
-	g.reads[key] = r
-	g.mu.Unlock()
-
-	defer func() {
-		g.mu.Lock()
-		delete(g.reads, key)
-		g.mu.Unlock()
-		close(r.done)
-	}()
-	r.b, r.err = fn(ctx)
-	return r.b, r.err
+	returned = true
 }

@@ -2,33 +2,26 @@ package redisservice
 
 import (
 	"context"
-	"errors"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
-// waitForWaiters polls until n callers wait for the read of key.
-func waitForWaiters(t *testing.T, g *readGroup, key string, n int) {
+// waitForWaiters polls until a read of key is in flight with n waiters.
+func waitForWaiters(t testing.TB, g *readGroup, key string, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		g.mu.Lock()
-		r := g.reads[key]
-		got := 0
-		if r != nil {
-			got = r.waiters
-		}
-		g.mu.Unlock()
-		if got == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d callers wait for %q; want %d", got, key, n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	require.Eventually(t, func() bool { return g.readers(key) == n }, 5*time.Second, time.Millisecond,
+		"a read of %q with %d waiters", key, n)
+}
+
+// reply returns a read function that answers b.
+func reply(b string) func(context.Context, time.Time) ([]byte, error) {
+	return func(context.Context, time.Time) ([]byte, error) { return []byte(b), nil }
 }
 
 func TestReadGroupSharesOneRead(t *testing.T) {
@@ -36,7 +29,7 @@ func TestReadGroupSharesOneRead(t *testing.T) {
 	var g readGroup
 	var calls atomic.Int32
 	release := make(chan struct{})
-	fn := func(context.Context) ([]byte, error) {
+	fn := func(context.Context, time.Time) ([]byte, error) {
 		calls.Add(1)
 		<-release
 		return []byte("v"), nil
@@ -44,59 +37,116 @@ func TestReadGroupSharesOneRead(t *testing.T) {
 	const callers = 20
 	var wg sync.WaitGroup
 	results := make([]string, callers)
-	wg.Add(1)
-	go func() { defer wg.Done(); b, _ := g.get(context.Background(), "k", fn); results[0] = string(b) }()
+	wg.Go(func() { b, _ := g.get(context.Background(), "k", time.Minute, fn); results[0] = string(b) })
 	waitForWaiters(t, &g, "k", 0)
 	for i := 1; i < callers; i++ {
-		wg.Add(1)
-		go func() { defer wg.Done(); b, _ := g.get(context.Background(), "k", fn); results[i] = string(b) }()
+		wg.Go(func() { b, _ := g.get(context.Background(), "k", time.Minute, fn); results[i] = string(b) })
 	}
 	waitForWaiters(t, &g, "k", callers-1)
 	close(release)
 	wg.Wait()
-	if n := calls.Load(); n != 1 {
-		t.Errorf("%d concurrent reads of one key ran fn %d times; want 1", callers, n)
-	}
+	assert.Equal(t, int32(1), calls.Load(), "%d concurrent reads of one key ran fn", callers)
 	for i, r := range results {
-		if r != "v" {
-			t.Errorf("caller %d got %q; want v", i, r)
-		}
+		assert.Equal(t, "v", r, "caller %d", i)
 	}
-	if b, _ := g.get(context.Background(), "k", func(context.Context) ([]byte, error) { return []byte("w"), nil }); string(b) != "w" {
-		t.Errorf("a read after the shared one got %q; want a fresh read", b)
-	}
+	b, err := g.get(context.Background(), "k", time.Minute, reply("w"))
+	require.NoError(t, err)
+	assert.Equal(t, "w", string(b), "a read after the shared one reads afresh")
+	assert.Equal(t, -1, g.readers("k"), "no read left in flight")
 }
 
 func TestReadGroupLeaderCancelled(t *testing.T) {
 	t.Parallel()
 	var g readGroup
 	leaderCtx, cancel := context.WithCancel(context.Background())
-	started := make(chan struct{})
 	leaderErr := make(chan error, 1)
 	go func() {
-		_, err := g.get(leaderCtx, "k", func(ctx context.Context) ([]byte, error) {
-			close(started)
+		_, err := g.get(leaderCtx, "k", time.Minute, func(ctx context.Context, until time.Time) ([]byte, error) {
+			assert.True(t, until.IsZero(), "the first reader's fn is bound by its ctx alone")
 			<-ctx.Done()
 			return nil, ctx.Err()
 		})
 		leaderErr <- err
 	}()
-	<-started
-	followerB := make(chan string, 1)
+	waitForWaiters(t, &g, "k", 0)
+	const timeout = 2 * time.Second
+	type result struct {
+		b     string
+		err   error
+		until time.Time
+		start time.Time
+	}
+	follower := make(chan result, 1)
 	go func() {
-		b, err := g.get(context.Background(), "k", func(context.Context) ([]byte, error) { return []byte("own"), nil })
-		if err != nil {
-			followerB <- "error: " + err.Error()
-			return
-		}
-		followerB <- string(b)
+		var until time.Time
+		start := time.Now()
+		b, err := g.get(context.Background(), "k", timeout, func(_ context.Context, u time.Time) ([]byte, error) {
+			until = u
+			return []byte("own"), nil
+		})
+		follower <- result{string(b), err, until, start}
 	}()
 	waitForWaiters(t, &g, "k", 1)
 	cancel()
-	if err := <-leaderErr; !errors.Is(err, context.Canceled) {
-		t.Errorf("leader got %v; want context.Canceled", err)
-	}
-	if got := <-followerB; got != "own" {
-		t.Errorf("follower of a cancelled read got %q; want its own read", got)
+	require.ErrorIs(t, <-leaderErr, context.Canceled)
+	r := <-follower
+	require.NoError(t, r.err)
+	assert.Equal(t, "own", r.b, "the follower of a cancelled read reads for itself")
+	assert.WithinDuration(t, r.start.Add(timeout), r.until, 100*time.Millisecond,
+		"the follower's own read is bound by its own deadline, not a fresh one")
+}
+
+func TestReadGroupWaiterBound(t *testing.T) {
+	t.Parallel()
+	var g readGroup
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	// The reader may take a minute; a waiter with a 100ms bound does not
+	// wait for it.
+	wg.Go(func() {
+		_, _ = g.get(context.Background(), "k", time.Minute, func(context.Context, time.Time) ([]byte, error) {
+			<-release
+			return []byte("late"), nil
+		})
+	})
+	waitForWaiters(t, &g, "k", 0)
+	start := time.Now()
+	_, err := g.get(context.Background(), "k", 100*time.Millisecond, reply("unused"))
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Less(t, time.Since(start), time.Second, "a waiter's wait past its own bound")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err = g.get(ctx, "k", time.Minute, reply("unused"))
+	assert.ErrorIs(t, err, context.DeadlineExceeded, "a waiter whose ctx ends")
+	close(release)
+	wg.Wait()
+}
+
+func TestReadGroupReaderGoexit(t *testing.T) {
+	t.Parallel()
+	var g readGroup
+	release := make(chan struct{})
+	go func() {
+		_, _ = g.get(context.Background(), "k", time.Minute, func(context.Context, time.Time) ([]byte, error) {
+			<-release
+			runtime.Goexit()
+			return nil, nil
+		})
+	}()
+	waitForWaiters(t, &g, "k", 0)
+	got := make(chan string, 1)
+	go func() {
+		b, err := g.get(context.Background(), "k", time.Minute, reply("own"))
+		assert.NoError(t, err)
+		got <- string(b)
+	}()
+	waitForWaiters(t, &g, "k", 1)
+	close(release)
+	select {
+	case b := <-got:
+		assert.Equal(t, "own", b, "a waiter whose reader exited reads for itself")
+	case <-time.After(5 * time.Second):
+		t.Fatal("a waiter hangs after its reader called runtime.Goexit")
 	}
 }

@@ -1,0 +1,102 @@
+package redisservice
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// readGroup shares one GET among the callers that read the same key at
+// the same moment, so that a hot key costs one round trip per burst
+// instead of one per caller. Unlike flightGroup the read runs in the
+// first caller's goroutine: a hit must stay as cheap as one GET. The zero
+// value is ready to use.
+type readGroup struct {
+	mu    sync.Mutex // guards reads and every read's waiters
+	reads map[string]*read
+}
+
+// read is one GET in progress.
+type read struct {
+	done     chan struct{} // closed once b, err and ended are set
+	b        []byte
+	err      error
+	ended    bool      // the reader's ctx had ended when err came: err is the reader's, not Redis's
+	deadline time.Time // by when the reader gets its answer
+	waiters  int       // callers sharing this read; guarded by readGroup.mu
+}
+
+// get returns fn's result for key, calling fn unless a read of key is in
+// flight, in which case it waits for that one. The bytes are shared:
+// callers must not modify them.
+//
+// Each caller gets its answer by its own deadline: ctx's, or timeout from
+// the moment it called get. A caller that would otherwise wait past it,
+// for a read bound by a later deadline, stops waiting with
+// context.DeadlineExceeded; so does one whose ctx ends, with ctx.Err().
+// When the shared read failed because its reader's ctx ended, a waiter
+// whose ctx is live reads for itself, until its own deadline and no
+// later: fn's until is then that deadline, and the zero time when fn
+// runs for the first caller, bound by its ctx as usual. The errors of get
+// itself are context errors, unwrapped; fn's are returned as they are.
+func (g *readGroup) get(ctx context.Context, key string, timeout time.Duration, fn func(ctx context.Context, until time.Time) ([]byte, error)) ([]byte, error) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(timeout)
+	}
+	g.mu.Lock()
+	if r, ok := g.reads[key]; ok {
+		r.waiters++
+		g.mu.Unlock()
+		return r.wait(ctx, deadline, fn)
+	}
+	if g.reads == nil {
+		g.reads = make(map[string]*read)
+	}
+	r := &read{done: make(chan struct{}), deadline: deadline}
+	g.reads[key] = r
+	g.mu.Unlock()
+
+	returned := false
+	defer func() {
+		if !returned {
+			// fn panicked or called runtime.Goexit: there is no reply, and
+			// the waiters read for themselves.
+			r.err, r.ended = errGoexit, true
+		}
+		g.mu.Lock()
+		delete(g.reads, key)
+		g.mu.Unlock()
+		close(r.done)
+	}()
+	r.b, r.err = fn(ctx, time.Time{})
+	r.ended = r.err != nil && ctxErr(ctx) != nil
+	returned = true
+	return r.b, r.err
+}
+
+// wait waits for r on behalf of a caller whose own deadline is deadline.
+func (r *read) wait(ctx context.Context, deadline time.Time, fn func(context.Context, time.Time) ([]byte, error)) ([]byte, error) {
+	var late <-chan time.Time
+	if r.deadline.After(deadline) {
+		// Only when the reader may take longer than this caller may wait:
+		// most waiters need no timer.
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		late = t.C
+	}
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-late:
+		return nil, context.DeadlineExceeded
+	}
+	if !r.ended || ctx.Err() != nil {
+		return r.b, r.err
+	}
+	if time.Until(deadline) <= 0 {
+		return nil, context.DeadlineExceeded
+	}
+	return fn(ctx, deadline)
+}
