@@ -56,7 +56,7 @@ import (
 // An empty key fails with [ErrInvalidKey], a ttl below one millisecond
 // with [ErrInvalidTTL] and a nil load with [ErrInvalidArgument]; load is
 // then not called and the zero T is returned.
-func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error)) (T, error) {
+func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), opts ...CacheOption) (T, error) {
 	const op = "cache"
 	var zero T
 	switch {
@@ -68,13 +68,29 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	if err := checkTTL(ttl); err != nil {
 		return zero, invalid(op, key, err)
 	}
+	co, err := buildCacheOptions(opts)
+	if err != nil {
+		return zero, invalid(op, key, err)
+	}
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	v, hit, readErr := cacheRead[T](ctx, s, key)
+	fk := flightKey{key: key, typ: reflect.TypeFor[T]()}
+	lt := s.local
+	if lt != nil && lt.usable() {
+		if e, ok := lt.get(fk, time.Now().UnixNano()); ok {
+			s.found(true)
+			s.tel.cacheResult(ctx, cacheLocalHit)
+			return e.val.(T), nil
+		}
+	}
+	v, hit, reply, readErr := cacheRead[T](ctx, s, key, lt != nil)
 	if hit {
 		s.found(true)
 		s.tel.cacheResult(ctx, cacheHit)
+		if lt != nil {
+			lt.put(fk, reply.ticket, v, reply.start, reply.pttl, co.swr)
+		}
 		return v, nil
 	}
 	if readErr == nil {
@@ -84,7 +100,7 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	// Redis answered: worth asking again inside the flight, and storing.
 	// Redis did not: a store would only make the caller wait once more.
 	redisOK := readErr == nil
-	res, err := s.flights.do(ctx, flightKey{key: key, typ: reflect.TypeFor[T]()}, func(lctx context.Context) (any, error) {
+	res, err := s.flights.do(ctx, fk, func(lctx context.Context) (any, error) {
 		return loadAndStore(lctx, s, key, ttl, load, redisOK)
 	})
 	if res == nil { // load failed, this caller stopped waiting, or load returned a nil interface
@@ -111,7 +127,7 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), redisOK bool) (any, error) {
 	const op = "cache"
 	if redisOK {
-		if v, hit, _ := cacheRead[T](ctx, s, key); hit {
+		if v, hit, _, _ := cacheRead[T](ctx, s, key, false); hit {
 			return v, nil
 		}
 	}
@@ -138,27 +154,42 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 	return v, err
 }
 
-// cacheRead reads key and decodes it into a T. It reports hit only for a
-// value that decodes; a missing or undecodable value is a miss with a nil
-// error. The error is Redis's or [ErrUnavailable]. It counts no hit or
-// miss.
-func cacheRead[T any](ctx context.Context, s *Service, key string) (T, bool, error) {
+// readKey names one shared read: the key, and whether its PTTL is read
+// with it.
+type readKey struct {
+	key     string
+	withTTL bool
+}
+
+// readReply is what one read of a key found.
+type readReply struct {
+	b      []byte
+	pttl   time.Duration // the key's PTTL (-1: none) when read withTTL
+	start  time.Time     // when the read was sent
+	ticket localTicket   // the local tier's, taken before the read was sent
+}
+
+// cacheRead reads key, with its PTTL in the same round trip when withTTL,
+// and decodes it into a T. It reports hit only for a value that decodes;
+// a missing or undecodable value is a miss with a nil error. The error is
+// Redis's or [ErrUnavailable]. It counts no hit or miss.
+func cacheRead[T any](ctx context.Context, s *Service, key string, withTTL bool) (T, bool, readReply, error) {
 	const op = "cache"
 	var v T
-	b, err := s.reads.get(ctx, key, s.opts.Timeout, func(ctx context.Context, until time.Time) ([]byte, error) {
+	r, err := s.reads.get(ctx, readKey{key, withTTL}, s.opts.Timeout, func(ctx context.Context, until time.Time) (readReply, error) {
 		// Checked by every caller that reads, including one whose shared
 		// read failed: a Redis known to be down is not asked again.
 		if err := s.skipWhileDown(op, key); err != nil {
 			s.tel.fallback(ctx, op)
-			return nil, err
+			return readReply{}, err
 		}
-		return call(s, ctx, op, key, func(ctx context.Context) ([]byte, error) {
+		return call(s, ctx, op, key, func(ctx context.Context) (readReply, error) {
 			if !until.IsZero() {
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithDeadline(ctx, until)
 				defer cancel()
 			}
-			return s.rdb.Get(ctx, s.key(key)).Bytes()
+			return s.readCached(ctx, key, withTTL)
 		})
 	})
 	var rerr redis.Error
@@ -166,17 +197,47 @@ func cacheRead[T any](ctx context.Context, s *Service, key string) (T, bool, err
 	case err == context.DeadlineExceeded || err == context.Canceled: //nolint:errorlint // the read group's own, unwrapped
 		// This caller stopped waiting for another's read: its own ctx
 		// ended, or Redis did not answer within its bound.
-		return v, false, s.fail(ctx, op, key, err)
+		return v, false, r, s.fail(ctx, op, key, err)
 	case err == redis.Nil: //nolint:errorlint // call returns redis.Nil unwrapped
-		return v, false, nil
+		return v, false, r, nil
 	case errors.As(err, &rerr) && !errors.Is(err, ErrClosed):
-		return v, false, nil // WRONGTYPE: undecodable, overwritten by the SET
+		return v, false, r, nil // WRONGTYPE: undecodable, overwritten by the SET
 	case err != nil:
-		return v, false, err
+		return v, false, r, err
 	}
-	if json.Unmarshal(b, &v) != nil {
+	if json.Unmarshal(r.b, &v) != nil {
 		var zero T
-		return zero, false, nil
+		return zero, false, r, nil
 	}
-	return v, true, nil
+	return v, true, r, nil
+}
+
+// readCached sends GET key, with PTTL key in the same pipeline when
+// withTTL. A missing key is redis.Nil.
+func (s *Service) readCached(ctx context.Context, key string, withTTL bool) (readReply, error) {
+	r := readReply{start: time.Now()}
+	if s.local != nil {
+		r.ticket = s.local.ticket(key)
+	}
+	if !withTTL {
+		b, err := s.rdb.Get(ctx, s.key(key)).Bytes()
+		r.b = b
+		return r, err
+	}
+	var get *redis.StringCmd
+	var pttl *redis.DurationCmd
+	_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		get = p.Get(ctx, s.key(key))
+		pttl = p.PTTL(ctx, s.key(key))
+		return nil
+	})
+	b, err := get.Bytes()
+	if err != nil {
+		return r, err
+	}
+	if err := pttl.Err(); err != nil {
+		return r, err
+	}
+	r.b, r.pttl = b, pttl.Val()
+	return r, nil
 }

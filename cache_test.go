@@ -39,7 +39,7 @@ var errBoom = errors.New("boom")
 // waiting for it besides the one reading.
 func waitReaders(t testing.TB, s *Service, key string, n int) {
 	t.Helper()
-	require.Eventually(t, func() bool { return s.reads.readers(key) == n }, 10*time.Second, time.Millisecond,
+	require.Eventually(t, func() bool { return s.reads.readers(readKey{key: key}) == n }, 10*time.Second, time.Millisecond,
 		"a read of %q in flight with %d waiters", key, n)
 }
 

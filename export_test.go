@@ -1,5 +1,10 @@
 package redisservice
 
+import (
+	"reflect"
+	"time"
+)
+
 // Test-only hooks into the Cache's groups.
 
 // waiting returns how many callers wait for k's load.
@@ -14,7 +19,7 @@ func (g *flightGroup) waiting(k flightKey) int {
 
 // readers returns how many callers wait for the read of key in flight,
 // or -1 when none is in flight.
-func (g *readGroup) readers(key string) int {
+func (g *readGroup[K, V]) readers(key K) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if r, ok := g.reads[key]; ok {
@@ -22,3 +27,12 @@ func (g *readGroup) readers(key string) int {
 	}
 	return -1
 }
+
+// localHas reports whether the local tier holds a live copy of key as a T.
+func localHas[T any](s *Service, key string) bool {
+	_, ok := s.local.get(flightKey{key: key, typ: reflect.TypeFor[T]()}, time.Now().UnixNano())
+	return ok
+}
+
+// localUsable reports whether the local tier is in use.
+func (s *Service) localUsable() bool { return s.local != nil && s.local.usable() }

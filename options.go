@@ -169,6 +169,23 @@ type Options struct {
 	// The default value is 1s.
 	ClientSideCacheMaxStaleness time.Duration
 
+	// LocalCacheEntries > 0 keeps up to that many decoded [Cache] values
+	// (per key and type) in this process, the least useful going first. A
+	// hit there costs no round trip, no decoding and no allocation, and
+	// returns the same value to every caller: do not modify it. Each copy
+	// is dropped within milliseconds of any change to its key in Redis, by
+	// any client (server-assisted invalidation: one extra connection per
+	// master, CLIENT TRACKING in BCAST mode for KeyPrefix), and never
+	// outlives the key's TTL; while invalidations cannot be received (at
+	// start, while that connection reconnects), the tier is empty and
+	// unused. Every write under KeyPrefix costs Redis one message to each
+	// Service with the tier. It needs Redis 6 or later; on a server
+	// without CLIENT TRACKING (miniredis) the tier switches itself off,
+	// logging why. It cannot be combined with ClientSideCache, which keeps
+	// raw replies of the other reads: see README "Local tier". The default,
+	// 0, keeps no values in process.
+	LocalCacheEntries int
+
 	// TLSConfig is used for rediss:// URLs. The default value verifies the
 	// server against the system roots and the URL's host name.
 	TLSConfig *tls.Config
@@ -323,6 +340,10 @@ func (o Options) validate() error {
 		return fmt.Errorf("%w: ClientSideCacheEntries %d < 0", ErrInvalidArgument, o.ClientSideCacheEntries)
 	case o.ClientSideCacheMaxStaleness < 0:
 		return fmt.Errorf("%w: ClientSideCacheMaxStaleness %v < 0", ErrInvalidArgument, o.ClientSideCacheMaxStaleness)
+	case o.LocalCacheEntries < 0:
+		return fmt.Errorf("%w: LocalCacheEntries %d < 0", ErrInvalidArgument, o.LocalCacheEntries)
+	case o.LocalCacheEntries > 0 && o.ClientSideCache:
+		return fmt.Errorf("%w: LocalCacheEntries with ClientSideCache: use one", ErrInvalidArgument)
 	case o.SessionMaxLifetime < 0:
 		return fmt.Errorf("%w: SessionMaxLifetime %v < 0", ErrInvalidArgument, o.SessionMaxLifetime)
 	case o.MaxSessionsPerUser < 0:

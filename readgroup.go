@@ -6,20 +6,20 @@ import (
 	"time"
 )
 
-// readGroup shares one GET among the callers that read the same key at
+// readGroup shares one read (a GET, or a GET with its PTTL) among the callers that read the same key at
 // the same moment, so that a hot key costs one round trip per burst
 // instead of one per caller. Unlike flightGroup the read runs in the
 // first caller's goroutine: a hit must stay as cheap as one GET. The zero
 // value is ready to use.
-type readGroup struct {
+type readGroup[K comparable, V any] struct {
 	mu    sync.Mutex // guards reads and every read's waiters
-	reads map[string]*read
+	reads map[K]*read[V]
 }
 
 // read is one GET in progress.
-type read struct {
-	done     chan struct{} // closed once b, err and ended are set
-	b        []byte
+type read[V any] struct {
+	done     chan struct{} // closed once v, err and ended are set
+	v        V
 	err      error
 	ended    bool      // the reader's ctx had ended when err came: err is the reader's, not Redis's
 	deadline time.Time // by when the reader gets its answer
@@ -27,8 +27,8 @@ type read struct {
 }
 
 // get returns fn's result for key, calling fn unless a read of key is in
-// flight, in which case it waits for that one. The bytes are shared:
-// callers must not modify them.
+// flight, in which case it waits for that one. The value is shared:
+// callers must not modify what it points to.
 //
 // Each caller gets its answer by its own deadline: ctx's, or timeout from
 // the moment it called get. A caller that would otherwise wait past it,
@@ -39,7 +39,7 @@ type read struct {
 // later: fn's until is then that deadline, and the zero time when fn
 // runs for the first caller, bound by its ctx as usual. The errors of get
 // itself are context errors, unwrapped; fn's are returned as they are.
-func (g *readGroup) get(ctx context.Context, key string, timeout time.Duration, fn func(ctx context.Context, until time.Time) ([]byte, error)) ([]byte, error) {
+func (g *readGroup[K, V]) get(ctx context.Context, key K, timeout time.Duration, fn func(ctx context.Context, until time.Time) (V, error)) (V, error) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = time.Now().Add(timeout)
@@ -51,9 +51,9 @@ func (g *readGroup) get(ctx context.Context, key string, timeout time.Duration, 
 		return r.wait(ctx, deadline, fn)
 	}
 	if g.reads == nil {
-		g.reads = make(map[string]*read)
+		g.reads = make(map[K]*read[V])
 	}
-	r := &read{done: make(chan struct{}), deadline: deadline}
+	r := &read[V]{done: make(chan struct{}), deadline: deadline}
 	g.reads[key] = r
 	g.mu.Unlock()
 
@@ -69,14 +69,15 @@ func (g *readGroup) get(ctx context.Context, key string, timeout time.Duration, 
 		g.mu.Unlock()
 		close(r.done)
 	}()
-	r.b, r.err = fn(ctx, time.Time{})
+	r.v, r.err = fn(ctx, time.Time{})
 	r.ended = r.err != nil && ctxErr(ctx) != nil
 	returned = true
-	return r.b, r.err
+	return r.v, r.err
 }
 
 // wait waits for r on behalf of a caller whose own deadline is deadline.
-func (r *read) wait(ctx context.Context, deadline time.Time, fn func(context.Context, time.Time) ([]byte, error)) ([]byte, error) {
+func (r *read[V]) wait(ctx context.Context, deadline time.Time, fn func(context.Context, time.Time) (V, error)) (V, error) {
+	var zero V
 	var late <-chan time.Time
 	if r.deadline.After(deadline) {
 		// Only when the reader may take longer than this caller may wait:
@@ -88,15 +89,15 @@ func (r *read) wait(ctx context.Context, deadline time.Time, fn func(context.Con
 	select {
 	case <-r.done:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return zero, ctx.Err()
 	case <-late:
-		return nil, context.DeadlineExceeded
+		return zero, context.DeadlineExceeded
 	}
 	if !r.ended || ctx.Err() != nil {
-		return r.b, r.err
+		return r.v, r.err
 	}
 	if time.Until(deadline) <= 0 {
-		return nil, context.DeadlineExceeded
+		return zero, context.DeadlineExceeded
 	}
 	return fn(ctx, deadline)
 }

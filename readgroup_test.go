@@ -13,7 +13,7 @@ import (
 )
 
 // waitForWaiters polls until a read of key is in flight with n waiters.
-func waitForWaiters(t testing.TB, g *readGroup, key string, n int) {
+func waitForWaiters(t testing.TB, g *readGroup[string, []byte], key string, n int) {
 	t.Helper()
 	require.Eventually(t, func() bool { return g.readers(key) == n }, 5*time.Second, time.Millisecond,
 		"a read of %q with %d waiters", key, n)
@@ -26,7 +26,7 @@ func reply(b string) func(context.Context, time.Time) ([]byte, error) {
 
 func TestReadGroupSharesOneRead(t *testing.T) {
 	t.Parallel()
-	var g readGroup
+	var g readGroup[string, []byte]
 	var calls atomic.Int32
 	release := make(chan struct{})
 	fn := func(context.Context, time.Time) ([]byte, error) {
@@ -57,7 +57,7 @@ func TestReadGroupSharesOneRead(t *testing.T) {
 
 func TestReadGroupLeaderCancelled(t *testing.T) {
 	t.Parallel()
-	var g readGroup
+	var g readGroup[string, []byte]
 	leaderCtx, cancel := context.WithCancel(context.Background())
 	leaderErr := make(chan error, 1)
 	go func() {
@@ -98,7 +98,7 @@ func TestReadGroupLeaderCancelled(t *testing.T) {
 
 func TestReadGroupWaiterBound(t *testing.T) {
 	t.Parallel()
-	var g readGroup
+	var g readGroup[string, []byte]
 	release := make(chan struct{})
 	var wg sync.WaitGroup
 	// The reader may take a minute; a waiter with a 100ms bound does not
@@ -125,7 +125,7 @@ func TestReadGroupWaiterBound(t *testing.T) {
 
 func TestReadGroupReaderGoexit(t *testing.T) {
 	t.Parallel()
-	var g readGroup
+	var g readGroup[string, []byte]
 	release := make(chan struct{})
 	go func() {
 		_, _ = g.get(context.Background(), "k", time.Minute, func(context.Context, time.Time) ([]byte, error) {

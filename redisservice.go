@@ -36,10 +36,11 @@ type Service struct {
 
 	stats     counters
 	logGate   logGate
-	flights   flightGroup // Cache's loads in progress
-	reads     readGroup   // Cache's reads in progress
-	deadlines *deadlines  // bounds calls whose ctx can never end
-	tel       *telemetry  // nil unless Options.MeterProvider or TracerProvider is set
+	flights   flightGroup                   // Cache's loads in progress
+	reads     readGroup[readKey, readReply] // Cache's reads in progress
+	local     *localTier                    // Cache's in-process tier; nil unless Options.LocalCacheEntries > 0
+	deadlines *deadlines                    // bounds calls whose ctx can never end
+	tel       *telemetry                    // nil unless Options.MeterProvider or TracerProvider is set
 }
 
 // New validates opts and returns a Service. It does not touch the
@@ -126,6 +127,10 @@ func New(opts Options) (*Service, error) {
 			_ = s.rdb.Close()
 		}
 		return nil, fmt.Errorf("%w: telemetry: %w", ErrInvalidArgument, err)
+	}
+	if opts.LocalCacheEntries > 0 {
+		s.local = newLocalTier(opts.LocalCacheEntries)
+		s.goBackground(s.track)
 	}
 	// Optimistic until a call says otherwise, so that a Service used
 	// without Connect does not start out reporting an outage.

@@ -1,0 +1,186 @@
+package redisservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// This file keeps the local tier of Cache coherent: one connection per
+// master, in RESP2, subscribed to __redis__:invalidate, with
+// CLIENT TRACKING ON REDIRECT <itself> BCAST PREFIX <KeyPrefix>. Redis then
+// sends it the name of every key under the prefix that changes (written,
+// deleted, expired, evicted, flushed) on that master, whichever client
+// changed it. BCAST needs nothing of the connections that read, so reads
+// stay on the ordinary pool (also a caller's own Options.Client), and a
+// reconnect needs only this one connection set up again.
+
+const (
+	trackingChannel = "__redis__:invalidate"
+	// trackingPing is how often a quiet tracking connection is pinged; one
+	// that has not answered by the next tick is taken for lost.
+	trackingPing = 500 * time.Millisecond
+	// trackingRetry is the pause between attempts to set tracking up again.
+	trackingRetry = 100 * time.Millisecond
+)
+
+// errNoTracking reports a server that cannot track keys (miniredis, Redis
+// before 6): the local tier stays off.
+var errNoTracking = errors.New("the server does not support CLIENT TRACKING")
+
+// track finds the masters and starts a tracker for each. It runs in the
+// background from New until Close.
+func (s *Service) track(ctx context.Context) {
+	lt := s.local
+	for {
+		masters, err := s.masterOptions(ctx)
+		if err == nil {
+			// Each tracker counts as down until it is subscribed.
+			lt.down.Add(int32(len(masters)))
+			lt.down.Add(-1) // the masters are known
+			for _, o := range masters {
+				s.goBackground(func(ctx context.Context) { s.trackMaster(ctx, o) })
+			}
+			return
+		}
+		if errors.Is(err, errNoTracking) {
+			s.localOff(err)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// masterOptions returns the connection options of every master.
+func (s *Service) masterOptions(ctx context.Context) ([]*redis.Options, error) {
+	switch c := s.rdb.(type) {
+	case *redis.Client:
+		return []*redis.Options{c.Options()}, nil
+	case *redis.ClusterClient:
+		var mu sync.Mutex
+		var opts []*redis.Options
+		err := c.ForEachMaster(ctx, func(_ context.Context, n *redis.Client) error {
+			mu.Lock()
+			opts = append(opts, n.Options())
+			mu.Unlock()
+			return nil
+		})
+		return opts, err
+	default:
+		return nil, fmt.Errorf("%w: client type %T", errNoTracking, s.rdb)
+	}
+}
+
+// trackMaster keeps one tracking connection to the master that base
+// dials, until ctx ends. The local tier is unused whenever it is not
+// subscribed.
+func (s *Service) trackMaster(ctx context.Context, base *redis.Options) {
+	lt := s.local
+	o := *base
+	o.Protocol = 2 // invalidations as Pub/Sub messages on this connection
+	o.PoolSize, o.MinIdleConns, o.MaxIdleConns = 1, 0, 1
+	o.MaxRetries = -1
+	o.ClientSideCacheConfig = nil
+	o.OnConnect = func(ctx context.Context, cn *redis.Conn) error {
+		// Every (re)connection: tracking is per connection.
+		id, err := cn.ClientID(ctx).Result()
+		if err == nil {
+			args := []any{"CLIENT", "TRACKING", "on", "REDIRECT", id, "BCAST"}
+			if s.prefix != "" {
+				args = append(args, "PREFIX", s.prefix)
+			}
+			err = cn.Do(ctx, args...).Err()
+		}
+		var rerr redis.Error
+		if errors.As(err, &rerr) { // Redis answered, but no
+			return fmt.Errorf("%w: %w", errNoTracking, err)
+		}
+		return err
+	}
+	c := redis.NewClient(&o)
+	defer c.Close()
+	for ctx.Err() == nil {
+		ps := c.Subscribe(ctx, trackingChannel)
+		stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
+		up, err := s.receiveInvalidations(ctx, ps)
+		stop()
+		_ = ps.Close()
+		if up {
+			lt.setDown()
+		}
+		if errors.Is(err, errNoTracking) {
+			s.localOff(err)
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(trackingRetry):
+		}
+	}
+}
+
+// receiveInvalidations applies the invalidations arriving on ps until it
+// fails. It reports whether it had marked its tracker up.
+func (s *Service) receiveInvalidations(ctx context.Context, ps *redis.PubSub) (up bool, err error) {
+	lt := s.local
+	pinged := false // a PING is unanswered
+	for {
+		msg, err := ps.ReceiveTimeout(ctx, trackingPing)
+		if err != nil {
+			var nerr net.Error
+			if errors.As(err, &nerr) && nerr.Timeout() && up && !pinged {
+				pinged = true
+				if err := ps.Ping(ctx); err == nil {
+					continue
+				}
+			}
+			// A null invalidation (FLUSHALL, FLUSHDB) also lands here, as a
+			// payload go-redis cannot parse: emptying the tier is its meaning.
+			return up, err
+		}
+		pinged = false
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" && !up {
+				up = true
+				lt.setUp()
+			}
+		case *redis.Message:
+			if len(m.PayloadSlice) == 0 && m.Payload == "" {
+				lt.clear()
+			}
+			for _, k := range m.PayloadSlice {
+				s.invalidateLocal(k)
+			}
+			if m.Payload != "" {
+				s.invalidateLocal(m.Payload)
+			}
+		}
+	}
+}
+
+// invalidateLocal drops the copies of the Redis key k.
+func (s *Service) invalidateLocal(k string) {
+	if key, ok := strings.CutPrefix(k, s.prefix); ok {
+		s.local.invalidate(key)
+	}
+}
+
+// localOff switches the local tier off for good, saying why once.
+func (s *Service) localOff(err error) {
+	if s.local.off.Swap(true) {
+		return
+	}
+	s.local.clear()
+	s.log.Warn("redisservice: local cache tier off: Cache reads Redis on every call", "reason", err.Error())
+}
