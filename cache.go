@@ -78,20 +78,37 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	fk := flightKey{key: key, typ: reflect.TypeFor[T]()}
 	lt := s.local
 	if lt != nil && lt.usable() {
-		if e, ok := lt.get(fk, time.Now().UnixNano()); ok {
+		now := time.Now().UnixNano()
+		if e, ok := lt.get(fk, now); ok {
 			s.found(true)
-			s.tel.cacheResult(ctx, cacheLocalHit)
+			if e.stale != 0 && now >= e.stale {
+				s.tel.cacheResult(ctx, cacheStale)
+				refresh(ctx, s, fk, ttl, load, co)
+			} else {
+				s.tel.cacheResult(ctx, cacheLocalHit)
+			}
 			return e.val.(T), nil
 		}
 	}
-	v, hit, reply, readErr := cacheRead[T](ctx, s, key, lt != nil)
-	if hit {
+	rk := readKey{key: key, withTTL: lt != nil || co.swr > 0, notFound: co.notFound > 0}
+	v, hit, reply, readErr := cacheRead[T](ctx, s, rk)
+	switch {
+	case hit:
 		s.found(true)
-		s.tel.cacheResult(ctx, cacheHit)
 		if lt != nil {
 			lt.put(fk, reply.ticket, v, reply.start, reply.pttl, co.swr)
 		}
+		if co.swr > 0 && reply.pttl >= 0 && reply.pttl <= co.swr {
+			s.tel.cacheResult(ctx, cacheStale)
+			refresh(ctx, s, fk, ttl, load, co)
+		} else {
+			s.tel.cacheResult(ctx, cacheHit)
+		}
 		return v, nil
+	case reply.notFound:
+		s.found(true)
+		s.tel.cacheResult(ctx, cacheNotFound)
+		return zero, fmt.Errorf("redisservice: %s %q: %w", op, key, ErrNotFound)
 	}
 	if readErr == nil {
 		s.found(false)
@@ -99,9 +116,12 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	}
 	// Redis answered: worth asking again inside the flight, and storing.
 	// Redis did not: a store would only make the caller wait once more.
-	redisOK := readErr == nil
+	mode := loadRecheck | loadStore
+	if readErr != nil {
+		mode = 0
+	}
 	res, err := s.flights.do(ctx, fk, func(lctx context.Context) (any, error) {
-		return loadAndStore(lctx, s, key, ttl, load, redisOK)
+		return loadAndStore(lctx, s, key, ttl, load, co, mode)
 	})
 	if res == nil { // load failed, this caller stopped waiting, or load returned a nil interface
 		if err == nil {
@@ -120,26 +140,60 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	return res.(T), err
 }
 
+// refresh reloads key in the background for StaleWhileRevalidate, unless
+// a refresh of key (and T) is running in this process already. The load
+// gets ctx's values, not its cancellation; Close cancels it.
+func refresh[T any](ctx context.Context, s *Service, fk flightKey, ttl time.Duration, load func(context.Context) (T, error), co cacheOptions) {
+	if _, running := s.refreshing.LoadOrStore(fk, struct{}{}); running {
+		return
+	}
+	values := context.WithoutCancel(ctx)
+	started := s.goBackground(func(bg context.Context) {
+		defer s.refreshing.Delete(fk)
+		lctx, cancel := context.WithCancel(values)
+		defer context.AfterFunc(bg, cancel)()
+		defer cancel()
+		_, _ = s.flights.do(lctx, fk, func(lctx context.Context) (any, error) {
+			return loadAndStore(lctx, s, fk.key, ttl, load, co, loadStore)
+		})
+	})
+	if !started {
+		s.refreshing.Delete(fk)
+	}
+}
+
+// What loadAndStore does besides calling load.
+const (
+	loadRecheck = 1 << iota // read the key once more first: another caller may have stored it
+	loadStore               // store the value
+)
+
 // loadAndStore is the shared part of a miss: check once more, call load,
-// store its value; with redisOK false, only call load. It returns the
-// value and load's error, or the value and the error that kept it from
-// being stored.
-func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), redisOK bool) (any, error) {
+// store its value, as mode says. It returns the value and load's error,
+// or the value and the error that kept it from being stored. A load that
+// fails with ErrNotFound leaves the not-found marker when co asks for it.
+func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), co cacheOptions, mode int) (any, error) {
 	const op = "cache"
-	if redisOK {
-		if v, hit, _, _ := cacheRead[T](ctx, s, key, false); hit {
+	if mode&loadRecheck != 0 {
+		if v, hit, r, _ := cacheRead[T](ctx, s, readKey{key: key, withTTL: co.swr > 0}); hit && (co.swr == 0 || r.pttl < 0 || r.pttl > co.swr) {
 			return v, nil
 		}
 	}
 	v, err := load(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("redisservice: %s %q: load: %w", op, key, err)
+		err = fmt.Errorf("redisservice: %s %q: load: %w", op, key, err)
+		if co.notFound > 0 && mode&loadStore != 0 && errors.Is(err, ErrNotFound) && s.skipWhileDown(op, key) == nil {
+			_, _ = call(s, context.WithoutCancel(ctx), op, key, func(ctx context.Context) (string, error) {
+				return s.rdb.Set(ctx, s.key(notFoundKey(key)), notFoundMarker, co.notFound).Result()
+			})
+		}
+		return nil, err
 	}
 	b, err := json.Marshal(v)
 	if err != nil {
 		return v, invalid(op, key, fmt.Errorf("%w: %w", ErrInvalidArgument, err))
 	}
-	if !redisOK {
+	if mode&loadStore == 0 {
 		return v, nil
 	}
 	if err := s.skipWhileDown(op, key); err != nil {
@@ -149,34 +203,49 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 	// The value is worth storing even when every caller has gone: the
 	// write is bounded by Options.Timeout instead.
 	_, err = call(s, context.WithoutCancel(ctx), op, key, func(ctx context.Context) (string, error) {
-		return s.rdb.Set(ctx, s.key(key), b, ttl).Result()
+		if co.notFound == 0 {
+			return s.rdb.Set(ctx, s.key(key), b, ttl+co.swr).Result()
+		}
+		// The marker of an earlier absence goes with the new value.
+		var set *redis.StatusCmd
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			set = p.Set(ctx, s.key(key), b, ttl+co.swr)
+			p.Del(ctx, s.key(notFoundKey(key)))
+			return nil
+		})
+		if err != nil {
+			return "", err
+		}
+		return set.Result()
 	})
 	return v, err
 }
 
-// readKey names one shared read: the key, and whether its PTTL is read
-// with it.
+// readKey names one shared read: the key, and what is read with it.
 type readKey struct {
-	key     string
-	withTTL bool
+	key      string
+	withTTL  bool // its PTTL
+	notFound bool // whether its not-found marker exists
 }
 
 // readReply is what one read of a key found.
 type readReply struct {
-	b      []byte
-	pttl   time.Duration // the key's PTTL (-1: none) when read withTTL
-	start  time.Time     // when the read was sent
-	ticket localTicket   // the local tier's, taken before the read was sent
+	b        []byte
+	pttl     time.Duration // the key's PTTL (-1: none) when read withTTL
+	notFound bool          // the key is missing and its not-found marker exists
+	start    time.Time     // when the read was sent
+	ticket   localTicket   // the local tier's, taken before the read was sent
 }
 
-// cacheRead reads key, with its PTTL in the same round trip when withTTL,
-// and decodes it into a T. It reports hit only for a value that decodes;
-// a missing or undecodable value is a miss with a nil error. The error is
-// Redis's or [ErrUnavailable]. It counts no hit or miss.
-func cacheRead[T any](ctx context.Context, s *Service, key string, withTTL bool) (T, bool, readReply, error) {
+// cacheRead reads rk.key and what rk asks for, in one round trip, and
+// decodes the value into a T. It reports hit only for a value that
+// decodes; a missing or undecodable value is a miss with a nil error. The
+// error is Redis's or [ErrUnavailable]. It counts no hit or miss.
+func cacheRead[T any](ctx context.Context, s *Service, rk readKey) (T, bool, readReply, error) {
 	const op = "cache"
 	var v T
-	r, err := s.reads.get(ctx, readKey{key, withTTL}, s.opts.Timeout, func(ctx context.Context, until time.Time) (readReply, error) {
+	key := rk.key
+	r, err := s.reads.get(ctx, rk, s.opts.Timeout, func(ctx context.Context, until time.Time) (readReply, error) {
 		// Checked by every caller that reads, including one whose shared
 		// read failed: a Redis known to be down is not asked again.
 		if err := s.skipWhileDown(op, key); err != nil {
@@ -189,7 +258,7 @@ func cacheRead[T any](ctx context.Context, s *Service, key string, withTTL bool)
 				ctx, cancel = context.WithDeadline(ctx, until)
 				defer cancel()
 			}
-			return s.readCached(ctx, key, withTTL)
+			return s.readCached(ctx, rk)
 		})
 	})
 	var rerr redis.Error
@@ -201,43 +270,69 @@ func cacheRead[T any](ctx context.Context, s *Service, key string, withTTL bool)
 	case err == redis.Nil: //nolint:errorlint // call returns redis.Nil unwrapped
 		return v, false, r, nil
 	case errors.As(err, &rerr) && !errors.Is(err, ErrClosed):
-		return v, false, r, nil // WRONGTYPE: undecodable, overwritten by the SET
+		return v, false, readReply{}, nil // WRONGTYPE: undecodable, overwritten by the SET
 	case err != nil:
 		return v, false, r, err
 	}
 	if json.Unmarshal(r.b, &v) != nil {
 		var zero T
-		return zero, false, r, nil
+		return zero, false, readReply{}, nil
 	}
 	return v, true, r, nil
 }
 
-// readCached sends GET key, with PTTL key in the same pipeline when
-// withTTL. A missing key is redis.Nil.
-func (s *Service) readCached(ctx context.Context, key string, withTTL bool) (readReply, error) {
+// readCached sends GET, with PTTL and EXISTS of the not-found marker in
+// the same pipeline when rk asks for them. A missing key is redis.Nil.
+func (s *Service) readCached(ctx context.Context, rk readKey) (readReply, error) {
 	r := readReply{start: time.Now()}
 	if s.local != nil {
-		r.ticket = s.local.ticket(key)
+		r.ticket = s.local.ticket(rk.key)
 	}
-	if !withTTL {
-		b, err := s.rdb.Get(ctx, s.key(key)).Bytes()
+	k := s.key(rk.key)
+	if !rk.withTTL && !rk.notFound {
+		b, err := s.rdb.Get(ctx, k).Bytes()
 		r.b = b
 		return r, err
 	}
 	var get *redis.StringCmd
 	var pttl *redis.DurationCmd
+	var marker *redis.IntCmd
 	_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		get = p.Get(ctx, s.key(key))
-		pttl = p.PTTL(ctx, s.key(key))
+		get = p.Get(ctx, k)
+		if rk.withTTL {
+			pttl = p.PTTL(ctx, k)
+		}
+		if rk.notFound {
+			marker = p.Exists(ctx, s.key(notFoundKey(rk.key)))
+		}
 		return nil
 	})
 	b, err := get.Bytes()
+	if err == redis.Nil && marker != nil { //nolint:errorlint // go-redis returns redis.Nil unwrapped
+		n, merr := marker.Result()
+		if merr != nil {
+			return r, merr
+		}
+		r.notFound = n > 0
+	}
 	if err != nil {
 		return r, err
 	}
-	if err := pttl.Err(); err != nil {
-		return r, err
+	if pttl != nil {
+		if err := pttl.Err(); err != nil {
+			return r, err
+		}
+		r.pttl = pttl.Val()
 	}
-	r.b, r.pttl = b, pttl.Val()
+	r.b = b
 	return r, nil
 }
+
+// notFoundMarker is the value of a not-found marker: not JSON, so that no
+// reader takes it for a cached value even at its own key.
+const notFoundMarker = "redisservice:not-found"
+
+// notFoundKey is the key of key's not-found marker: a key of its own, so
+// that GetJSON and other readers of key see it missing, as it is, and
+// InvalidatePattern with a trailing * removes both.
+func notFoundKey(key string) string { return key + ":redisservice-not-found" }

@@ -9,7 +9,34 @@ import (
 type CacheOption func(*cacheOptions)
 
 type cacheOptions struct {
-	swr time.Duration // StaleWhileRevalidate
+	swr      time.Duration // StaleWhileRevalidate
+	notFound time.Duration // NotFoundTTL
+}
+
+// StaleWhileRevalidate keeps a value in Redis for d past its TTL. A call
+// that finds it there returns it at once, and one background load (per
+// key and type in this process) stores a fresh value. The stored value is
+// the same plain JSON, kept for ttl+d; it counts as stale while its PTTL
+// is d or less. The background load gets the values of the ctx of the
+// call that started it, not its cancellation; [Service.Close] cancels
+// it, and its error is dropped (counted in [Stats] when Redis failed).
+// d must not be negative; 0 turns it off.
+func StaleWhileRevalidate(d time.Duration) CacheOption {
+	return func(o *cacheOptions) { o.swr = d }
+}
+
+// NotFoundTTL makes Cache remember for d that load returned [ErrNotFound]
+// (wrapped or not): calls in that time return an error matching
+// ErrNotFound without calling load. The absence is a marker key of its
+// own beside key (key + ":redisservice-not-found", holding a value that
+// is not JSON), so the cached key itself stays missing for every other
+// reader, and a value written to key wins over the marker. Storing a
+// value through Cache with this option deletes the marker. Reading it
+// costs an EXISTS in the same round trip as the GET (on a cluster, a
+// second node may be asked in parallel). d must be at least one
+// millisecond; without the option nothing is remembered.
+func NotFoundTTL(d time.Duration) CacheOption {
+	return func(o *cacheOptions) { o.notFound = d }
 }
 
 // buildCacheOptions applies opts and validates the result.
@@ -22,6 +49,11 @@ func buildCacheOptions(opts []CacheOption) (cacheOptions, error) {
 	}
 	if o.swr < 0 {
 		return o, fmt.Errorf("%w: StaleWhileRevalidate %v < 0", ErrInvalidArgument, o.swr)
+	}
+	if o.notFound != 0 {
+		if err := checkTTL(o.notFound); err != nil {
+			return o, fmt.Errorf("NotFoundTTL: %w", err)
+		}
 	}
 	return o, nil
 }

@@ -43,6 +43,11 @@ var (
 	// was written; the session is as the other writers left it.
 	ErrConflict = errors.New("redisservice: session changed concurrently")
 
+	// ErrNotFound is what a [Cache] loader returns (wrapped or not) when
+	// there is nothing to cache. With [NotFoundTTL], Cache remembers it
+	// and later calls return an error matching it without loading.
+	ErrNotFound = errors.New("redisservice: not found")
+
 	// ErrDecode reports a stored value that does not decode into the
 	// destination (bad JSON or a type mismatch). The wrapped error says why.
 	ErrDecode = errors.New("redisservice: stored value does not decode")

@@ -33,6 +33,3 @@ func localHas[T any](s *Service, key string) bool {
 	_, ok := s.local.get(flightKey{key: key, typ: reflect.TypeFor[T]()}, time.Now().UnixNano())
 	return ok
 }
-
-// localUsable reports whether the local tier is in use.
-func (s *Service) localUsable() bool { return s.local != nil && s.local.usable() }

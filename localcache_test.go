@@ -19,7 +19,7 @@ import (
 func localService(t testing.TB, b *backend, n int) *Service {
 	t.Helper()
 	s := b.service(t, Options{LocalCacheEntries: n})
-	require.Eventually(t, s.localUsable, 5*time.Second, time.Millisecond, "the local tier comes into use")
+	require.Eventually(t, s.LocalCacheActive, 5*time.Second, time.Millisecond, "the local tier comes into use")
 	return s
 }
 
@@ -174,7 +174,7 @@ func TestLocalCacheReconnect(t *testing.T) {
 			require.Eventually(t, func() bool { return cachedAs(t, s, key) == "after" }, invalidationBound, time.Millisecond,
 				"Cache sees the write made while the tracking connection was killed")
 			t.Logf("round %d: the write was seen after %v", round, time.Since(start))
-			require.Eventually(t, s.localUsable, 5*time.Second, time.Millisecond, "the tier comes back into use")
+			require.Eventually(t, s.LocalCacheActive, 5*time.Second, time.Millisecond, "the tier comes back into use")
 			warmLocal(t, s, key, "after")
 		}
 	})
@@ -187,7 +187,7 @@ func TestLocalCacheFlushAll(t *testing.T) {
 	s, err := New(Options{URL: srv.url(), LocalCacheEntries: 10})
 	require.NoError(t, err)
 	defer s.Close()
-	require.Eventually(t, s.localUsable, 5*time.Second, time.Millisecond)
+	require.Eventually(t, s.LocalCacheActive, 5*time.Second, time.Millisecond)
 	warmLocal(t, s, "k", "v")
 	raw := redis.NewClient(&redis.Options{Addr: srv.addr()})
 	defer raw.Close()
@@ -216,7 +216,7 @@ func TestLocalCacheOffWithoutTracking(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, "v", v)
 	}
-	assert.False(t, s.localUsable())
+	assert.False(t, s.LocalCacheActive())
 	assert.False(t, localHas[string](s, "k"), "no copy kept without tracking")
 	require.NoError(t, b.mr.Set(b.raw("k"), `"changed"`))
 	assert.Equal(t, "changed", cachedAs(t, s, "k"), "every read goes to the server")

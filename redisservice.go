@@ -34,13 +34,14 @@ type Service struct {
 	bgCtx    context.Context // cancelled by Close
 	bgCancel context.CancelFunc
 
-	stats     counters
-	logGate   logGate
-	flights   flightGroup                   // Cache's loads in progress
-	reads     readGroup[readKey, readReply] // Cache's reads in progress
-	local     *localTier                    // Cache's in-process tier; nil unless Options.LocalCacheEntries > 0
-	deadlines *deadlines                    // bounds calls whose ctx can never end
-	tel       *telemetry                    // nil unless Options.MeterProvider or TracerProvider is set
+	stats      counters
+	logGate    logGate
+	flights    flightGroup                   // Cache's loads in progress
+	reads      readGroup[readKey, readReply] // Cache's reads in progress
+	local      *localTier                    // Cache's in-process tier; nil unless Options.LocalCacheEntries > 0
+	refreshing sync.Map                      // flightKey -> struct{}: StaleWhileRevalidate loads running
+	deadlines  *deadlines                    // bounds calls whose ctx can never end
+	tel        *telemetry                    // nil unless Options.MeterProvider or TracerProvider is set
 }
 
 // New validates opts and returns a Service. It does not touch the

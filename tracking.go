@@ -184,3 +184,9 @@ func (s *Service) localOff(err error) {
 	s.local.clear()
 	s.log.Warn("redisservice: local cache tier off: Cache reads Redis on every call", "reason", err.Error())
 }
+
+// LocalCacheActive reports whether [Cache]'s local tier is in use now:
+// [Options.LocalCacheEntries] is set, the server tracks keys, and the
+// invalidations of every master arrive. It is false for a short while
+// after [New] and while a tracking connection reconnects.
+func (s *Service) LocalCacheActive() bool { return s.local != nil && s.local.usable() }

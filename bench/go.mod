@@ -22,6 +22,8 @@ require (
 	go.opentelemetry.io/otel/log v1.47.0 // indirect
 )
 
+require github.com/maypok86/otter/v2 v2.4.0 // indirect
+
 require (
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/klauspost/compress v1.13.6 // indirect

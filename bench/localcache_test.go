@@ -1,0 +1,99 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/vevurn/redisservice"
+)
+
+// BenchmarkLocalCacheInvalidation measures how long a write by another
+// client takes to reach a Service's local tier: the time from the end of
+// the raw SET until Cache returns the new value (which includes the one
+// round trip that reads it). It reports the median and the 99th
+// percentile.
+func BenchmarkLocalCacheInvalidation(b *testing.B) {
+	s := newLocalService(b, 1000)
+	rdb := s.Client()
+	ctx := context.Background()
+	const key = "bench:local:inval"
+	never := func(context.Context) (string, error) { return "loaded", nil }
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		want := fmt.Sprintf("v%d", i)
+		// Hold the previous value in the tier before the write.
+		for range 3 {
+			_, _ = redisservice.Cache(ctx, s, key, time.Minute, never)
+		}
+		if err := rdb.Set(ctx, key, `"`+want+`"`, time.Minute).Err(); err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		for {
+			v, err := redisservice.Cache(ctx, s, key, time.Minute, never)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if v == want {
+				break
+			}
+			if time.Since(start) > time.Second {
+				b.Fatalf("the write of %q did not show within a second", want)
+			}
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
+
+// TestLocalCacheMemoryPerEntry fills the local tier with 20,000 small
+// values and reports the heap it takes per entry.
+func TestLocalCacheMemoryPerEntry(t *testing.T) {
+	s := newLocalService(t, 30000)
+	rdb := s.Client()
+	ctx := context.Background()
+	const n = 20000
+	p := rdb.Pipeline()
+	for i := range n {
+		p.Set(ctx, fmt.Sprintf("bench:local:mem:%d", i), `{"id":"x","n":1}`, time.Minute)
+	}
+	if _, err := p.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p := rdb.Pipeline()
+		for i := range n {
+			p.Del(ctx, fmt.Sprintf("bench:local:mem:%d", i))
+		}
+		_, _ = p.Exec(context.Background())
+	})
+	type small struct {
+		ID string `json:"id"`
+		N  int    `json:"n"`
+	}
+	never := func(context.Context) (small, error) { return small{}, nil }
+	time.Sleep(50 * time.Millisecond) // the invalidations of the SETs
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range n {
+		if _, err := redisservice.Cache(ctx, s, fmt.Sprintf("bench:local:mem:%d", i), time.Minute, never); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := float64(after.HeapAlloc-before.HeapAlloc) / n
+	t.Logf("local tier: %.0f B of heap per entry (key of ~20 bytes, a struct of a string and an int)", per)
+	if per > 1024 {
+		t.Errorf("%.0f B per entry; want under 1 KiB", per)
+	}
+}
