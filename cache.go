@@ -53,9 +53,20 @@ import (
 // wait for Redis, up to [Options.Timeout] or their own deadline. After
 // [Service.Close], Cache returns load's value with [ErrClosed].
 //
+// With [Options.LocalCacheEntries], a value read from Redis is kept
+// decoded in process and later hits share it (do not modify it); copies
+// are dropped when their key changes in Redis. opts add
+// [StaleWhileRevalidate] and [NotFoundTTL]. Across processes, a miss takes
+// a short lock key (key + ":redisservice-lock", SET NX PX 10s): one
+// process loads while the others poll for its value, and load themselves
+// when the lock goes without a value or after 10 s; this costs a miss two
+// more round trips (the lock and its release); [WithoutFleetLock] turns it
+// off. README "Cache-aside" gives the details and their costs.
+//
 // An empty key fails with [ErrInvalidKey], a ttl below one millisecond
-// with [ErrInvalidTTL] and a nil load with [ErrInvalidArgument]; load is
-// then not called and the zero T is returned.
+// with [ErrInvalidTTL] and a nil load or an invalid option with
+// [ErrInvalidArgument] or [ErrInvalidTTL]; load is then not called and the
+// zero T is returned.
 func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), opts ...CacheOption) (T, error) {
 	const op = "cache"
 	var zero T
@@ -179,6 +190,19 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 			return v, nil
 		}
 	}
+	locked := false
+	if mode&loadStore != 0 && !co.noFleetLock {
+		got, v, hit, err := fleetLock[T](ctx, s, key, co, mode&loadRecheck == 0)
+		switch {
+		case hit:
+			return v, nil
+		case errors.Is(err, ErrNotFound):
+			return nil, err
+		case !got && mode&loadRecheck == 0:
+			return nil, nil // a refresh that another process runs
+		}
+		locked = got
+	}
 	v, err := load(ctx)
 	if err != nil {
 		err = fmt.Errorf("redisservice: %s %q: load: %w", op, key, err)
@@ -187,7 +211,13 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 				return s.rdb.Set(ctx, s.key(notFoundKey(key)), notFoundMarker, co.notFound).Result()
 			})
 		}
+		if locked {
+			s.unlockFleet(ctx, key)
+		}
 		return nil, err
+	}
+	if locked {
+		defer s.unlockFleet(ctx, key) // after the store, whatever becomes of it
 	}
 	b, err := json.Marshal(v)
 	if err != nil {

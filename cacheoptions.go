@@ -9,8 +9,18 @@ import (
 type CacheOption func(*cacheOptions)
 
 type cacheOptions struct {
-	swr      time.Duration // StaleWhileRevalidate
-	notFound time.Duration // NotFoundTTL
+	swr         time.Duration // StaleWhileRevalidate
+	notFound    time.Duration // NotFoundTTL
+	noFleetLock bool          // WithoutFleetLock
+}
+
+// WithoutFleetLock makes a miss load at once, without the lock key that
+// otherwise lets one process of a fleet load a missing key while the
+// others wait for its value (see [Cache]). It saves the lock's round trip
+// on every miss where one process is all there is, or where duplicate
+// loads cost nothing.
+func WithoutFleetLock() CacheOption {
+	return func(o *cacheOptions) { o.noFleetLock = true }
 }
 
 // StaleWhileRevalidate keeps a value in Redis for d past its TTL. A call

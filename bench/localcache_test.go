@@ -97,3 +97,38 @@ func TestLocalCacheMemoryPerEntry(t *testing.T) {
 		t.Errorf("%.0f B per entry; want under 1 KiB", per)
 	}
 }
+
+// BenchmarkCacheMiss measures a miss of a cold key at one caller: GET, the
+// load's second GET, the store, with the fleet-wide lock (SET NX before
+// the load, DEL after the store: two more round trips) and without it
+// (WithoutFleetLock). The loader returns at once.
+func BenchmarkCacheMiss(b *testing.B) {
+	s := newService(b, redisservice.Options{})
+	ctx := context.Background()
+	want := newDoc()
+	load := func(context.Context) (doc, error) { return want, nil }
+	for _, impl := range []struct {
+		name string
+		opts []redisservice.CacheOption
+	}{
+		{"lock", nil},
+		{"nolock", []redisservice.CacheOption{redisservice.WithoutFleetLock()}},
+	} {
+		b.Run("impl="+impl.name, func(b *testing.B) {
+			keys := make([]string, 0, b.N)
+			b.Cleanup(func() {
+				p := s.Client().Pipeline()
+				for _, k := range keys {
+					p.Del(context.Background(), k)
+				}
+				_, _ = p.Exec(context.Background())
+			})
+			runCallers(b, 1, func(i int) error {
+				k := fmt.Sprintf("bench:miss:%s:%d:%d", impl.name, time.Now().UnixNano(), i)
+				keys = append(keys, k)
+				_, err := redisservice.Cache(ctx, s, k, time.Minute, load, impl.opts...)
+				return err
+			})
+		})
+	}
+}
