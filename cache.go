@@ -206,7 +206,7 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 	v, err := load(ctx)
 	if err != nil {
 		err = fmt.Errorf("redisservice: %s %q: load: %w", op, key, err)
-		if co.notFound > 0 && mode&loadStore != 0 && errors.Is(err, ErrNotFound) && s.skipWhileDown(op, key) == nil {
+		if co.notFound > 0 && mode&loadStore != 0 && errors.Is(err, ErrNotFound) {
 			_, _ = call(s, context.WithoutCancel(ctx), op, key, func(ctx context.Context) (string, error) {
 				return s.rdb.Set(ctx, s.key(notFoundKey(key)), notFoundMarker, co.notFound).Result()
 			})
@@ -225,10 +225,6 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 	}
 	if mode&loadStore == 0 {
 		return v, nil
-	}
-	if err := s.skipWhileDown(op, key); err != nil {
-		s.tel.fallback(ctx, op)
-		return v, err
 	}
 	// The value is worth storing even when every caller has gone: the
 	// write is bounded by Options.Timeout instead.
@@ -276,12 +272,8 @@ func cacheRead[T any](ctx context.Context, s *Service, rk readKey) (T, bool, rea
 	var v T
 	key := rk.key
 	r, err := s.reads.get(ctx, rk, s.opts.Timeout, func(ctx context.Context, until time.Time) (readReply, error) {
-		// Checked by every caller that reads, including one whose shared
-		// read failed: a Redis known to be down is not asked again.
-		if err := s.skipWhileDown(op, key); err != nil {
-			s.tel.fallback(ctx, op)
-			return readReply{}, err
-		}
+		// call fails fast while Redis is known down, also for a caller
+		// that reads again after a shared read failed.
 		return call(s, ctx, op, key, func(ctx context.Context) (readReply, error) {
 			if !until.IsZero() {
 				var cancel context.CancelFunc
