@@ -119,7 +119,7 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	case reply.notFound:
 		s.found(true)
 		s.tel.cacheResult(ctx, cacheNotFound)
-		return zero, fmt.Errorf("redisservice: %s %q: %w", op, key, ErrNotFound)
+		return zero, notFound(key)
 	}
 	if readErr == nil {
 		s.found(false)
@@ -180,26 +180,49 @@ const (
 )
 
 // loadAndStore is the shared part of a miss: check once more, call load,
-// store its value, as mode says. It returns the value and load's error,
-// or the value and the error that kept it from being stored. A load that
-// fails with ErrNotFound leaves the not-found marker when co asks for it.
+// store its value, as mode says. Unless co turns it off, a store is
+// guarded by the fleet lock (fleetlock.go): the recheck takes it in the
+// same round trip, and the store releases it in the same round trip. It
+// returns the value and load's error, or the value and the error that
+// kept it from being stored. A load that fails with ErrNotFound leaves the
+// not-found marker when co asks for it.
 func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), co cacheOptions, mode int) (any, error) {
 	const op = "cache"
-	if mode&loadRecheck != 0 {
-		if v, hit, r, _ := cacheRead[T](ctx, s, readKey{key: key, withTTL: co.swr > 0}); hit && (co.swr == 0 || r.pttl < 0 || r.pttl > co.swr) {
-			return v, nil
-		}
-	}
+	locking := mode&loadStore != 0 && !co.noFleetLock
 	locked := false
-	if mode&loadStore != 0 && !co.noFleetLock {
-		got, v, hit, err := fleetLock[T](ctx, s, key, co, mode&loadRecheck == 0)
+	switch {
+	case mode&loadRecheck != 0:
+		lock := lockNone
+		if locking {
+			lock = lockTake
+		}
+		v, fresh, r, err := recheck[T](ctx, s, key, co, lock)
+		locked = r.locked
 		switch {
-		case hit:
+		case fresh || r.notFound:
+			if locked {
+				s.unlockFleet(ctx, key)
+			}
+			if r.notFound {
+				return nil, notFound(key)
+			}
 			return v, nil
-		case errors.Is(err, ErrNotFound):
-			return nil, err
-		case !got && mode&loadRecheck == 0:
-			return nil, nil // a refresh that another process runs
+		case locking && err == nil && !locked:
+			// Another process loads: wait for its value.
+			got, v, hit, err := fleetWait[T](ctx, s, key, co)
+			switch {
+			case hit:
+				return v, nil
+			case errors.Is(err, ErrNotFound):
+				return nil, err
+			}
+			locked = got
+		}
+	case locking:
+		// A refresh: the process that holds the lock refreshes for all.
+		got, err := s.takeFleetLock(ctx, key)
+		if err == nil && !got {
+			return nil, nil
 		}
 		locked = got
 	}
@@ -216,11 +239,11 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 		}
 		return nil, err
 	}
-	if locked {
-		defer s.unlockFleet(ctx, key) // after the store, whatever becomes of it
-	}
 	b, err := json.Marshal(v)
 	if err != nil {
+		if locked {
+			s.unlockFleet(ctx, key)
+		}
 		return v, invalid(op, key, fmt.Errorf("%w: %w", ErrInvalidArgument, err))
 	}
 	if mode&loadStore == 0 {
@@ -229,14 +252,19 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 	// The value is worth storing even when every caller has gone: the
 	// write is bounded by Options.Timeout instead.
 	_, err = call(s, context.WithoutCancel(ctx), op, key, func(ctx context.Context) (string, error) {
-		if co.notFound == 0 {
+		if co.notFound == 0 && !locked {
 			return s.rdb.Set(ctx, s.key(key), b, ttl+co.swr).Result()
 		}
-		// The marker of an earlier absence goes with the new value.
+		// The marker of an earlier absence and the lock go with the store.
 		var set *redis.StatusCmd
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			set = p.Set(ctx, s.key(key), b, ttl+co.swr)
-			p.Del(ctx, s.key(notFoundKey(key)))
+			if co.notFound > 0 {
+				p.Del(ctx, s.key(notFoundKey(key)))
+			}
+			if locked {
+				p.Del(ctx, s.key(lockKey(key)))
+			}
 			return nil
 		})
 		if err != nil {
@@ -245,6 +273,36 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 		return set.Result()
 	})
 	return v, err
+}
+
+// recheck reads key once more inside a load, doing lock in the same round
+// trip, and reports whether it found a fresh value. A missing or
+// undecodable value is no error.
+func recheck[T any](ctx context.Context, s *Service, key string, co cacheOptions, lock lockOp) (T, bool, readReply, error) {
+	var v T
+	rk := readKey{key: key, withTTL: co.swr > 0, notFound: co.notFound > 0}
+	r, err := call(s, ctx, "cache", key, func(ctx context.Context) (readReply, error) {
+		return s.readCached(ctx, rk, lock)
+	})
+	var rerr redis.Error
+	switch {
+	case err == redis.Nil: //nolint:errorlint // call returns redis.Nil unwrapped
+		return v, false, r, nil
+	case errors.As(err, &rerr) && !errors.Is(err, ErrClosed):
+		return v, false, r, nil // WRONGTYPE: overwritten by the store
+	case err != nil:
+		return v, false, r, err
+	}
+	if json.Unmarshal(r.b, &v) != nil {
+		var zero T
+		return zero, false, r, nil
+	}
+	return v, co.swr == 0 || r.pttl < 0 || r.pttl > co.swr, r, nil
+}
+
+// notFound is the error of a remembered absence of key.
+func notFound(key string) error {
+	return fmt.Errorf("redisservice: cache %q: %w", key, ErrNotFound)
 }
 
 // readKey names one shared read: the key, and what is read with it.
@@ -259,6 +317,7 @@ type readReply struct {
 	b        []byte
 	pttl     time.Duration // the key's PTTL (-1: none) when read withTTL
 	notFound bool          // the key is missing and its not-found marker exists
+	locked   bool          // lockTake: this process took the fleet lock; lockCheck: the lock is held
 	start    time.Time     // when the read was sent
 	ticket   localTicket   // the local tier's, taken before the read was sent
 }
@@ -280,7 +339,7 @@ func cacheRead[T any](ctx context.Context, s *Service, rk readKey) (T, bool, rea
 				ctx, cancel = context.WithDeadline(ctx, until)
 				defer cancel()
 			}
-			return s.readCached(ctx, rk)
+			return s.readCached(ctx, rk, lockNone)
 		})
 	})
 	var rerr redis.Error
@@ -303,15 +362,17 @@ func cacheRead[T any](ctx context.Context, s *Service, rk readKey) (T, bool, rea
 	return v, true, r, nil
 }
 
-// readCached sends GET, with PTTL and EXISTS of the not-found marker in
-// the same pipeline when rk asks for them. A missing key is redis.Nil.
-func (s *Service) readCached(ctx context.Context, rk readKey) (readReply, error) {
+// readCached sends GET, with PTTL, EXISTS of the not-found marker and
+// the fleet lock's command in the same pipeline when rk and lock ask for
+// them. A missing key is redis.Nil; r.locked is set whatever the GET
+// found.
+func (s *Service) readCached(ctx context.Context, rk readKey, lock lockOp) (readReply, error) {
 	r := readReply{start: time.Now()}
 	if s.local != nil {
 		r.ticket = s.local.ticket(rk.key)
 	}
 	k := s.key(rk.key)
-	if !rk.withTTL && !rk.notFound {
+	if !rk.withTTL && !rk.notFound && lock == lockNone {
 		b, err := s.rdb.Get(ctx, k).Bytes()
 		r.b = b
 		return r, err
@@ -319,7 +380,15 @@ func (s *Service) readCached(ctx context.Context, rk readKey) (readReply, error)
 	var get *redis.StringCmd
 	var pttl *redis.DurationCmd
 	var marker *redis.IntCmd
+	var locked *redis.BoolCmd
+	var lockExists *redis.IntCmd
 	_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		switch lock {
+		case lockTake: // first: a value stored before the lock was taken shows in the GET
+			locked = p.SetNX(ctx, s.key(lockKey(rk.key)), "1", fleetLockTTL)
+		case lockCheck:
+			lockExists = p.Exists(ctx, s.key(lockKey(rk.key)))
+		}
 		get = p.Get(ctx, k)
 		if rk.withTTL {
 			pttl = p.PTTL(ctx, k)
@@ -329,6 +398,20 @@ func (s *Service) readCached(ctx context.Context, rk readKey) (readReply, error)
 		}
 		return nil
 	})
+	switch {
+	case locked != nil:
+		ok, err := locked.Result()
+		if err != nil {
+			return r, err
+		}
+		r.locked = ok
+	case lockExists != nil:
+		n, err := lockExists.Result()
+		if err != nil {
+			return r, err
+		}
+		r.locked = n > 0
+	}
 	b, err := get.Bytes()
 	if err == redis.Nil && marker != nil { //nolint:errorlint // go-redis returns redis.Nil unwrapped
 		n, merr := marker.Result()

@@ -2,19 +2,16 @@ package redisservice
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // This file makes the processes of a fleet that miss one key at the same
 // time run its loader once: the first takes a short lock key with
-// SET NX PX; the others poll for the value the holder stores, and load
-// themselves when the lock goes without a value (the holder failed or
-// died) or when it outlives fleetLockTTL.
+// SET NX PX, in the same pipeline as its second look at the key; the
+// others poll for the value the holder stores, and load themselves when
+// the lock goes without a value (the holder failed or died) or after
+// fleetLockTTL. The holder releases the lock in the pipeline that stores
+// the value.
 
 const (
 	// fleetLockTTL is how long a lock holds without its holder: a load
@@ -26,28 +23,27 @@ const (
 	fleetPollMax = 50 * time.Millisecond
 )
 
+// lockOp is what a read does with key's fleet lock.
+type lockOp int
+
+const (
+	lockNone  lockOp = iota
+	lockTake         // SET NX PX: take it if free
+	lockCheck        // EXISTS: is it held
+)
+
 // lockKey is the key of key's fleet lock.
 func lockKey(key string) string { return key + ":redisservice-lock" }
 
-// fleetLock takes key's lock, or waits for the value of the process that
-// holds it. It reports got when this process holds the lock (or the lock
-// could not be asked for: the caller loads then); hit with the value the
-// holder stored; or an error matching ErrNotFound when the holder left a
-// not-found marker. With once, it does not wait: got is false when
-// another process holds the lock.
-func fleetLock[T any](ctx context.Context, s *Service, key string, co cacheOptions, once bool) (got bool, v any, hit bool, err error) {
-	const op = "cache"
-	ok, err := call(s, ctx, op, key, func(ctx context.Context) (bool, error) {
-		return s.rdb.SetNX(ctx, s.key(lockKey(key)), "1", fleetLockTTL).Result()
-	})
-	if err != nil || ok {
-		return true, nil, false, nil
-	}
-	if once {
-		return false, nil, false, nil
-	}
+// fleetWait waits for the value of the process that holds key's lock. It
+// returns hit with that value; an error matching ErrNotFound when the
+// holder left a not-found marker; or got when this process took the lock
+// over (the holder went without a value), when the wait passed
+// fleetLockTTL or when Redis failed: the caller loads then.
+func fleetWait[T any](ctx context.Context, s *Service, key string, co cacheOptions) (got bool, v any, hit bool, err error) {
 	end := time.Now().Add(fleetLockTTL)
 	pause := fleetPollMin
+	lock := lockCheck
 	for time.Now().Before(end) {
 		t := time.NewTimer(pause)
 		select {
@@ -57,48 +53,38 @@ func fleetLock[T any](ctx context.Context, s *Service, key string, co cacheOptio
 		case <-t.C:
 		}
 		pause = min(2*pause, fleetPollMax)
-		r, locked, err := s.pollFleet(ctx, key, co.notFound > 0)
+		val, fresh, r, err := recheck[T](ctx, s, key, co, lock)
 		switch {
 		case err != nil:
-			return true, nil, false, nil
-		case r.notFound:
-			return false, nil, false, fmt.Errorf("redisservice: %s %q: %w", op, key, ErrNotFound)
-		case r.b != nil:
-			var val T
-			if json.Unmarshal(r.b, &val) == nil {
-				return false, val, true, nil
+			return r.locked && lock == lockTake, nil, false, nil
+		case fresh:
+			if lock == lockTake && r.locked {
+				s.unlockFleet(ctx, key)
 			}
-			return true, nil, false, nil // undecodable: load and overwrite
-		case !locked:
-			// The holder is gone without a value: take the lock over.
-			return fleetLock[T](ctx, s, key, co, false)
+			return false, val, true, nil
+		case r.notFound:
+			if lock == lockTake && r.locked {
+				s.unlockFleet(ctx, key)
+			}
+			return false, nil, false, notFound(key)
+		case lock == lockTake && r.locked:
+			return true, nil, false, nil
+		case lock == lockCheck && !r.locked:
+			// The holder is gone without a value: take the lock over
+			// now, looking at the key once more in the same round trip.
+			lock, pause = lockTake, 0
+			continue
 		}
+		lock = lockCheck
 	}
 	return true, nil, false, nil
 }
 
-// pollFleet reads key (and its not-found marker) and whether its lock is
-// still held, in one round trip.
-func (s *Service) pollFleet(ctx context.Context, key string, notFound bool) (readReply, bool, error) {
-	var r readReply
-	var locked bool
-	_, err := call(s, ctx, "cache", key, func(ctx context.Context) (struct{}, error) {
-		var lock *redis.IntCmd
-		var err error
-		_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			lock = p.Exists(ctx, s.key(lockKey(key)))
-			return nil
-		})
-		r, err = s.readCached(ctx, readKey{key: key, notFound: notFound})
-		if errors.Is(err, redis.Nil) {
-			err = nil
-		}
-		if err == nil {
-			locked, err = lock.Val() > 0, lock.Err()
-		}
-		return struct{}{}, err
+// takeFleetLock takes key's lock if it is free.
+func (s *Service) takeFleetLock(ctx context.Context, key string) (bool, error) {
+	return call(s, ctx, "cache", key, func(ctx context.Context) (bool, error) {
+		return s.rdb.SetNX(ctx, s.key(lockKey(key)), "1", fleetLockTTL).Result()
 	})
-	return r, locked, err
 }
 
 // unlockFleet drops key's lock. It is not checked to be this process's:
