@@ -59,9 +59,10 @@ import (
 // [StaleWhileRevalidate] and [NotFoundTTL]. Across processes, a miss takes
 // a short lock key (key + ":redisservice-lock", SET NX PX 10s): one
 // process loads while the others poll for its value, and load themselves
-// when the lock goes without a value or after 10 s; this costs a miss two
-// more round trips (the lock and its release); [WithoutFleetLock] turns it
-// off. README "Cache-aside" gives the details and their costs.
+// when the lock goes without a value or after 10 s. The lock rides in the
+// round trips a miss makes anyway (two more commands, no more round
+// trips); [WithoutFleetLock] turns it off. README "Cache-aside" gives the
+// details and their costs.
 //
 // An empty key fails with [ErrInvalidKey], a ttl below one millisecond
 // with [ErrInvalidTTL] and a nil load or an invalid option with
