@@ -89,7 +89,7 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	}
 	fk := flightKey{key: key, typ: reflect.TypeFor[T]()}
 	lt := s.local
-	if lt != nil && lt.usable() {
+	if lt != nil && lt.usable() && !s.closed.Load() {
 		now := time.Now().UnixNano()
 		if e, ok := lt.get(fk, now); ok {
 			s.found(true)

@@ -241,3 +241,14 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+func TestLocalCacheAfterClose(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "redis")
+	s := localService(t, b, 10)
+	warmLocal(t, s, "k", "v")
+	require.NoError(t, s.Close())
+	v, err := Cache(ctxT(t), s, "k", time.Minute, func(context.Context) (string, error) { return "loaded", nil })
+	assert.ErrorIs(t, err, ErrClosed)
+	assert.Equal(t, "loaded", v, "Cache after Close returns the loader's value, not a local copy")
+}
