@@ -51,19 +51,27 @@ func NotFoundTTL(d time.Duration) CacheOption {
 
 // buildCacheOptions applies opts and validates the result.
 func buildCacheOptions(opts []CacheOption) (cacheOptions, error) {
-	var o cacheOptions
+	if len(opts) == 0 {
+		return cacheOptions{}, nil // no allocation on a hit without options
+	}
+	o := new(cacheOptions)
 	for _, opt := range opts {
 		if opt != nil {
-			opt(&o)
+			opt(o)
 		}
 	}
+	return o.validate()
+}
+
+// validate returns o, or the first option that cannot work.
+func (o *cacheOptions) validate() (cacheOptions, error) {
 	if o.swr < 0 {
-		return o, fmt.Errorf("%w: StaleWhileRevalidate %v < 0", ErrInvalidArgument, o.swr)
+		return *o, fmt.Errorf("%w: StaleWhileRevalidate %v < 0", ErrInvalidArgument, o.swr)
 	}
 	if o.notFound != 0 {
 		if err := checkTTL(o.notFound); err != nil {
-			return o, fmt.Errorf("NotFoundTTL: %w", err)
+			return *o, fmt.Errorf("NotFoundTTL: %w", err)
 		}
 	}
-	return o, nil
+	return *o, nil
 }

@@ -28,35 +28,63 @@ const (
 	trackingPing = 500 * time.Millisecond
 	// trackingRetry is the pause between attempts to set tracking up again.
 	trackingRetry = 100 * time.Millisecond
+	// trackingRediscover is how often the masters of a cluster are listed
+	// again, to track new ones.
+	trackingRediscover = time.Second
 )
 
 // errNoTracking reports a server that cannot track keys (miniredis, Redis
 // before 6): the local tier stays off.
 var errNoTracking = errors.New("the server does not support CLIENT TRACKING")
 
-// track finds the masters and starts a tracker for each. It runs in the
-// background from New until Close.
+// track finds the masters and keeps a tracker for each: on a cluster it
+// looks again every trackingRediscover, starts trackers for new masters
+// (the tier is unused until they are subscribed) and stops those of
+// masters that went. It runs in the background from New until Close.
 func (s *Service) track(ctx context.Context) {
 	lt := s.local
+	trackers := make(map[string]context.CancelFunc) // by address
+	found := false
 	for {
 		masters, err := s.masterOptions(ctx)
-		if err == nil {
-			// Each tracker counts as down until it is subscribed.
-			lt.down.Add(int32(len(masters)))
-			lt.down.Add(-1) // the masters are known
-			for _, o := range masters {
-				s.goBackground(func(ctx context.Context) { s.trackMaster(ctx, o) })
-			}
-			return
-		}
 		if errors.Is(err, errNoTracking) {
 			s.localOff(err)
 			return
 		}
+		if err == nil {
+			seen := make(map[string]bool, len(masters))
+			for _, o := range masters {
+				seen[o.Addr] = true
+				if _, ok := trackers[o.Addr]; ok {
+					continue
+				}
+				lt.down.Add(1) // until this tracker is subscribed
+				tctx, cancel := context.WithCancel(ctx)
+				if !s.goBackground(func(context.Context) { s.trackMaster(tctx, o) }) {
+					cancel()
+					return
+				}
+				trackers[o.Addr] = cancel
+			}
+			for addr, cancel := range trackers {
+				if !seen[addr] {
+					cancel()
+					delete(trackers, addr)
+				}
+			}
+			if !found {
+				found = true
+				lt.down.Add(-1) // the masters are known
+			}
+			if !s.cluster {
+				<-ctx.Done() // one node: nothing to look for again
+				return
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(time.Second):
+		case <-time.After(trackingRediscover):
 		}
 	}
 }
@@ -83,9 +111,15 @@ func (s *Service) masterOptions(ctx context.Context) ([]*redis.Options, error) {
 
 // trackMaster keeps one tracking connection to the master that base
 // dials, until ctx ends. The local tier is unused whenever it is not
-// subscribed.
+// subscribed. It counts in localTier.down from its start (track added it)
+// until it is subscribed, and again from any failure; on its way out it
+// takes itself off the count and empties the tier.
 func (s *Service) trackMaster(ctx context.Context, base *redis.Options) {
 	lt := s.local
+	defer func() {
+		lt.clear()
+		lt.down.Add(-1)
+	}()
 	o := *base
 	o.Protocol = 2 // invalidations as Pub/Sub messages on this connection
 	o.PoolSize, o.MinIdleConns, o.MaxIdleConns = 1, 0, 1
