@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -251,4 +252,73 @@ func TestLocalCacheAfterClose(t *testing.T) {
 	v, err := Cache(ctxT(t), s, "k", time.Minute, func(context.Context) (string, error) { return "loaded", nil })
 	assert.ErrorIs(t, err, ErrClosed)
 	assert.Equal(t, "loaded", v, "Cache after Close returns the loader's value, not a local copy")
+}
+
+func TestLocalTierTickets(t *testing.T) {
+	t.Parallel()
+	fk := flightKey{key: "k", typ: reflect.TypeFor[string]()}
+	newTier := func() *localTier {
+		lt := newLocalTier(10)
+		lt.setUp() // as a subscribed tracker would
+		require.True(t, lt.usable())
+		return lt
+	}
+	has := func(lt *localTier) bool { _, ok := lt.get(fk, time.Now().UnixNano()); return ok }
+
+	lt := newTier()
+	tk := lt.ticket("k")
+	lt.put(fk, tk, "v", time.Now(), time.Minute, 0)
+	assert.True(t, has(lt), "a value read with no invalidation meanwhile is kept")
+
+	lt = newTier()
+	tk = lt.ticket("k")
+	lt.invalidate("k") // the key changed while the read was in flight
+	lt.put(fk, tk, "old", time.Now(), time.Minute, 0)
+	assert.False(t, has(lt), "a value read before an invalidation of its key")
+
+	lt = newTier()
+	tk = lt.ticket("k")
+	lt.invalidate("other")
+	lt.invalidate("k2")
+	lt.put(fk, tk, "v", time.Now(), time.Minute, 0)
+	// Other keys may share the stripe: then the value is dropped too, a miss
+	// but never a stale read. Keys of other stripes do not matter.
+	if lt.stripe("other") != lt.stripe("k") && lt.stripe("k2") != lt.stripe("k") {
+		assert.True(t, has(lt), "invalidations of keys of other stripes")
+	}
+
+	lt = newTier()
+	tk = lt.ticket("k")
+	lt.setDown() // the tracker reconnects while the read is in flight
+	lt.setUp()
+	lt.put(fk, tk, "v", time.Now(), time.Minute, 0)
+	assert.False(t, has(lt), "a value read across a reconnect of the tracker")
+
+	lt = newTier()
+	lt.setDown()
+	tk = lt.ticket("k")
+	lt.setUp()
+	lt.put(fk, tk, "v", time.Now(), time.Minute, 0)
+	assert.False(t, has(lt), "a value read while the tier was unused")
+
+	lt = newTier()
+	lt.put(fk, lt.ticket("k"), "v", time.Now(), -2, 0)
+	assert.False(t, has(lt), "a key that was gone (PTTL -2)")
+	lt.put(fk, lt.ticket("k"), "v", time.Now(), -1, 0)
+	assert.True(t, has(lt), "a key without a TTL is kept until invalidated")
+	lt.invalidate("k")
+	assert.False(t, has(lt))
+
+	lt = newTier()
+	lt.put(fk, lt.ticket("k"), "v", time.Now(), 20*time.Millisecond, 0)
+	require.True(t, has(lt))
+	time.Sleep(25 * time.Millisecond)
+	assert.False(t, has(lt), "a copy outlived its key's PTTL")
+
+	lt = newTier()
+	start := time.Now()
+	lt.put(fk, lt.ticket("k"), "v", start, time.Minute, 50*time.Second)
+	e, ok := lt.get(fk, start.UnixNano())
+	require.True(t, ok)
+	assert.Equal(t, start.Add(10*time.Second).UnixNano(), e.stale, "stale once PTTL falls to the StaleWhileRevalidate window")
 }
