@@ -140,7 +140,7 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 			return zero, readErr
 		}
 		if cerr := ctx.Err(); (cerr != nil && err == cerr) || err == errGoexit { //nolint:errorlint // do returns these itself
-			err = fmt.Errorf("redisservice: %s %q: load: %w", op, key, err)
+			err = wrapOp(op, key, fmt.Errorf("load: %w", err))
 		}
 		return zero, err
 	}
@@ -229,7 +229,7 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 	}
 	v, err := load(ctx)
 	if err != nil {
-		err = fmt.Errorf("redisservice: %s %q: load: %w", op, key, err)
+		err = wrapOp(op, key, fmt.Errorf("load: %w", err))
 		if co.notFound > 0 && mode&loadStore != 0 && errors.Is(err, ErrNotFound) {
 			_, _ = call(s, context.WithoutCancel(ctx), op, key, func(ctx context.Context) (string, error) {
 				return s.rdb.Set(ctx, s.key(notFoundKey(key)), notFoundMarker, co.notFound).Result()
@@ -303,7 +303,7 @@ func recheck[T any](ctx context.Context, s *Service, key string, co cacheOptions
 
 // notFound is the error of a remembered absence of key.
 func notFound(key string) error {
-	return fmt.Errorf("redisservice: cache %q: %w", key, ErrNotFound)
+	return wrapOp("cache", key, ErrNotFound)
 }
 
 // readKey names one shared read: the key, and what is read with it.
