@@ -259,14 +259,6 @@ func (t *telemetry) describe(op, key string, err error) string {
 	return strings.TrimPrefix(msg, "redisservice: "+op+" "+strconv.Quote(key)+": ")
 }
 
-// fallback counts a call of op answered with its fallback without a
-// round trip (Cache while Redis is known to be down).
-func (t *telemetry) fallback(ctx context.Context, op string) {
-	if t != nil && t.operations != nil {
-		t.operations.Add(orBackground(ctx), 1, t.forOp(op).outcomes[outcomeFallback]...)
-	}
-}
-
 // cacheResult counts one Cache call by result (cacheHit, cacheMiss, ...).
 func (t *telemetry) cacheResult(ctx context.Context, result string) {
 	if t != nil && t.cache != nil {
