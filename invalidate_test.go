@@ -386,20 +386,28 @@ func FuzzEscapePattern(f *testing.F) {
 }
 
 // faultHook fails the commands for which fail returns an error, without
-// sending them.
+// sending them; with sent, after sending them and reading Redis's reply,
+// as a reply lost on the way back (a timeout) would.
 type faultHook struct {
 	fail func(cmd redis.Cmder) error
+	sent bool
 }
 
 func (h faultHook) DialHook(next redis.DialHook) redis.DialHook { return next }
 
 func (h faultHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if err := h.fail(cmd); err != nil {
-			cmd.SetErr(err)
-			return err
+		err := h.fail(cmd)
+		if err == nil {
+			return next(ctx, cmd)
 		}
-		return next(ctx, cmd)
+		if h.sent {
+			if rerr := next(ctx, cmd); rerr != nil {
+				return rerr // Redis's own error (NOSCRIPT, say) stands
+			}
+		}
+		cmd.SetErr(err)
+		return err
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -464,6 +465,54 @@ func TestRenewSessionIDRacingUpdates(t *testing.T) {
 		assert.False(t, ok)
 		assert.Empty(t, newID)
 	})
+}
+
+// TestRenewSessionIDWhenTheOldKeysDeleteFails: the compare-and-delete of
+// the old key fails, before it was sent or after it ran (a reply lost to a
+// timeout). The new id is returned with the error, alive and indexed, so
+// that at least one id is always alive, never neither.
+func TestRenewSessionIDWhenTheOldKeysDeleteFails(t *testing.T) {
+	t.Parallel()
+	for _, sent := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sent=%v", sent), func(t *testing.T) {
+			forEachBackend(t, func(t *testing.T, b *backend) {
+				var armed atomic.Bool
+				b.client.AddHook(faultHook{sent: sent, fail: func(cmd redis.Cmder) error {
+					// The session CAS script deleting: EVALSHA sha 1 key was "del" ...
+					args := cmd.Args()
+					if armed.Load() && (cmd.Name() == "evalsha" || cmd.Name() == "eval") && len(args) > 5 && args[5] == "del" {
+						return errInjected
+					}
+					return nil
+				}})
+				s := b.service(t, Options{})
+				ctx := ctxT(t)
+				id := newSession(t, s, "u1", time.Minute)
+				before := stored(t, b, id)
+				armed.Store(true)
+				newID, ok, err := s.RenewSessionID(ctx, id)
+				armed.Store(false)
+				require.ErrorIs(t, err, errInjected)
+				assert.NotContains(t, err.Error(), id, "the error names the session id")
+				assert.True(t, ok, "RenewSessionID reports the session found")
+				require.True(t, validSessionID(newID), "RenewSessionID = %q; want the new id with the error", newID)
+				assert.Equal(t, before, stored(t, b, newID), "the new key holds the session")
+				assert.Contains(t, b.client.ZRange(ctx, b.raw("user-sessions:u1"), 0, -1).Val(), newID, "the new id is indexed")
+				oldLeft := b.client.Exists(ctx, b.raw("session:"+id)).Val()
+				assert.Equal(t, map[bool]int64{false: 1, true: 0}[sent], oldLeft, "the old key exists unless the delete ran")
+
+				// What the doc tells the caller to do: use the new id, destroy the
+				// old (once the Service has seen Redis answer again: the injected
+				// fault looks like a lost connection).
+				require.Eventually(t, s.IsConnected, 5*time.Second, 5*time.Millisecond)
+				_, err = s.DestroySession(ctx, id)
+				require.NoError(t, err)
+				n, err := s.DestroyUserSessions(ctx, "u1")
+				require.NoError(t, err)
+				assert.Equal(t, int64(1), n, "log-out-everywhere finds the new id")
+			})
+		})
+	}
 }
 
 func TestUserSessions(t *testing.T) {

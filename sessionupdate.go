@@ -111,8 +111,19 @@ func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*Session
 // session changed meanwhile (an update, UpdateSessionActivity), the new
 // key is deleted and it starts again, at most 32 times, then fails with
 // [ErrConflict]; when it was destroyed meanwhile, the new key is deleted
-// too and the result is ("", false, nil). When only the last step fails,
-// it returns the new id, true and the error.
+// too and the result is ("", false, nil). The new key is deleted only
+// then, or when adding it to the index fails (the old id is untouched
+// then, and the result is "", false and the error).
+//
+// When the delete of the old id fails, it may have run all the same (a
+// timeout, say), so the new key is kept: the result is the new id, true
+// and the error. The new session is alive and indexed; the old one may be
+// too. Use the new id, and finish the renewal with
+// [Service.DestroySession] of the old id (a change made to the old
+// session in between is not carried over). When only the last step
+// fails, the result is the new id, true and the error too; the old id is
+// gone then, and its index entry is dropped when the index is next
+// written.
 func (s *Service) RenewSessionID(ctx context.Context, id string) (string, bool, error) {
 	const op = "renewsessionid"
 	if !validSessionID(id) {
@@ -158,10 +169,15 @@ func (s *Service) RenewSessionID(ctx context.Context, id string) (string, bool, 
 		}
 		// 3: the old key, if nobody changed or destroyed it meanwhile.
 		status, _, err := s.compareAndDelete(ctx, op, id, raw)
-		if err != nil || status != casDone {
+		switch {
+		case err != nil:
+			// The delete may have run (a reply lost to a timeout): the
+			// new key is all that is sure to hold the session, so keep it.
+			return newID, true, err
+		case status != casDone:
 			_, _ = s.delSessions(ctx, op, []string{newID})
-			if err != nil || status == casMissing {
-				return "", false, err
+			if status == casMissing {
+				return "", false, nil
 			}
 			continue
 		}
