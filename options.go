@@ -212,7 +212,12 @@ type Options struct {
 	// 500 on every master, each step bounded by Timeout when ctx has no
 	// deadline) and reading each session found, one pipelined round trip
 	// per step: their cost grows with the number of sessions of all users,
-	// not the one user's.
+	// not the one user's. Every session this package reads is also put in
+	// its user's index with the TTL it has then, so that a session the
+	// original service refreshed past its index entry is found again, and
+	// the index names the sessions the walk found: [Service.GetSession]
+	// reads the TTL with the session (same round trip) and takes one more
+	// round trip for the index; UserSessions two more (see there).
 	// Turn it off once the original service no longer writes sessions and
 	// every session it wrote has expired. The default is false.
 	LegacySessions bool

@@ -135,19 +135,23 @@ func (s *Service) CreateSession(ctx context.Context, id string, data SessionData
 	return s.indexSession(ctx, op, data.UserID, id, now.Add(life))
 }
 
-// sessionIndexScript keeps a user's session index: it records a
-// session's expiry (adding the session when it is missing, so that
-// sessions of the original service join), drops sessions that have
-// expired, evicts those closest to expiring beyond the cap and returns
-// their ids, and makes the index itself expire with its last session, so
-// that it never outlives them.
+// sessionIndexScript keeps a user's session index: it records sessions'
+// expiries (adding a session when it is missing, so that sessions of the
+// original service join; an expiry only ever moves later, so that a
+// slower writer's earlier expiry cannot make an entry lapse before its
+// session), drops sessions that have expired, evicts those closest to
+// expiring beyond the cap and returns their ids, and makes the index
+// itself expire with its last session, so that it never outlives them.
 //
-// KEYS[1]: the index. ARGV: id, expiry (unix ms), now (unix ms), cap.
+// KEYS[1]: the index. ARGV: now (unix ms), cap, then id and expiry (unix
+// ms) for each session.
 var sessionIndexScript = redis.NewScript(`
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+for i = 3, #ARGV, 2 do
+	redis.call('ZADD', KEYS[1], 'GT', ARGV[i + 1], ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local evicted = {}
-local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[2])
 if over > 0 then
 	local popped = redis.call('ZRANGE', KEYS[1], 0, over - 1)
 	redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
@@ -163,15 +167,28 @@ return evicted
 // indexSession records id's expiry in uid's index, adding id when it is
 // missing, and destroys the sessions the cap evicts.
 func (s *Service) indexSession(ctx context.Context, op, uid, id string, expiry time.Time) error {
+	_, err := s.indexSessions(ctx, op, uid, map[string]time.Time{id: expiry})
+	return err
+}
+
+// indexSessions records the sessions' expiries, by id, in uid's index in
+// one round trip, and destroys the sessions the cap evicts (one more). It
+// returns the evicted ids.
+func (s *Service) indexSessions(ctx context.Context, op, uid string, expiries map[string]time.Time) ([]string, error) {
+	args := make([]any, 0, 2+2*len(expiries))
+	args = append(args, s.opts.Now().UnixMilli(), s.opts.MaxSessionsPerUser)
+	for id, expiry := range expiries {
+		args = append(args, id, expiry.UnixMilli())
+	}
 	idx := s.key(userSessionsKey(uid))
 	evicted, err := call(s, ctx, op, "user-sessions:"+uid, func(ctx context.Context) ([]string, error) {
-		return sessionIndexScript.Run(ctx, s.rdb, []string{idx}, id, expiry.UnixMilli(), s.opts.Now().UnixMilli(), s.opts.MaxSessionsPerUser).StringSlice()
+		return sessionIndexScript.Run(ctx, s.rdb, []string{idx}, args...).StringSlice()
 	})
 	if err != nil || len(evicted) == 0 {
-		return err
+		return nil, err
 	}
 	_, err = s.delSessions(ctx, op, evicted)
-	return err
+	return evicted, err
 }
 
 // GetSession returns the session stored under id, with every stored field
@@ -179,17 +196,38 @@ func (s *Service) indexSession(ctx context.Context, op, uid, id string, expiry t
 // the zero SessionData, false, nil. An id that [NewSessionID] could not
 // have made is refused with [ErrInvalidKey] without asking Redis. A
 // stored value that is not a JSON object with the seven fields' types is
-// false with an error matching [ErrDecode]. It takes one round trip. A
-// session written by the original service (without "idleTimeoutMs")
-// takes two more, which add it to its user's index with its remaining TTL
-// (a session without a TTL is not indexed); when only they fail, it
-// returns the session, true and the error.
+// false with an error matching [ErrDecode].
+//
+// It takes one round trip, and makes sure the session is in its user's
+// index, which log-out-everywhere reads, at this cost:
+//   - Without [Options.LegacySessions], a session written by the original
+//     service (without "idleTimeoutMs") takes two more, which add it to
+//     the index with its remaining TTL. This package's own sessions are
+//     not checked.
+//   - With LegacySessions, every session read is added to the index (or
+//     its entry moved later) with its remaining TTL, read in the same
+//     round trip as the session: one more round trip. This catches a
+//     session of this package that the original service refreshed (its
+//     TTL reset to an hour, past its index entry) as well.
+//
+// A session without a TTL is not indexed. Joining the index counts
+// against [Options.MaxSessionsPerUser] as CreateSession does (one more
+// round trip when it evicts). When only the indexing fails, it returns
+// the session, true and the error.
 func (s *Service) GetSession(ctx context.Context, id string) (SessionData, bool, error) {
 	const op = "getsession"
 	if !validSessionID(id) {
 		return SessionData{}, false, invalid(op, sessionDisplayKey, ErrInvalidKey)
 	}
-	raw, found, err := s.readSession(ctx, op, id)
+	var raw []byte
+	var ttl time.Duration
+	var found bool
+	var err error
+	if s.opts.LegacySessions {
+		raw, ttl, found, err = s.readSessionTTL(ctx, op, id)
+	} else {
+		raw, found, err = s.readSession(ctx, op, id)
+	}
 	if !found {
 		return SessionData{}, false, err
 	}
@@ -197,7 +235,12 @@ func (s *Service) GetSession(ctx context.Context, id string) (SessionData, bool,
 	if err != nil {
 		return SessionData{}, false, err
 	}
-	if doc.legacy() {
+	switch {
+	case s.opts.LegacySessions:
+		if data.UserID != "" && ttl > 0 {
+			return data, true, s.indexSession(ctx, op, data.UserID, id, s.opts.Now().Add(ttl))
+		}
+	case doc.legacy():
 		return data, true, s.joinIndex(ctx, op, id, data.UserID)
 	}
 	return data, true, nil

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -623,9 +624,12 @@ func TestLegacySessionsWalk(t *testing.T) {
 		}
 		assert.ElementsMatch(t, mine, got, "UserSessions with LegacySessions")
 
+		// The walk put what it found in the index, where a Service without
+		// LegacySessions finds it.
 		live, err = s.UserSessions(ctx, `u/ü "7"`)
 		require.NoError(t, err)
-		assert.Empty(t, live, "without LegacySessions only the index is read")
+		got = slices.Collect(maps.Keys(live))
+		assert.ElementsMatch(t, mine, got, "UserSessions without LegacySessions, after the walk")
 
 		n, err := walker.DestroyUserSessions(ctx, `u/ü "7"`)
 		require.NoError(t, err)
@@ -635,6 +639,114 @@ func TestLegacySessionsWalk(t *testing.T) {
 		}
 		assert.Equal(t, int64(1), b.client.Exists(ctx, b.raw("session:other-0")).Val(), "another user's session was destroyed")
 		assert.Equal(t, int64(1), b.client.Exists(ctx, b.raw("session:prefix-of-mine")).Val(), "another user's session was destroyed")
+	})
+}
+
+// TestSessionRefreshedByTheOriginalService: a session of this package
+// that the original service refreshed (its whole document written again,
+// with its one-hour TTL) outlives its index entry, which is pruned. With
+// LegacySessions, each call that reads it puts it back in the index with
+// the TTL it has now, so that log-out-everywhere finds it even without the
+// walk; and log-out-everywhere with the walk destroys it.
+func TestSessionRefreshedByTheOriginalService(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		legacy := b.service(t, Options{LegacySessions: true})
+		plain := b.service(t, Options{})
+		ctx := ctxT(t)
+		idx := b.raw("user-sessions:u-9")
+		refreshed := func() string {
+			t.Helper()
+			id := newSession(t, plain, "u-9", time.Minute)
+			storeRaw(t, b, id, stored(t, b, id), time.Hour) // SET … EX 3600, as the original service does
+			require.NoError(t, b.client.ZRem(ctx, idx, id).Err(), "prune the lapsed index entry")
+			return id
+		}
+		indexedForAnHour := func(what, id string) {
+			t.Helper()
+			score, err := b.client.ZScore(ctx, idx, id).Result()
+			require.NoError(t, err, "%s: the session is not in the index", what)
+			left := time.Until(time.UnixMilli(int64(score)))
+			assert.True(t, left > 59*time.Minute && left <= time.Hour+time.Second, "%s: indexed to expire in %v; want its TTL, an hour", what, left)
+		}
+
+		// GetSession.
+		id := refreshed()
+		_, found, err := plain.GetSession(ctx, id)
+		require.NoError(t, err)
+		require.True(t, found)
+		assert.Zero(t, b.client.Exists(ctx, idx).Val(), "without LegacySessions this package's own sessions are not checked")
+		_, found, err = legacy.GetSession(ctx, id)
+		require.NoError(t, err)
+		require.True(t, found)
+		indexedForAnHour("GetSession", id)
+		n, err := plain.DestroyUserSessions(ctx, "u-9")
+		require.NoError(t, err)
+		assert.Equal(t, int64(1), n, "DestroyUserSessions without the walk, after GetSession")
+		assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+id)).Val(), "the session survived log-out-everywhere")
+
+		// UpdateSession.
+		updated := refreshed()
+		ok, err := legacy.UpdateSession(ctx, updated, func(d *SessionData) error { return incr(d, "n") })
+		require.NoError(t, err)
+		require.True(t, ok)
+		indexedForAnHour("UpdateSession", updated)
+
+		// UserSessions: the walk finds it and puts it back in the index.
+		listed := refreshed()
+		live, err := legacy.UserSessions(ctx, "u-9")
+		require.NoError(t, err)
+		assert.ElementsMatch(t, []string{updated, listed}, slices.Collect(maps.Keys(live)))
+		indexedForAnHour("UserSessions", listed)
+
+		// The scenario of the issue: log-out-everywhere with the walk.
+		unseen := refreshed()
+		n, err = legacy.DestroyUserSessions(ctx, "u-9")
+		require.NoError(t, err)
+		assert.Equal(t, int64(3), n, "DestroyUserSessions with LegacySessions")
+		for _, id := range []string{updated, listed, unseen} {
+			assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+id)).Val(), "the session survived log-out-everywhere")
+		}
+	})
+}
+
+// TestSessionIndexEntryOnlyMovesLater: an index write with an earlier
+// expiry (a slower writer's) never makes an entry lapse before its
+// session; a new entry is added all the same.
+func TestSessionIndexEntryOnlyMovesLater(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		id := newSession(t, s, "u1", time.Hour)
+		idx := b.raw("user-sessions:u1")
+		before := b.client.ZScore(ctx, idx, id).Val()
+		require.NoError(t, s.indexSession(ctx, "test", "u1", id, time.Now().Add(time.Minute)))
+		assert.Equal(t, before, b.client.ZScore(ctx, idx, id).Val(), "an earlier expiry moved the entry")
+		later := time.Now().Add(2 * time.Hour)
+		require.NoError(t, s.indexSession(ctx, "test", "u1", id, later))
+		assert.Equal(t, float64(later.UnixMilli()), b.client.ZScore(ctx, idx, id).Val(), "a later expiry")
+		require.NoError(t, s.indexSession(ctx, "test", "u1", "other", time.Now().Add(time.Minute)))
+		assert.Equal(t, int64(2), b.client.ZCard(ctx, idx).Val())
+	})
+}
+
+// TestLegacySessionsWalkHonoursTheCap: sessions the walk puts in the index
+// count against MaxSessionsPerUser; those evicted are destroyed and left
+// out of UserSessions' result.
+func TestLegacySessionsWalkHonoursTheCap(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{LegacySessions: true, MaxSessionsPerUser: 2})
+		ctx := ctxT(t)
+		for i, id := range []string{"orig-1h", "orig-2h", "orig-3h"} {
+			storeRaw(t, b, id, legacySession("u-cap"), time.Duration(i+1)*time.Hour)
+		}
+		live, err := s.UserSessions(ctx, "u-cap")
+		require.NoError(t, err)
+		assert.ElementsMatch(t, []string{"orig-2h", "orig-3h"}, slices.Collect(maps.Keys(live)))
+		assert.ElementsMatch(t, []string{"orig-2h", "orig-3h"}, b.client.ZRange(ctx, b.raw("user-sessions:u-cap"), 0, -1).Val())
+		assert.Zero(t, b.client.Exists(ctx, b.raw("session:orig-1h")).Val(), "the session closest to expiring was evicted")
 	})
 }
 

@@ -39,8 +39,10 @@ const sessionAttempts = 32
 // reserved name or a value that is not valid JSON fails with
 // [ErrInvalidArgument] too, and so does a nil fn. When fn changes
 // nothing, nothing is written. It reports whether the session exists.
-// A session of the original service also joins its user's index (one
-// more round trip).
+// After a write, a session of the original service also joins its user's
+// index with its remaining TTL (one more round trip; more when the cap
+// evicts, see [Service.CreateSession]); with [Options.LegacySessions]
+// every session written does, as [Service.GetSession] says.
 func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*SessionData) error) (bool, error) {
 	const op = "updatesession"
 	switch {
@@ -88,7 +90,7 @@ func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*Session
 		case status == casChanged:
 			continue
 		}
-		if doc.legacy() && old.UserID != "" && ttl > 0 {
+		if (doc.legacy() || s.opts.LegacySessions) && old.UserID != "" && ttl > 0 {
 			return true, s.indexSession(ctx, op, old.UserID, id, s.opts.Now().Add(ttl))
 		}
 		return true, nil

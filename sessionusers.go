@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -19,12 +22,17 @@ const sessionScanCount = 500
 // It reads the user's index (one round trip) and then the sessions it
 // names (one pipelined round trip, one per node on Redis Cluster); index
 // entries whose session has expired or been destroyed are dropped from
-// the index (one more round trip, when there are any). With
-// [Options.LegacySessions] it also walks session:* for the user's
-// sessions that the index lacks (see there for the cost). A session that
-// does not decode is left out and reported with an error matching
-// [ErrDecode], beside the others. An empty userID fails with
-// [ErrInvalidKey].
+// the index (one more round trip, when there are any): one to three round
+// trips. With [Options.LegacySessions] it also walks session:* for the
+// user's sessions that the index lacks (see there for the cost), then
+// reads the remaining TTL of every session it returns (one pipelined
+// round trip) and puts them all in the index with it (one more, and one
+// to destroy the sessions that the cap evicts, see
+// [Service.CreateSession]; those are left out of the result), so that the
+// index names them once LegacySessions is turned off. A session that does
+// not decode is left out and reported with an error matching [ErrDecode],
+// beside the others; so is a failure of the indexing. An empty userID
+// fails with [ErrInvalidKey].
 func (s *Service) UserSessions(ctx context.Context, userID string) (map[string]SessionData, error) {
 	const op = "usersessions"
 	if userID == "" {
@@ -64,7 +72,7 @@ func (s *Service) UserSessions(ctx context.Context, userID string) (map[string]S
 		}
 	}
 	out := make(map[string]SessionData, len(raws))
-	var decodeErr error
+	var errs error
 	for id, raw := range raws {
 		doc, err := parseSessionDoc(raw)
 		var data SessionData
@@ -73,15 +81,53 @@ func (s *Service) UserSessions(ctx context.Context, userID string) (map[string]S
 		}
 		switch {
 		case err != nil:
-			decodeErr = errors.Join(decodeErr, err)
+			errs = errors.Join(errs, err)
 		case data.UserID == userID:
 			out[id] = data
 		}
 	}
-	if decodeErr != nil {
-		return out, s.fail(ctx, op, "user-sessions:"+userID, errors.Join(ErrDecode, decodeErr))
+	if errs != nil {
+		errs = s.fail(ctx, op, "user-sessions:"+userID, errors.Join(ErrDecode, errs))
 	}
-	return out, nil
+	if s.opts.LegacySessions && len(out) > 0 {
+		evicted, err := s.indexAll(ctx, op, userID, slices.Collect(maps.Keys(out)))
+		for _, id := range evicted {
+			delete(out, id)
+		}
+		errs = errors.Join(errs, err)
+	}
+	return out, errs
+}
+
+// indexAll puts the sessions ids of uid in uid's index with their
+// remaining TTLs (sessions without one are left out): one pipelined round
+// trip for the TTLs, one for the index. It returns the ids the cap
+// evicted.
+func (s *Service) indexAll(ctx context.Context, op, uid string, ids []string) ([]string, error) {
+	cmds := make([]*redis.DurationCmd, len(ids))
+	_, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (struct{}, error) {
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, id := range ids {
+				cmds[i] = p.PTTL(ctx, s.key(sessionKey(id)))
+			}
+			return nil
+		})
+		return struct{}{}, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	now := s.opts.Now()
+	expiries := make(map[string]time.Time, len(ids))
+	for i, cmd := range cmds {
+		if ttl := cmd.Val(); ttl > 0 { // -1: no TTL, -2: gone meanwhile
+			expiries[ids[i]] = now.Add(ttl)
+		}
+	}
+	if len(expiries) == 0 {
+		return nil, nil
+	}
+	return s.indexSessions(ctx, op, uid, expiries)
 }
 
 // readSessions GETs the sessions ids, pipelined, and returns those that
