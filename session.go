@@ -450,7 +450,7 @@ func (s *Service) UpdateSessionActivity(ctx context.Context, id string) (bool, e
 		return false, invalid(op, sessionDisplayKey, ErrInvalidKey)
 	}
 	now := s.opts.Now()
-	stamp, err := appendTime(nil, now)
+	stamp, err := appendTime(nil, fieldLastActivity, now)
 	if err != nil {
 		return false, invalid(op, sessionDisplayKey, err)
 	}

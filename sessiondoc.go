@@ -276,9 +276,9 @@ func (d *sessionDoc) apply(old, data SessionData) ([]byte, bool, error) {
 		was, now time.Time
 	}{{fieldCreatedAt, old.CreatedAt, data.CreatedAt}, {fieldLastActivity, old.LastActivity, data.LastActivity}} {
 		if !t.was.Equal(t.now) {
-			v, err := appendTime(nil, t.now)
+			v, err := appendTime(nil, t.name, t.now)
 			if err != nil {
-				return nil, false, fmt.Errorf("%s: %w", t.name, err)
+				return nil, false, err
 			}
 			changed[t.name] = v
 		}
@@ -353,9 +353,9 @@ func encodeSession(data SessionData, idleMS, expiresAtMS int64) ([]byte, error) 
 		name string
 		t    time.Time
 	}{{fieldCreatedAt, data.CreatedAt}, {fieldLastActivity, data.LastActivity}} {
-		v, err := appendTime(nil, f.t)
+		v, err := appendTime(nil, f.name, f.t)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", f.name, err)
+			return nil, err
 		}
 		out = appendMember(out, appendString(nil, f.name), v)
 	}
@@ -412,12 +412,15 @@ func appendString(out []byte, s string) []byte {
 	return append(out, bytes.TrimSuffix(buf.Bytes(), []byte("\n"))...)
 }
 
-// appendTime appends t as JSON.stringify writes a Date: toISOString, in
-// UTC with milliseconds. Sub-millisecond precision is dropped.
-func appendTime(out []byte, t time.Time) ([]byte, error) {
+// appendTime appends t, the value of the field name, as JSON.stringify
+// writes a Date: toISOString, in UTC with milliseconds. Sub-millisecond
+// precision is dropped. A year toISOString cannot write in four digits
+// fails with ErrInvalidArgument, naming the field after the sentinel's
+// text (wrapOp names the package once, before it).
+func appendTime(out []byte, name string, t time.Time) ([]byte, error) {
 	t = t.UTC()
 	if y := t.Year(); y < 0 || y > 9999 {
-		return nil, fmt.Errorf("%w: year %d outside 0000-9999", ErrInvalidArgument, y)
+		return nil, fmt.Errorf("%w: %s: year %d outside 0000-9999", ErrInvalidArgument, name, y)
 	}
 	out = append(out, '"')
 	out = t.AppendFormat(out, isoMillis)
