@@ -92,7 +92,9 @@ func userSessionsKey(uid string) string { return "user-sessions:" + uid }
 // [ErrInvalidKey]; an empty data.UserID, a Values key that is a reserved
 // name (the seven fields', "idleTimeoutMs", "expiresAtMs") or a Values
 // entry that is not valid JSON with [ErrInvalidArgument]; a bad ttl with
-// [ErrInvalidTTL]; nothing is written then. It takes two round trips.
+// [ErrInvalidTTL]; nothing is written then. It takes two round trips
+// (the session, then the index), and a third when the cap evicts (the
+// evicted sessions are deleted).
 func (s *Service) CreateSession(ctx context.Context, id string, data SessionData, ttl time.Duration) error {
 	const op = "createsession"
 	switch {
@@ -443,7 +445,9 @@ return {1, uid or '', ttl}
 // concurrent updates lose nothing; a second round trip then moves the
 // session's expiry in its user's index, adding the session there when it
 // is missing (a session of the original service). When only that second
-// step fails it returns true with the error. Two round trips.
+// step fails it returns true with the error. Two round trips, and a
+// third when adding the session to the index evicts others beyond
+// [Options.MaxSessionsPerUser] (they are deleted).
 func (s *Service) UpdateSessionActivity(ctx context.Context, id string) (bool, error) {
 	const op = "updatesessionactivity"
 	if !validSessionID(id) {
@@ -487,8 +491,9 @@ func (s *Service) DestroySession(ctx context.Context, id string) (bool, error) {
 
 // DestroyUserSessions deletes every session of userID (log out
 // everywhere) and returns how many existed. It reads the user's index,
-// not the keyspace: one round trip for the index, one for the deletes
-// (one per node on Redis Cluster), one to empty the index. With
+// not the keyspace: one round trip for the index, then, when it names any
+// session, one for the deletes (one per node on Redis Cluster) and one to
+// empty the index: one or three round trips. With
 // [Options.LegacySessions] it also walks session:* to find the user's
 // sessions that are missing from the index or whose index entry has
 // lapsed (written or refreshed by the original service); see there for

@@ -2,12 +2,15 @@ package redisservice
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -244,6 +247,75 @@ func TestSessionIndexIsBounded(t *testing.T) {
 			assert.Equal(t, i >= 2, found, "session %d found (the two closest to expiring are evicted)", i)
 		}
 	})
+}
+
+// roundTrips counts what a client sends: one per command, one per
+// pipeline, leaving out a new connection's handshake (HELLO, CLIENT
+// SETINFO).
+type roundTrips struct{ n atomic.Int64 }
+
+func (r *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (r *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() != "hello" {
+			r.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if len(cmds) > 0 && cmds[0].Name() != "client" {
+			r.n.Add(1)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestSessionRoundTrips checks the round trips the docs state, on one
+// node (the scripts loaded beforehand).
+func TestSessionRoundTrips(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	rt := new(roundTrips)
+	b.client.AddHook(rt)
+	s := b.service(t, Options{MaxSessionsPerUser: 3})
+	legacy := b.service(t, Options{MaxSessionsPerUser: 3, LegacySessions: true})
+	ctx := ctxT(t)
+	for _, script := range []*redis.Script{sessionIndexScript, sessionTouchScript, sessionCASScript} {
+		require.NoError(t, script.Load(ctx, b.client).Err())
+	}
+	count := func(what string, want int64, f func()) {
+		t.Helper()
+		before := rt.n.Load()
+		f()
+		assert.Equal(t, want, rt.n.Load()-before, "round trips of %s", what)
+	}
+	create := func(uid string, ttl time.Duration) string {
+		id, err := NewSessionID()
+		require.NoError(t, err)
+		require.NoError(t, s.CreateSession(ctx, id, SessionData{UserID: uid}, ttl))
+		return id
+	}
+	count("CreateSession", 2, func() { create("u0", time.Minute) })
+	create("u0", time.Minute)
+	create("u0", time.Minute)
+	count("CreateSession that evicts", 3, func() { create("u0", time.Minute) })
+
+	a := create("u1", time.Hour)
+	other := create("u1", time.Minute)
+	count("UpdateSessionActivity", 2, func() { _, _ = s.UpdateSessionActivity(ctx, a) })
+	count("GetSession", 1, func() { _, _, _ = s.GetSession(ctx, a) })
+	count("GetSession with LegacySessions", 2, func() { _, _, _ = legacy.GetSession(ctx, a) })
+	count("RenewSessionID", 5, func() { _, _, _ = s.RenewSessionID(ctx, a) })
+	count("UserSessions of nobody", 1, func() { _, _ = s.UserSessions(ctx, "nobody") })
+	count("UserSessions", 2, func() { _, _ = s.UserSessions(ctx, "u1") })
+	b.mr.Del(b.raw("session:" + other))
+	count("UserSessions dropping a gone session", 3, func() { _, _ = s.UserSessions(ctx, "u1") })
+	count("DestroyUserSessions of nobody", 1, func() { _, _ = s.DestroyUserSessions(ctx, "nobody") })
+	count("DestroyUserSessions", 3, func() { _, _ = s.DestroyUserSessions(ctx, "u1") })
 }
 
 func TestSessionInvalidInput(t *testing.T) {

@@ -102,7 +102,9 @@ func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*Session
 // same data and Values, same remaining idle time and absolute end, the old id unreadable once
 // it returns, the user's index updated. A missing session is ("", false, nil).
 //
-// The steps, one round trip each: read the session and its remaining TTL;
+// The steps, one round trip each (five; six when adding the new id to
+// the index evicts another session beyond [Options.MaxSessionsPerUser]),
+// per attempt: read the session and its remaining TTL;
 // write the same bytes under the new id with that TTL (so it ends within
 // a round trip of when the old one would have); add the new id to the
 // user's index; delete the old id, only if its bytes are still those read
