@@ -169,16 +169,16 @@ return evicted
 // indexSession records id's expiry in uid's index, adding id when it is
 // missing, and destroys the sessions the cap evicts.
 func (s *Service) indexSession(ctx context.Context, op, uid, id string, expiry time.Time) error {
-	_, err := s.indexSessions(ctx, op, uid, map[string]time.Time{id: expiry})
+	_, err := s.indexSessions(ctx, op, uid, map[string]time.Time{id: expiry}, s.opts.MaxSessionsPerUser)
 	return err
 }
 
 // indexSessions records the sessions' expiries, by id, in uid's index in
-// one round trip, and destroys the sessions the cap evicts (one more). It
-// returns the evicted ids.
-func (s *Service) indexSessions(ctx context.Context, op, uid string, expiries map[string]time.Time) ([]string, error) {
+// one round trip, and destroys the sessions beyond limit that it evicts
+// (one more). It returns the evicted ids.
+func (s *Service) indexSessions(ctx context.Context, op, uid string, expiries map[string]time.Time, limit int) ([]string, error) {
 	args := make([]any, 0, 2+2*len(expiries))
-	args = append(args, s.opts.Now().UnixMilli(), s.opts.MaxSessionsPerUser)
+	args = append(args, s.opts.Now().UnixMilli(), limit)
 	for id, expiry := range expiries {
 		args = append(args, id, expiry.UnixMilli())
 	}

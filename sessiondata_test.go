@@ -516,6 +516,30 @@ func TestRenewSessionIDWhenTheOldKeysDeleteFails(t *testing.T) {
 	}
 }
 
+// TestRenewSessionIDAtTheCap: while both ids exist they count once
+// against MaxSessionsPerUser, so renewing the session closest to expiring
+// of a user at the cap evicts neither id.
+func TestRenewSessionIDAtTheCap(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{MaxSessionsPerUser: 2})
+		ctx := ctxT(t)
+		id := newSession(t, s, "u1", time.Minute)
+		other := newSession(t, s, "u1", time.Hour)
+		newID, ok, err := s.RenewSessionID(ctx, id)
+		require.NoError(t, err)
+		require.True(t, ok)
+		_, found, err := s.GetSession(ctx, newID)
+		require.NoError(t, err)
+		assert.True(t, found, "the renewed session is gone")
+		_, found, _ = s.GetSession(ctx, id)
+		assert.False(t, found, "the old id survived")
+		_, found, _ = s.GetSession(ctx, other)
+		assert.True(t, found, "the other session is gone")
+		assert.ElementsMatch(t, []string{newID, other}, b.client.ZRange(ctx, b.raw("user-sessions:u1"), 0, -1).Val())
+	})
+}
+
 func TestUserSessions(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, b *backend) {

@@ -103,8 +103,9 @@ func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*Session
 // it returns, the user's index updated. A missing session is ("", false, nil).
 //
 // The steps, one round trip each (five; six when adding the new id to
-// the index evicts another session beyond [Options.MaxSessionsPerUser]),
-// per attempt: read the session and its remaining TTL;
+// the index evicts another session beyond [Options.MaxSessionsPerUser],
+// against which the old and the new id count once), per attempt: read
+// the session and its remaining TTL;
 // write the same bytes under the new id with that TTL (so it ends within
 // a round trip of when the old one would have); add the new id to the
 // user's index; delete the old id, only if its bytes are still those read
@@ -165,8 +166,11 @@ func (s *Service) RenewSessionID(ctx context.Context, id string) (string, bool, 
 			continue // the new id was taken (never seen with 256 random bits)
 		}
 		// 2: the index. Without it log-out-everywhere would miss the new id.
+		// Until step 4 the old id is there too: they count once against
+		// the cap, lest the one session evict itself.
 		if uid != "" && ttl > 0 {
-			if err := s.indexSession(ctx, op, uid, newID, s.opts.Now().Add(ttl)); err != nil {
+			expiry := map[string]time.Time{newID: s.opts.Now().Add(ttl)}
+			if _, err := s.indexSessions(ctx, op, uid, expiry, s.opts.MaxSessionsPerUser+1); err != nil {
 				_, _ = s.delSessions(ctx, op, []string{newID})
 				return "", false, err
 			}

@@ -127,7 +127,7 @@ func (s *Service) indexAll(ctx context.Context, op, uid string, ids []string) ([
 	if len(expiries) == 0 {
 		return nil, nil
 	}
-	return s.indexSessions(ctx, op, uid, expiries)
+	return s.indexSessions(ctx, op, uid, expiries, s.opts.MaxSessionsPerUser)
 }
 
 // readSessions GETs the sessions ids, pipelined, and returns those that
