@@ -117,7 +117,7 @@ type Stats struct {
 	Errors         uint64 // calls that failed in Redis or on the way to it, or failed fast with ErrUnavailable
 	Fallbacks      uint64 // calls answered with their fallback value because Redis could not be used (Errors plus calls after Close)
 	LogsSuppressed uint64 // failure log lines held back by the once-a-second limit
-	Connected      bool   // what IsConnected would report, without starting a probe
+	Connected      bool   // what IsConnected reports: the last observed state, read without touching the network
 	Pool           PoolStats
 }
 

@@ -241,7 +241,9 @@ func TestUpdateSessionLosesNoUpdate(t *testing.T) {
 		var touches atomic.Int64
 		stop := make(chan struct{})
 		// Activity updates race the increments: they change lastActivity's
-		// bytes, so the increments must retry, and lose nothing.
+		// bytes, which the check-and-set lets through (they are not
+		// conflicts); the increments race one another, retry, and lose
+		// nothing, nor the activity updates' lastActivity.
 		wg.Go(func() {
 			for {
 				select {
