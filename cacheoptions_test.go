@@ -91,7 +91,9 @@ func TestCacheStaleWhileRevalidate(t *testing.T) {
 				}
 				ctx := ctxT(t)
 				key := fmt.Sprintf("swr:%v", local)
-				const ttl, d, slow = 300 * time.Millisecond, 5 * time.Second, 400 * time.Millisecond
+				// ttl is long enough that the refreshed value cannot turn stale
+				// again before the poll below sees it, on a loaded machine too.
+				const ttl, d, slow = time.Second, 5 * time.Second, 400 * time.Millisecond
 				var loads atomic.Int32
 				load := func(context.Context) (string, error) {
 					n := loads.Add(1)
