@@ -226,11 +226,12 @@ func TestPoolExhaustedAndCancelledMidCall(t *testing.T) {
 	if err := s.Connect(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// Hold the only connection of the pool in a slow command.
+	// Hold the only connection of the pool in a slow command, long enough
+	// for both Gets below to wait on a loaded machine too.
 	held := make(chan struct{})
 	go func() {
 		defer close(held)
-		_ = s.Client().Do(ctx, "DEBUG", "SLEEP", "0.6").Err()
+		_ = s.Client().Do(ctx, "DEBUG", "SLEEP", "1.5").Err()
 	}()
 	deadline := time.Now().Add(2 * time.Second)
 	for s.Client().PoolStats().IdleConns != 0 || s.Client().PoolStats().TotalConns == 0 {
