@@ -68,6 +68,14 @@ import (
 // with [ErrInvalidTTL] and a nil load or an invalid option with
 // [ErrInvalidArgument] or [ErrInvalidTTL]; load is then not called and the
 // zero T is returned.
+//
+// A key in a namespace the Service keeps for its own keys ("session:",
+// "user-sessions:", "ratelimit:"; see [Options.AllowReservedKeys]) is
+// refused as [Service.Set] refuses it, so that a key name built from user
+// input cannot forge a session through Cache. As when Redis cannot be
+// used, Cache then still returns load's value, with an error matching
+// [ErrInvalidKey]: load runs (once per call, not shared) and Redis is not
+// touched. When load fails, its error is returned instead.
 func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), opts ...CacheOption) (T, error) {
 	const op = "cache"
 	var zero T
@@ -86,6 +94,9 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	}
 	if ctx == nil {
 		ctx = context.Background()
+	}
+	if err := s.checkWriteKey(key); err != nil {
+		return loadOnly(ctx, op, key, load, invalid(op, key, err))
 	}
 	fk := flightKey{key: key, typ: reflect.TypeFor[T]()}
 	lt := s.local
@@ -150,6 +161,21 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 		err = readErr
 	}
 	return res.(T), err
+}
+
+// loadOnly is Cache for a key it must not touch in Redis: it calls load
+// and returns its value with refused, or load's error. A ctx that has
+// already ended returns its error without calling load.
+func loadOnly[T any](ctx context.Context, op, key string, load func(context.Context) (T, error), refused error) (T, error) {
+	var zero T
+	if err := ctx.Err(); err != nil {
+		return zero, wrapOp(op, key, err)
+	}
+	v, err := load(ctx)
+	if err != nil {
+		return zero, wrapOp(op, key, fmt.Errorf("load: %w", err))
+	}
+	return v, refused
 }
 
 // refresh reloads key in the background for StaleWhileRevalidate, unless

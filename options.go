@@ -81,7 +81,7 @@ type Options struct {
 	AllowFlushAll bool
 
 	// AllowReservedKeys lets the calls that write or delete a key the
-	// caller names (Set, SetJSON, MSet, HSet, HDel, Expire, Del) touch the
+	// caller names (Set, SetJSON, MSet, HSet, HDel, Expire, Del, Cache) touch the
 	// namespaces the Service keeps for its own keys: "session:",
 	// "user-sessions:" and "ratelimit:" (after KeyPrefix). The default is
 	// false: they fail with [ErrInvalidKey], so that a key name built from

@@ -54,3 +54,45 @@ func TestReservedKeysAreRefused(t *testing.T) {
 		require.NoError(t, err, "Del with AllowReservedKeys")
 	})
 }
+
+// TestCacheRefusesReservedKeys: Cache does not store under a reserved
+// key either (a "session:"+userInput key would forge a session), but, as
+// its fallback contract says, still returns the loader's value, with
+// ErrInvalidKey, without touching Redis.
+func TestCacheRefusesReservedKeys(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		type forged struct {
+			UserID string `json:"userId"`
+		}
+		for _, k := range []string{"session:abc", "user-sessions:bob", "ratelimit:login:bob"} {
+			l := &countingLoader[forged]{v: forged{UserID: "admin"}}
+			for range 2 {
+				v, err := Cache(ctx, s, k, time.Minute, l.load, NotFoundTTL(time.Minute))
+				require.ErrorIs(t, err, ErrInvalidKey, "Cache(%q)", k)
+				assert.Equal(t, forged{UserID: "admin"}, v, "Cache(%q) returns the loader's value", k)
+			}
+			assert.EqualValues(t, 2, l.calls.Load(), "Cache(%q): the loader runs on every call", k)
+			assert.Zero(t, b.client.Exists(ctx, b.raw(k), b.raw(lockKey(k)), b.raw(notFoundKey(k))).Val(), "written: %q", k)
+
+			failing := &countingLoader[forged]{err: errBoom}
+			v, err := Cache(ctx, s, k, time.Minute, failing.load)
+			require.ErrorIs(t, err, errBoom, "Cache(%q) with a failing loader", k)
+			assert.Zero(t, v)
+		}
+		_, _, err := s.Get(ctx, "session:abc") // the Service still reads Redis
+		require.NoError(t, err)
+
+		open := b.service(t, Options{AllowReservedKeys: true})
+		l := &countingLoader[string]{v: "v"}
+		for range 2 {
+			v, err := Cache(ctx, open, "session:abc", time.Minute, l.load)
+			require.NoError(t, err, "Cache with AllowReservedKeys")
+			assert.Equal(t, "v", v)
+		}
+		assert.EqualValues(t, 1, l.calls.Load(), "with AllowReservedKeys the value is cached")
+		assert.Equal(t, `"v"`, b.client.Get(ctx, b.raw("session:abc")).Val())
+	})
+}
