@@ -20,6 +20,16 @@ import (
 // changed it. BCAST needs nothing of the connections that read, so reads
 // stay on the ordinary pool (also a caller's own Options.Client), and a
 // reconnect needs only this one connection set up again.
+//
+// The choice is measured (bench/tracking_test.go, BENCHMARKS.md "Tracking
+// modes"): BCAST and default-mode redirects deliver an invalidation alike
+// (p50 ~40 µs, p99 110–155 µs on loopback); RESP3 pushes on the reading
+// connection arrive only when go-redis next uses it (p99 2 ms busy,
+// unbounded idle), which a local hit never does. The server pays about the
+// same per message in both modes (3–3.5 µs), and BCAST batches the keys of
+// a burst of writes into one message. The cost: every Service with the
+// tier receives every write under KeyPrefix, about one message per write
+// per Service, where default mode would send only the keys it holds.
 
 const (
 	trackingChannel = "__redis__:invalidate"

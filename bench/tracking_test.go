@@ -41,12 +41,14 @@ func trackOptions(tb testing.TB, proto int, onConnect func(context.Context, *red
 // the keys they name. A test waits on got for the key it wrote.
 type invalidations struct {
 	keys atomic.Int64
+	msgs atomic.Int64
 	got  chan string // every key named, dropped when nobody waits
 }
 
 func newInvalidations() *invalidations { return &invalidations{got: make(chan string, 1)} }
 
 func (iv *invalidations) add(keys []string) {
+	iv.msgs.Add(1)
 	iv.keys.Add(int64(len(keys)))
 	for _, k := range keys {
 		select {
@@ -123,10 +125,11 @@ func newSubscriber(tb testing.TB, bcast bool) *subscriber {
 				return // closed
 			}
 			if m, ok := m.(*redis.Message); ok {
+				keys := m.PayloadSlice
 				if m.Payload != "" {
-					sub.inv.add([]string{m.Payload})
+					keys = append(keys, m.Payload)
 				}
-				sub.inv.add(m.PayloadSlice)
+				sub.inv.add(keys)
 			}
 		}
 	})
@@ -280,12 +283,14 @@ func BenchmarkTrackingLatency(b *testing.B) {
 
 // BenchmarkTrackingSetCost measures what tracking costs the server on
 // writes: one writer SETs b.N distinct keys under trackPrefix, one round
-// trip each, while n Services track them. sec/op is the writer's time per
+// trip each (pipe=1) or 100 per round trip (pipe=100: with 0 and 32
+// trackers), while n Services track them. sec/op is the writer's time per
 // SET; srv-µs/SET is the server's CPU (user+sys, INFO cpu) per SET, which
 // includes sending the invalidations (BCAST sends them after the command,
 // so INFO commandstats alone would miss them); cmd-µs/SET is
-// commandstats' usec_per_call of SET; msgs/write/sub is the invalidated
-// keys each subscriber received per write.
+// commandstats' usec_per_call of SET; keys/write/sub and msgs/write/sub
+// are the invalidated keys and the messages (one may name several keys)
+// each subscriber received per write.
 //
 //   - bcast: n subscribers as in the local tier, BCAST on the prefix; they
 //     read nothing.
@@ -294,88 +299,111 @@ func BenchmarkTrackingLatency(b *testing.B) {
 //     every write invalidates a key each of them holds.
 //   - default-10pct: as default, but each reader has read one key in ten.
 func BenchmarkTrackingSetCost(b *testing.B) {
-	ctx := context.Background()
 	writer := redis.NewClient(trackOptions(b, 2, nil))
 	b.Cleanup(func() { _ = writer.Close() })
 	admin := redis.NewClient(trackOptions(b, 2, nil))
 	b.Cleanup(func() { _ = admin.Close() })
 	var round atomic.Int64
-
-	for _, mode := range []string{"bcast", "default", "default-10pct"} {
-		for _, n := range []int{0, 1, 8, 32} {
-			if n == 0 && mode != "bcast" {
-				continue // the same baseline
+	for _, pipe := range []int{1, 100} {
+		for _, mode := range []string{"bcast", "default", "default-10pct"} {
+			for _, n := range []int{0, 1, 8, 32} {
+				switch {
+				case n == 0 && mode != "bcast":
+					continue // one baseline
+				case pipe > 1 && n != 0 && n != 32:
+					continue
+				}
+				name := fmt.Sprintf("mode=%s/subs=%d/pipe=%d", mode, n, pipe)
+				if n == 0 {
+					name = fmt.Sprintf("mode=none/subs=0/pipe=%d", pipe)
+				}
+				b.Run(name, func(b *testing.B) { setCost(b, writer, admin, round.Add(1), mode, n, pipe) })
 			}
-			name := fmt.Sprintf("mode=%s/subs=%d", mode, n)
-			if n == 0 {
-				name = "mode=none/subs=0"
-			}
-			b.Run(name, func(b *testing.B) {
-				keys := make([]string, b.N)
-				r := round.Add(1)
-				for i := range keys {
-					keys[i] = fmt.Sprintf("%s%d:%d", trackPrefix, r, i)
-				}
-				subs := make([]*subscriber, n)
-				for j := range subs {
-					subs[j] = newSubscriber(b, mode == "bcast")
-					if mode == "bcast" {
-						continue
-					}
-					reader := redirectedReader(b, subs[j])
-					p := reader.Pipeline()
-					for i, k := range keys {
-						if mode == "default" || i%10 == 0 {
-							p.Get(ctx, k)
-						}
-						if p.Len() == 1000 {
-							_, _ = p.Exec(ctx) // redis.Nil for each: the keys do not exist yet
-						}
-					}
-					_, _ = p.Exec(ctx)
-				}
-				if err := admin.ConfigResetStat(ctx).Err(); err != nil {
-					b.Fatal(err)
-				}
-				cpu0 := serverCPU(b, admin)
-				b.ResetTimer()
-				for _, k := range keys {
-					if err := writer.Set(ctx, k, "v", time.Minute).Err(); err != nil {
-						b.Fatal(err)
-					}
-				}
-				b.StopTimer()
-				// Let the last invalidations arrive.
-				want := int64(b.N)
-				if mode == "default-10pct" {
-					want = int64((b.N + 9) / 10)
-				}
-				total := func() (t int64) {
-					for _, s := range subs {
-						t += s.inv.keys.Load()
-					}
-					return t
-				}
-				for deadline := time.Now().Add(2 * time.Second); n > 0 && total() < want*int64(n) && time.Now().Before(deadline); {
-					time.Sleep(time.Millisecond)
-				}
-				cpu := serverCPU(b, admin) - cpu0
-				b.ReportMetric(cpu.Seconds()*1e6/float64(b.N), "srv-µs/SET")
-				b.ReportMetric(setUsecPerCall(b, admin), "cmd-µs/SET")
-				if n > 0 {
-					b.ReportMetric(float64(total())/float64(n)/float64(b.N), "msgs/write/sub")
-				}
-				p := writer.Pipeline()
-				for _, k := range keys {
-					p.Unlink(ctx, k)
-					if p.Len() == 1000 {
-						_, _ = p.Exec(ctx)
-					}
-				}
-				_, _ = p.Exec(ctx)
-			})
 		}
 	}
+}
+
+// setCost is one case of BenchmarkTrackingSetCost: n trackers in mode,
+// the writer sending pipe SETs per round trip; r makes the keys new.
+func setCost(b *testing.B, writer, admin *redis.Client, r int64, mode string, n, pipe int) {
+	ctx := context.Background()
+	keys := make([]string, b.N)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("%s%d:%d", trackPrefix, r, i)
+	}
+	subs := make([]*subscriber, n)
+	for j := range subs {
+		subs[j] = newSubscriber(b, mode == "bcast")
+		if mode == "bcast" {
+			continue
+		}
+		reader := redirectedReader(b, subs[j])
+		p := reader.Pipeline()
+		for i, k := range keys {
+			if mode == "default" || i%10 == 0 {
+				p.Get(ctx, k)
+			}
+			if p.Len() == 1000 {
+				_, _ = p.Exec(ctx) // redis.Nil for each: the keys do not exist yet
+			}
+		}
+		_, _ = p.Exec(ctx)
+	}
+	if err := admin.ConfigResetStat(ctx).Err(); err != nil {
+		b.Fatal(err)
+	}
+	cpu0 := serverCPU(b, admin)
+	b.ResetTimer()
+	for ks := range slices.Chunk(keys, pipe) {
+		if len(ks) == 1 {
+			if err := writer.Set(ctx, ks[0], "v", time.Minute).Err(); err != nil {
+				b.Fatal(err)
+			}
+			continue
+		}
+		if _, err := writer.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, k := range ks {
+				p.Set(ctx, k, "v", time.Minute)
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	// Let the last invalidations arrive.
+	want := int64(b.N)
+	if mode == "default-10pct" {
+		want = int64((b.N + 9) / 10)
+	}
+	total := func() (keys, msgs int64) {
+		for _, s := range subs {
+			keys += s.inv.keys.Load()
+			msgs += s.inv.msgs.Load()
+		}
+		return keys, msgs
+	}
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if k, _ := total(); k >= want*int64(n) {
+			break
+		}
+	}
+	cpu := serverCPU(b, admin) - cpu0
+	b.ReportMetric(cpu.Seconds()*1e6/float64(b.N), "srv-µs/SET")
+	b.ReportMetric(setUsecPerCall(b, admin), "cmd-µs/SET")
+	if n > 0 {
+		k, m := total()
+		b.ReportMetric(float64(k)/float64(n)/float64(b.N), "keys/write/sub")
+		b.ReportMetric(float64(m)/float64(n)/float64(b.N), "msgs/write/sub")
+	}
+	p := writer.Pipeline()
+	for _, k := range keys {
+		p.Unlink(ctx, k)
+		if p.Len() == 1000 {
+			_, _ = p.Exec(ctx)
+		}
+	}
+	_, _ = p.Exec(ctx)
 }
 
 // serverCPU returns the server's used_cpu_user + used_cpu_sys.
