@@ -93,7 +93,7 @@ func TestCacheStaleWhileRevalidate(t *testing.T) {
 				key := fmt.Sprintf("swr:%v", local)
 				// ttl is long enough that the refreshed value cannot turn stale
 				// again before the poll below sees it, on a loaded machine too.
-				const ttl, d, slow = time.Second, 5 * time.Second, 400 * time.Millisecond
+				const ttl, d, slow = time.Second, 5 * time.Second, time.Second
 				var loads atomic.Int32
 				load := func(context.Context) (string, error) {
 					n := loads.Add(1)
