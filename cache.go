@@ -76,8 +76,10 @@ import (
 // used, Cache then still returns load's value, with an error matching
 // [ErrInvalidKey]: load runs (once per call, not shared) and Redis is not
 // touched. When load fails, its error is returned instead.
-func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), opts ...CacheOption) (T, error) {
+func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), opts ...CacheOption) (_ T, err error) {
 	const op = "cache"
+	ctx, scope := s.tel.begin(ctx, op, key)
+	defer scope.end(ctx, &err)
 	var zero T
 	switch {
 	case key == "":
@@ -191,9 +193,11 @@ func refresh[T any](ctx context.Context, s *Service, fk flightKey, ttl time.Dura
 		lctx, cancel := context.WithCancel(values)
 		defer context.AfterFunc(bg, cancel)()
 		defer cancel()
-		_, _ = s.flights.do(lctx, fk, func(lctx context.Context) (any, error) {
+		lctx, scope := s.tel.begin(lctx, "cache.refresh", fk.key) // a span and count of its own
+		_, err := s.flights.do(lctx, fk, func(lctx context.Context) (any, error) {
 			return loadAndStore(lctx, s, fk.key, ttl, load, co, loadStore)
 		})
+		scope.end(lctx, &err)
 	})
 	if !started {
 		s.refreshing.Delete(fk)
@@ -253,7 +257,7 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 		}
 		locked = got
 	}
-	v, err := load(ctx)
+	v, err := load(s.tel.leave(ctx)) // the loader's own calls are not this call's round trips
 	if err != nil {
 		err = wrapOp(op, key, fmt.Errorf("load: %w", err))
 		if co.notFound > 0 && mode&loadStore != 0 && errors.Is(err, ErrNotFound) {

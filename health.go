@@ -19,8 +19,10 @@ func (s *Service) HealthCheck(ctx context.Context) error {
 
 // ping PINGs Redis (every master of a cluster), also while calls fail
 // fast: an explicit check always asks.
-func (s *Service) ping(ctx context.Context, op string) error {
-	_, err := try(s, ctx, op, "", func(ctx context.Context) (struct{}, error) {
+func (s *Service) ping(ctx context.Context, op string) (err error) {
+	ctx, scope := s.tel.begin(ctx, op, "")
+	defer scope.end(ctx, &err)
+	_, err = try(s, ctx, op, "", func(ctx context.Context) (struct{}, error) {
 		return struct{}{}, s.pingAll(ctx)
 	})
 	return err

@@ -44,8 +44,10 @@ const (
 // error says so ("deleted at least 1000 keys, then: …"): a lower bound,
 // since an UNLINK whose reply was lost (a timeout, a broken connection)
 // may still have run.
-func (s *Service) InvalidatePattern(ctx context.Context, pattern string) (int64, error) {
+func (s *Service) InvalidatePattern(ctx context.Context, pattern string) (_ int64, err error) {
 	const op = "invalidatepattern"
+	ctx, scope := s.tel.begin(ctx, op, pattern)
+	defer scope.end(ctx, &err)
 	if pattern == "" {
 		return 0, invalid(op, pattern, ErrInvalidKey)
 	}
@@ -54,7 +56,7 @@ func (s *Service) InvalidatePattern(ctx context.Context, pattern string) (int64,
 	}
 	match := EscapePattern(s.prefix) + pattern
 	var deleted atomic.Int64
-	err := s.scanEach(ctx, op, pattern, match, scanCount, func(ctx context.Context, _ redis.UniversalClient, keys []string) error {
+	err = s.scanEach(ctx, op, pattern, match, scanCount, func(ctx context.Context, _ redis.UniversalClient, keys []string) error {
 		n, err := s.unlink(ctx, op, pattern, keys)
 		deleted.Add(n)
 		return err

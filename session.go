@@ -95,8 +95,10 @@ func userSessionsKey(uid string) string { return "user-sessions:" + uid }
 // [ErrInvalidTTL]; nothing is written then. It takes two round trips
 // (the session, then the index), and a third when the cap evicts (the
 // evicted sessions are deleted).
-func (s *Service) CreateSession(ctx context.Context, id string, data SessionData, ttl time.Duration) error {
+func (s *Service) CreateSession(ctx context.Context, id string, data SessionData, ttl time.Duration) (err error) {
 	const op = "createsession"
+	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
+	defer scope.end(ctx, &err)
 	switch {
 	case !validSessionID(id):
 		return invalid(op, sessionDisplayKey, ErrInvalidKey)
@@ -216,15 +218,16 @@ func (s *Service) indexSessions(ctx context.Context, op, uid string, expiries ma
 // against [Options.MaxSessionsPerUser] as CreateSession does (one more
 // round trip when it evicts). When only the indexing fails, it returns
 // the session, true and the error.
-func (s *Service) GetSession(ctx context.Context, id string) (SessionData, bool, error) {
+func (s *Service) GetSession(ctx context.Context, id string) (_ SessionData, _ bool, err error) {
 	const op = "getsession"
+	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
+	defer scope.end(ctx, &err)
 	if !validSessionID(id) {
 		return SessionData{}, false, invalid(op, sessionDisplayKey, ErrInvalidKey)
 	}
 	var raw []byte
 	var ttl time.Duration
 	var found bool
-	var err error
 	if s.opts.LegacySessions {
 		raw, ttl, found, err = s.readSessionTTL(ctx, op, id)
 	} else {
@@ -448,8 +451,10 @@ return {1, uid or '', ttl}
 // step fails it returns true with the error. Two round trips, and a
 // third when adding the session to the index evicts others beyond
 // [Options.MaxSessionsPerUser] (they are deleted).
-func (s *Service) UpdateSessionActivity(ctx context.Context, id string) (bool, error) {
+func (s *Service) UpdateSessionActivity(ctx context.Context, id string) (_ bool, err error) {
 	const op = "updatesessionactivity"
+	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
+	defer scope.end(ctx, &err)
 	if !validSessionID(id) {
 		return false, invalid(op, sessionDisplayKey, ErrInvalidKey)
 	}
@@ -500,8 +505,10 @@ func (s *Service) DestroySession(ctx context.Context, id string) (bool, error) {
 // the cost. When the walk fails part-way, the sessions found until then
 // are destroyed all the same and the error returned with the count.
 // Sessions created while it runs survive it.
-func (s *Service) DestroyUserSessions(ctx context.Context, userID string) (int64, error) {
+func (s *Service) DestroyUserSessions(ctx context.Context, userID string) (_ int64, err error) {
 	const op = "destroyusersessions"
+	ctx, scope := s.tel.begin(ctx, op, "user-sessions:"+userID)
+	defer scope.end(ctx, &err)
 	if userID == "" {
 		return 0, invalid(op, userID, ErrInvalidKey)
 	}

@@ -43,8 +43,10 @@ const sessionAttempts = 32
 // index with its remaining TTL (one more round trip; more when the cap
 // evicts, see [Service.CreateSession]); with [Options.LegacySessions]
 // every session written does, as [Service.GetSession] says.
-func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*SessionData) error) (bool, error) {
+func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*SessionData) error) (_ bool, err error) {
 	const op = "updatesession"
+	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
+	defer scope.end(ctx, &err)
 	switch {
 	case !validSessionID(id):
 		return false, invalid(op, sessionDisplayKey, ErrInvalidKey)
@@ -129,8 +131,10 @@ func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*Session
 // fails, the result is the new id, true and the error too; the old id is
 // gone then, and its index entry is dropped when the index is next
 // written.
-func (s *Service) RenewSessionID(ctx context.Context, id string) (string, bool, error) {
+func (s *Service) RenewSessionID(ctx context.Context, id string) (_ string, _ bool, err error) {
 	const op = "renewsessionid"
+	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
+	defer scope.end(ctx, &err)
 	if !validSessionID(id) {
 		return "", false, invalid(op, sessionDisplayKey, ErrInvalidKey)
 	}

@@ -33,8 +33,10 @@ const sessionScanCount = 500
 // not decode is left out and reported with an error matching [ErrDecode],
 // beside the others; so is a failure of the indexing. An empty userID
 // fails with [ErrInvalidKey].
-func (s *Service) UserSessions(ctx context.Context, userID string) (map[string]SessionData, error) {
+func (s *Service) UserSessions(ctx context.Context, userID string) (_ map[string]SessionData, err error) {
 	const op = "usersessions"
+	ctx, scope := s.tel.begin(ctx, op, "user-sessions:"+userID)
+	defer scope.end(ctx, &err)
 	if userID == "" {
 		return nil, invalid(op, userID, ErrInvalidKey)
 	}

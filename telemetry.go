@@ -3,9 +3,10 @@ package redisservice
 import (
 	"context"
 	"errors"
-	"strconv"
+	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -184,6 +185,9 @@ func (t *telemetry) forOp(op string) *opTelemetry {
 // observe is call with a span and measurements around it.
 func observe[T any](s *Service, caller context.Context, op, key string, fn func(ctx context.Context) (T, error)) (T, error) {
 	t := s.tel
+	if sc := scopeOf(caller); sc != nil {
+		return step(s, sc, caller, op, key, fn) // a round trip of a scoped call
+	}
 	o := t.forOp(op)
 	caller = orBackground(caller)
 	ctx, span, recording := caller, trace.Span(nil), false
@@ -210,7 +214,7 @@ func observe[T any](s *Service, caller context.Context, op, key string, fn func(
 		span.SetAttributes(o.spanAttrs[out]...)
 		if out == outcomeError || out == outcomeFallback {
 			span.SetAttributes(attribute.String("error.type", errorType(err)))
-			span.SetStatus(codes.Error, t.describe(op, key, err))
+			span.SetStatus(codes.Error, t.describe(err))
 		}
 	}
 	return v, err
@@ -249,19 +253,50 @@ func errorType(err error) string {
 	return "connection"
 }
 
-// describe is a span's status description: err's text without the key
-// that call put in it, unless keys are traced.
-func (t *telemetry) describe(op, key string, err error) string {
-	msg := err.Error()
+// describe is a span's status description: err's text without the keys
+// that the errors of calls carry (opError), unless keys are traced. The
+// errors of several calls joined, or wrapped with fmt.Errorf, lose each
+// call's key too.
+func (t *telemetry) describe(err error) string {
 	if t.traceKeys {
-		return msg
+		return err.Error()
 	}
-	return strings.TrimPrefix(msg, "redisservice: "+op+" "+strconv.Quote(key)+": ")
+	return redact(err)
+}
+
+// redact is err's text with each opError in it reduced to its cause.
+func redact(err error) string {
+	if oe, ok := err.(*opError); ok { //nolint:errorlint // the opError itself, not one it wraps
+		return strings.TrimPrefix(redact(oe.err), "redisservice: ")
+	}
+	msg := err.Error()
+	var causes []error
+	switch u := err.(type) { //nolint:errorlint // the wrapping, level by level
+	case interface{ Unwrap() error }:
+		causes = []error{u.Unwrap()}
+	case interface{ Unwrap() []error }:
+		causes = u.Unwrap()
+	}
+	for _, c := range causes {
+		if c == nil {
+			continue
+		}
+		if full, short := c.Error(), redact(c); full != short {
+			msg = strings.Replace(msg, full, short, 1)
+		}
+	}
+	return msg
 }
 
 // cacheResult counts one Cache call by result (cacheHit, cacheMiss, ...).
 func (t *telemetry) cacheResult(ctx context.Context, result string) {
-	if t != nil && t.cache != nil {
+	if t == nil {
+		return
+	}
+	if sc := scopeOf(ctx); sc != nil {
+		sc.result = result
+	}
+	if t.cache != nil {
 		t.cache.Add(orBackground(ctx), 1, t.results[result]...)
 	}
 }
@@ -301,4 +336,154 @@ func orBackground(ctx context.Context) context.Context {
 		return context.Background()
 	}
 	return ctx
+}
+
+// opScope is the telemetry of one call that makes several round trips
+// (Cache, most session calls, InvalidatePattern, HealthCheck): one span
+// and one count for the whole call, begun at its entry and ended when it
+// returns. Its round trips go through call as usual, which finds the
+// scope in their ctx and records each as an event of the scope's span
+// instead of a span and a count of its own.
+type opScope struct {
+	t         *telemetry
+	o         *opTelemetry
+	key       string
+	span      trace.Span // nil without a tracer
+	recording bool
+	start     time.Time
+	missed    atomic.Bool // a round trip answered nil (redis.Nil)
+	result    string      // the Cache result, set by the goroutine that began the scope
+}
+
+// scopeKey is the ctx key of the current *opScope.
+type scopeKey struct{}
+
+// begin starts the telemetry of one call of op that makes several round
+// trips; key is shown as given (pass a redacted form of a secret). Use it
+// at the entry of a method, with a named error result:
+//
+//	ctx, scope := s.tel.begin(ctx, op, key)
+//	defer scope.end(ctx, &err)
+//
+// Without telemetry it returns ctx as it is and a nil scope, whose end
+// does nothing: no allocation, no ctx wrapping.
+func (t *telemetry) begin(ctx context.Context, op, key string) (context.Context, *opScope) {
+	if t == nil {
+		return ctx, nil
+	}
+	return t.beginScope(ctx, op, key)
+}
+
+func (t *telemetry) beginScope(ctx context.Context, op, key string) (context.Context, *opScope) {
+	sc := &opScope{t: t, o: t.forOp(op), key: key}
+	ctx = orBackground(ctx)
+	if t.tracer != nil {
+		ctx, sc.span = t.tracer.Start(ctx, sc.o.spanName, sc.o.spanStart...)
+		if sc.recording = sc.span.IsRecording(); sc.recording && t.traceKeys {
+			sc.span.SetAttributes(attribute.String("redisservice.key", key))
+		}
+	}
+	sc.start = time.Now()
+	return context.WithValue(ctx, scopeKey{}, sc), sc
+}
+
+// scopeOf returns the scope ctx is in, or nil.
+func scopeOf(ctx context.Context) *opScope {
+	if ctx == nil {
+		return nil
+	}
+	sc, _ := ctx.Value(scopeKey{}).(*opScope)
+	return sc
+}
+
+// leave returns ctx for code of the caller's that a scoped call runs (a
+// Cache loader): out of the scope, so that the calls it makes are
+// recorded as calls of their own, but under the scope's span.
+func (t *telemetry) leave(ctx context.Context) context.Context {
+	if t == nil || scopeOf(ctx) == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, scopeKey{}, (*opScope)(nil))
+}
+
+// end records the call: one count of its outcome, its duration, and the
+// span's outcome and status. The outcome is that of *errp when it is set
+// (fallback, miss for ErrNotFound, else error), else the Cache result, else
+// miss when a round trip answered nil, else ok. A panic passing through is
+// recorded as an error and goes on.
+func (sc *opScope) end(ctx context.Context, errp *error) {
+	if sc == nil {
+		return
+	}
+	if r := recover(); r != nil {
+		sc.finish(ctx, outcomeError, "panic", fmt.Errorf("panic: %v", r))
+		panic(r)
+	}
+	err := *errp
+	out := outcomeOK
+	switch {
+	case err != nil:
+		out = outcomeOf(err)
+		if out == outcomeMiss || errors.Is(err, ErrNotFound) {
+			out, err = outcomeMiss, nil
+		}
+	case sc.result == cacheMiss || sc.result == cacheNotFound:
+		out = outcomeMiss
+	case sc.result == "" && sc.missed.Load():
+		out = outcomeMiss
+	}
+	typ := ""
+	if err != nil {
+		typ = errorType(err)
+	}
+	sc.finish(ctx, out, typ, err)
+}
+
+func (sc *opScope) finish(ctx context.Context, out, errType string, err error) {
+	t, o := sc.t, sc.o
+	if t.operations != nil {
+		ctx = orBackground(ctx)
+		t.operations.Add(ctx, 1, o.outcomes[out]...)
+		t.duration.Record(ctx, time.Since(sc.start).Seconds(), o.duration...)
+	}
+	if sc.span == nil {
+		return
+	}
+	if sc.recording {
+		sc.span.SetAttributes(o.spanAttrs[out]...)
+		if sc.result != "" {
+			sc.span.SetAttributes(attribute.String("redisservice.cache.result", sc.result))
+		}
+		if err != nil {
+			sc.span.SetAttributes(attribute.String("error.type", errType))
+			sc.span.SetStatus(codes.Error, t.describe(err))
+		}
+	}
+	sc.span.End()
+}
+
+// step is call inside a scope: one round trip (or its fast failure),
+// recorded as an event "redisservice.round_trip" of the scope's span
+// with its outcome, duration in seconds and error.type.
+func step[T any](s *Service, sc *opScope, ctx context.Context, op, key string, fn func(ctx context.Context) (T, error)) (T, error) {
+	start := time.Now()
+	var v T
+	err := s.skipWhileDown(op, key)
+	if err == nil {
+		v, err = try(s, ctx, op, key, fn)
+	}
+	out := outcomeOf(err)
+	if out == outcomeMiss {
+		sc.missed.Store(true)
+	}
+	if sc.recording {
+		attrs := make([]attribute.KeyValue, 2, 3)
+		attrs[0] = attribute.String("redisservice.outcome", out)
+		attrs[1] = attribute.Float64("redisservice.round_trip.duration", time.Since(start).Seconds())
+		if out == outcomeError || out == outcomeFallback {
+			attrs = append(attrs, attribute.String("error.type", errorType(err)))
+		}
+		sc.span.AddEvent("redisservice.round_trip", trace.WithAttributes(attrs...))
+	}
+	return v, err
 }

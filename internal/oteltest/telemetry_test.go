@@ -247,7 +247,7 @@ func TestRateLimitDecisions(t *testing.T) {
 }
 
 // TestCacheFallbackWhileDown: once Redis is known down, Cache skips it,
-// and that is counted as a fallback of op cache.
+// and that is counted as a fallback of op cache: one per call.
 func TestCacheFallbackWhileDown(t *testing.T) {
 	t.Parallel()
 	o := newObserved(t, redisservice.Options{Timeout: 300 * time.Millisecond, MaxRetries: -1})
@@ -263,7 +263,9 @@ func TestCacheFallbackWhileDown(t *testing.T) {
 	}
 	ops := o.sums(t, "redisservice.operations")
 	assert.Equal(t, int64(1), ops["redisservice.op=cache,redisservice.outcome=error"], "the call that found Redis down: %v", ops)
-	assert.GreaterOrEqual(t, ops["redisservice.op=cache,redisservice.outcome=fallback"], int64(2), "the calls that skipped it: %v", ops)
+	assert.Equal(t, int64(2), ops["redisservice.op=cache,redisservice.outcome=fallback"], "the calls that skipped it: %v", ops)
+	assert.Len(t, ops, 2, "one count per call: %v", ops)
+	assert.Len(t, o.spans.Ended(), 3, "one span per call")
 }
 
 // secretKey stands for a key holding personal data.
