@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,12 +22,36 @@ func (stub) ProcessHook(redis.ProcessHook) redis.ProcessHook {
 	return func(_ context.Context, cmd redis.Cmder) error {
 		switch c := cmd.(type) {
 		case *redis.StringCmd:
-			c.SetVal(value64)
+			c.SetVal(stubValue(c))
 		case *redis.StatusCmd:
 			c.SetVal("OK")
 		}
 		return nil
 	}
+}
+
+// stubJSON and stubSession are what the stub answers a GET of a key
+// starting "json:" or "session:": a JSON string, and a session as
+// CreateSession stores it.
+var (
+	stubJSON    = `"` + value64 + `"`
+	stubSession = `{"userId":"u1","email":"a@example.com","role":"user","createdAt":"2026-01-01T00:00:00.000Z",` +
+		`"lastActivity":"2026-01-01T00:00:00.000Z","ip":"","userAgent":"","idleTimeoutMs":3600000}`
+)
+
+// stubValue is the stub's answer to a GET: value64 but for the keys of
+// stubJSON and stubSession.
+func stubValue(c *redis.StringCmd) string {
+	if a := c.Args(); len(a) == 2 {
+		k, _ := a[1].(string)
+		switch {
+		case strings.HasPrefix(k, "json:"):
+			return stubJSON
+		case strings.HasPrefix(k, "session:"):
+			return stubSession
+		}
+	}
+	return value64
 }
 
 func (stub) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -20,7 +21,9 @@ import (
 // BenchmarkOverhead): telemetry=off sets neither (the default),
 // telemetry=noop sets OpenTelemetry's no-op providers, telemetry=sdk the
 // SDK's, with a manual metric reader and every span sampled and recorded
-// in memory. It needs no redis-server.
+// in memory. Get and Set make one round trip; Cache (a hit) and
+// GetSession are calls that may make several, whose telemetry is an
+// operation scope around their round trips. It needs no redis-server.
 func BenchmarkTelemetry(b *testing.B) {
 	for _, tel := range []struct {
 		name string
@@ -67,6 +70,20 @@ func BenchmarkTelemetry(b *testing.B) {
 				_, err := s.Set(ctx, "k", value64, redisservice.WithTTL(time.Minute))
 				return err
 			}},
+			{"cache", func(ctx context.Context) error { // a hit
+				v, err := redisservice.Cache(ctx, s, "json:k", time.Minute, missed)
+				if err == nil && v != value64 {
+					err = fmt.Errorf("Cache: %q", v)
+				}
+				return err
+			}},
+			{"getsession", func(ctx context.Context) error {
+				_, found, err := s.GetSession(ctx, "sid")
+				if err == nil && !found {
+					err = fmt.Errorf("GetSession: not found")
+				}
+				return err
+			}},
 		} {
 			b.Run(fmt.Sprintf("op=%s/telemetry=%s", op.name, tel.name), func(b *testing.B) {
 				ctx := context.Background()
@@ -75,6 +92,9 @@ func BenchmarkTelemetry(b *testing.B) {
 		}
 	}
 }
+
+// missed is the loader of a Cache call that must hit.
+func missed(context.Context) (string, error) { return "", errors.New("Cache: missed") }
 
 // droppingRecorder is a tracetest.SpanRecorder that forgets its spans
 // every 4096 of them.
