@@ -259,7 +259,7 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 	}
 	v, err := load(s.tel.leave(ctx)) // the loader's own calls are not this call's round trips
 	if err != nil {
-		err = wrapOp(op, key, fmt.Errorf("load: %w", err))
+		err = wrapOp(op, key, &loadError{err})
 		if co.notFound > 0 && mode&loadStore != 0 && errors.Is(err, ErrNotFound) {
 			_, _ = call(s, context.WithoutCancel(ctx), op, key, func(ctx context.Context) (string, error) {
 				return s.rdb.Set(ctx, s.key(notFoundKey(key)), notFoundMarker, co.notFound).Result()
@@ -463,6 +463,13 @@ func (s *Service) readCached(ctx context.Context, rk readKey, lock lockOp) (read
 	r.b = b
 	return r, nil
 }
+
+// loadError is a loader's failure, as Cache returns it (wrapped with the
+// op and key): "load: " and the loader's error, which it unwraps to.
+type loadError struct{ err error }
+
+func (e *loadError) Error() string { return "load: " + e.err.Error() }
+func (e *loadError) Unwrap() error { return e.err }
 
 // notFoundMarker is the value of a not-found marker: not JSON, so that no
 // reader takes it for a cached value even at its own key.

@@ -235,7 +235,10 @@ func outcomeOf(err error) string {
 
 // errorType is a span's error.type: a small fixed set, for grouping.
 func errorType(err error) string {
-	var rerr redis.Error
+	var (
+		rerr redis.Error
+		lerr *loadError
+	)
 	switch {
 	case errors.Is(err, ErrClosed):
 		return "closed"
@@ -245,8 +248,14 @@ func errorType(err error) string {
 		return "timeout"
 	case errors.Is(err, context.Canceled):
 		return "canceled"
+	case errors.As(err, &lerr):
+		return "load" // a Cache loader's own error
 	case errors.Is(err, ErrDecode):
 		return "decode"
+	case errors.Is(err, ErrInvalidKey), errors.Is(err, ErrInvalidTTL), errors.Is(err, ErrInvalidArgument), errors.Is(err, ErrFlushDisabled):
+		return "invalid"
+	case errors.Is(err, ErrConflict):
+		return "conflict"
 	case errors.As(err, &rerr):
 		return "redis"
 	}

@@ -209,7 +209,9 @@ func TestCacheLoadError(t *testing.T) {
 		assert.Equal(t, codes.Error, s.Status().Code)
 	}
 	assert.Contains(t, spans[0].Status().Description, "db down")
-	et, _ := spanAttr(spans[1], "error.type")
+	et, _ := spanAttr(spans[0], "error.type")
+	assert.Equal(t, "load", et)
+	et, _ = spanAttr(spans[1], "error.type")
 	assert.Equal(t, "panic", et)
 	assert.Equal(t, int64(2), o.sums(t, "redisservice.operations")["redisservice.op=cache,redisservice.outcome=error"])
 }
@@ -269,4 +271,20 @@ func TestOtherScopedCalls(t *testing.T) {
 	assert.Equal(t, int64(1), ops["redisservice.op=healthcheck,redisservice.outcome=ok"], "%v", ops)
 	assert.Equal(t, int64(1), ops["redisservice.op=cache.refresh,redisservice.outcome=ok"], "%v", ops)
 	assert.Equal(t, int64(2), ops["redisservice.op=cache,redisservice.outcome=miss"]+ops["redisservice.op=cache,redisservice.outcome=ok"], "%v", ops)
+}
+
+// TestScopedInvalidArgument: a call of several round trips refused
+// before any is still one span and one count, an error of type invalid.
+func TestScopedInvalidArgument(t *testing.T) {
+	t.Parallel()
+	o := newObserved(t, redisservice.Options{})
+	err := o.svc.CreateSession(ctxT(t), "sid", redisservice.SessionData{}, time.Hour)
+	require.ErrorIs(t, err, redisservice.ErrInvalidArgument)
+	spans := o.named("redisservice.createsession")
+	require.Len(t, spans, 1)
+	assert.Equal(t, "error", outcome(spans[0]))
+	et, _ := spanAttr(spans[0], "error.type")
+	assert.Equal(t, "invalid", et)
+	assert.Empty(t, roundTrips(spans[0]))
+	assert.Equal(t, map[string]int64{"redisservice.op=createsession,redisservice.outcome=error": 1}, o.sums(t, "redisservice.operations"))
 }
