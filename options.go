@@ -232,11 +232,13 @@ type Options struct {
 	// metrics and costs nothing.
 	MeterProvider metric.MeterProvider
 
-	// TracerProvider, when set, receives one span per call to Redis,
+	// TracerProvider, when set, receives one span per call of a method,
 	// named redisservice.<op> (redisservice.get, redisservice.cache, …),
 	// of kind client, with db.system.name=redis, redisservice.op and
 	// redisservice.outcome; a failure sets the span's status to Error with
-	// error.type. A call whose context carries a span becomes its child.
+	// error.type. A call that makes several round trips (Cache, most
+	// session calls) records each as an event redisservice.round_trip of
+	// its one span. A call whose context carries a span becomes its child.
 	// The default, nil, makes no spans and costs nothing.
 	TracerProvider trace.TracerProvider
 
