@@ -1,6 +1,10 @@
 package redisservice
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -49,4 +53,71 @@ func TestOutcomeOf(t *testing.T) {
 	} {
 		assert.Equal(t, tc.want, outcomeOf(tc.err), "outcomeOf(%v)", tc.err)
 	}
+}
+
+// scopedNoop is a method's scope without telemetry: begin and the
+// deferred end around nothing.
+//
+//go:noinline
+func scopedNoop(t *telemetry, ctx context.Context) (err error) {
+	ctx, scope := t.begin(ctx, "op", "k")
+	defer scope.end(ctx, &err)
+	if ctx == nil {
+		return errors.New("nil ctx")
+	}
+	return nil
+}
+
+// TestScopeWithoutTelemetry: without a provider a scope keeps ctx as it
+// is and allocates nothing.
+func TestScopeWithoutTelemetry(t *testing.T) {
+	ctx := context.WithValue(context.Background(), struct{}{}, 1)
+	got, scope := (*telemetry)(nil).begin(ctx, "op", "k")
+	assert.Equal(t, ctx, got, "ctx unwrapped")
+	assert.Nil(t, scope)
+	assert.Zero(t, testing.AllocsPerRun(1000, func() { _ = scopedNoop(nil, ctx) }), "allocations")
+}
+
+// unscopedNoop is scopedNoop without the scope.
+//
+//go:noinline
+func unscopedNoop(ctx context.Context) (err error) {
+	if ctx == nil {
+		return errors.New("nil ctx")
+	}
+	return nil
+}
+
+// BenchmarkScopeWithoutTelemetry is what the scope of a call of several
+// round trips costs without a provider: scope=nil against scope=none,
+// the same function without it.
+func BenchmarkScopeWithoutTelemetry(b *testing.B) {
+	ctx := context.Background()
+	b.Run("scope=none", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = unscopedNoop(ctx)
+		}
+	})
+	b.Run("scope=nil", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = scopedNoop(nil, ctx)
+		}
+	})
+}
+
+// TestRedact: a status description keeps no key of the call errors it
+// quotes, however they are wrapped or joined.
+func TestRedact(t *testing.T) {
+	t.Parallel()
+	a := wrapOp("destroyusersessions", "user-sessions:ada@example.com", io.ErrUnexpectedEOF)
+	b := wrapOp("destroyusersessions", "session:*", ErrUnavailable)
+	for _, err := range []error{a, errors.Join(a, b), fmt.Errorf("walk: %w", a), wrapOp("cache", "k", &loadError{a})} {
+		got := redact(err)
+		assert.NotContains(t, got, "ada@example.com", "%v", err)
+		assert.NotContains(t, got, "session:*", "%v", err)
+		assert.Contains(t, got, "unexpected EOF", "%v", err)
+	}
+	assert.Equal(t, "unexpected EOF\nredis unavailable", redact(errors.Join(a, b)))
 }
