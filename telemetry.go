@@ -98,10 +98,10 @@ func newTelemetry(opts Options, rdb redis.UniversalClient) (*telemetry, error) {
 		wait                          metric.Float64ObservableCounter
 	)
 	t.operations, errs[0] = m.Int64Counter("redisservice.operations",
-		metric.WithDescription("Calls to Redis by operation and outcome (ok, miss, error, fallback)."),
+		metric.WithDescription("Calls by operation and final outcome (ok, miss, error, fallback), one per call whatever its round trips."),
 		metric.WithUnit("{operation}"))
 	t.duration, errs[1] = m.Float64Histogram("redisservice.operation.duration",
-		metric.WithDescription("Duration of calls to Redis, by operation, fallbacks included."),
+		metric.WithDescription("Duration of calls, entry to return, by operation, fallbacks included."),
 		metric.WithUnit("s"),
 		metric.WithExplicitBucketBoundaries(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 	t.cache, errs[2] = m.Int64Counter("redisservice.cache.requests",
