@@ -98,7 +98,7 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 		ctx = context.Background()
 	}
 	if err := s.checkWriteKey(key); err != nil {
-		return loadOnly(ctx, op, key, load, invalid(op, key, err))
+		return loadOnly(s.tel.leave(ctx), op, key, load, invalid(op, key, err))
 	}
 	fk := flightKey{key: key, typ: reflect.TypeFor[T]()}
 	lt := s.local
@@ -175,7 +175,7 @@ func loadOnly[T any](ctx context.Context, op, key string, load func(context.Cont
 	}
 	v, err := load(ctx)
 	if err != nil {
-		return zero, wrapOp(op, key, fmt.Errorf("load: %w", err))
+		return zero, wrapOp(op, key, &loadError{err})
 	}
 	return v, refused
 }

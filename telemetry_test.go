@@ -71,7 +71,8 @@ func scopedNoop(t *telemetry, ctx context.Context) (err error) {
 // TestScopeWithoutTelemetry: without a provider a scope keeps ctx as it
 // is and allocates nothing.
 func TestScopeWithoutTelemetry(t *testing.T) {
-	ctx := context.WithValue(context.Background(), struct{}{}, 1)
+	type testKey struct{}
+	ctx := context.WithValue(context.Background(), testKey{}, 1)
 	got, scope := (*telemetry)(nil).begin(ctx, "op", "k")
 	assert.Equal(t, ctx, got, "ctx unwrapped")
 	assert.Nil(t, scope)
