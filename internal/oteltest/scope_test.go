@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -287,4 +288,31 @@ func TestScopedInvalidArgument(t *testing.T) {
 	assert.Equal(t, "invalid", et)
 	assert.Empty(t, roundTrips(spans[0]))
 	assert.Equal(t, map[string]int64{"redisservice.op=createsession,redisservice.outcome=error": 1}, o.sums(t, "redisservice.operations"))
+}
+
+// TestSharedLoadOneSpanPerCaller: callers sharing one load are one span
+// and one count each.
+func TestSharedLoadOneSpanPerCaller(t *testing.T) {
+	t.Parallel()
+	o := newObserved(t, redisservice.Options{})
+	ctx := ctxT(t)
+	started, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	load := func(context.Context) (int, error) {
+		once.Do(func() { close(started) })
+		<-release
+		return 1, nil
+	}
+	errs := make(chan error, 2)
+	go func() { _, err := redisservice.Cache(ctx, o.svc, "c", time.Minute, load); errs <- err }()
+	<-started
+	go func() { _, err := redisservice.Cache(ctx, o.svc, "c", time.Minute, load); errs <- err }()
+	time.Sleep(50 * time.Millisecond) // the second caller joins the load
+	close(release)
+	require.NoError(t, <-errs)
+	require.NoError(t, <-errs)
+	require.Len(t, o.spans.Ended(), 2)
+	assert.Len(t, o.named("redisservice.cache"), 2)
+	ops := o.sums(t, "redisservice.operations")
+	assert.Equal(t, int64(2), ops["redisservice.op=cache,redisservice.outcome=miss"]+ops["redisservice.op=cache,redisservice.outcome=ok"], "%v", ops)
 }
