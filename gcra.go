@@ -1,0 +1,307 @@
+package redisservice
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Limit is a GCRA (leaky bucket) limit: Rate requests per Period on
+// average, with bursts of up to Burst at once. The zero Burst means Burst
+// = Rate. Use it with [Service.AllowN] and [RateLimitConfig.Limits].
+type Limit struct {
+	// Rate is how many requests Period allows on average; > 0.
+	Rate int
+
+	// Period is the time over which Rate requests are allowed; at least
+	// one millisecond.
+	Period time.Duration
+
+	// Burst is how many requests may arrive at once after a quiet spell,
+	// and the largest Remaining; >= 0. The default, 0, is Rate.
+	Burst int
+}
+
+// PerSecond returns a Limit of rate requests per second, with bursts of
+// rate.
+func PerSecond(rate int) Limit { return Limit{Rate: rate, Period: time.Second, Burst: rate} }
+
+// PerMinute returns a Limit of rate requests per minute, with bursts of
+// rate.
+func PerMinute(rate int) Limit { return Limit{Rate: rate, Period: time.Minute, Burst: rate} }
+
+// PerHour returns a Limit of rate requests per hour, with bursts of rate.
+func PerHour(rate int) Limit { return Limit{Rate: rate, Period: time.Hour, Burst: rate} }
+
+// burst returns l's burst with the default applied.
+func (l Limit) burst() int {
+	if l.Burst == 0 {
+		return l.Rate
+	}
+	return l.Burst
+}
+
+// interval is the emission interval: the time one request's token takes to
+// come back.
+func (l Limit) interval() time.Duration { return l.Period / time.Duration(l.Rate) }
+
+// refill is the time n tokens take to come back, saturating rather than
+// overflowing.
+func (l Limit) refill(n int) time.Duration {
+	ei := l.interval()
+	if ei > 0 && int64(n) > math.MaxInt64/int64(ei) {
+		return math.MaxInt64
+	}
+	return time.Duration(n) * ei
+}
+
+// check reports what makes l unusable, if anything.
+func (l Limit) check() error {
+	switch {
+	case l.Rate <= 0:
+		return fmt.Errorf("%w: limit rate %d <= 0", ErrInvalidArgument, l.Rate)
+	case l.Period <= 0:
+		return fmt.Errorf("%w: limit period %v <= 0", ErrInvalidArgument, l.Period)
+	case l.Period < time.Millisecond:
+		return fmt.Errorf("%w: limit period %v (want >= 1ms)", ErrInvalidTTL, l.Period)
+	case l.Burst < 0:
+		return fmt.Errorf("%w: limit burst %d < 0", ErrInvalidArgument, l.Burst)
+	}
+	return nil
+}
+
+// gcraPrefix starts the name of the hash holding a key's GCRA state, one
+// field per limit. It lies outside "ratelimit:", which belongs to
+// CheckRateLimit's counters, so no identifier can name it.
+const gcraPrefix = "gcra:"
+
+// gcraScript decides n tokens for one key under several GCRA limits, on
+// the server's clock, all or nothing. The state of each limit is its
+// theoretical arrival time (TAT, microseconds since the epoch) in field
+// "<rate>/<period ns>/<burst>" of one hash, so every limit of a call lives
+// in one key, hence one cluster slot. A foreign value at the key (not a
+// hash) is replaced, and a field that is not a plausible TAT counts as a
+// full bucket, so that nothing written there can turn the limit off. When
+// allowed with n > 0, every limit's TAT moves by n emission intervals and
+// the key's TTL is raised to cover the latest; a denied call or a peek
+// (n == 0) writes nothing.
+//
+// KEYS[1]: the hash. ARGV[1]: n; then rate, period (ns), burst per limit.
+// It returns {allowed, remaining, retry after (µs), reset after (µs),
+// index of the tightest limit (0-based), TIME seconds, TIME µs}.
+var gcraScript = redis.NewScript(gcraLua)
+
+// gcraLua is the source of gcraScript, for EVAL after NOSCRIPT. The
+// arithmetic is redis_rate's (GCRA as in rwz/redis-gcra) in microseconds.
+const gcraLua = `
+local n = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local count = (#ARGV - 1) / 3
+local fields = {}
+for i = 1, count do
+	local j = 3 * i - 1
+	fields[i] = ARGV[j] .. '/' .. ARGV[j + 1] .. '/' .. ARGV[j + 2]
+end
+local tats = redis.pcall('HMGET', KEYS[1], unpack(fields))
+if tats.err then
+	redis.call('DEL', KEYS[1])
+	tats = {}
+end
+local allowed, best, remaining, retry, reset = 1, 1, -1, 0, 0
+local new = {}
+for i = 1, count do
+	local j = 3 * i - 1
+	local ei = tonumber(ARGV[j + 1]) / 1000 / tonumber(ARGV[j])
+	local offset = ei * tonumber(ARGV[j + 2])
+	local tat = tonumber(tats[i])
+	if tat == nil or tat ~= tat or tat < now or tat > now + offset then
+		tat = now
+	end
+	new[i] = tat + ei * n
+	local diff = now - (new[i] - offset)
+	if diff < 0 then
+		if allowed == 1 or -diff > retry then
+			best, retry, reset = i, -diff, tat - now
+		end
+		allowed = 0
+	elseif allowed == 1 then
+		local left = math.floor(diff / ei)
+		if remaining < 0 or left < remaining or (left == remaining and new[i] - now > reset) then
+			best, remaining, reset = i, left, new[i] - now
+		end
+	end
+end
+if allowed == 1 and n > 0 then
+	local hset = {'HSET', KEYS[1]}
+	local longest = 0
+	for i = 1, count do
+		hset[#hset + 1] = fields[i]
+		hset[#hset + 1] = string.format('%.17g', new[i])
+		longest = math.max(longest, new[i] - now)
+	end
+	redis.call(unpack(hset))
+	local ms = math.ceil(longest / 1000)
+	if redis.call('PTTL', KEYS[1]) < ms then
+		redis.call('PEXPIRE', KEYS[1], ms)
+	end
+end
+if allowed == 0 then
+	remaining = 0
+end
+return {allowed, remaining, math.ceil(retry), math.ceil(reset), best - 1, tonumber(t[1]), tonumber(t[2])}
+`
+
+// AllowN asks for n tokens for key under every limit given, atomically,
+// in one round trip (on a cluster too): it is allowed only when each limit
+// has room for n, and then n is taken from all of them; a denied request
+// takes nothing from any. n == 0 only reports the state (Allowed true:
+// zero tokens always fit) and takes nothing. The state lives in one hash,
+// "gcra:<key>" (after [Options.KeyPrefix]), with a field per limit, on the
+// Redis server's clock; the hash expires once every bucket in it is full
+// again. Limits that differ in Rate, Period or Burst are separate buckets.
+//
+// For one limit, the decisions and Remaining are those of
+// go-redis/redis_rate v10's AllowN for the same requests, and RetryAfter
+// and ResetAfter agree to within a microsecond. The result describes the
+// tightest limit: when denied, the one that keeps the request waiting
+// longest; when allowed, the one with the fewest tokens left. Its Limit is
+// that limit's burst (the largest Remaining), ResetAfter the time until
+// its bucket is full again and ResetAt the same on the server's clock,
+// and RetryAfter, when denied, the time until n tokens fit under every
+// limit.
+//
+// An n above a limit's burst can never fit: it is denied, with no error,
+// and RetryAfter is the time until the bucket is full plus n-burst
+// emission intervals (redis_rate's figure), which waiting does not
+// overcome; split such a request.
+//
+// Invalid input fails before anything is sent, with the zero result
+// (Allowed false): an empty key with [ErrInvalidKey]; n < 0, no limit, a
+// Rate <= 0, a Period <= 0 or a Burst < 0 with [ErrInvalidArgument]; a
+// Period between 0 and 1 ms with [ErrInvalidTTL].
+//
+// AllowN has [Service.CheckRateLimit]'s retry safety (the script is never
+// sent twice after it may have run; it is re-sent as EVAL only after
+// NOSCRIPT) and its fallbacks: when Redis gives no answer, the error comes
+// with, by default, Allowed true and Remaining burst-n of the tightest
+// limit, as for a fresh key, except that an n above a burst is still
+// denied; with [Options.RateLimitFailClosed], Allowed false with RetryAfter
+// the time n tokens take to come back under the slowest limit.
+func (s *Service) AllowN(ctx context.Context, key string, n int, limits ...Limit) (RateLimitResult, error) {
+	r, _, err := s.allowN(ctx, key, n, limits)
+	return r, err
+}
+
+// allowN is AllowN that also returns the index in limits of the limit the
+// result describes.
+func (s *Service) allowN(ctx context.Context, key string, n int, limits []Limit) (RateLimitResult, int, error) {
+	const op = "ratelimit"
+	if err := checkAllowArgs(key, n, limits); err != nil {
+		return RateLimitResult{}, 0, invalid(op, key, err)
+	}
+	args := make([]any, 1, 1+3*len(limits))
+	args[0] = n
+	for _, l := range limits {
+		args = append(args, l.Rate, int64(l.Period), l.burst())
+	}
+	reply, err := call(s, ctx, op, key, func(ctx context.Context) ([]int64, error) {
+		reply, err := s.runOnce(ctx, gcraScript, gcraLua, []string{s.key(gcraPrefix + key)}, args...)
+		if err == nil && (len(reply) != 7 || reply[4] < 0 || reply[4] >= int64(len(limits))) {
+			err = fmt.Errorf("%w: unexpected script reply %v", ErrDecode, reply)
+		}
+		return reply, err
+	})
+	if err != nil {
+		r, i := s.allowFallback(n, limits)
+		return r, i, err
+	}
+	i := int(reply[4])
+	reset := time.Duration(reply[3]) * time.Microsecond
+	r := RateLimitResult{
+		Allowed:    reply[0] == 1,
+		Limit:      limits[i].burst(),
+		Remaining:  int(reply[1]),
+		ResetAt:    time.Unix(reply[5], reply[6]*int64(time.Microsecond)).Add(reset),
+		ResetAfter: reset,
+	}
+	if !r.Allowed {
+		r.RetryAfter = max(time.Duration(reply[2])*time.Microsecond, time.Microsecond)
+	}
+	return r, i, nil
+}
+
+// checkAllowArgs validates the arguments of AllowN.
+func checkAllowArgs(key string, n int, limits []Limit) error {
+	switch {
+	case key == "":
+		return ErrInvalidKey
+	case n < 0:
+		return fmt.Errorf("%w: n %d < 0", ErrInvalidArgument, n)
+	case len(limits) == 0:
+		return fmt.Errorf("%w: no limit", ErrInvalidArgument)
+	}
+	for _, l := range limits {
+		if err := l.check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// allowFallback is AllowN's result when Redis gave no answer, and the
+// index of the limit it describes: fail open as for a fresh key (but an n
+// above a burst is denied), or closed.
+func (s *Service) allowFallback(n int, limits []Limit) (RateLimitResult, int) {
+	tightest, slowest := 0, 0
+	for i, l := range limits {
+		if l.burst()-n < limits[tightest].burst()-n {
+			tightest = i
+		}
+		if l.interval() > limits[slowest].interval() {
+			slowest = i
+		}
+	}
+	l := limits[tightest]
+	r := RateLimitResult{Allowed: true, Limit: l.burst(), Remaining: l.burst() - n, ResetAfter: l.refill(n)}
+	switch {
+	case s.opts.RateLimitFailClosed:
+		l, tightest = limits[slowest], slowest
+		r = RateLimitResult{Limit: l.burst(), RetryAfter: max(l.refill(max(n, 1)), time.Microsecond)}
+		r.ResetAfter = r.RetryAfter
+	case r.Remaining < 0:
+		// n can never fit: denied, with the RetryAfter AllowN would give
+		// for a fresh key.
+		r.Allowed, r.Remaining = false, 0
+		r.RetryAfter = l.refill(n - l.burst())
+	}
+	r.ResetAt = time.Now().Add(r.ResetAfter)
+	return r, tightest
+}
+
+// ResetRateLimit forgets key's state under every limit and window: its
+// GCRA hash ("gcra:<key>", every limit [Service.AllowN] was given for key)
+// and its fixed-window counter ("ratelimit:<key>", whatever window
+// [Service.CheckRateLimit] used) are deleted, so its next request starts
+// fresh. For a [Service.RateLimitMiddleware] bucket, key is
+// "<Name>:<client key>". It is one round trip on a single node; on a
+// cluster the two keys may live on two masters, each asked once, in
+// parallel. A failure returns the error; either key may then be left.
+func (s *Service) ResetRateLimit(ctx context.Context, key string) error {
+	const op = "ratelimit reset"
+	if key == "" {
+		return invalid(op, key, ErrInvalidKey)
+	}
+	_, err := call(s, ctx, op, key, func(ctx context.Context) (struct{}, error) {
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.Del(ctx, s.key(gcraPrefix+key))
+			p.Del(ctx, s.key("ratelimit:"+key))
+			return nil
+		})
+		return struct{}{}, err
+	})
+	return err
+}

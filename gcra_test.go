@@ -1,0 +1,345 @@
+package redisservice
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestLimitConstructors(t *testing.T) {
+	t.Parallel()
+	assert.Equal(t, Limit{Rate: 7, Period: time.Second, Burst: 7}, PerSecond(7))
+	assert.Equal(t, Limit{Rate: 7, Period: time.Minute, Burst: 7}, PerMinute(7))
+	assert.Equal(t, Limit{Rate: 7, Period: time.Hour, Burst: 7}, PerHour(7))
+	assert.Equal(t, 7, Limit{Rate: 7, Period: time.Hour}.burst(), "zero Burst means Rate")
+}
+
+func TestAllowN(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		// One token every 12 minutes: nothing comes back during the test
+		// on a real server.
+		l := Limit{Rate: 5, Period: time.Hour, Burst: 3}
+		ei := 12 * time.Minute
+
+		for i := 1; i <= 3; i++ {
+			r, err := s.AllowN(ctx, "user", 1, l)
+			require.NoError(t, err)
+			assert.True(t, r.Allowed, "AllowN #%d", i)
+			assert.Equal(t, 3, r.Limit, "AllowN #%d Limit (the burst)", i)
+			assert.Equal(t, 3-i, r.Remaining, "AllowN #%d Remaining", i)
+			assert.Zero(t, r.RetryAfter, "AllowN #%d RetryAfter", i)
+			assert.InDelta(t, float64(time.Duration(i)*ei), float64(r.ResetAfter), float64(time.Second), "AllowN #%d ResetAfter", i)
+		}
+		raw := b.raw("gcra:user")
+		pttl := b.client.PTTL(ctx, raw).Val()
+		assert.True(t, pttl > 3*ei-time.Second && pttl <= 3*ei, "PTTL(%s) = %v; want about %v", raw, pttl, 3*ei)
+
+		denied, err := s.AllowN(ctx, "user", 1, l)
+		require.NoError(t, err)
+		assert.False(t, denied.Allowed)
+		assert.Zero(t, denied.Remaining)
+		assert.InDelta(t, float64(ei), float64(denied.RetryAfter), float64(time.Second), "RetryAfter: one token")
+		assert.InDelta(t, float64(3*ei), float64(denied.ResetAfter), float64(time.Second), "ResetAfter: the bucket full again")
+		now := b.serverTime(t)
+		assert.WithinDuration(t, now.Add(denied.ResetAfter), denied.ResetAt, time.Second, "ResetAt on the server's clock")
+
+		// A peek reports and takes nothing.
+		before := b.client.HGetAll(ctx, raw).Val()
+		peek, err := s.AllowN(ctx, "user", 0, l)
+		require.NoError(t, err)
+		assert.True(t, peek.Allowed, "n == 0 is always allowed")
+		assert.Zero(t, peek.Remaining)
+		assert.Equal(t, before, b.client.HGetAll(ctx, raw).Val(), "a peek wrote")
+
+		// Another key has its own bucket.
+		other, err := s.AllowN(ctx, "other", 2, l)
+		require.NoError(t, err)
+		assert.True(t, other.Allowed)
+		assert.Equal(t, 1, other.Remaining)
+
+		if !b.real() {
+			b.pass(ei + time.Millisecond)
+			r, err := s.AllowN(ctx, "user", 0, l)
+			require.NoError(t, err)
+			assert.Equal(t, 1, r.Remaining, "one token back after an interval")
+			r, err = s.AllowN(ctx, "user", 1, l)
+			require.NoError(t, err)
+			assert.True(t, r.Allowed, "allowed after an interval")
+			b.pass(3 * ei)
+			b.waitFor(t, "hash expires once the bucket is full", func() bool { return b.client.Exists(ctx, raw).Val() == 0 })
+		}
+	})
+}
+
+func TestAllowNConcurrentCallersGetExactlyTheBurst(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		const callers, burst = 300, 50
+		limits := []Limit{{Rate: burst, Period: time.Hour}, PerHour(1000)}
+		var (
+			wg        sync.WaitGroup
+			mu        sync.Mutex
+			allowed   int
+			remaining = map[int]bool{}
+		)
+		for range callers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := s.AllowN(ctx, "crowd", 1, limits...)
+				if !assert.NoError(t, err) {
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if r.Allowed {
+					allowed++
+					assert.False(t, remaining[r.Remaining], "Remaining %d reported twice", r.Remaining)
+					remaining[r.Remaining] = true
+				}
+			}()
+		}
+		wg.Wait()
+		assert.Equal(t, burst, allowed, "%d concurrent callers", callers)
+		r, err := s.AllowN(ctx, "crowd", 0, PerHour(1000))
+		require.NoError(t, err)
+		assert.Equal(t, 1000-burst, r.Remaining, "the second limit took only the allowed requests")
+	})
+}
+
+func TestAllowNSeveralLimitsAllOrNothing(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		short := Limit{Rate: 3, Period: time.Hour}   // 3 at once
+		long := Limit{Rate: 5, Period: 2 * time.Hour} // 5 at once, refills slower
+		for _, key := range []string{"plain", "{", "}", "a{b}c", "{}", "}{", "x{y"} {
+			t.Run(key, func(t *testing.T) {
+				r, err := s.AllowN(ctx, key, 2, short, long)
+				require.NoError(t, err)
+				assert.True(t, r.Allowed)
+				assert.Equal(t, 1, r.Remaining, "the tightest limit: short has 1 left, long 3")
+				assert.Equal(t, 3, r.Limit)
+
+				// short has room for 1, not 2: denied, nothing taken from long.
+				r, err = s.AllowN(ctx, key, 2, short, long)
+				require.NoError(t, err)
+				assert.False(t, r.Allowed)
+				assert.Equal(t, 3, r.Limit, "denied by short")
+				assert.InDelta(t, float64(20*time.Minute), float64(r.RetryAfter), float64(time.Second), "one token of short")
+
+				peek, err := s.AllowN(ctx, key, 0, long)
+				require.NoError(t, err)
+				assert.Equal(t, 3, peek.Remaining, "the denied request took from long")
+
+				// 1 fits both: taken from both; long is now the tightest
+				// at equal Remaining? short 0, long 2.
+				r, err = s.AllowN(ctx, key, 1, short, long)
+				require.NoError(t, err)
+				assert.True(t, r.Allowed)
+				assert.Equal(t, 0, r.Remaining)
+				assert.Equal(t, 3, r.Limit)
+				peek, err = s.AllowN(ctx, key, 0, long)
+				require.NoError(t, err)
+				assert.Equal(t, 2, peek.Remaining)
+
+				// Denied by long only: RetryAfter is the longer wait.
+				r, err = s.AllowN(ctx, key, 3, long, Limit{Rate: 100, Period: time.Hour})
+				require.NoError(t, err)
+				assert.False(t, r.Allowed)
+				assert.Equal(t, 5, r.Limit, "denied by long")
+				assert.InDelta(t, float64(24*time.Minute), float64(r.RetryAfter), float64(time.Second), "one token of long")
+			})
+		}
+	})
+}
+
+func TestAllowNAboveTheBurst(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		l := Limit{Rate: 6, Period: time.Hour, Burst: 2} // 10 minutes a token
+		r, err := s.AllowN(ctx, "big", 5, l)
+		require.NoError(t, err, "n above the burst is not an error")
+		assert.False(t, r.Allowed)
+		assert.Zero(t, r.Remaining)
+		assert.InDelta(t, float64(30*time.Minute), float64(r.RetryAfter), float64(time.Second), "(n - burst) intervals on a fresh key")
+		assert.Zero(t, b.client.Exists(ctx, b.raw("gcra:big")).Val(), "a denied request wrote")
+
+		// Redis down: still denied (fail open never lets it through).
+		down := downService(t, Options{})
+		r, err = down.AllowN(ctx, "big", 5, l)
+		require.Error(t, err)
+		assert.False(t, r.Allowed)
+		assert.Equal(t, 30*time.Minute, r.RetryAfter)
+	})
+}
+
+// downService returns a Service whose Redis refuses connections.
+func downService(t testing.TB, opts Options) *Service {
+	t.Helper()
+	opts.URL = "redis://" + closedPort(t)
+	opts.Timeout = 500 * time.Millisecond
+	s, err := New(opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestAllowNInvalidArguments(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	s := b.service(t, Options{})
+	ctx := ctxT(t)
+	tests := []struct {
+		name   string
+		key    string
+		n      int
+		limits []Limit
+		want   error
+	}{
+		{"empty key", "", 1, []Limit{PerSecond(1)}, ErrInvalidKey},
+		{"negative n", "k", -1, []Limit{PerSecond(1)}, ErrInvalidArgument},
+		{"no limit", "k", 1, nil, ErrInvalidArgument},
+		{"zero rate", "k", 1, []Limit{PerSecond(0)}, ErrInvalidArgument},
+		{"negative rate", "k", 1, []Limit{PerSecond(1), {Rate: -1, Period: time.Second}}, ErrInvalidArgument},
+		{"zero period", "k", 1, []Limit{{Rate: 1}}, ErrInvalidArgument},
+		{"negative period", "k", 1, []Limit{{Rate: 1, Period: -time.Second}}, ErrInvalidArgument},
+		{"sub-millisecond period", "k", 1, []Limit{{Rate: 1, Period: time.Millisecond - 1}}, ErrInvalidTTL},
+		{"negative burst", "k", 1, []Limit{{Rate: 1, Period: time.Second, Burst: -1}}, ErrInvalidArgument},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := s.AllowN(ctx, tt.key, tt.n, tt.limits...)
+			require.ErrorIs(t, err, tt.want)
+			assert.Equal(t, RateLimitResult{}, r, "the zero result (not allowed)")
+		})
+	}
+	assert.Empty(t, b.mr.Keys(), "invalid calls wrote")
+	assert.True(t, s.IsConnected())
+	assert.Zero(t, s.Stats().Errors, "invalid arguments counted as Redis failures")
+}
+
+func TestAllowNWhenRedisCannotBeAsked(t *testing.T) {
+	t.Parallel()
+	limits := []Limit{{Rate: 10, Period: time.Second, Burst: 4}, PerMinute(100)}
+	for _, failClosed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("RateLimitFailClosed=%v", failClosed), func(t *testing.T) {
+			t.Parallel()
+			s := downService(t, Options{RateLimitFailClosed: failClosed})
+			start := time.Now()
+			r, err := s.AllowN(ctxT(t), "client", 2, limits...)
+			require.Error(t, err)
+			assert.Less(t, time.Since(start), 2*time.Second)
+			want := RateLimitResult{Allowed: true, Limit: 4, Remaining: 2, ResetAfter: 200 * time.Millisecond}
+			if failClosed {
+				// The slowest limit: 2 tokens of 600ms.
+				want = RateLimitResult{Limit: 100, RetryAfter: 1200 * time.Millisecond, ResetAfter: 1200 * time.Millisecond}
+			}
+			assert.WithinDuration(t, time.Now().Add(want.ResetAfter), r.ResetAt, time.Second)
+			r.ResetAt = time.Time{}
+			assert.Equal(t, want, r)
+
+			require.NoError(t, s.Close())
+			r, err = s.AllowN(ctxT(t), "client", 1, limits...)
+			require.ErrorIs(t, err, ErrClosed)
+			assert.Equal(t, !failClosed, r.Allowed)
+		})
+	}
+}
+
+func TestAllowNReplacesAForeignValue(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		l := PerHour(2)
+		field := fmt.Sprintf("2/%d/2", int64(time.Hour))
+		raw := b.raw("gcra:k")
+		for name, write := range map[string]func() error{
+			"string":         func() error { return b.client.Set(ctx, raw, "x", 0).Err() },
+			"list":           func() error { return b.client.RPush(ctx, raw, "x").Err() },
+			"garbage field":  func() error { return b.client.HSet(ctx, raw, field, "not a number").Err() },
+			"far future TAT": func() error { return b.client.HSet(ctx, raw, field, "1e300").Err() },
+			"nan TAT":        func() error { return b.client.HSet(ctx, raw, field, "nan").Err() },
+		} {
+			t.Run(name, func(t *testing.T) {
+				require.NoError(t, b.client.Del(ctx, raw).Err())
+				require.NoError(t, write())
+				r, err := s.AllowN(ctx, "k", 1, l)
+				require.NoError(t, err)
+				assert.True(t, r.Allowed)
+				assert.Equal(t, 1, r.Remaining, "a fresh bucket")
+				pttl := b.client.PTTL(ctx, raw).Val()
+				assert.True(t, pttl > 0 && pttl <= time.Hour, "PTTL %v; want the hash to expire", pttl)
+			})
+		}
+	})
+}
+
+func TestResetRateLimit(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		for _, key := range []string{"login:bob", "a{b}c"} {
+			for range 3 {
+				_, err := s.AllowN(ctx, key, 1, PerHour(3), PerMinute(10))
+				require.NoError(t, err)
+				_, err = s.CheckRateLimit(ctx, key, time.Hour, 3)
+				require.NoError(t, err)
+			}
+			r, err := s.AllowN(ctx, key, 1, PerHour(3))
+			require.NoError(t, err)
+			require.False(t, r.Allowed)
+
+			require.NoError(t, s.ResetRateLimit(ctx, key))
+			for _, raw := range []string{b.raw("gcra:" + key), b.raw("ratelimit:" + key)} {
+				assert.Zero(t, b.client.Exists(ctx, raw).Val(), "%s left after ResetRateLimit(%q)", raw, key)
+			}
+			r, err = s.AllowN(ctx, key, 1, PerHour(3), PerMinute(10))
+			require.NoError(t, err)
+			assert.True(t, r.Allowed)
+			assert.Equal(t, 2, r.Remaining, "fresh GCRA state")
+			r, err = s.CheckRateLimit(ctx, key, time.Hour, 3)
+			require.NoError(t, err)
+			assert.Equal(t, 2, r.Remaining, "a fresh window")
+		}
+		require.ErrorIs(t, s.ResetRateLimit(ctx, ""), ErrInvalidKey)
+	})
+}
+
+func TestAllowNRecoversFromNoScript(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	s := b.service(t, Options{})
+	ctx := ctxT(t)
+	for i, flush := range []bool{false, false, true} {
+		if flush {
+			require.NoError(t, b.client.ScriptFlush(ctx).Err())
+		}
+		r, err := s.AllowN(ctx, "noscript", 1, PerHour(5))
+		require.NoError(t, err)
+		assert.Equal(t, 4-i, r.Remaining)
+		ok, err := b.client.ScriptExists(ctx, gcraScript.Hash()).Result()
+		require.NoError(t, err)
+		assert.Equal(t, []bool{true}, ok, "script loaded again")
+	}
+}
