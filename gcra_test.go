@@ -124,7 +124,7 @@ func TestAllowNSeveralLimitsAllOrNothing(t *testing.T) {
 		t.Parallel()
 		s := b.service(t, Options{})
 		ctx := ctxT(t)
-		short := Limit{Rate: 3, Period: time.Hour}   // 3 at once
+		short := Limit{Rate: 3, Period: time.Hour}    // 3 at once
 		long := Limit{Rate: 5, Period: 2 * time.Hour} // 5 at once, refills slower
 		for _, key := range []string{"plain", "{", "}", "a{b}c", "{}", "}{", "x{y"} {
 			t.Run(key, func(t *testing.T) {
