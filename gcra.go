@@ -80,26 +80,28 @@ const gcraPrefix = "gcra:"
 
 // gcraScript decides n tokens for one key under several GCRA limits, on
 // the server's clock, all or nothing. The state of each limit is its
-// theoretical arrival time (TAT, microseconds since the epoch) in field
-// "<rate>/<period ns>/<burst>" of one hash, so every limit of a call lives
-// in one key, hence one cluster slot. A foreign value at the key (not a
-// hash) is replaced, and a field that is not a plausible TAT counts as a
-// full bucket, so that nothing written there can turn the limit off. When
-// allowed with n > 0, every limit's TAT moves by n emission intervals and
-// the key's TTL is raised to cover the latest; a denied call or a peek
-// (n == 0) writes nothing.
+// theoretical arrival time (TAT) in field "<rate>/<period s>/<burst>" of
+// one hash, so every limit of a call lives in one key, hence one cluster
+// slot. A foreign value at the key (not a hash) is replaced, and a field
+// that is not a plausible TAT counts as a full bucket, so that nothing
+// written there can turn the limit off. When allowed with n > 0, every
+// limit's TAT moves by n emission intervals and the key's TTL is raised
+// to cover the latest; a denied call or a peek (n == 0) writes nothing.
 //
-// KEYS[1]: the hash. ARGV[1]: n; then rate, period (ns), burst per limit.
-// It returns {allowed, remaining, retry after (µs), reset after (µs),
-// index of the tightest limit (0-based), TIME seconds, TIME µs}.
+// The arithmetic is go-redis/redis_rate v10's, operation for operation
+// (seconds since 2017-01-01 as doubles, the same rounding), so that one
+// limit gives exactly its answers, Remaining included.
+//
+// KEYS[1]: the hash. ARGV[1]: n; then rate, period (seconds), burst per
+// limit. It returns {allowed, remaining, retry after (µs), reset after
+// (µs), index of the tightest limit (0-based), TIME seconds, TIME µs}.
 var gcraScript = redis.NewScript(gcraLua)
 
-// gcraLua is the source of gcraScript, for EVAL after NOSCRIPT. The
-// arithmetic is redis_rate's (GCRA as in rwz/redis-gcra) in microseconds.
+// gcraLua is the source of gcraScript, for EVAL after NOSCRIPT.
 const gcraLua = `
 local n = tonumber(ARGV[1])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = (t[1] - 1483228800) + (t[2] / 1000000)
 local count = (#ARGV - 1) / 3
 local fields = {}
 for i = 1, count do
@@ -115,21 +117,23 @@ local allowed, best, remaining, retry, reset = 1, 1, -1, 0, 0
 local new = {}
 for i = 1, count do
 	local j = 3 * i - 1
-	local ei = tonumber(ARGV[j + 1]) / 1000 / tonumber(ARGV[j])
-	local offset = ei * tonumber(ARGV[j + 2])
+	local ei = ARGV[j + 1] / ARGV[j]
+	local offset = ei * ARGV[j + 2]
 	local tat = tonumber(tats[i])
-	if tat == nil or tat ~= tat or tat < now or tat > now + offset then
+	if tat == nil or tat ~= tat or tat > now + offset + 1 then
 		tat = now
 	end
+	tat = math.max(tat, now)
 	new[i] = tat + ei * n
 	local diff = now - (new[i] - offset)
-	if diff < 0 then
+	local left = diff / ei
+	if left < 0 then
 		if allowed == 1 or -diff > retry then
 			best, retry, reset = i, -diff, tat - now
 		end
 		allowed = 0
 	elseif allowed == 1 then
-		local left = math.floor(diff / ei)
+		left = math.floor(left)
 		if remaining < 0 or left < remaining or (left == remaining and new[i] - now > reset) then
 			best, remaining, reset = i, left, new[i] - now
 		end
@@ -144,7 +148,7 @@ if allowed == 1 and n > 0 then
 		longest = math.max(longest, new[i] - now)
 	end
 	redis.call(unpack(hset))
-	local ms = math.ceil(longest / 1000)
+	local ms = math.ceil(longest * 1000)
 	if redis.call('PTTL', KEYS[1]) < ms then
 		redis.call('PEXPIRE', KEYS[1], ms)
 	end
@@ -152,7 +156,7 @@ end
 if allowed == 0 then
 	remaining = 0
 end
-return {allowed, remaining, math.ceil(retry), math.ceil(reset), best - 1, tonumber(t[1]), tonumber(t[2])}
+return {allowed, remaining, math.ceil(retry * 1000000), math.ceil(reset * 1000000), best - 1, t[1], t[2]}
 `
 
 // AllowN asks for n tokens for key under every limit given, atomically,
@@ -166,7 +170,10 @@ return {allowed, remaining, math.ceil(retry), math.ceil(reset), best - 1, tonumb
 //
 // For one limit, the decisions and Remaining are those of
 // go-redis/redis_rate v10's AllowN for the same requests, and RetryAfter
-// and ResetAfter agree to within a microsecond. The result describes the
+// and ResetAfter agree to within a microsecond: the arithmetic is
+// redis_rate's, rounding included: like redis_rate's, Remaining may be
+// one below the exact count where floating point lands just under a whole
+// token (PerSecond(10)'s first request reports 8 left). The result describes the
 // tightest limit: when denied, the one that keeps the request waiting
 // longest; when allowed, the one with the fewest tokens left. Its Limit is
 // that limit's burst (the largest Remaining), ResetAfter the time until
@@ -206,7 +213,7 @@ func (s *Service) allowN(ctx context.Context, key string, n int, limits []Limit)
 	args := make([]any, 1, 1+3*len(limits))
 	args[0] = n
 	for _, l := range limits {
-		args = append(args, l.Rate, int64(l.Period), l.burst())
+		args = append(args, l.Rate, l.Period.Seconds(), l.burst())
 	}
 	reply, err := call(s, ctx, op, key, func(ctx context.Context) ([]int64, error) {
 		reply, err := s.runOnce(ctx, gcraScript, gcraLua, []string{s.key(gcraPrefix + key)}, args...)

@@ -86,7 +86,9 @@ func TestAllowNConcurrentCallersGetExactlyTheBurst(t *testing.T) {
 		s := b.service(t, Options{})
 		ctx := ctxT(t)
 		const callers, burst = 300, 50
-		limits := []Limit{{Rate: burst, Period: time.Hour}, PerHour(1000)}
+		// Emission intervals of whole seconds: no rounding in Remaining.
+		second := Limit{Rate: 1000, Period: 1000 * time.Second}
+		limits := []Limit{{Rate: burst, Period: time.Hour}, second}
 		var (
 			wg        sync.WaitGroup
 			mu        sync.Mutex
@@ -112,7 +114,7 @@ func TestAllowNConcurrentCallersGetExactlyTheBurst(t *testing.T) {
 		}
 		wg.Wait()
 		assert.Equal(t, burst, allowed, "%d concurrent callers", callers)
-		r, err := s.AllowN(ctx, "crowd", 0, PerHour(1000))
+		r, err := s.AllowN(ctx, "crowd", 0, second)
 		require.NoError(t, err)
 		assert.Equal(t, 1000-burst, r.Remaining, "the second limit took only the allowed requests")
 	})
@@ -270,7 +272,7 @@ func TestAllowNReplacesAForeignValue(t *testing.T) {
 		s := b.service(t, Options{})
 		ctx := ctxT(t)
 		l := PerHour(2)
-		field := fmt.Sprintf("2/%d/2", int64(time.Hour))
+		field := "2/3600/2"
 		raw := b.raw("gcra:k")
 		for name, write := range map[string]func() error{
 			"string":         func() error { return b.client.Set(ctx, raw, "x", 0).Err() },

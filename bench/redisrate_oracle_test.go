@@ -1,0 +1,92 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/go-redis/redis_rate/v10"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/vevurn/redisservice"
+)
+
+// TestAllowNMatchesRedisRate replays scripted request sequences against
+// Service.AllowN and redis_rate's AllowN on the same redis-server, each
+// request sent to both within a millisecond, and compares every answer.
+// Requests fall half a token away from every boundary of the GCRA state,
+// so that the few hundred microseconds between the two calls (and sleep
+// overshoot below half a token) cannot change an answer: after each
+// request that found the bucket full (the state's new origin), the
+// schedule moves by half a token.
+func TestAllowNMatchesRedisRate(t *testing.T) {
+	s := newService(t, redisservice.Options{})
+	limiter := redis_rate.NewLimiter(s.Client())
+	type step struct {
+		wait float64 // in emission intervals since the previous request
+		n    int
+	}
+	sequences := []struct {
+		name  string
+		limit redis_rate.Limit
+		steps []step
+	}{
+		{"burst then steady", redis_rate.Limit{Rate: 5, Period: time.Second, Burst: 5}, []step{
+			{0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}, // the burst, then denied
+			{1, 1}, {0, 1}, {1, 1}, {2, 1}, {0, 1}, {0, 1}, {0, 1},
+			{0, 0}, {3, 0}, {0, 2}, {0, 2}, {6, 1},
+		}},
+		{"cost and burst above rate", redis_rate.Limit{Rate: 4, Period: time.Second, Burst: 6}, []step{
+			{0, 3}, {0, 2}, {0, 2}, {1, 2}, {1, 1}, {0, 1}, {2, 3}, {0, 0},
+			{0, 7}, {1, 6}, {8, 6}, {0, 1}, {1, 4},
+		}},
+		{"burst below rate", redis_rate.Limit{Rate: 5, Period: time.Second, Burst: 2}, []step{
+			{0, 1}, {0, 1}, {0, 1}, {1, 1}, {0, 1}, {0, 2}, {2, 2}, {0, 3}, {3, 1},
+		}},
+	}
+	for _, seq := range sequences {
+		t.Run(seq.name, func(t *testing.T) {
+			ctx := context.Background()
+			lim := redisservice.Limit{Rate: seq.limit.Rate, Period: seq.limit.Period, Burst: seq.limit.Burst}
+			key := fmt.Sprintf("bench:oracle:%d", time.Now().UnixNano())
+			t.Cleanup(func() {
+				_ = s.ResetRateLimit(ctx, key)
+				_ = limiter.Reset(ctx, key)
+			})
+			ei := seq.limit.Period / time.Duration(seq.limit.Rate)
+			next := time.Now()
+			for i, st := range seq.steps {
+				next = next.Add(time.Duration(st.wait * float64(ei)))
+				time.Sleep(time.Until(next))
+				want, err := limiter.AllowN(ctx, key, seq.limit, st.n)
+				require.NoError(t, err)
+				got, err := s.AllowN(ctx, key, st.n, lim)
+				require.NoError(t, err)
+				late := time.Since(next)
+				what := fmt.Sprintf("step %d (n=%d, %v late)", i, st.n, late)
+				if late > ei/4 {
+					t.Fatalf("%s: the machine is too loaded to stay away from boundaries", what)
+				}
+
+				if st.n > 0 {
+					assert.Equal(t, want.Allowed == st.n, got.Allowed, "%s: Allowed (redis_rate %+v)", what, want)
+				} else {
+					assert.True(t, got.Allowed, "%s: a peek is allowed", what)
+				}
+				assert.Equal(t, want.Remaining, got.Remaining, "%s: Remaining", what)
+				assert.InDelta(t, float64(want.ResetAfter), float64(got.ResetAfter), float64(2*time.Millisecond), "%s: ResetAfter", what)
+				if want.RetryAfter < 0 {
+					assert.Zero(t, got.RetryAfter, "%s: RetryAfter when allowed", what)
+				} else {
+					assert.InDelta(t, float64(want.RetryAfter), float64(got.RetryAfter), float64(2*time.Millisecond), "%s: RetryAfter", what)
+				}
+				if want.Allowed > 0 && want.ResetAfter < time.Duration(st.n)*ei+ei/4 {
+					// The bucket was full: this request is the state's new
+					// origin; keep the next ones half a token off its grid.
+					next = next.Add(ei / 2)
+				}
+			}
+		})
+	}
+}
