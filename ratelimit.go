@@ -37,21 +37,29 @@ type RateLimitResult struct {
 
 // rateLimitScript counts one request in a fixed window. It increments the
 // window's counter and gives a counter without a TTL (a new window, or a
-// key some older code left behind) the window as its TTL, in the same
-// atomic step, so no counter is ever left to live forever and concurrent
-// callers are serialised by Redis. It returns the count including this
-// request, the window's remaining PTTL and the server's TIME.
+// key some older code left behind) or with a TTL longer than the window
+// the window as its TTL, in the same atomic step, so no counter is ever
+// left to live forever and concurrent callers are serialised by Redis. A
+// foreign value at the key that INCR refuses (not an integer, or not a
+// string) is replaced by a new window, so that nothing written there can
+// turn the limit off. It returns the count including this request, the
+// window's remaining PTTL and the server's TIME.
 //
 // KEYS[1]: the counter. ARGV[1]: the window in milliseconds.
 var rateLimitScript = redis.NewScript(rateLimitLua)
 
 // rateLimitLua is the source of rateLimitScript, for EVAL after NOSCRIPT.
 const rateLimitLua = `
-local count = redis.call('INCR', KEYS[1])
+local count = redis.pcall('INCR', KEYS[1])
+if type(count) == 'table' then
+	redis.call('DEL', KEYS[1])
+	count = redis.call('INCR', KEYS[1])
+end
+local window = tonumber(ARGV[1])
 local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-	redis.call('PEXPIRE', KEYS[1], ARGV[1])
-	ttl = tonumber(ARGV[1])
+if ttl < 0 or ttl > window then
+	redis.call('PEXPIRE', KEYS[1], window)
+	ttl = window
 end
 local now = redis.call('TIME')
 return {count, ttl, tonumber(now[1]), tonumber(now[2])}
@@ -66,7 +74,10 @@ return {count, ttl, tonumber(now[1]), tonumber(now[2])}
 // by one Lua script in one round trip, so concurrent callers across
 // processes never get more than limit requests through per window, and a
 // counter never outlives its window. Denied requests are counted too, so
-// that the counter shows the load; they do not extend the window.
+// that the counter shows the load; they do not extend the window. A value
+// that is not a counter (written there by other code: not an integer, not
+// a string, or without a TTL or with one longer than window) is replaced
+// or repaired by the next call, never a reason to fail.
 //
 // The script runs at most once per call: go-redis's retries after a
 // network error or read timeout, which could count one request twice, are

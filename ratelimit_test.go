@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // serverTime returns the backend's TIME.
@@ -271,22 +272,50 @@ func TestCheckRateLimitWhenRedisCannotBeAsked(t *testing.T) {
 	}
 }
 
-func TestCheckRateLimitScriptError(t *testing.T) {
+func TestCheckRateLimitRepairsAForeignValue(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		t.Parallel()
 		s := b.service(t, Options{})
 		ctx := ctxT(t)
-		if err := b.client.HSet(ctx, b.raw("ratelimit:hash"), "f", "v").Err(); err != nil {
-			t.Fatal(err)
+		const limit = 3
+		window := time.Minute
+		raw := b.raw("ratelimit:login:bob")
+		tests := []struct {
+			name      string
+			write     func() error
+			wantCount int // the counter after one request
+		}{
+			{"not an integer", func() error { return b.client.Set(ctx, raw, "x", 0).Err() }, 1},
+			{"a float", func() error { return b.client.Set(ctx, raw, "1.5", 0).Err() }, 1},
+			{"at the integer limit", func() error { return b.client.Set(ctx, raw, "9223372036854775807", 0).Err() }, 1},
+			{"a hash", func() error { return b.client.HSet(ctx, raw, "f", "v").Err() }, 1},
+			{"a list", func() error { return b.client.RPush(ctx, raw, "v").Err() }, 1},
+			{"a TTL of a year", func() error { return b.client.Set(ctx, raw, "1", 365*24*time.Hour).Err() }, 2},
 		}
-		r, err := s.CheckRateLimit(ctx, "hash", time.Second, 10)
-		if err == nil || !strings.Contains(err.Error(), "WRONGTYPE") || !r.Allowed {
-			t.Errorf("CheckRateLimit on a hash = %+v, %v; want the fail-open result and a WRONGTYPE error", r, err)
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				require.NoError(t, b.client.Del(ctx, raw).Err())
+				require.NoError(t, tt.write())
+				r, err := s.CheckRateLimit(ctx, "login:bob", window, limit)
+				require.NoError(t, err)
+				assert.True(t, r.Allowed)
+				assert.Equal(t, limit-tt.wantCount, r.Remaining)
+				n, err := b.client.Get(ctx, raw).Int()
+				require.NoError(t, err)
+				assert.Equal(t, tt.wantCount, n, "counter")
+				pttl := b.client.PTTL(ctx, raw).Val()
+				assert.True(t, pttl > 0 && pttl <= window, "PTTL %v; want in (0, %v]", pttl, window)
+				// The limit holds again.
+				for range limit {
+					r, err = s.CheckRateLimit(ctx, "login:bob", window, limit)
+					require.NoError(t, err)
+				}
+				assert.False(t, r.Allowed, "the limit is enforced after the repair")
+			})
 		}
-		if !s.IsConnected() {
-			t.Errorf("IsConnected after a script error = false; want true")
-		}
+		assert.True(t, s.IsConnected())
+		assert.Zero(t, s.Stats().Errors)
 	})
 }
 
