@@ -48,6 +48,15 @@ func (l Limit) burst() int {
 // come back.
 func (l Limit) interval() time.Duration { return l.Period / time.Duration(l.Rate) }
 
+// name is l's name in headers and default middleware names: "10/1s", or
+// "10/1s+20" when the burst is not the rate.
+func (l Limit) name() string {
+	if l.burst() == l.Rate {
+		return fmt.Sprintf("%d/%v", l.Rate, l.Period)
+	}
+	return fmt.Sprintf("%d/%v+%d", l.Rate, l.Period, l.burst())
+}
+
 // refill is the time n tokens take to come back, saturating rather than
 // overflowing.
 func (l Limit) refill(n int) time.Duration {
@@ -69,6 +78,8 @@ func (l Limit) check() error {
 		return fmt.Errorf("%w: limit period %v (want >= 1ms)", ErrInvalidTTL, l.Period)
 	case l.Burst < 0:
 		return fmt.Errorf("%w: limit burst %d < 0", ErrInvalidArgument, l.Burst)
+	case float64(l.burst())*float64(l.Period)/float64(l.Rate) > math.MaxInt64:
+		return fmt.Errorf("%w: limit %v: a full burst takes longer than a Duration holds", ErrInvalidArgument, l.name())
 	}
 	return nil
 }
@@ -89,12 +100,15 @@ const gcraPrefix = "gcra:"
 // to cover the latest; a denied call or a peek (n == 0) writes nothing.
 //
 // The arithmetic is go-redis/redis_rate v10's, operation for operation
-// (seconds since 2017-01-01 as doubles, the same rounding), so that one
-// limit gives exactly its answers, Remaining included.
+// (seconds since 2017-01-01 as doubles), so that one limit gives its
+// answers, except that a request within a microsecond of a whole token
+// counts that token, where redis_rate's rounding can land just below it.
 //
 // KEYS[1]: the hash. ARGV[1]: n; then rate, period (seconds), burst per
 // limit. It returns {allowed, remaining, retry after (µs), reset after
-// (µs), index of the tightest limit (0-based), TIME seconds, TIME µs}.
+// (µs), index of the tightest limit (0-based), TIME seconds, TIME µs};
+// the durations are capped at 2^53 µs (about 285 years), which a Duration
+// holds.
 var gcraScript = redis.NewScript(gcraLua)
 
 // gcraLua is the source of gcraScript, for EVAL after NOSCRIPT.
@@ -125,7 +139,9 @@ for i = 1, count do
 	end
 	tat = math.max(tat, now)
 	new[i] = tat + ei * n
-	local diff = now - (new[i] - offset)
+	-- Within a microsecond (and a few rounding steps) of a whole token
+	-- counts as the token: a request of the whole burst fits a full bucket.
+	local diff = now - (new[i] - offset) + 0.000001 + new[i] * 1e-15
 	local left = diff / ei
 	if left < 0 then
 		if allowed == 1 or -diff > retry then
@@ -148,15 +164,17 @@ if allowed == 1 and n > 0 then
 		longest = math.max(longest, new[i] - now)
 	end
 	redis.call(unpack(hset))
-	local ms = math.ceil(longest * 1000)
+	-- At most the longest Duration, as clients reading the TTL expect.
+	local ms = math.min(math.ceil(longest * 1000), 9223372036854)
 	if redis.call('PTTL', KEYS[1]) < ms then
-		redis.call('PEXPIRE', KEYS[1], ms)
+		redis.call('PEXPIRE', KEYS[1], string.format('%.0f', ms))
 	end
 end
 if allowed == 0 then
 	remaining = 0
 end
-return {allowed, remaining, math.ceil(retry * 1000000), math.ceil(reset * 1000000), best - 1, t[1], t[2]}
+local cap = 9007199254740992
+return {allowed, remaining, math.min(math.ceil(retry * 1000000), cap), math.min(math.ceil(reset * 1000000), cap), best - 1, t[1], t[2]}
 `
 
 // AllowN asks for n tokens for key under every limit given, atomically,
@@ -170,10 +188,12 @@ return {allowed, remaining, math.ceil(retry * 1000000), math.ceil(reset * 100000
 //
 // For one limit, the decisions and Remaining are those of
 // go-redis/redis_rate v10's AllowN for the same requests, and RetryAfter
-// and ResetAfter agree to within a microsecond: the arithmetic is
-// redis_rate's, rounding included: like redis_rate's, Remaining may be
-// one below the exact count where floating point lands just under a whole
-// token (PerSecond(10)'s first request reports 8 left). The result describes the
+// and ResetAfter agree to within a microsecond, with one exception: where
+// the exact count is a whole number of tokens (a full bucket, typically),
+// redis_rate's floating point can land just below it and report one token
+// less (8 left after the first request of PerSecond(10)) or deny a request
+// of exactly the burst; AllowN counts to within a microsecond of a token
+// as the token, and reports 9 and allows. The result describes the
 // tightest limit: when denied, the one that keeps the request waiting
 // longest; when allowed, the one with the fewest tokens left. Its Limit is
 // that limit's burst (the largest Remaining), ResetAfter the time until
@@ -186,9 +206,13 @@ return {allowed, remaining, math.ceil(retry * 1000000), math.ceil(reset * 100000
 // emission intervals (redis_rate's figure), which waiting does not
 // overcome; split such a request.
 //
+// RetryAfter and ResetAfter are capped at 2^53 µs (about 285 years).
+//
 // Invalid input fails before anything is sent, with the zero result
 // (Allowed false): an empty key with [ErrInvalidKey]; n < 0, no limit, a
-// Rate <= 0, a Period <= 0 or a Burst < 0 with [ErrInvalidArgument]; a
+// Rate <= 0, a Period <= 0, a Burst < 0, or a full burst that takes
+// longer than a Duration holds (Burst×Period/Rate) with
+// [ErrInvalidArgument]; a
 // Period between 0 and 1 ms with [ErrInvalidTTL].
 //
 // AllowN has [Service.CheckRateLimit]'s retry safety (the script is never

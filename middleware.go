@@ -2,8 +2,8 @@ package redisservice
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -13,35 +13,93 @@ import (
 
 //lint:file-ignore ST1005 the validation errors start with the field's name (Limit, Window)
 
-// RateLimitConfig configures [Service.RateLimitMiddleware]. Limit and
-// Window are required; every other field has a working zero value.
+// HeaderVersion selects the RateLimit header fields that
+// [Service.RateLimitMiddleware] sends.
+type HeaderVersion int
+
+const (
+	// HeadersDraft6 sends the fields of draft-ietf-httpapi-ratelimit-headers-06,
+	// which most clients read today: RateLimit-Limit, RateLimit-Remaining
+	// and RateLimit-Reset for the tightest limit, and RateLimit-Policy
+	// listing every limit as "<quota>;w=<seconds>", e.g. "100;w=60,
+	// 1000;w=3600". It is the default.
+	HeadersDraft6 HeaderVersion = iota
+
+	// HeadersDraft11 sends the two structured fields of
+	// draft-ietf-httpapi-ratelimit-headers-11: RateLimit-Policy listing
+	// every limit as `"<name>";q=<quota>;w=<seconds>` and RateLimit
+	// describing the tightest as `"<name>";r=<remaining>;t=<seconds>`.
+	HeadersDraft11
+)
+
+// RateLimitConfig configures [Service.RateLimitMiddleware]. Either Limit
+// and Window (a fixed window, the default algorithm) or Limits (GCRA) are
+// required; every other field has a working zero value.
 type RateLimitConfig struct {
-	// Limit is the number of requests allowed per window for one key.
-	// It must be > 0.
+	// Limit is the number of requests allowed per fixed window for one
+	// key. It must be > 0 unless Limits is set, and 0 when it is.
 	Limit int
 
 	// Window is the length of the fixed window, at least one millisecond
-	// (millisecond precision).
+	// (millisecond precision). It must be 0 when Limits is set.
 	Window time.Duration
+
+	// Limits, when set, replaces the fixed window with one or several
+	// GCRA limits decided together by [Service.AllowN]: a request is let
+	// through only when every limit has room for its cost, and then
+	// counted against all of them. The headers describe the tightest.
+	Limits []Limit
+
+	// Cost returns how many tokens a request takes under Limits (for
+	// example more for an export than for a read). The default is 1 per
+	// request. A cost of 0 is let through without being counted; a cost
+	// above a limit's burst is always denied (429); a negative cost is a
+	// programming error answered like an unreachable Redis (see
+	// RateLimitMiddleware), with [ErrInvalidArgument] passed to OnError.
+	// Cost needs Limits.
+	Cost func(*http.Request) int
 
 	// Key returns the bucket a request counts against, e.g. a user or an
 	// API client. It appears in error messages and logs: hash secrets such
 	// as API tokens first. The default, and the fallback when Key returns
-	// "", is the client IP (see TrustedProxies).
+	// "", is the client IP (see TrustedProxies), or for IPv6 its network
+	// (see IPv6Prefix).
 	Key func(*http.Request) string
 
 	// Name separates this limit's buckets from other limits' when several
 	// middlewares apply to the same clients: the counter of a request is
-	// "ratelimit:<Name>:<key>". Limits with the same Name share buckets.
-	// The default value is "<Limit>/<Window>", e.g. "100/1m0s".
+	// "ratelimit:<Name>:<key>" for a fixed window, and its GCRA state
+	// "gcra:<Name>:<key>" (one field per limit); [Service.ResetRateLimit]
+	// with "<Name>:<key>" forgets both. Middlewares with the same Name
+	// share buckets. The default value is "<Limit>/<Window>", e.g.
+	// "100/1m0s", or with Limits the limits' names joined by ",", e.g.
+	// "10/1s,1000/1h0m0s" (see HeaderVersion). It is also the policy name
+	// of a fixed window in [HeadersDraft11] headers.
 	Name string
+
+	// IPv6Prefix is the length of the network an IPv6 client is keyed on
+	// by default (see Key): one host commonly holds a whole /64, and would
+	// otherwise get a fresh bucket per address. IPv4 clients are keyed on
+	// their address. 1 to 128; the default value is 64.
+	IPv6Prefix int
+
+	// HeaderVersion selects the RateLimit header fields sent. The default
+	// value is [HeadersDraft6], the fields sent before this option existed;
+	// [HeadersDraft11] sends the current draft's structured fields, in
+	// which a GCRA limit is named "<Rate>/<Period>" (e.g. "10/1s"), with
+	// "+<Burst>" when its burst is not its rate ("10/1s+20").
+	HeaderVersion HeaderVersion
 
 	// TrustedProxies lists the reverse proxies and load balancers whose
 	// ForwardedHeader is believed. A request whose RemoteAddr is in one of
 	// these prefixes is keyed on the right-most address in the header that
 	// is not itself a trusted proxy; every other request is keyed on
 	// RemoteAddr, so a client cannot choose its bucket by sending the
-	// header. The default, none, ignores every forwarding header.
+	// header. The header is read from the right, at most 16 entries of at
+	// most 256 bytes each: after that, or at an entry that is not an
+	// address, the request is keyed on the last trusted proxy read, so a
+	// header of any size costs a bounded amount of work and no
+	// allocation. The default, none, ignores every forwarding header.
 	TrustedProxies []netip.Prefix
 
 	// ForwardedHeader names the header that the trusted proxies set:
@@ -63,29 +121,36 @@ type RateLimitConfig struct {
 	OnError func(*http.Request, error)
 }
 
-// RateLimitMiddleware returns net/http middleware that allows cfg.Limit
-// requests per cfg.Window for each key (by default each client IP), using
-// [Service.CheckRateLimit]. Every response carries RateLimit-Limit,
-// RateLimit-Remaining and RateLimit-Reset (whole seconds until the window
-// ends, rounded up) and RateLimit-Policy ("<limit>;w=<seconds>"). A request
-// over the limit is answered 429 Too Many Requests with Retry-After (whole
-// seconds, at least 1) and a JSON body {"error":"rate limit exceeded",
+// RateLimitMiddleware returns net/http middleware that limits the
+// requests of each key (by default each client IP): cfg.Limit requests per
+// cfg.Window with [Service.CheckRateLimit], or, when cfg.Limits is set,
+// every GCRA limit at once with [Service.AllowN] and cfg.Cost tokens per
+// request. Every response carries the RateLimit header fields of
+// cfg.HeaderVersion: the policy lists every limit, the rest describe the
+// tightest (seconds are whole, rounded up). A request over the limit is
+// answered 429 Too Many Requests with Retry-After (whole seconds, at
+// least 1) and a JSON body {"error":"rate limit exceeded",
 // "retryAfter":<seconds>}, and does not reach next.
 //
 // When Redis cannot be asked, the request is let through by default; with
 // [Options.RateLimitFailClosed] it is answered 503 Service Unavailable with
-// Retry-After and a JSON body. cfg.OnError sees the error either way.
+// Retry-After and a JSON body. cfg.OnError sees the error either way. While
+// Redis is known to be down, each request costs no wait (see
+// [Service.CheckRateLimit]).
 //
-// RateLimitMiddleware panics, when called, if cfg.Limit <= 0, cfg.Window is
-// below one millisecond or a trusted proxy prefix is invalid: those are
-// programming errors, found at start-up rather than on the first request.
+// RateLimitMiddleware panics, when called, if the configuration cannot
+// work (cfg.Limit <= 0 or cfg.Window below one millisecond without
+// Limits, Limit or Window set with Limits, an invalid limit, Cost without
+// Limits, IPv6Prefix outside 0 to 128, an unknown HeaderVersion, an
+// invalid trusted proxy prefix): those are programming errors, found at
+// start-up rather than on the first request.
 func (s *Service) RateLimitMiddleware(cfg RateLimitConfig) func(http.Handler) http.Handler {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		panic("redisservice: RateLimitMiddleware: " + err.Error())
 	}
 	window := cfg.Window.Truncate(time.Millisecond)
-	policy := fmt.Sprintf("%d;w=%d", cfg.Limit, ceilSeconds(window))
+	hdr := cfg.headers(window)
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			key := ""
@@ -93,24 +158,34 @@ func (s *Service) RateLimitMiddleware(cfg RateLimitConfig) func(http.Handler) ht
 				key = cfg.Key(r)
 			}
 			if key == "" {
-				key = cfg.clientIP(r)
+				key = cfg.clientKey(r)
 			}
-			res, err := s.CheckRateLimit(r.Context(), cfg.Name+":"+key, window, cfg.Limit)
+			var (
+				res       RateLimitResult
+				err       error
+				tightest  int
+				bucketKey = cfg.Name + ":" + key
+			)
+			if len(cfg.Limits) > 0 {
+				n := 1
+				if cfg.Cost != nil {
+					n = cfg.Cost(r)
+				}
+				res, tightest, err = s.allowN(r.Context(), bucketKey, n, cfg.Limits)
+			} else {
+				res, err = s.CheckRateLimit(r.Context(), bucketKey, window, cfg.Limit)
+			}
 			if err != nil && cfg.OnError != nil {
 				cfg.OnError(r, err)
 			}
-			h := w.Header()
-			h.Set("RateLimit-Limit", strconv.Itoa(res.Limit))
-			h.Set("RateLimit-Remaining", strconv.Itoa(res.Remaining))
-			h.Set("RateLimit-Reset", strconv.FormatInt(ceilSeconds(res.ResetAfter), 10))
-			h.Set("RateLimit-Policy", policy)
+			hdr.set(w.Header(), res, tightest)
 			switch {
 			case res.Allowed:
 				next.ServeHTTP(w, r)
 			case err != nil:
 				writeRetryJSON(w, http.StatusServiceUnavailable, "rate limiter unavailable", res.RetryAfter)
 			case cfg.Denied != nil:
-				h.Set("Retry-After", strconv.FormatInt(ceilSeconds(res.RetryAfter), 10))
+				w.Header().Set("Retry-After", strconv.FormatInt(ceilSeconds(res.RetryAfter), 10))
 				cfg.Denied.ServeHTTP(w, r)
 			default:
 				writeRetryJSON(w, http.StatusTooManyRequests, "rate limit exceeded", res.RetryAfter)
@@ -122,10 +197,21 @@ func (s *Service) RateLimitMiddleware(cfg RateLimitConfig) func(http.Handler) ht
 // withDefaults returns a copy of c with unset fields filled in.
 func (c RateLimitConfig) withDefaults() RateLimitConfig {
 	if c.Name == "" {
-		c.Name = fmt.Sprintf("%d/%v", c.Limit, c.Window)
+		if len(c.Limits) == 0 {
+			c.Name = fmt.Sprintf("%d/%v", c.Limit, c.Window)
+		} else {
+			names := make([]string, len(c.Limits))
+			for i, l := range c.Limits {
+				names[i] = l.name()
+			}
+			c.Name = strings.Join(names, ",")
+		}
 	}
 	if c.ForwardedHeader == "" {
 		c.ForwardedHeader = "X-Forwarded-For"
+	}
+	if c.IPv6Prefix == 0 {
+		c.IPv6Prefix = 64
 	}
 	c.ForwardedHeader = http.CanonicalHeaderKey(c.ForwardedHeader)
 	// Addresses are compared unmapped (see parseHostAddr), so unmap the
@@ -138,16 +224,34 @@ func (c RateLimitConfig) withDefaults() RateLimitConfig {
 		proxies[i] = p
 	}
 	c.TrustedProxies = proxies
+	c.Limits = append([]Limit(nil), c.Limits...)
 	return c
 }
 
 // validate reports the first field that cannot work.
 func (c RateLimitConfig) validate() error {
+	if len(c.Limits) == 0 {
+		switch {
+		case c.Limit <= 0:
+			return fmt.Errorf("Limit %d <= 0", c.Limit)
+		case c.Window < time.Millisecond:
+			return fmt.Errorf("Window %v < 1ms", c.Window)
+		case c.Cost != nil:
+			return errors.New("Cost needs Limits")
+		}
+	} else if c.Limit != 0 || c.Window != 0 {
+		return fmt.Errorf("Limit %d and Window %v with Limits: use one or the other", c.Limit, c.Window)
+	}
+	for i, l := range c.Limits {
+		if err := l.check(); err != nil {
+			return fmt.Errorf("Limits[%d]: %w", i, err)
+		}
+	}
 	switch {
-	case c.Limit <= 0:
-		return fmt.Errorf("Limit %d <= 0", c.Limit)
-	case c.Window < time.Millisecond:
-		return fmt.Errorf("Window %v < 1ms", c.Window)
+	case c.IPv6Prefix < 1 || c.IPv6Prefix > 128:
+		return fmt.Errorf("IPv6Prefix %d not in 1..128", c.IPv6Prefix)
+	case c.HeaderVersion != HeadersDraft6 && c.HeaderVersion != HeadersDraft11:
+		return fmt.Errorf("unknown HeaderVersion %d", c.HeaderVersion)
 	}
 	for i, p := range c.TrustedProxies {
 		if !p.IsValid() {
@@ -155,6 +259,78 @@ func (c RateLimitConfig) validate() error {
 		}
 	}
 	return nil
+}
+
+// rateHeaders writes the RateLimit header fields of one configuration.
+// The policy, which never changes, is formatted once.
+type rateHeaders struct {
+	version HeaderVersion
+	policy  string
+	names   []string // draft 11: the quoted policy name of each limit
+}
+
+// headers prepares the header fields of c, whose fixed window (when it
+// has no Limits) is window.
+func (c RateLimitConfig) headers(window time.Duration) rateHeaders {
+	type policy struct {
+		name   string
+		quota  int
+		window time.Duration
+	}
+	policies := []policy{{c.Name, c.Limit, window}}
+	if len(c.Limits) > 0 {
+		policies = policies[:0]
+		for _, l := range c.Limits {
+			policies = append(policies, policy{l.name(), l.Rate, l.Period})
+		}
+	}
+	h := rateHeaders{version: c.HeaderVersion}
+	items := make([]string, len(policies))
+	for i, p := range policies {
+		w := strconv.FormatInt(ceilSeconds(p.window), 10)
+		if c.HeaderVersion == HeadersDraft6 {
+			items[i] = strconv.Itoa(p.quota) + ";w=" + w
+			continue
+		}
+		name := sfString(p.name)
+		h.names = append(h.names, name)
+		items[i] = name + ";q=" + strconv.Itoa(p.quota) + ";w=" + w
+	}
+	h.policy = strings.Join(items, ", ")
+	return h
+}
+
+// set writes the fields for res, which describes limit i.
+func (h rateHeaders) set(hd http.Header, res RateLimitResult, i int) {
+	reset := strconv.FormatInt(ceilSeconds(res.ResetAfter), 10)
+	hd.Set("RateLimit-Policy", h.policy)
+	if h.version == HeadersDraft11 {
+		hd.Set("RateLimit", h.names[i]+";r="+strconv.Itoa(res.Remaining)+";t="+reset)
+		return
+	}
+	hd.Set("RateLimit-Limit", strconv.Itoa(res.Limit))
+	hd.Set("RateLimit-Remaining", strconv.Itoa(res.Remaining))
+	hd.Set("RateLimit-Reset", reset)
+}
+
+// sfString returns s as a structured-field string (RFC 8941): quoted,
+// with `"` and `\` escaped and bytes outside printable ASCII replaced.
+func sfString(s string) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"' || c == '\\':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		case c < 0x20 || c > 0x7e:
+			b.WriteByte('?')
+		default:
+			b.WriteByte(c)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
 }
 
 // retryBody is the JSON body of a denied request.
@@ -174,96 +350,12 @@ func writeRetryJSON(w http.ResponseWriter, code int, msg string, retryAfter time
 	_ = json.NewEncoder(w).Encode(retryBody{Error: msg, RetryAfter: secs})
 }
 
-// ceilSeconds returns d in whole seconds, rounded up, and at least 1.
+// ceilSeconds returns d in whole seconds, rounded up, and at least 1. It
+// does not overflow near the largest Duration.
 func ceilSeconds(d time.Duration) int64 {
-	secs := int64((d + time.Second - 1) / time.Second)
+	secs := int64(d / time.Second)
+	if d%time.Second > 0 {
+		secs++
+	}
 	return max(secs, 1)
-}
-
-// clientIP returns the address of the client that sent r: RemoteAddr
-// without its port, or, when RemoteAddr is a trusted proxy, the right-most
-// address in the forwarding header that is not a trusted proxy. An
-// unparsable RemoteAddr is used as it is ("unknown" when empty), so that
-// such clients share one bucket rather than escape the limit.
-func (c RateLimitConfig) clientIP(r *http.Request) string {
-	remote, ok := parseHostAddr(r.RemoteAddr)
-	if !ok {
-		if r.RemoteAddr == "" {
-			return "unknown"
-		}
-		return r.RemoteAddr
-	}
-	if !c.trusted(remote) {
-		return remote.String()
-	}
-	// Walk right to left: every entry right of the first untrusted one was
-	// written by a trusted proxy about its peer, so it can be believed.
-	// Entries further left may come from the client.
-	hops := c.forwardedFor(r)
-	client := remote
-	for i := len(hops) - 1; i >= 0; i-- {
-		a, ok := parseHostAddr(hops[i])
-		if !ok {
-			// A trusted proxy could not name its peer ("unknown", an
-			// obfuscated id): key on that proxy rather than guess.
-			break
-		}
-		client = a
-		if !c.trusted(a) {
-			break
-		}
-	}
-	return client.String()
-}
-
-// trusted reports whether a is one of the trusted proxies.
-func (c RateLimitConfig) trusted(a netip.Addr) bool {
-	for _, p := range c.TrustedProxies {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-// forwardedFor returns the addresses in the configured forwarding header,
-// oldest (client side) first, across all of its lines.
-func (c RateLimitConfig) forwardedFor(r *http.Request) []string {
-	var hops []string
-	for _, line := range r.Header.Values(c.ForwardedHeader) {
-		for _, elem := range strings.Split(line, ",") {
-			if c.ForwardedHeader != "Forwarded" {
-				hops = append(hops, strings.TrimSpace(elem))
-				continue
-			}
-			hop := ""
-			for _, pair := range strings.Split(elem, ";") {
-				k, v, _ := strings.Cut(strings.TrimSpace(pair), "=")
-				if strings.EqualFold(k, "for") {
-					hop = strings.Trim(v, `"`)
-				}
-			}
-			hops = append(hops, hop)
-		}
-	}
-	return hops
-}
-
-// parseHostAddr parses an IP address, with or without a port, brackets
-// or an IPv6 zone, and returns it in its plain form: IPv4-mapped IPv6
-// addresses become IPv4 and zones are dropped, so that one client always
-// gets one key.
-func parseHostAddr(s string) (netip.Addr, bool) {
-	s = strings.TrimSpace(s)
-	a, err := netip.ParseAddr(strings.Trim(s, "[]"))
-	if err != nil {
-		host, _, splitErr := net.SplitHostPort(s)
-		if splitErr != nil {
-			return netip.Addr{}, false
-		}
-		if a, err = netip.ParseAddr(host); err != nil {
-			return netip.Addr{}, false
-		}
-	}
-	return a.Unmap().WithZone(""), true
 }

@@ -260,8 +260,10 @@ func TestClientIP(t *testing.T) {
 		want    string
 	}{
 		{name: "ipv4 with port", remote: "203.0.113.7:5555", want: "203.0.113.7"},
-		{name: "ipv6 with port", remote: "[2001:db8::1]:5555", want: "2001:db8::1"},
-		{name: "ipv6 with zone", remote: "[fe80::1%eth0]:5555", want: "fe80::1"},
+		{name: "ipv6 with port", remote: "[2001:db8::1]:5555", want: "2001:db8::/64"},
+		{name: "ipv6 with zone", remote: "[fe80::1%eth0]:5555", want: "fe80::/64"},
+		{name: "ipv6 same /64", remote: "[2001:db8::ffff:1:2:3]:5555", want: "2001:db8::/64"},
+		{name: "ipv6 other /64", remote: "[2001:db8:0:1::1]:5555", want: "2001:db8:0:1::/64"},
 		{name: "ipv4-mapped ipv6", remote: "[::ffff:203.0.113.7]:5555", want: "203.0.113.7"},
 		{name: "no port", remote: "203.0.113.7", want: "203.0.113.7"},
 		{name: "unparsable", remote: "pipe", want: "pipe"},
@@ -285,7 +287,7 @@ func TestClientIP(t *testing.T) {
 		{name: "XFF on several lines", remote: "10.0.0.2:1", proxies: proxies,
 			headers: []string{"X-Forwarded-For", "1.2.3.4", "X-Forwarded-For", "198.51.100.9, 10.1.1.1"}, want: "198.51.100.9"},
 		{name: "XFF with ports and ipv6", remote: "[fd00::2]:1", proxies: proxies,
-			headers: []string{"X-Forwarded-For", "[2001:db8::7]:4711, 10.1.1.1:80"}, want: "2001:db8::7"},
+			headers: []string{"X-Forwarded-For", "[2001:db8::7]:4711, 10.1.1.1:80"}, want: "2001:db8::/64"},
 		{name: "XFF all trusted", remote: "10.0.0.2:1", proxies: proxies,
 			headers: []string{"X-Forwarded-For", "10.3.3.3, 10.1.1.1"}, want: "10.3.3.3"},
 		{name: "XFF garbage from the proxy", remote: "10.0.0.2:1", proxies: proxies,
@@ -304,7 +306,7 @@ func TestClientIP(t *testing.T) {
 			headers: []string{"X-Real-IP", "198.51.100.9", "X-Forwarded-For", "1.2.3.4"}, want: "198.51.100.9"},
 		{name: "Forwarded proxy", remote: "10.0.0.2:1", proxies: proxies, header: "Forwarded",
 			headers: []string{"Forwarded", `for=1.2.3.4, for="[2001:db8:cafe::17]:4711";proto=https, For=10.1.1.1`},
-			want:    "2001:db8:cafe::17"},
+			want:    "2001:db8:cafe::/64"},
 		{name: "Forwarded obfuscated", remote: "10.0.0.2:1", proxies: proxies, header: "Forwarded",
 			headers: []string{"Forwarded", "for=1.2.3.4, for=_hidden"}, want: "10.0.0.2"},
 		{name: "Forwarded proxy, client's XFF ignored", remote: "10.0.0.2:1", proxies: proxies, header: "Forwarded",
@@ -319,7 +321,7 @@ func TestClientIP(t *testing.T) {
 			for i := 0; i+1 < len(tt.headers); i += 2 {
 				req.Header.Add(tt.headers[i], tt.headers[i+1])
 			}
-			if got := cfg.clientIP(req); got != tt.want {
+			if got := cfg.clientKey(req); got != tt.want {
 				t.Errorf("clientIP(RemoteAddr %q, %v) = %q; want %q", tt.remote, req.Header, got, tt.want)
 			}
 		})

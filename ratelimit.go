@@ -58,7 +58,7 @@ end
 local window = tonumber(ARGV[1])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 or ttl > window then
-	redis.call('PEXPIRE', KEYS[1], window)
+	redis.call('PEXPIRE', KEYS[1], ARGV[1])
 	ttl = window
 end
 local now = redis.call('TIME')

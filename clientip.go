@@ -1,0 +1,159 @@
+package redisservice
+
+import (
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+)
+
+// The work spent on a forwarding header is bounded whatever its size: it
+// is read from the right, at most maxForwardedHops entries, none longer
+// than maxForwardedHopLen bytes, so that a header of a megabyte costs what
+// a header of a few entries does, and nothing is allocated for it.
+const (
+	// maxForwardedHops is how many entries, right to left, are examined.
+	// Past it the client is keyed on the last trusted proxy examined.
+	maxForwardedHops = 16
+
+	// maxForwardedHopLen bounds one entry (an address with a port, or a
+	// Forwarded element with its parameters); a longer one is not an
+	// address and ends the walk like any other unparsable entry.
+	maxForwardedHopLen = 256
+)
+
+// clientKey returns the bucket key of the client that sent r: its
+// address (see clientIP), with an IPv6 address reduced to its
+// IPv6Prefix-bit network ("2001:db8:1:2::/64") so that one host's
+// addresses share a bucket. IPv4 addresses are kept whole.
+func (c RateLimitConfig) clientKey(r *http.Request) string {
+	a, ok := c.clientIP(r)
+	if !ok {
+		if r.RemoteAddr == "" {
+			return "unknown"
+		}
+		return r.RemoteAddr
+	}
+	if a.Is6() && c.IPv6Prefix < 128 {
+		p, _ := a.Prefix(c.IPv6Prefix) // never fails: 0 < IPv6Prefix <= 128
+		return p.String()
+	}
+	return a.String()
+}
+
+// clientIP returns the address of the client that sent r: RemoteAddr
+// without its port, or, when RemoteAddr is a trusted proxy, the right-most
+// address in the forwarding header that is not a trusted proxy. It
+// reports false when RemoteAddr is not an address; such clients are keyed
+// on RemoteAddr as it is ("unknown" when empty), so that they share one
+// bucket rather than escape the limit.
+func (c RateLimitConfig) clientIP(r *http.Request) (netip.Addr, bool) {
+	remote, ok := parseHostAddr(r.RemoteAddr)
+	if !ok || !c.trusted(remote) {
+		return remote, ok
+	}
+	// Walk right to left: every entry right of the first untrusted one was
+	// written by a trusted proxy about its peer, so it can be believed.
+	// Entries further left may come from the client.
+	client := remote
+	hops := 0
+	lines := r.Header.Values(c.ForwardedHeader)
+	for l := len(lines) - 1; l >= 0; l-- {
+		line := lines[l]
+		for {
+			if hops == maxForwardedHops {
+				return client, true
+			}
+			hops++
+			elem, rest, ok := lastElem(line)
+			if !ok {
+				return client, true
+			}
+			a, ok := c.hopAddr(elem)
+			if !ok {
+				// A trusted proxy could not name its peer ("unknown", an
+				// obfuscated id, an empty entry): key on that proxy
+				// rather than guess.
+				return client, true
+			}
+			client = a
+			if !c.trusted(a) {
+				return client, true
+			}
+			if rest < 0 {
+				break // the line's first entry: go on with the line above
+			}
+			line = line[:rest]
+		}
+	}
+	return client, true
+}
+
+// lastElem returns the last comma-separated entry of line and the index
+// of the comma before it (-1 when it is the first entry). It examines at
+// most maxForwardedHopLen+1 bytes, and reports false when the entry is
+// longer than that.
+func lastElem(line string) (elem string, comma int, ok bool) {
+	from := max(len(line)-maxForwardedHopLen-1, 0)
+	comma = strings.LastIndexByte(line[from:], ',')
+	if comma >= 0 {
+		comma += from
+	} else if from > 0 {
+		return "", 0, false
+	}
+	return line[comma+1:], comma, true
+}
+
+// hopAddr parses one entry of the forwarding header: an address, or for
+// the Forwarded header the address in its for= parameter.
+func (c RateLimitConfig) hopAddr(elem string) (netip.Addr, bool) {
+	if c.ForwardedHeader != "Forwarded" {
+		return parseHostAddr(elem)
+	}
+	hop := ""
+	for elem != "" {
+		var pair string
+		pair, elem, _ = strings.Cut(elem, ";")
+		k, v, _ := strings.Cut(strings.TrimSpace(pair), "=")
+		if strings.EqualFold(k, "for") {
+			hop = strings.Trim(v, `"`)
+		}
+	}
+	return parseHostAddr(hop)
+}
+
+// trusted reports whether a is one of the trusted proxies.
+func (c RateLimitConfig) trusted(a netip.Addr) bool {
+	for _, p := range c.TrustedProxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseHostAddr parses an IP address, with or without a port, brackets
+// or an IPv6 zone, and returns it in its plain form: IPv4-mapped IPv6
+// addresses become IPv4 and zones are dropped, so that one client always
+// gets one key.
+func parseHostAddr(s string) (netip.Addr, bool) {
+	s = strings.TrimSpace(s)
+	if s == "" || len(s) > maxForwardedHopLen {
+		return netip.Addr{}, false
+	}
+	host := s
+	if s[0] == '[' || strings.Count(s, ":") == 1 {
+		// With a port, or bracketed: "192.0.2.1:80", "[2001:db8::1]:80",
+		// "[2001:db8::1]". Split only these, so that a well-formed
+		// address costs no error value.
+		var err error
+		if host, _, err = net.SplitHostPort(s); err != nil {
+			host = strings.Trim(s, "[]")
+		}
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return a.Unmap().WithZone(""), true
+}
