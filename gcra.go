@@ -111,6 +111,9 @@ const gcraPrefix = "gcra:"
 // holds.
 var gcraScript = redis.NewScript(gcraLua)
 
+// gcraArgs is gcraScript as command arguments.
+var gcraArgs = scriptArgs(gcraScript, gcraLua)
+
 // gcraLua is the source of gcraScript, for EVAL after NOSCRIPT.
 const gcraLua = `
 local n = tonumber(ARGV[1])
@@ -174,7 +177,7 @@ if allowed == 0 then
 	remaining = 0
 end
 local cap = 9007199254740992
-return {allowed, remaining, math.min(math.ceil(retry * 1000000), cap), math.min(math.ceil(reset * 1000000), cap), best - 1, t[1], t[2]}
+return {allowed, remaining, math.min(math.ceil(retry * 1000000), cap), math.min(math.ceil(reset * 1000000), cap), best - 1, tonumber(t[1]), tonumber(t[2])}
 `
 
 // AllowN asks for n tokens for key under every limit given, atomically,
@@ -239,12 +242,13 @@ func (s *Service) allowN(ctx context.Context, key string, n int, limits []Limit)
 	for _, l := range limits {
 		args = append(args, l.Rate, l.Period.Seconds(), l.burst())
 	}
-	reply, err := call(s, ctx, op, key, func(ctx context.Context) ([]int64, error) {
-		reply, err := s.runOnce(ctx, gcraScript, gcraLua, []string{s.key(gcraPrefix + key)}, args...)
-		if err == nil && (len(reply) != 7 || reply[4] < 0 || reply[4] >= int64(len(limits))) {
-			err = fmt.Errorf("%w: unexpected script reply %v", ErrDecode, reply)
+	var reply [7]int64
+	_, err := call(s, ctx, op, key, func(ctx context.Context) (struct{}, error) {
+		err := s.runOnce(ctx, gcraArgs, s.prefix+gcraPrefix+key, reply[:], args...)
+		if err == nil && (reply[4] < 0 || reply[4] >= int64(len(limits))) {
+			err = fmt.Errorf("%w: script reply names limit %d of %d", ErrDecode, reply[4], len(limits))
 		}
-		return reply, err
+		return struct{}{}, err
 	})
 	if err != nil {
 		r, i := s.allowFallback(n, limits)

@@ -48,6 +48,9 @@ type RateLimitResult struct {
 // KEYS[1]: the counter. ARGV[1]: the window in milliseconds.
 var rateLimitScript = redis.NewScript(rateLimitLua)
 
+// rateLimitArgs is rateLimitScript as command arguments.
+var rateLimitArgs = scriptArgs(rateLimitScript, rateLimitLua)
+
 // rateLimitLua is the source of rateLimitScript, for EVAL after NOSCRIPT.
 const rateLimitLua = `
 local count = redis.pcall('INCR', KEYS[1])
@@ -105,8 +108,9 @@ func (s *Service) CheckRateLimit(ctx context.Context, identifier string, window 
 		return RateLimitResult{}, invalid(op, identifier, err)
 	}
 	window = window.Truncate(time.Millisecond)
-	reply, err := call(s, ctx, op, identifier, func(ctx context.Context) ([]int64, error) {
-		return s.runOnce(ctx, rateLimitScript, rateLimitLua, []string{s.key("ratelimit:" + identifier)}, window.Milliseconds())
+	var reply [4]int64
+	_, err := call(s, ctx, op, identifier, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, s.runOnce(ctx, rateLimitArgs, s.prefix+"ratelimit:"+identifier, reply[:], window.Milliseconds())
 	})
 	if err != nil {
 		return s.rateLimitFallback(window, limit), err
@@ -159,22 +163,48 @@ func (s *Service) rateLimitFallback(window time.Duration, limit int) RateLimitRe
 	return r
 }
 
-// runOnce runs script, whose source is src, with keys and args and
-// returns its reply as integers. The script is sent at most once for each time it may run:
-// EVALSHA first, then EVAL only if Redis answered NOSCRIPT (the script
-// did not run), never again after a timeout or a broken connection.
-func (s *Service) runOnce(ctx context.Context, script *redis.Script, src string, keys []string, args ...any) ([]int64, error) {
-	cmd := newNoRetryCmd(ctx, "evalsha", script.Hash(), keys, args)
+// luaScript is a Lua script as command arguments: its SHA and source,
+// converted to interface values once rather than on every call.
+type luaScript struct {
+	sha, src any
+}
+
+// scriptArgs returns script, whose source is src, as command arguments.
+func scriptArgs(script *redis.Script, src string) luaScript {
+	return luaScript{sha: script.Hash(), src: src}
+}
+
+// runOnce runs script on one key with args and stores its reply, which
+// must be len(reply) integers, in reply. The script is sent at most once
+// for each time it may run: EVALSHA first, then EVAL only if Redis
+// answered NOSCRIPT (the script did not run), never again after a timeout
+// or a broken connection.
+func (s *Service) runOnce(ctx context.Context, script luaScript, key string, reply []int64, args ...any) error {
+	cmd := newNoRetryCmd(ctx, "evalsha", script.sha, key, args)
 	err := s.rdb.Process(ctx, cmd)
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		// EVAL also loads the script, so later calls find it by SHA again.
-		cmd = newNoRetryCmd(ctx, "eval", src, keys, args)
+		cmd = newNoRetryCmd(ctx, "eval", script.src, key, args)
 		err = s.rdb.Process(ctx, cmd)
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return cmd.Int64Slice()
+	vals, err := cmd.Slice()
+	if err != nil {
+		return err
+	}
+	if len(vals) != len(reply) {
+		return fmt.Errorf("%w: script reply has %d values, want %d", ErrDecode, len(vals), len(reply))
+	}
+	for i, v := range vals {
+		n, ok := v.(int64)
+		if !ok {
+			return fmt.Errorf("%w: script reply value %d is %T, want an integer", ErrDecode, i, v)
+		}
+		reply[i] = n
+	}
+	return nil
 }
 
 // noRetryCmd is a command that go-redis must not send a second time: its
@@ -182,20 +212,19 @@ func (s *Service) runOnce(ctx context.Context, script *redis.Script, src string,
 // first attempt's error instead of retrying after a read timeout or a
 // broken connection, when the command may already have run.
 type noRetryCmd struct {
-	*redis.Cmd
+	redis.Cmd
 }
 
 // NoRetry reports true: a script that counts must not run twice.
 func (*noRetryCmd) NoRetry() bool { return true }
 
-// newNoRetryCmd builds an EVAL or EVALSHA command of body with keys and
-// args.
-func newNoRetryCmd(ctx context.Context, name, body string, keys []string, args []any) *noRetryCmd {
-	a := make([]any, 0, 3+len(keys)+len(args))
-	a = append(a, name, body, len(keys))
-	for _, k := range keys {
-		a = append(a, k)
-	}
+// newNoRetryCmd builds an EVAL or EVALSHA command of body on key with
+// args, in one allocation besides its argument list.
+func newNoRetryCmd(ctx context.Context, name string, body any, key string, args []any) *noRetryCmd {
+	a := make([]any, 0, 4+len(args))
+	a = append(a, name, body, 1, key)
 	a = append(a, args...)
-	return &noRetryCmd{redis.NewCmd(ctx, a...)}
+	c := &noRetryCmd{Cmd: *redis.NewCmd(ctx, a...)}
+	c.SetFirstKeyPos(3)
+	return c
 }
