@@ -159,18 +159,23 @@ for i = 1, count do
 	end
 end
 if allowed == 1 and n > 0 then
-	local hset = {'HSET', KEYS[1]}
-	local longest = 0
-	for i = 1, count do
-		hset[#hset + 1] = fields[i]
-		hset[#hset + 1] = string.format('%.17g', new[i])
-		longest = math.max(longest, new[i] - now)
+	local longest = new[1] - now
+	if count == 1 then
+		redis.call('HSET', KEYS[1], fields[1], new[1])
+	else
+		local hset = {'HSET', KEYS[1]}
+		for i = 1, count do
+			hset[2 * i + 1] = fields[i]
+			hset[2 * i + 2] = new[i]
+			longest = math.max(longest, new[i] - now)
+		end
+		redis.call(unpack(hset))
 	end
-	redis.call(unpack(hset))
-	-- At most the longest Duration, as clients reading the TTL expect.
-	local ms = math.min(math.ceil(longest * 1000), 9223372036854)
-	if redis.call('PTTL', KEYS[1]) < ms then
-		redis.call('PEXPIRE', KEYS[1], string.format('%.0f', ms))
+	-- Raise the TTL to cover the latest TAT, never lower it (other limits'
+	-- fields may need longer); a hash without one gets one.
+	local ms = string.format('%.0f', math.min(math.ceil(longest * 1000), 9223372036854))
+	if redis.call('PEXPIRE', KEYS[1], ms, 'GT') == 0 and redis.call('PTTL', KEYS[1]) == -1 then
+		redis.call('PEXPIRE', KEYS[1], ms)
 	end
 end
 if allowed == 0 then

@@ -11,10 +11,11 @@ import (
 	"github.com/vevurn/redisservice"
 )
 
-// BenchmarkRateLimit compares Service.CheckRateLimit with a naive INCR,
-// then EXPIRE on the first hit, and with redis_rate/v10 (GCRA in Lua), all
-// on one identifier with a limit never reached, at 1 and 64 callers. It
-// reports round trips per check.
+// BenchmarkRateLimit compares Service.CheckRateLimit (fixed window) with a
+// naive INCR, then EXPIRE on the first hit, with redis_rate/v10 (GCRA in
+// Lua), and with Service.AllowN (GCRA) under one limit ("allown") and two
+// limits decided together ("allown2"), all on one identifier with limits
+// never reached, at 1 and 64 callers. It reports round trips per check.
 func BenchmarkRateLimit(b *testing.B) {
 	s := newService(b, redisservice.Options{})
 	rdb := s.Client()
@@ -24,6 +25,8 @@ func BenchmarkRateLimit(b *testing.B) {
 	const limit = 1 << 30
 	window := time.Minute
 	ctx := context.Background()
+	gcraLimit := redisservice.Limit{Rate: limit, Period: window}
+	gcraLimit2 := redisservice.Limit{Rate: limit, Period: time.Hour}
 	impls := []struct {
 		name  string
 		check func() error
@@ -43,6 +46,8 @@ func BenchmarkRateLimit(b *testing.B) {
 			}
 			return err
 		}},
+		{"allown", func() error { return allow(s.AllowN(ctx, "bench:rl:gcra", 1, gcraLimit)) }},
+		{"allown2", func() error { return allow(s.AllowN(ctx, "bench:rl:gcra2", 1, gcraLimit, gcraLimit2)) }},
 	}
 	for _, callers := range []int{1, 64} {
 		for _, impl := range impls {
@@ -53,6 +58,14 @@ func BenchmarkRateLimit(b *testing.B) {
 			})
 		}
 	}
+}
+
+// allow turns a denial into an error.
+func allow(r redisservice.RateLimitResult, err error) error {
+	if err == nil && !r.Allowed {
+		err = fmt.Errorf("AllowN: denied")
+	}
+	return err
 }
 
 // naiveAllow is the fixed-window limiter most code starts with: INCR, and
