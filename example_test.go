@@ -118,6 +118,29 @@ func ExampleService_CheckRateLimit() {
 	// attempt 4: allowed=false remaining=0 retry in window=true
 }
 
+func ExampleService_AllowN() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+	ctx := context.Background()
+
+	// 10 exports a minute in bursts of up to 3, and 100 an hour: both
+	// decided together, in one round trip.
+	limits := []redisservice.Limit{{Rate: 10, Period: time.Minute, Burst: 3}, redisservice.PerHour(100)}
+	for _, cost := range []int{1, 2, 1, 0} {
+		r, err := svc.AllowN(ctx, "export:ada", cost, limits...)
+		if err != nil {
+			fmt.Println(err) // Redis down: r.Allowed is true unless Options.RateLimitFailClosed
+		}
+		fmt.Printf("cost %d: allowed=%v remaining=%d retry-after=%v\n",
+			cost, r.Allowed, r.Remaining, r.RetryAfter.Round(time.Second))
+	}
+	// Output:
+	// cost 1: allowed=true remaining=2 retry-after=0s
+	// cost 2: allowed=true remaining=0 retry-after=0s
+	// cost 1: allowed=false remaining=0 retry-after=6s
+	// cost 0: allowed=true remaining=0 retry-after=0s
+}
+
 func ExampleService_RateLimitMiddleware() {
 	svc, cleanup := newExampleService()
 	defer cleanup()

@@ -225,7 +225,8 @@ return {allowed, remaining, math.min(math.ceil(retry * 1000000), cap), math.min(
 //
 // AllowN has [Service.CheckRateLimit]'s retry safety (the script is never
 // sent twice after it may have run; it is re-sent as EVAL only after
-// NOSCRIPT) and its fallbacks: when Redis gives no answer, the error comes
+// NOSCRIPT), its fast failure while Redis is known to be down, and its
+// fallbacks: when Redis gives no answer, the error comes
 // with, by default, Allowed true and Remaining burst-n of the tightest
 // limit, as for a fresh key, except that an n above a burst is still
 // denied; with [Options.RateLimitFailClosed], Allowed false with RetryAfter

@@ -190,9 +190,10 @@ type Options struct {
 	// server against the system roots and the URL's host name.
 	TLSConfig *tls.Config
 
-	// RateLimitFailClosed makes [Service.CheckRateLimit] deny requests
-	// when Redis cannot be asked. The default, false, fails open: the
-	// request is allowed and the error returned.
+	// RateLimitFailClosed makes [Service.CheckRateLimit], [Service.AllowN]
+	// and [Service.RateLimitMiddleware] deny requests when Redis cannot be
+	// asked. The default, false, fails open: the request is allowed and the
+	// error returned.
 	RateLimitFailClosed bool
 
 	// SessionMaxLifetime caps a session's total life however active it is:

@@ -96,8 +96,10 @@ return {count, ttl, tonumber(now[1]), tonumber(now[2])}
 // [ErrInvalidKey], a limit <= 0 or a window <= 0 with [ErrInvalidArgument],
 // and a window between 0 and 1ms with [ErrInvalidTTL].
 //
-// When Redis cannot give an answer (unreachable, timed out, closed, a
-// script error), CheckRateLimit returns the error with a fallback that
+// When Redis cannot give an answer (unreachable, timed out, closed), or is
+// known to be down ([ErrUnavailable], returned at once without asking it,
+// until a background PING sees it answer), CheckRateLimit returns the
+// error with a fallback that
 // depends on [Options.RateLimitFailClosed]. By default it fails open:
 // Allowed true, Remaining limit-1, as for the first request of a new
 // window. With RateLimitFailClosed it is denied: Remaining 0 and
