@@ -233,29 +233,29 @@ func (c RateLimitConfig) validate() error {
 	if len(c.Limits) == 0 {
 		switch {
 		case c.Limit <= 0:
-			return fmt.Errorf("Limit %d <= 0", c.Limit)
+			return fmt.Errorf("cfg.Limit %d <= 0", c.Limit)
 		case c.Window < time.Millisecond:
-			return fmt.Errorf("Window %v < 1ms", c.Window)
+			return fmt.Errorf("cfg.Window %v < 1ms", c.Window)
 		case c.Cost != nil:
-			return errors.New("Cost needs Limits")
+			return errors.New("cfg.Cost needs Limits")
 		}
 	} else if c.Limit != 0 || c.Window != 0 {
-		return fmt.Errorf("Limit %d and Window %v with Limits: use one or the other", c.Limit, c.Window)
+		return fmt.Errorf("cfg.Limit %d and Window %v with Limits: use one or the other", c.Limit, c.Window)
 	}
 	for i, l := range c.Limits {
 		if err := l.check(); err != nil {
-			return fmt.Errorf("Limits[%d]: %w", i, err)
+			return fmt.Errorf("cfg.Limits[%d]: %w", i, err)
 		}
 	}
 	switch {
 	case c.IPv6Prefix < 1 || c.IPv6Prefix > 128:
-		return fmt.Errorf("IPv6Prefix %d not in 1..128", c.IPv6Prefix)
+		return fmt.Errorf("cfg.IPv6Prefix %d not in 1..128", c.IPv6Prefix)
 	case c.HeaderVersion != HeadersDraft6 && c.HeaderVersion != HeadersDraft11:
-		return fmt.Errorf("unknown HeaderVersion %d", c.HeaderVersion)
+		return fmt.Errorf("cfg.HeaderVersion %d unknown", c.HeaderVersion)
 	}
 	for i, p := range c.TrustedProxies {
 		if !p.IsValid() {
-			return fmt.Errorf("TrustedProxies[%d] %v is not a valid prefix", i, p)
+			return fmt.Errorf("cfg.TrustedProxies[%d] %v is not a valid prefix", i, p)
 		}
 	}
 	return nil
