@@ -220,17 +220,16 @@ return {allowed, remaining, math.min(math.ceil(retry * 1000000), cap), math.min(
 // (Allowed false): an empty key with [ErrInvalidKey]; n < 0, no limit, a
 // Rate <= 0, a Period <= 0, a Burst < 0, or a full burst that takes
 // longer than a Duration holds (Burst×Period/Rate) with
-// [ErrInvalidArgument]; a
-// Period between 0 and 1 ms with [ErrInvalidTTL].
+// [ErrInvalidArgument]; a Period between 0 and 1 ms with [ErrInvalidTTL].
 //
 // AllowN has [Service.CheckRateLimit]'s retry safety (the script is never
 // sent twice after it may have run; it is re-sent as EVAL only after
 // NOSCRIPT), its fast failure while Redis is known to be down, and its
-// fallbacks: when Redis gives no answer, the error comes
-// with, by default, Allowed true and Remaining burst-n of the tightest
-// limit, as for a fresh key, except that an n above a burst is still
-// denied; with [Options.RateLimitFailClosed], Allowed false with RetryAfter
-// the time n tokens take to come back under the slowest limit.
+// fallbacks: when Redis gives no answer, the error comes with, by
+// default, Allowed true and Remaining burst-n of the tightest limit, as
+// for a fresh key, except that an n above a burst is still denied; with
+// [Options.RateLimitFailClosed], Allowed false with RetryAfter the time n
+// tokens take to come back under the slowest limit.
 func (s *Service) AllowN(ctx context.Context, key string, n int, limits ...Limit) (RateLimitResult, error) {
 	r, _, err := s.allowN(ctx, key, n, limits)
 	return r, err

@@ -222,7 +222,9 @@ func TestClientIPBoundedWork(t *testing.T) {
 			for range runs {
 				tt.cfg.clientKey(req)
 			}
-			assert.Less(t, time.Since(start)/runs, time.Millisecond, "time per request")
+			per := time.Since(start) / runs
+			t.Logf("%d-byte header: %v and %.0f allocations per request", len(tt.header), per, allocs)
+			assert.Less(t, per, time.Millisecond, "time per request")
 		})
 	}
 }

@@ -99,7 +99,7 @@ func TestCheckRateLimitConcurrentCallersNeverExceedTheLimit(t *testing.T) {
 		t.Parallel()
 		s := b.service(t, Options{})
 		ctx := ctxT(t)
-		const limit, callers = 20, 64
+		const limit, callers = 20, 300
 		var (
 			wg        sync.WaitGroup
 			mu        sync.Mutex
