@@ -96,8 +96,16 @@ const gcraPrefix = "gcra:"
 // slot. A foreign value at the key (not a hash) is replaced, and a field
 // that is not a plausible TAT counts as a full bucket, so that nothing
 // written there can turn the limit off. When allowed with n > 0, every
-// limit's TAT moves by n emission intervals and the key's TTL is raised
-// to cover the latest; a denied call or a peek (n == 0) writes nothing.
+// limit's TAT moves by n emission intervals; a denied call or a peek
+// (n == 0) writes nothing.
+//
+// The hash's expiry is recorded in its field "exp", read with the TATs:
+// while every TAT is before it, an allowed call writes its TATs and
+// nothing else, as redis_rate's one SET does. Past it, the expiry is set
+// to twice the longest bucket's refill time (Burst×Period/Rate) from now,
+// so it moves at most once per refill time, is never lowered (the TATs
+// it covered are earlier) and lets the hash go within twice that time of
+// its last use.
 //
 // The arithmetic is go-redis/redis_rate v10's, operation for operation
 // (seconds since 2017-01-01 as doubles), so that one limit gives its
@@ -125,23 +133,26 @@ for i = 1, count do
 	local j = 3 * i - 1
 	fields[i] = ARGV[j] .. '/' .. ARGV[j + 1] .. '/' .. ARGV[j + 2]
 end
+fields[count + 1] = 'exp'
 local tats = redis.pcall('HMGET', KEYS[1], unpack(fields))
 if tats.err then
 	redis.call('DEL', KEYS[1])
 	tats = {}
 end
 local allowed, best, remaining, retry, reset = 1, 1, -1, 0, 0
-local new = {}
+local new, latest, refill = {}, now, 0
 for i = 1, count do
 	local j = 3 * i - 1
 	local ei = ARGV[j + 1] / ARGV[j]
 	local offset = ei * ARGV[j + 2]
+	refill = math.max(refill, offset)
 	local tat = tonumber(tats[i])
 	if tat == nil or tat ~= tat or tat > now + offset + 1 then
 		tat = now
 	end
 	tat = math.max(tat, now)
 	new[i] = tat + ei * n
+	latest = math.max(latest, new[i])
 	-- Within a microsecond (and a few rounding steps) of a whole token
 	-- counts as the token: a request of the whole burst fits a full bucket.
 	local diff = now - (new[i] - offset) + 0.000001 + new[i] * 1e-15
@@ -159,23 +170,21 @@ for i = 1, count do
 	end
 end
 if allowed == 1 and n > 0 then
-	local longest = new[1] - now
-	if count == 1 then
-		redis.call('HSET', KEYS[1], fields[1], new[1])
-	else
-		local hset = {'HSET', KEYS[1]}
-		for i = 1, count do
-			hset[2 * i + 1] = fields[i]
-			hset[2 * i + 2] = new[i]
-			longest = math.max(longest, new[i] - now)
-		end
-		redis.call(unpack(hset))
+	local hset = {'HSET', KEYS[1]}
+	for i = 1, count do
+		hset[2 * i + 1] = fields[i]
+		hset[2 * i + 2] = new[i]
 	end
-	-- Raise the TTL to cover the latest TAT, never lower it (other limits'
-	-- fields may need longer); a hash without one gets one.
-	local ms = string.format('%.0f', math.min(math.ceil(longest * 1000), 9223372036854))
-	if redis.call('PEXPIRE', KEYS[1], ms, 'GT') == 0 and redis.call('PTTL', KEYS[1]) == -1 then
-		redis.call('PEXPIRE', KEYS[1], ms)
+	local exp = tonumber(tats[count + 1])
+	local setexp = exp == nil or exp ~= exp or latest > exp
+	if setexp then
+		exp = now + 2 * refill
+		hset[#hset + 1] = 'exp'
+		hset[#hset + 1] = exp
+	end
+	redis.call(unpack(hset))
+	if setexp then
+		redis.call('PEXPIRE', KEYS[1], string.format('%.0f', math.min(math.ceil((exp - now) * 1000), 9223372036854)))
 	end
 end
 if allowed == 0 then
@@ -191,8 +200,9 @@ return {allowed, remaining, math.min(math.ceil(retry * 1000000), cap), math.min(
 // takes nothing from any. n == 0 only reports the state (Allowed true:
 // zero tokens always fit) and takes nothing. The state lives in one hash,
 // "gcra:<key>" (after [Options.KeyPrefix]), with a field per limit, on the
-// Redis server's clock; the hash expires once every bucket in it is full
-// again. Limits that differ in Rate, Period or Burst are separate buckets.
+// Redis server's clock; the hash expires within twice its longest
+// bucket's refill time (Burst×Period/Rate) of its last use. Limits that
+// differ in Rate, Period or Burst are separate buckets.
 //
 // For one limit, the decisions and Remaining are those of
 // go-redis/redis_rate v10's AllowN for the same requests, and RetryAfter

@@ -40,7 +40,8 @@ func TestAllowN(t *testing.T) {
 		}
 		raw := b.raw("gcra:user")
 		pttl := b.client.PTTL(ctx, raw).Val()
-		assert.True(t, pttl > 3*ei-time.Second && pttl <= 3*ei, "PTTL(%s) = %v; want about %v", raw, pttl, 3*ei)
+		// Twice the refill time of a full burst, from the first request.
+		assert.True(t, pttl > 6*ei-time.Second && pttl <= 6*ei, "PTTL(%s) = %v; want about %v", raw, pttl, 6*ei)
 
 		denied, err := s.AllowN(ctx, "user", 1, l)
 		require.NoError(t, err)
@@ -73,8 +74,8 @@ func TestAllowN(t *testing.T) {
 			r, err = s.AllowN(ctx, "user", 1, l)
 			require.NoError(t, err)
 			assert.True(t, r.Allowed, "allowed after an interval")
-			b.pass(3 * ei)
-			b.waitFor(t, "hash expires once the bucket is full", func() bool { return b.client.Exists(ctx, raw).Val() == 0 })
+			b.pass(6 * ei)
+			b.waitFor(t, "hash expires", func() bool { return b.client.Exists(ctx, raw).Val() == 0 })
 		}
 	})
 }
@@ -289,9 +290,48 @@ func TestAllowNReplacesAForeignValue(t *testing.T) {
 				assert.True(t, r.Allowed)
 				assert.Equal(t, 1, r.Remaining, "a fresh bucket")
 				pttl := b.client.PTTL(ctx, raw).Val()
-				assert.True(t, pttl > 0 && pttl <= time.Hour, "PTTL %v; want the hash to expire", pttl)
+				assert.True(t, pttl > 0 && pttl <= 2*time.Hour, "PTTL %v; want the hash to expire", pttl)
 			})
 		}
+	})
+}
+
+func TestAllowNExpiry(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		raw := b.raw("gcra:k")
+		pttl := func() time.Duration { return b.client.PTTL(ctx, raw).Val() }
+
+		for _, n := range []int{0, 11} { // a peek, a denial: nothing written
+			_, err := s.AllowN(ctx, "k", n, PerHour(10))
+			require.NoError(t, err)
+			assert.Zero(t, b.client.Exists(ctx, raw).Val(), "n=%d wrote", n)
+		}
+		_, err := s.AllowN(ctx, "k", 1, PerHour(10))
+		require.NoError(t, err)
+		assert.InDelta(t, float64(2*time.Hour), float64(pttl()), float64(time.Second), "twice the refill time")
+
+		// A shorter limit on the same key never lowers the expiry its
+		// longer neighbour needs.
+		for range 5 {
+			_, err = s.AllowN(ctx, "k", 1, PerSecond(10))
+			require.NoError(t, err)
+		}
+		assert.InDelta(t, float64(2*time.Hour), float64(pttl()), float64(time.Second), "after a shorter limit")
+
+		if b.real() {
+			return
+		}
+		// Past the recorded expiry, a call moves it.
+		b.pass(90 * time.Minute) // the expiry is 30 minutes away
+		for range 6 { // 6 tokens of 6 minutes: the TAT passes it
+			_, err = s.AllowN(ctx, "k", 1, PerHour(10))
+			require.NoError(t, err)
+		}
+		assert.InDelta(t, float64(2*time.Hour), float64(pttl()), float64(time.Second), "moved")
 	})
 }
 
