@@ -327,7 +327,7 @@ func TestAllowNExpiry(t *testing.T) {
 		}
 		// Past the recorded expiry, a call moves it.
 		b.pass(90 * time.Minute) // the expiry is 30 minutes away
-		for range 6 { // 6 tokens of 6 minutes: the TAT passes it
+		for range 6 {            // 6 tokens of 6 minutes: the TAT passes it
 			_, err = s.AllowN(ctx, "k", 1, PerHour(10))
 			require.NoError(t, err)
 		}
