@@ -326,8 +326,10 @@ func TestAllowNExpiry(t *testing.T) {
 			return
 		}
 		// Past the recorded expiry, a call moves it.
-		b.pass(90 * time.Minute) // the expiry is 30 minutes away
-		for range 6 {            // 6 tokens of 6 minutes: the TAT passes it
+		// The expiry is 30 minutes away after this; 6 tokens of 6 minutes
+		// take the TAT past it.
+		b.pass(90 * time.Minute)
+		for range 6 {
 			_, err = s.AllowN(ctx, "k", 1, PerHour(10))
 			require.NoError(t, err)
 		}
