@@ -41,7 +41,9 @@ type RateLimitConfig struct {
 	Limit int
 
 	// Window is the length of the fixed window, at least one millisecond
-	// (millisecond precision). It must be 0 when Limits is set.
+	// (millisecond precision). It must be 0 when Limits is set. Any Window
+	// up to the largest Duration is sent exactly in the headers (seconds,
+	// rounded up).
 	Window time.Duration
 
 	// Limits, when set, replaces the fixed window with one or several
