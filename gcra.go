@@ -128,34 +128,36 @@ local n = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = (t[1] - 1483228800) + (t[2] / 1000000)
 local count = (#ARGV - 1) / 3
-local fields = {}
+local get = {'HMGET', KEYS[1]}
 for i = 1, count do
 	local j = 3 * i - 1
-	fields[i] = ARGV[j] .. '/' .. ARGV[j + 1] .. '/' .. ARGV[j + 2]
+	get[i + 2] = ARGV[j] .. '/' .. ARGV[j + 1] .. '/' .. ARGV[j + 2]
 end
-fields[count + 1] = 'exp'
-local tats = redis.pcall('HMGET', KEYS[1], unpack(fields))
+get[count + 3] = 'exp'
+local tats = redis.pcall(unpack(get))
 if tats.err then
 	redis.call('DEL', KEYS[1])
 	tats = {}
 end
+local set = {'HSET', KEYS[1]}
 local allowed, best, remaining, retry, reset = 1, 1, -1, 0, 0
-local new, latest, refill = {}, now, 0
+local latest, refill = now, 0
 for i = 1, count do
 	local j = 3 * i - 1
 	local ei = ARGV[j + 1] / ARGV[j]
 	local offset = ei * ARGV[j + 2]
-	refill = math.max(refill, offset)
+	if offset > refill then refill = offset end
 	local tat = tonumber(tats[i])
-	if tat == nil or tat ~= tat or tat > now + offset + 1 then
+	if tat == nil or tat ~= tat or tat < now or tat > now + offset + 1 then
 		tat = now
 	end
-	tat = math.max(tat, now)
-	new[i] = tat + ei * n
-	latest = math.max(latest, new[i])
+	local new = tat + ei * n
+	if new > latest then latest = new end
+	set[2 * i + 1] = get[i + 2]
+	set[2 * i + 2] = new
 	-- Within a microsecond (and a few rounding steps) of a whole token
 	-- counts as the token: a request of the whole burst fits a full bucket.
-	local diff = now - (new[i] - offset) + 0.000001 + new[i] * 1e-15
+	local diff = now - (new - offset) + 0.000001 + new * 1e-15
 	local left = diff / ei
 	if left < 0 then
 		if allowed == 1 or -diff > retry then
@@ -164,25 +166,21 @@ for i = 1, count do
 		allowed = 0
 	elseif allowed == 1 then
 		left = math.floor(left)
-		if remaining < 0 or left < remaining or (left == remaining and new[i] - now > reset) then
-			best, remaining, reset = i, left, new[i] - now
+		if remaining < 0 or left < remaining or (left == remaining and new - now > reset) then
+			best, remaining, reset = i, left, new - now
 		end
 	end
 end
 if allowed == 1 and n > 0 then
-	local hset = {'HSET', KEYS[1]}
-	for i = 1, count do
-		hset[2 * i + 1] = fields[i]
-		hset[2 * i + 2] = new[i]
-	end
 	local exp = tonumber(tats[count + 1])
-	local setexp = exp == nil or exp ~= exp or latest > exp
+	-- Past twice the longest refill a Duration holds, exp is not ours.
+	local setexp = exp == nil or exp ~= exp or latest > exp or exp > now + 4e10
 	if setexp then
 		exp = now + 2 * refill
-		hset[#hset + 1] = 'exp'
-		hset[#hset + 1] = exp
+		set[#set + 1] = 'exp'
+		set[#set + 1] = exp
 	end
-	redis.call(unpack(hset))
+	redis.call(unpack(set))
 	if setexp then
 		redis.call('PEXPIRE', KEYS[1], string.format('%.0f', math.min(math.ceil((exp - now) * 1000), 9223372036854)))
 	end

@@ -281,6 +281,7 @@ func TestAllowNReplacesAForeignValue(t *testing.T) {
 			"garbage field":  func() error { return b.client.HSet(ctx, raw, field, "not a number").Err() },
 			"far future TAT": func() error { return b.client.HSet(ctx, raw, field, "1e300").Err() },
 			"nan TAT":        func() error { return b.client.HSet(ctx, raw, field, "nan").Err() },
+			"far future exp": func() error { return b.client.HSet(ctx, raw, "exp", "1e300").Err() },
 		} {
 			t.Run(name, func(t *testing.T) {
 				require.NoError(t, b.client.Del(ctx, raw).Err())
