@@ -279,6 +279,7 @@ func (s *Service) allowN(ctx context.Context, key string, n int, limits []Limit)
 	if !r.Allowed {
 		r.RetryAfter = max(time.Duration(reply[2])*time.Microsecond, time.Microsecond)
 	}
+	s.tel.rateLimited(ctx, r.Allowed, false)
 	return r, i, nil
 }
 
@@ -327,6 +328,7 @@ func (s *Service) allowFallback(n int, limits []Limit) (RateLimitResult, int) {
 		r.RetryAfter = l.refill(n - l.burst())
 	}
 	r.ResetAt = time.Now().Add(r.ResetAfter)
+	s.tel.rateLimited(context.Background(), r.Allowed, true)
 	return r, tightest
 }
 

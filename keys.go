@@ -43,10 +43,10 @@ func (s *Service) Set(ctx context.Context, key string, value any, opts ...SetOpt
 
 // reservedKey reports whether the caller's key k lies in a namespace the
 // Service keeps for its own keys: sessions ("session:<id>", the key the
-// original service uses), their per-user index and rate-limit counters.
-// A feature that stores keys of its own adds its prefix here.
+// original service uses), their per-user index, rate-limit counters and
+// GCRA state. A feature that stores keys of its own adds its prefix here.
 func reservedKey(k string) bool {
-	for _, p := range [...]string{"session:", "user-sessions:", "ratelimit:"} {
+	for _, p := range [...]string{"session:", "user-sessions:", "ratelimit:", gcraPrefix} {
 		if strings.HasPrefix(k, p) {
 			return true
 		}

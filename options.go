@@ -83,7 +83,7 @@ type Options struct {
 	// AllowReservedKeys lets the calls that write or delete a key the
 	// caller names (Set, SetJSON, MSet, HSet, HDel, Expire, Del, Cache) touch the
 	// namespaces the Service keeps for its own keys: "session:",
-	// "user-sessions:" and "ratelimit:" (after KeyPrefix). The default is
+	// "user-sessions:", "ratelimit:" and "gcra:" (after KeyPrefix). The default is
 	// false: they fail with [ErrInvalidKey], so that a key name built from
 	// user input cannot forge a session or break a rate limiter. Set it
 	// for migrations and tools that must write those keys.

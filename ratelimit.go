@@ -99,11 +99,11 @@ return {count, ttl, tonumber(now[1]), tonumber(now[2])}
 // When Redis cannot give an answer (unreachable, timed out, closed), or is
 // known to be down ([ErrUnavailable], returned at once without asking it,
 // until a background PING sees it answer), CheckRateLimit returns the
-// error with a fallback that
-// depends on [Options.RateLimitFailClosed]. By default it fails open:
-// Allowed true, Remaining limit-1, as for the first request of a new
-// window. With RateLimitFailClosed it is denied: Remaining 0 and
-// RetryAfter window. Either way ResetAt is the local time plus window.
+// error with a fallback that depends on [Options.RateLimitFailClosed]. By
+// default it fails open: Allowed true, Remaining limit-1, as for the first
+// request of a new window. With RateLimitFailClosed it is denied:
+// Remaining 0 and RetryAfter window. Either way ResetAt is the local time
+// plus window.
 func (s *Service) CheckRateLimit(ctx context.Context, identifier string, window time.Duration, limit int) (RateLimitResult, error) {
 	const op = "ratelimit"
 	if err := checkRateLimitArgs(identifier, window, limit); err != nil {

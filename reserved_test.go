@@ -18,7 +18,7 @@ func TestReservedKeysAreRefused(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		s := b.service(t, Options{})
 		ctx := ctxT(t)
-		for _, k := range []string{"session:abc", "user-sessions:bob", "ratelimit:login:bob", "ratelimit:"} {
+		for _, k := range []string{"session:abc", "user-sessions:bob", "ratelimit:login:bob", "ratelimit:", "gcra:login:bob"} {
 			writes := map[string]func() error{
 				"Set":     func() error { _, err := s.Set(ctx, k, "x"); return err },
 				"SetJSON": func() error { _, err := s.SetJSON(ctx, k, map[string]string{"userId": "admin"}); return err },

@@ -246,6 +246,28 @@ func TestRateLimitDecisions(t *testing.T) {
 	assert.Equal(t, int64(1), o.sums(t, "redisservice.operations")["redisservice.op=ratelimit,redisservice.outcome=error"])
 }
 
+// TestAllowNDecisions: AllowN's decisions are counted like
+// CheckRateLimit's.
+func TestAllowNDecisions(t *testing.T) {
+	t.Parallel()
+	o := newObserved(t, redisservice.Options{Timeout: 300 * time.Millisecond, MaxRetries: -1})
+	ctx := ctxT(t)
+	for _, want := range []bool{true, false} {
+		r, err := o.svc.AllowN(ctx, "ip", 1, redisservice.PerHour(1))
+		require.NoError(t, err)
+		require.Equal(t, want, r.Allowed)
+	}
+	o.mr.Close()
+	r, err := o.svc.AllowN(ctx, "ip", 1, redisservice.PerHour(1))
+	require.Error(t, err)
+	require.True(t, r.Allowed, "fails open")
+	assert.Equal(t, map[string]int64{
+		"redisservice.ratelimit.decision=allowed":   1,
+		"redisservice.ratelimit.decision=denied":    1,
+		"redisservice.ratelimit.decision=fail_open": 1,
+	}, o.sums(t, "redisservice.ratelimit.decisions"))
+}
+
 // TestCacheFallbackWhileDown: once Redis is known down, Cache skips it,
 // and that is counted as a fallback of op cache: one per call.
 func TestCacheFallbackWhileDown(t *testing.T) {
