@@ -11,8 +11,6 @@ import (
 	"time"
 )
 
-//lint:file-ignore ST1005 the validation errors start with the field's name (Limit, Window)
-
 // HeaderVersion selects the RateLimit header fields that
 // [Service.RateLimitMiddleware] sends.
 type HeaderVersion int
