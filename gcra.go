@@ -341,7 +341,7 @@ func (s *Service) allowFallback(n int, limits []Limit) (RateLimitResult, int) {
 // cluster the two keys may live on two masters, each asked once, in
 // parallel. A failure returns the error; either key may then be left.
 func (s *Service) ResetRateLimit(ctx context.Context, key string) error {
-	const op = "ratelimit reset"
+	const op = "resetratelimit"
 	if key == "" {
 		return invalid(op, key, ErrInvalidKey)
 	}
