@@ -6,15 +6,22 @@
 //     ([Service.Set], [Service.Get], [Service.MGet], [Service.MSet], …);
 //   - JSON values stored as plain JSON text ([Service.SetJSON], [Service.GetJSON]);
 //   - hashes ([Service.HSet], [Service.HGetAll], …);
-//   - sessions with sliding and absolute expiry and log-out-everywhere
-//     ([Service.CreateSession], [Service.DestroyUserSessions], …);
-//   - fixed-window rate limiting in one atomic round trip, with net/http
-//     middleware ([Service.CheckRateLimit], [Service.RateLimitMiddleware]);
-//   - cache-aside with one load per key under concurrency, and pattern
+//   - sessions that carry the application's own fields byte for byte, with
+//     sliding and absolute expiry, check-and-set updates, id rotation and
+//     log-out-everywhere ([Service.CreateSession], [Service.UpdateSession],
+//     [Service.RenewSessionID], [Service.DestroyUserSessions], …);
+//   - rate limiting in one atomic round trip: a fixed window, or GCRA limits
+//     with bursts and a cost, several decided at once, with net/http
+//     middleware ([Service.CheckRateLimit], [Service.AllowN],
+//     [Service.RateLimitMiddleware]);
+//   - cache-aside with one load per key in the process and across a fleet,
+//     an optional coherent in-process tier of decoded values,
+//     stale-while-revalidate and not-found caching, and pattern
 //     invalidation that is safe on large keyspaces and clusters
 //     ([Cache], [Service.InvalidatePattern]);
-//   - health checks, an HTTP health handler and counters
-//     ([Service.HealthCheck], [Service.HealthHandler], [Service.Stats]).
+//   - health checks, an HTTP health handler, counters and OpenTelemetry
+//     metrics and spans ([Service.HealthCheck], [Service.HealthHandler],
+//     [Service.Stats], [Options.MeterProvider]).
 //
 // Every method is safe for concurrent use, and on failure returns a safe
 // fallback value (a miss, false, 0, an empty map, the loader's result)
