@@ -1,6 +1,6 @@
 module github.com/vevurn/redisservice/bench
 
-go 1.26.8
+go 1.26.0
 
 require (
 	github.com/go-redis/cache/v9 v9.0.0
