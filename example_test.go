@@ -3,13 +3,16 @@ package redisservice_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -29,6 +32,24 @@ func newExampleService() (*redisservice.Service, func()) {
 		panic(err)
 	}
 	return svc, func() { svc.Close(); mr.Close() }
+}
+
+// newExampleServer is newExampleService for examples that move the
+// server's clock or stop it. Its Service logs nothing.
+func newExampleServer() (*redisservice.Service, *miniredis.Miniredis, func()) {
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	svc, err := redisservice.New(redisservice.Options{
+		URL:       "redis://" + mr.Addr(),
+		KeyPrefix: "pos:",
+		Logger:    slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		panic(err)
+	}
+	return svc, mr, func() { svc.Close(); mr.Close() }
 }
 
 func Example() {
@@ -304,16 +325,218 @@ func ExampleService_UpdateSession() {
 	})
 	fmt.Println(ok, err)
 
-	newID, ok, _ := svc.RenewSessionID(ctx, id) // after log-in: against session fixation
-	s, _, _ := svc.GetSession(ctx, newID)
-	fmt.Println(ok, string(s.Values["cart"]), string(s.Values["csrf"]))
-	_, found, _ := svc.GetSession(ctx, id)
-	all, _ := svc.UserSessions(ctx, "u42")
-	fmt.Println(found, len(all))
+	s, _, _ := svc.GetSession(ctx, id)
+	fmt.Println(string(s.Values["cart"]), string(s.Values["csrf"]))
 	// Output:
 	// true <nil>
-	// true {"items":["A-1"]} "k3J9vQ"
-	// false 1
+	// {"items":["A-1"]} "k3J9vQ"
+}
+
+func ExampleService_RenewSessionID() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+	ctx := context.Background()
+
+	id, _ := redisservice.NewSessionID()
+	_ = svc.CreateSession(ctx, id, redisservice.SessionData{UserID: "u42", Role: "cashier"}, 30*time.Minute)
+
+	// After log-in, against session fixation: same session, new id.
+	newID, ok, err := svc.RenewSessionID(ctx, id)
+	fmt.Println(ok, err, newID != id)
+
+	_, oldFound, _ := svc.GetSession(ctx, id)
+	s, newFound, _ := svc.GetSession(ctx, newID)
+	fmt.Println(oldFound, newFound, s.UserID, s.Role)
+	// Output:
+	// true <nil> true
+	// false true u42 cashier
+}
+
+func ExampleService_UserSessions() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+	ctx := context.Background()
+
+	for _, device := range []string{"phone", "laptop"} {
+		id, _ := redisservice.NewSessionID()
+		_ = svc.CreateSession(ctx, id, redisservice.SessionData{UserID: "u42", UserAgent: device}, 30*time.Minute)
+	}
+
+	// "Your devices": the user's live sessions by id.
+	all, err := svc.UserSessions(ctx, "u42")
+	var devices []string
+	for _, s := range all {
+		devices = append(devices, s.UserAgent)
+	}
+	slices.Sort(devices)
+	fmt.Println(devices, err)
+
+	n, err := svc.DestroyUserSessions(ctx, "u42") // log out everywhere
+	fmt.Println(n, err)
+	// Output:
+	// [laptop phone] <nil>
+	// 2 <nil>
+}
+
+func ExampleService_ResetRateLimit() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+	ctx := context.Background()
+
+	// Three attempts a minute; the fourth is refused.
+	var r redisservice.RateLimitResult
+	for range 4 {
+		r, _ = svc.CheckRateLimit(ctx, "login:ada", time.Minute, 3)
+	}
+	fmt.Println(r.Allowed)
+
+	// A successful log-in, say: the next attempt starts afresh.
+	err := svc.ResetRateLimit(ctx, "login:ada")
+	r, _ = svc.CheckRateLimit(ctx, "login:ada", time.Minute, 3)
+	fmt.Println(err, r.Allowed, r.Remaining)
+	// Output:
+	// false
+	// <nil> true 2
+}
+
+func ExampleService_RateLimitMiddleware_gcra() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+
+	api := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	limit := svc.RateLimitMiddleware(redisservice.RateLimitConfig{
+		// GCRA: 3 a minute on average, bursts of 3; an export costs 2.
+		Limits: []redisservice.Limit{redisservice.PerMinute(3)},
+		Cost: func(r *http.Request) int {
+			if r.URL.Path == "/export" {
+				return 2
+			}
+			return 1
+		},
+	})
+	h := limit(api)
+
+	for _, path := range []string{"/products", "/export", "/export"} {
+		req := httptest.NewRequest(http.MethodGet, path, nil)
+		req.RemoteAddr = "203.0.113.7:41000"
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		fmt.Printf("%s %d remaining=%s retry-after=%q policy=%q\n", path, rec.Code,
+			rec.Header().Get("RateLimit-Remaining"), rec.Header().Get("Retry-After"), rec.Header().Get("RateLimit-Policy"))
+	}
+	// Output:
+	// /products 200 remaining=2 retry-after="" policy="3;w=60"
+	// /export 200 remaining=0 retry-after="" policy="3;w=60"
+	// /export 429 remaining=0 retry-after="40" policy="3;w=60"
+}
+
+func ExampleCache_staleWhileRevalidate() {
+	svc, mr, cleanup := newExampleServer()
+	defer cleanup()
+	ctx := context.Background()
+
+	var loads atomic.Int32
+	loadPrices := func(ctx context.Context) (string, error) {
+		return fmt.Sprintf("price list v%d", loads.Add(1)), nil
+	}
+	// Fresh for a minute; for an hour after that, a stale value is served
+	// at once while one background load refreshes it.
+	swr := redisservice.StaleWhileRevalidate(time.Hour)
+
+	v, err := redisservice.Cache(ctx, svc, "prices", time.Minute, loadPrices, swr)
+	fmt.Println(v, err)
+
+	mr.FastForward(time.Minute + time.Second) // the minute is over
+	v, err = redisservice.Cache(ctx, svc, "prices", time.Minute, loadPrices, swr)
+	fmt.Println(v, err, "(stale)")
+
+	// Wait for the background refresh to store v2.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		var stored string
+		if found, _ := svc.GetJSON(ctx, "prices", &stored); found && stored == "price list v2" {
+			break
+		}
+	}
+	v, err = redisservice.Cache(ctx, svc, "prices", time.Minute, loadPrices, swr)
+	fmt.Println(v, err, "loads:", loads.Load())
+	// Output:
+	// price list v1 <nil>
+	// price list v1 <nil> (stale)
+	// price list v2 <nil> loads: 2
+}
+
+func ExampleCache_notFoundTTL() {
+	svc, mr, cleanup := newExampleServer()
+	defer cleanup()
+	ctx := context.Background()
+
+	type product struct {
+		SKU string `json:"sku"`
+	}
+	loads := 0
+	findProduct := func(ctx context.Context) (product, error) {
+		loads++ // the database has no product Z-9
+		return product{}, fmt.Errorf("sku Z-9: %w", redisservice.ErrNotFound)
+	}
+	// The absence is remembered for 30 seconds: no load in that time.
+	for range 3 {
+		_, err := redisservice.Cache(ctx, svc, "product:Z-9", time.Hour, findProduct, redisservice.NotFoundTTL(30*time.Second))
+		fmt.Println(errors.Is(err, redisservice.ErrNotFound), "loads:", loads)
+	}
+	mr.FastForward(31 * time.Second)
+	_, err := redisservice.Cache(ctx, svc, "product:Z-9", time.Hour, findProduct, redisservice.NotFoundTTL(30*time.Second))
+	fmt.Println(errors.Is(err, redisservice.ErrNotFound), "loads:", loads)
+	// Output:
+	// true loads: 1
+	// true loads: 1
+	// true loads: 1
+	// true loads: 2
+}
+
+func ExampleService_HealthHandler() {
+	svc, mr, cleanup := newExampleServer()
+	defer cleanup()
+
+	healthz := svc.HealthHandler() // mux.Handle("/healthz", healthz)
+	probe := func() {
+		rec := httptest.NewRecorder()
+		healthz.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+		var rep redisservice.HealthReport // {"status":"ok","latencyMs":0.21}
+		_ = json.Unmarshal(rec.Body.Bytes(), &rep)
+		fmt.Println(rec.Code, rec.Header().Get("Content-Type"), rep.Status)
+	}
+	probe()
+	mr.Close() // Redis goes away
+	probe()
+	// Output:
+	// 200 application/json ok
+	// 503 application/json unavailable
+}
+
+func ExampleService_Stats() {
+	svc, mr, cleanup := newExampleServer()
+	defer cleanup()
+	ctx := context.Background()
+
+	_, _ = svc.Set(ctx, "greeting", "hello")
+	_, _, _ = svc.Get(ctx, "greeting")
+	_, _, _ = svc.Get(ctx, "missing")
+	st := svc.Stats()
+	fmt.Printf("hits=%d misses=%d errors=%d connected=%v\n", st.Hits, st.Misses, st.Errors, st.Connected)
+
+	mr.Close() // an outage: every call returns its fallback with an error
+	v, found, err := svc.Get(ctx, "greeting")
+	fmt.Printf("%q %v %v connected=%v\n", v, found, err != nil, svc.IsConnected())
+	// While Redis is known to be down, calls do not wait for it.
+	_, _, err = svc.Get(ctx, "greeting")
+	fmt.Println(errors.Is(err, redisservice.ErrUnavailable))
+	st = svc.Stats()
+	fmt.Printf("errors=%d fallbacks=%d\n", st.Errors, st.Fallbacks)
+	// Output:
+	// hits=1 misses=1 errors=0 connected=true
+	// "" false true connected=false
+	// true
+	// errors=2 fallbacks=2
 }
 
 func ExampleSlogLogger() {
