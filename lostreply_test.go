@@ -219,6 +219,13 @@ func lossyClient(t testing.TB, b *backend, l *lostReplies) redis.UniversalClient
 	return c
 }
 
+// ownClient returns a client of its own to b's server, for a test that
+// adds hooks to it.
+func ownClient(t testing.TB, b *backend) redis.UniversalClient {
+	t.Helper()
+	return lossyClient(t, b, newLostReplies())
+}
+
 // newSentinelClient returns a FailoverClient to the shared Sentinel
 // set's master, dialling through dial when it is not nil.
 func newSentinelClient(t testing.TB, dial func(context.Context, string, string) (net.Conn, error)) *redis.Client {
