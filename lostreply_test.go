@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
@@ -258,7 +259,7 @@ func forEachLossyBackend(t *testing.T, fn func(t *testing.T, b *backend, l *lost
 		}
 		b := &backend{name: "sentinel", prefix: "rstest:" + randomHex(t, 6) + ":", client: newSentinelClient(t, nil)}
 		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10e9)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			if err := deleteByPrefix(ctx, b.client, b.prefix); err != nil {
 				t.Errorf("cleanup of %s*: %v", b.prefix, err)
@@ -286,7 +287,7 @@ func TestLostReplyMakesGoRedisRetry(t *testing.T) {
 		require.Equal(t, int64(2), l.seen.Load(), "INCR sent")
 
 		l.arm(loseAndHold, commandOn("incr", key))
-		hold, cancel := context.WithTimeout(ctx, 200e6)
+		hold, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
 		err = c.Incr(hold, key).Err()
 		require.Error(t, err, "INCR with its reply held")
