@@ -198,12 +198,16 @@ type Options struct {
 
 	// SessionMaxLifetime caps a session's total life however active it is:
 	// [Service.UpdateSessionActivity] never extends a session past
-	// CreatedAt + SessionMaxLifetime. The default, 0, means no cap.
+	// CreatedAt + SessionMaxLifetime, and a session past it is ended for
+	// every call. It applies to every session, also those created before
+	// it was set (a session created under it also keeps the end it had
+	// then, whichever comes first). The default, 0, means no cap.
 	SessionMaxLifetime time.Duration
 
 	// MaxSessionsPerUser bounds the per-user index used by
 	// [Service.DestroyUserSessions]. Creating a session beyond the bound
-	// destroys that user's sessions closest to expiring. The default value is 64.
+	// destroys that user's live sessions closest to expiring (entries of
+	// sessions that are gone do not count). The default value is 64.
 	MaxSessionsPerUser int
 
 	// LegacySessions: the original service may still be writing sessions,

@@ -302,7 +302,7 @@ func TestSessionRoundTrips(t *testing.T) {
 	count("CreateSession", 2, func() { create("u0", time.Minute) })
 	create("u0", time.Minute)
 	create("u0", time.Minute)
-	count("CreateSession that evicts", 3, func() { create("u0", time.Minute) })
+	count("CreateSession that evicts", 5, func() { create("u0", time.Minute) })
 
 	a := create("u1", time.Hour)
 	other := create("u1", time.Minute)
@@ -316,6 +316,13 @@ func TestSessionRoundTrips(t *testing.T) {
 	count("UserSessions dropping a gone session", 3, func() { _, _ = s.UserSessions(ctx, "u1") })
 	count("DestroyUserSessions of nobody", 1, func() { _, _ = s.DestroyUserSessions(ctx, "nobody") })
 	count("DestroyUserSessions", 3, func() { _, _ = s.DestroyUserSessions(ctx, "u1") })
+	gone := create("u2", time.Minute)
+	create("u2", time.Minute)
+	b.mr.Del(b.raw("session:" + gone))
+	count("DestroyUserSessions with a session gone", 4, func() { _, _ = s.DestroyUserSessions(ctx, "u2") })
+	c := create("u3", time.Minute)
+	count("DestroySession", 2, func() { _, _ = s.DestroySession(ctx, c) })
+	count("DestroySession of a missing session", 1, func() { _, _ = s.DestroySession(ctx, c) })
 }
 
 func TestSessionInvalidInput(t *testing.T) {

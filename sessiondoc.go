@@ -62,7 +62,12 @@ type sessionDoc struct {
 }
 
 // parseSessionDoc splits b, which must be one JSON object, into its
-// members. The members' bytes alias b.
+// members. The members' bytes alias b. It refuses an object in which a
+// member name repeats (once decoded), a name that is not valid UTF-8, and
+// one of the session's own names written with an escape: encoding/json
+// would take the last of repeated members, and invalid UTF-8 would
+// become U+FFFD, while the touch script reads names as stored; refusing
+// them means both always mean the same member.
 func parseSessionDoc(b []byte) (sessionDoc, error) {
 	if !json.Valid(b) {
 		// Let encoding/json say where and why.
@@ -79,6 +84,7 @@ func parseSessionDoc(b []byte) (sessionDoc, error) {
 	}
 	var d sessionDoc
 	d.members = make([]member, 0, 16)
+	var seen map[string]bool // the names so far, once there are many
 	i = skipSpace(b, i+1)
 	if b[i] == '}' {
 		return d, nil
@@ -91,6 +97,9 @@ func parseSessionDoc(b []byte) (sessionDoc, error) {
 		if err != nil {
 			return sessionDoc{}, err
 		}
+		if err := d.checkName(name, raw, &seen); err != nil {
+			return sessionDoc{}, err
+		}
 		i = skipSpace(b, end)
 		i = skipSpace(b, i+1) // ':'
 		end = skipValue(b, i)
@@ -101,6 +110,38 @@ func parseSessionDoc(b []byte) (sessionDoc, error) {
 		}
 		i = skipSpace(b, i+1) // ','
 	}
+}
+
+// checkName refuses the member name (decoded; raw as stored) when it
+// cannot follow d's members: see parseSessionDoc. Repeats are found by
+// comparison while there are few members, then with *seen.
+func (d *sessionDoc) checkName(name string, raw []byte, seen *map[string]bool) error {
+	switch {
+	case !utf8.Valid(raw):
+		return fmt.Errorf("member name %q is not valid UTF-8", raw)
+	case bytes.IndexByte(raw, '\\') >= 0 && reservedSessionField(name):
+		return fmt.Errorf("member name %s spells %q with an escape", raw, name)
+	}
+	const few = 32
+	if len(d.members) < few {
+		for _, m := range d.members {
+			if m.name == name {
+				return fmt.Errorf("member name %q repeats", name)
+			}
+		}
+		return nil
+	}
+	if *seen == nil {
+		*seen = make(map[string]bool, 2*few)
+		for _, m := range d.members {
+			(*seen)[m.name] = true
+		}
+	}
+	if (*seen)[name] {
+		return fmt.Errorf("member name %q repeats", name)
+	}
+	(*seen)[name] = true
+	return nil
 }
 
 // decodeName decodes a member name given with its quotes.
@@ -257,7 +298,7 @@ func decodeTime(v []byte, dst *time.Time) error {
 // before idleTimeoutMs and expiresAtMs when those are last. It reports
 // whether anything changed.
 func (d *sessionDoc) apply(old, data SessionData) ([]byte, bool, error) {
-	if err := checkValues(data.Values); err != nil {
+	if err := checkSession(data); err != nil {
 		return nil, false, err
 	}
 	changed := map[string][]byte{}
@@ -341,7 +382,7 @@ func (d *sessionDoc) apply(old, data SessionData) ([]byte, bool, error) {
 // encodeSession writes a new session object: the seven fields in the
 // original service's order, the Values sorted by name, then internals.
 func encodeSession(data SessionData, idleMS, expiresAtMS int64) ([]byte, error) {
-	if err := checkValues(data.Values); err != nil {
+	if err := checkSession(data); err != nil {
 		return nil, err
 	}
 	out := make([]byte, 0, 256)
@@ -377,10 +418,21 @@ func encodeSession(data SessionData, idleMS, expiresAtMS int64) ([]byte, error) 
 	return append(out, '}'), nil
 }
 
-// checkValues refuses a Values key that is a reserved name and a value
-// that is not one valid JSON value.
-func checkValues(values map[string]json.RawMessage) error {
-	for name, v := range values {
+// checkSession refuses a string field or Values key that is not valid
+// UTF-8 (JSON would change its bytes: two keys could become one), a
+// Values key that is a reserved name and a value that is not one valid
+// JSON value.
+func checkSession(data SessionData) error {
+	for _, f := range []struct{ name, v string }{{fieldUserID, data.UserID}, {fieldEmail, data.Email},
+		{fieldRole, data.Role}, {fieldIP, data.IP}, {fieldUserAgent, data.UserAgent}} {
+		if !utf8.ValidString(f.v) {
+			return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalidArgument, f.name)
+		}
+	}
+	for name, v := range data.Values {
+		if !utf8.ValidString(name) {
+			return fmt.Errorf("%w: Values key %q is not valid UTF-8", ErrInvalidArgument, name)
+		}
 		if reservedSessionField(name) {
 			return fmt.Errorf("%w: Values[%q] is a reserved session field", ErrInvalidArgument, name)
 		}
@@ -403,7 +455,7 @@ func appendMember(out, name, value []byte) []byte {
 
 // appendString appends s as a JSON string the way JSON.stringify writes
 // it: only quotes, backslashes and control characters escaped ("<", "&"
-// and "/" stay as they are). Invalid UTF-8 becomes U+FFFD.
+// and "/" stay as they are). checkSession has refused invalid UTF-8.
 func appendString(out []byte, s string) []byte {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)

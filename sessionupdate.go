@@ -1,8 +1,10 @@
 package redisservice
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -19,30 +21,24 @@ const sessionAttempts = 32
 // bounded number of times), and a missing session is never brought back (false, nil).
 // Fields fn does not change keep their stored bytes. fn's error aborts with nothing written.
 //
-// Each attempt reads the session (one round trip), calls fn on a copy, and
-// writes only if the stored bytes are still those it read (a script, one
-// round trip); otherwise it pauses up to a few milliseconds at random and
-// tries again, at most 32 times, calling fn anew each time: fn must have
-// no other effects. A concurrent [Service.UpdateSessionActivity] alone is
-// not a conflict: the write goes ahead and keeps its lastActivity (unless
-// fn changed LastActivity itself). When every attempt found the session
-// changed otherwise, it fails with [ErrConflict]. The whole call is
-// bounded by ctx's deadline, or [Options.Timeout].
+// Each attempt reads the session and calls fn on a copy (Values is never nil there: fn may
+// add entries), then writes only what fn changed, if the session is unchanged since the read
+// (two round trips); otherwise fn runs again on the fresh session, at most 32 times, then it
+// fails with [ErrConflict]. fn must have no other effects. LastActivity is a field like any
+// other: changed by fn, it is written as given (the TTL is kept); a concurrent
+// [Service.UpdateSessionActivity] is a conflict only then. A write whose reply is lost and
+// that go-redis sends again is applied once. A session past its absolute end (see
+// [Service.GetSession]) counts as missing. A changed UserID, a reserved or non-UTF-8 Values
+// key, a value that is not valid JSON, invalid UTF-8 in a field, or a nil fn fails with
+// [ErrInvalidArgument]; when fn changes nothing, nothing is written.
 //
-// Only what fn changed is written anew: a seven-field value that differs
-// (times as toISOString, milliseconds), and Values entries fn added,
-// changed or deleted; every other member keeps its bytes and its place,
-// new ones go at the end. The session keeps its remaining TTL and absolute
-// end; LastActivity changes only if fn changes it. A UserID changed by fn
-// fails with [ErrInvalidArgument]: a session never moves to another user
-// (create a new session for the new user instead). A Values key that is a
-// reserved name or a value that is not valid JSON fails with
-// [ErrInvalidArgument] too, and so does a nil fn. When fn changes
-// nothing, nothing is written. It reports whether the session exists.
-// After a write, a session of the original service also joins its user's
-// index with its remaining TTL (one more round trip; more when the cap
-// evicts, see [Service.CreateSession]); with [Options.LegacySessions]
-// every session written does, as [Service.GetSession] says.
+// It reports whether the session exists. An error with false means nothing was written. An
+// error with true means the write was sent but its outcome is unknown (a timeout, a dropped
+// connection): the update may or may not have been applied. Re-read before retrying, or make
+// fn idempotent (set values rather than increment them, or record a request id in Values and
+// change nothing when it is there). A session of the original service, or any with
+// [Options.LegacySessions], then joins its user's index (one more round trip; true with the
+// error when only that fails). The whole call is bounded by ctx's deadline, or [Options.Timeout].
 func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*SessionData) error) (_ bool, err error) {
 	const op = "updatesession"
 	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
@@ -70,8 +66,15 @@ func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*Session
 		if err != nil {
 			return false, err
 		}
+		if s.sessionEnded(&doc, old) {
+			_, err := s.delSessions(ctx, op, []string{id})
+			return false, err
+		}
 		data := old
 		data.Values = cloneValues(old.Values)
+		if data.Values == nil {
+			data.Values = map[string]json.RawMessage{}
+		}
 		if err := fn(&data); err != nil {
 			return false, invalid(op, sessionDisplayKey, err) // nothing written
 		}
@@ -87,8 +90,10 @@ func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*Session
 		}
 		status, ttl, err := s.compareAndSet(ctx, op, id, raw, b)
 		switch {
-		case err != nil || status == casMissing:
-			return false, err
+		case err != nil:
+			return outcomeUnknown(err), err
+		case status == casMissing:
+			return false, nil
 		case status == casChanged:
 			continue
 		}
@@ -100,37 +105,35 @@ func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*Session
 	return false, invalid(op, sessionDisplayKey, ErrConflict) // nothing written
 }
 
+// outcomeUnknown reports whether a write that failed with err may have
+// been applied all the same: it was (or may have been) sent, and no reply
+// came back. Refusals before sending (fast failure, a closed Service or
+// pool) and Redis's own error replies mean it was not.
+func outcomeUnknown(err error) bool {
+	return isConnError(err) && !errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrClosed) &&
+		!errors.Is(err, redis.ErrPoolTimeout) && !errors.Is(err, redis.ErrClosed)
+}
+
 // RenewSessionID moves a session to a new id from NewSessionID (against session fixation):
 // same data and Values, same remaining idle time and absolute end, the old id unreadable once
 // it returns, the user's index updated. A missing session is ("", false, nil).
 //
-// The steps, one round trip each (five; six when adding the new id to
-// the index evicts another session beyond [Options.MaxSessionsPerUser],
-// against which the old and the new id count once), per attempt: read
-// the session and its remaining TTL;
-// write the same bytes under the new id with that TTL (so it ends within
-// a round trip of when the old one would have); add the new id to the
-// user's index; delete the old id, only if its bytes are still those read
-// (a script); drop the old id from the index. The two keys lie in
-// different slots of a cluster, so this cannot be one atomic step; the
-// order means a crash or failure part-way leaves both ids alive for a
-// moment (the old one until its TTL ends), never neither. When the old
-// session changed meanwhile (an update, UpdateSessionActivity), the new
-// key is deleted and it starts again, at most 32 times, then fails with
-// [ErrConflict]; when it was destroyed meanwhile, the new key is deleted
-// too and the result is ("", false, nil). The new key is deleted only
-// then, or when adding it to the index fails (the old id is untouched
-// then, and the result is "", false and the error).
+// It reads the session with its TTL, writes the same bytes under the new id with that TTL,
+// adds the new id to the user's index (the two count once against
+// [Options.MaxSessionsPerUser]), deletes the old id only if it is unchanged, and drops the old
+// id from the index: five round trips (more when the index is over the cap). The keys lie in
+// different cluster slots, so a failure part-way leaves both ids alive for a moment, never
+// neither; a lost reply that go-redis sends again is applied once. When the old session
+// changed meanwhile, it starts again with the same new id, at most 32 times, then fails
+// with [ErrConflict]; when it was destroyed or has ended, the result is ("", false, nil). The
+// new id is deleted and dropped from the index in both cases, and when adding it to the
+// index fails ("", false and the error; the old id is untouched).
 //
-// When the delete of the old id fails, it may have run all the same (a
-// timeout, say), so the new key is kept: the result is the new id, true
-// and the error. The new session is alive and indexed; the old one may be
-// too. Use the new id, and finish the renewal with
-// [Service.DestroySession] of the old id (a change made to the old
-// session in between is not carried over). When only the last step
-// fails, the result is the new id, true and the error too; the old id is
-// gone then, and its index entry is dropped when the index is next
-// written.
+// When the delete of the old id fails, it may have run all the same (a timeout, say): the
+// result is the new id, true and the error. The new session is alive and indexed; the old
+// one may be too. Use the new id and finish with [Service.DestroySession] of the old id (a
+// change made to the old session in between is not carried over). When only the last step
+// fails, the result is the new id, true and the error too.
 func (s *Service) RenewSessionID(ctx context.Context, id string) (_ string, _ bool, err error) {
 	const op = "renewsessionid"
 	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
@@ -143,6 +146,8 @@ func (s *Service) RenewSessionID(ctx context.Context, id string) (_ string, _ bo
 		return "", false, s.fail(ctx, op, sessionDisplayKey, err)
 	}
 	defer done()
+	r := renewal{s: s, op: op}
+	defer r.abandon(ctx)
 	for attempt := range sessionAttempts {
 		if err := s.pauseBeforeRetry(ctx, op, attempt); err != nil {
 			return "", false, err
@@ -151,49 +156,33 @@ func (s *Service) RenewSessionID(ctx context.Context, id string) (_ string, _ bo
 		if !found {
 			return "", false, err
 		}
-		newID, err := NewSessionID()
-		if err != nil {
-			return "", false, invalid(op, sessionDisplayKey, err)
-		}
 		uid := ""
 		if doc, err := parseSessionDoc(raw); err == nil {
-			uid = doc.userID()
-		}
-		// 1: the new key.
-		created, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (bool, error) {
-			return s.rdb.SetNX(ctx, s.key(sessionKey(newID)), raw, ttl).Result() // ttl 0: none
-		})
-		switch {
-		case err != nil:
-			return "", false, err
-		case !created:
-			continue // the new id was taken (never seen with 256 random bits)
-		}
-		// 2: the index. Without it log-out-everywhere would miss the new id.
-		// Until step 4 the old id is there too: they count once against
-		// the cap, lest the one session evict itself.
-		if uid != "" && ttl > 0 {
-			expiry := map[string]time.Time{newID: s.opts.Now().Add(ttl)}
-			if _, err := s.indexSessions(ctx, op, uid, expiry, s.opts.MaxSessionsPerUser+1); err != nil {
-				_, _ = s.delSessions(ctx, op, []string{newID})
+			if data, err := doc.data(); err == nil && s.sessionEnded(&doc, data) {
+				_, err := s.delSessions(ctx, op, []string{id})
 				return "", false, err
 			}
+			uid = doc.userID()
+		}
+		// 1 and 2: the new key, then its index entry (without it
+		// log-out-everywhere would miss the new id).
+		if err := r.write(ctx, raw, ttl, uid); err != nil {
+			return "", false, err
 		}
 		// 3: the old key, if nobody changed or destroyed it meanwhile.
-		status, _, err := s.compareAndDelete(ctx, op, id, raw)
+		status, err := s.compareAndDelete(ctx, op, id, raw)
 		switch {
 		case err != nil:
 			// The delete may have run (a reply lost to a timeout): the
 			// new key is all that is sure to hold the session, so keep it.
-			return newID, true, err
-		case status != casDone:
-			_, _ = s.delSessions(ctx, op, []string{newID})
-			if status == casMissing {
-				return "", false, nil
-			}
+			return r.keep(), true, err
+		case status == casMissing:
+			return "", false, nil
+		case status == casChanged:
 			continue
 		}
 		// 4: the old id's index entry.
+		newID := r.keep()
 		if uid != "" {
 			_, err = call(s, ctx, op, "user-sessions:"+uid, func(ctx context.Context) (int64, error) {
 				return s.rdb.ZRem(ctx, s.key(userSessionsKey(uid)), id).Result()
@@ -202,6 +191,96 @@ func (s *Service) RenewSessionID(ctx context.Context, id string) (_ string, _ bo
 		return newID, true, err
 	}
 	return "", false, invalid(op, sessionDisplayKey, ErrConflict) // the old session is as others left it
+}
+
+// renewal is the new id of one RenewSessionID call, kept across its
+// attempts, so that a conflict leaves no id behind.
+type renewal struct {
+	s       *Service
+	op      string
+	id      string // the new id, once its key may exist
+	indexed string // the user whose index may name it
+	kept    bool   // the caller has it: never undone
+}
+
+// write stores raw under the new id with ttl (0: none) and adds the id
+// to uid's index (unless uid is empty or ttl 0). The first write makes
+// the id (SET NX); later ones overwrite it with the bytes read anew.
+func (r *renewal) write(ctx context.Context, raw []byte, ttl time.Duration, uid string) error {
+	s := r.s
+	if r.id != "" {
+		if _, err := call(s, ctx, r.op, sessionDisplayKey, func(ctx context.Context) (string, error) {
+			return s.rdb.Set(ctx, s.key(sessionKey(r.id)), raw, ttl).Result()
+		}); err != nil {
+			return err
+		}
+	}
+	for r.id == "" {
+		id, err := NewSessionID()
+		if err != nil {
+			return invalid(r.op, sessionDisplayKey, err)
+		}
+		created, err := call(s, ctx, r.op, sessionDisplayKey, func(ctx context.Context) (bool, error) {
+			return s.rdb.SetNX(ctx, s.key(sessionKey(id)), raw, ttl).Result()
+		})
+		if err != nil {
+			r.id = id // it may have been written
+			return err
+		}
+		if !created {
+			// Taken: never seen with 256 random bits, but for this very
+			// write, whose reply was lost and that go-redis sent again.
+			b, found, err := s.readSession(ctx, r.op, id)
+			if err != nil {
+				return err
+			}
+			if !found || !bytes.Equal(b, raw) {
+				continue
+			}
+		}
+		r.id = id
+	}
+	if r.indexed != "" && r.indexed != uid {
+		r.unindex(ctx) // the stored userId changed between attempts
+	}
+	if uid == "" || ttl <= 0 {
+		return nil
+	}
+	r.indexed = uid
+	// Until the old id is deleted it is indexed too: they count once
+	// against the cap, lest the one session evict itself.
+	expiry := map[string]time.Time{r.id: s.opts.Now().Add(ttl)}
+	_, err := s.indexSessions(ctx, r.op, uid, expiry, s.opts.MaxSessionsPerUser+1)
+	return err
+}
+
+// keep hands the new id to the caller: it is never undone.
+func (r *renewal) keep() string {
+	r.kept = true
+	return r.id
+}
+
+// abandon deletes the new id and drops it from the index, unless kept.
+// It is best effort: a key left behind ends with its TTL, and an index
+// entry without its session never counts against the cap.
+func (r *renewal) abandon(ctx context.Context) {
+	if r.kept || r.id == "" {
+		return
+	}
+	_, _ = r.s.delSessions(ctx, r.op, []string{r.id})
+	r.unindex(ctx)
+}
+
+// unindex drops the new id from the index that may name it.
+func (r *renewal) unindex(ctx context.Context) {
+	if r.indexed == "" {
+		return
+	}
+	idx := r.s.key(userSessionsKey(r.indexed))
+	_, _ = call(r.s, ctx, r.op, "user-sessions:"+r.indexed, func(ctx context.Context) (int64, error) {
+		return r.s.rdb.ZRem(ctx, idx, r.id).Result()
+	})
+	r.indexed = ""
 }
 
 // readSessionTTL reads a session and its remaining TTL (-1: none) in one
@@ -242,25 +321,35 @@ const (
 	casDone    = 1
 )
 
-// sessionCASScript writes (ARGV[2] 'set': ARGV[3], keeping the TTL) or
-// deletes (ARGV[2] 'del') a session, only if its stored bytes are still
-// ARGV[1]. A write also goes ahead when the stored bytes differ from
-// ARGV[1] only in the top-level lastActivity value, in the layout both
-// services write (userId, email, role, createdAt, lastActivity first):
-// that is a concurrent UpdateSessionActivity, whose lastActivity is kept
-// unless ARGV[3] changes it too. It returns 0 when the session is
-// missing, -1 when it holds other bytes, else {1, the session's PTTL
-// afterwards}.
+// sessionCASScript writes a session, by mode (ARGV[2]): 'set' replaces
+// it with ARGV[3], keeping its TTL, and 'del' deletes it, only if its
+// stored bytes are still ARGV[1]; 'destroy' deletes it whatever it holds.
+// A 'set' also goes ahead when the stored bytes differ from ARGV[1] only
+// in the top-level lastActivity value, in the layout both services write
+// (userId, email, role, createdAt, lastActivity first), and ARGV[3] keeps
+// ARGV[1]'s lastActivity: that is a concurrent UpdateSessionActivity (or
+// an update of lastActivity alone), whose lastActivity is kept. When
+// ARGV[3] changes lastActivity too, any change is a conflict. Each write
+// records its token ARGV[4] in KEYS[2] for ARGV[5] ms; a script that
+// finds its token there ran already (its reply was lost and go-redis sent
+// it again) and answers done without writing. It returns 0 when the
+// session is missing, -1 when it holds other bytes, else {1, the
+// session's PTTL afterwards, the deleted bytes for 'destroy' or an empty
+// string}.
 //
-// KEYS[1]: the session.
+// KEYS[1]: the session; KEYS[2]: its recent write tokens (a sorted set
+// by expiry, in the session's slot).
 var sessionCASScript = redis.NewScript(`
+if redis.call('ZSCORE', KEYS[2], ARGV[4]) then
+	return {1, redis.call('PTTL', KEYS[1]), ''}
+end
 local raw = redis.call('GET', KEYS[1])
 if not raw then
 	return 0
 end
-local doc = ARGV[3]
-if raw ~= ARGV[1] then
-	if ARGV[2] ~= 'set' then
+local mode, doc = ARGV[2], ARGV[3]
+if mode ~= 'destroy' and raw ~= ARGV[1] then
+	if mode ~= 'set' then
 		return -1
 	end
 	local match, sub = string.match, string.sub
@@ -268,50 +357,73 @@ if raw ~= ARGV[1] then
 	local r1, r2 = match(raw, head)
 	local w1, w2 = match(ARGV[1], head)
 	local n1, n2 = match(doc, head)
-	if not (r1 and w1 and n1) or sub(raw, 1, r1 - 1) ~= sub(ARGV[1], 1, w1 - 1) or sub(raw, r2) ~= sub(ARGV[1], w2) then
+	if not (r1 and w1 and n1) or sub(raw, 1, r1 - 1) ~= sub(ARGV[1], 1, w1 - 1) or sub(raw, r2) ~= sub(ARGV[1], w2) or sub(doc, n1, n2 - 1) ~= sub(ARGV[1], w1, w2 - 1) then
 		return -1
 	end
-	if sub(doc, n1, n2 - 1) == sub(ARGV[1], w1, w2 - 1) then
-		doc = sub(doc, 1, n1 - 1) .. sub(raw, r1, r2 - 1) .. sub(doc, n2)
-	end
+	doc = sub(doc, 1, n1 - 1) .. sub(raw, r1, r2 - 1) .. sub(doc, n2)
 end
-if ARGV[2] == 'del' then
+local ttl = -2
+if mode == 'set' then
+	redis.call('SET', KEYS[1], doc, 'KEEPTTL')
+	ttl = redis.call('PTTL', KEYS[1])
+else
 	redis.call('DEL', KEYS[1])
-	return {1, -2}
 end
-redis.call('SET', KEYS[1], doc, 'KEEPTTL')
-return {1, redis.call('PTTL', KEYS[1])}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[4])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[2], last[2])
+if mode == 'destroy' then
+	return {1, ttl, raw}
+end
+return {1, ttl, ''}
 `)
 
 // compareAndSet replaces session id's bytes was with b, keeping its TTL,
 // if it still holds was. It returns the outcome and, when done, the TTL
 // left (0: none).
 func (s *Service) compareAndSet(ctx context.Context, op, id string, was, b []byte) (int, time.Duration, error) {
-	return s.runCAS(ctx, op, id, was, "set", b)
+	status, ttl, _, err := s.runCAS(ctx, op, id, was, "set", b)
+	return status, ttl, err
 }
 
 // compareAndDelete deletes session id if it still holds was.
-func (s *Service) compareAndDelete(ctx context.Context, op, id string, was []byte) (int, time.Duration, error) {
-	return s.runCAS(ctx, op, id, was, "del", nil)
+func (s *Service) compareAndDelete(ctx context.Context, op, id string, was []byte) (int, error) {
+	status, _, _, err := s.runCAS(ctx, op, id, was, "del", nil)
+	return status, err
 }
 
-func (s *Service) runCAS(ctx context.Context, op, id string, was []byte, mode string, b []byte) (int, time.Duration, error) {
+// runCAS runs sessionCASScript once, under a new write token, so that
+// go-redis sending it again after a lost reply writes nothing more. It
+// returns the outcome, the TTL left (0: none) and, for "destroy", the
+// deleted bytes (nil when a lost reply hid them).
+func (s *Service) runCAS(ctx context.Context, op, id string, was []byte, mode string, b []byte) (int, time.Duration, []byte, error) {
+	key := s.key(sessionKey(id))
+	keys := []string{key, sameSlotKey(key, sessionWritesSuffix)}
+	token := newWriteToken()
 	reply, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (any, error) {
-		return sessionCASScript.Run(ctx, s.rdb, []string{s.key(sessionKey(id))}, was, mode, b).Result()
+		return sessionCASScript.Run(ctx, s.rdb, keys, was, mode, b, token, writeTokenKeep(ctx)).Result()
 	})
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	switch r := reply.(type) {
 	case int64:
-		return int(r), 0, nil
+		return int(r), 0, nil, nil
 	case []any:
-		if len(r) == 2 {
+		if len(r) == 3 {
 			ttl, _ := r[1].(int64)
-			return casDone, time.Duration(max(ttl, 0)) * time.Millisecond, nil
+			raw, _ := r[2].(string)
+			var gone []byte
+			if raw != "" {
+				gone = []byte(raw)
+			}
+			return casDone, time.Duration(max(ttl, 0)) * time.Millisecond, gone, nil
 		}
 	}
-	return 0, 0, s.fail(ctx, op, sessionDisplayKey, fmt.Errorf("%w: unexpected script reply %T", ErrDecode, reply))
+	return 0, 0, nil, s.fail(ctx, op, sessionDisplayKey, fmt.Errorf("%w: unexpected script reply %T", ErrDecode, reply))
 }
 
 // pauseBeforeRetry waits before attempt (none before the first): a random

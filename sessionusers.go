@@ -17,13 +17,14 @@ import (
 // session:* under Options.LegacySessions.
 const sessionScanCount = 500
 
-// UserSessions returns the user's live sessions by id (expired and destroyed ones never).
+// UserSessions returns the user's live sessions by id (expired, ended and destroyed ones never).
 //
 // It reads the user's index (one round trip) and then the sessions it
 // names (one pipelined round trip, one per node on Redis Cluster); index
 // entries whose session has expired or been destroyed are dropped from
 // the index (one more round trip, when there are any): one to three round
-// trips. With [Options.LegacySessions] it also walks session:* for the
+// trips. A session past its absolute end (see [Service.GetSession]) is
+// deleted too (one more). With [Options.LegacySessions] it also walks session:* for the
 // user's sessions that the index lacks (see there for the cost), then
 // reads the remaining TTL of every session it returns (one pipelined
 // round trip) and puts them all in the index with it (one more, and one
@@ -51,19 +52,6 @@ func (s *Service) UserSessions(ctx context.Context, userID string) (_ map[string
 	if err != nil {
 		return nil, err
 	}
-	var stale []any
-	for _, id := range ids {
-		if _, ok := raws[id]; !ok {
-			stale = append(stale, id)
-		}
-	}
-	if len(stale) > 0 {
-		if _, err := call(s, ctx, op, "user-sessions:"+userID, func(ctx context.Context) (int64, error) {
-			return s.rdb.ZRem(ctx, idx, stale...).Result()
-		}); err != nil {
-			return nil, err
-		}
-	}
 	if s.opts.LegacySessions {
 		found, err := s.scanUserSessions(ctx, op, userID)
 		if err != nil {
@@ -75,6 +63,7 @@ func (s *Service) UserSessions(ctx context.Context, userID string) (_ map[string
 	}
 	out := make(map[string]SessionData, len(raws))
 	var errs error
+	var ended []string
 	for id, raw := range raws {
 		doc, err := parseSessionDoc(raw)
 		var data SessionData
@@ -84,8 +73,32 @@ func (s *Service) UserSessions(ctx context.Context, userID string) (_ map[string
 		switch {
 		case err != nil:
 			errs = errors.Join(errs, err)
+		case s.sessionEnded(&doc, data):
+			ended = append(ended, id)
 		case data.UserID == userID:
 			out[id] = data
+		}
+	}
+	// Index entries of sessions that are gone or have ended go.
+	var stale []any
+	for _, id := range ids {
+		if _, ok := raws[id]; !ok {
+			stale = append(stale, id)
+		}
+	}
+	if len(ended) > 0 {
+		if _, err := s.delSessions(ctx, op, ended); err != nil {
+			return nil, err
+		}
+		for _, id := range ended {
+			stale = append(stale, id)
+		}
+	}
+	if len(stale) > 0 {
+		if _, err := call(s, ctx, op, "user-sessions:"+userID, func(ctx context.Context) (int64, error) {
+			return s.rdb.ZRem(ctx, idx, stale...).Result()
+		}); err != nil {
+			return nil, err
 		}
 	}
 	if errs != nil {

@@ -1,0 +1,253 @@
+package redisservice
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// SessionMaxLifetime applies to every session as soon as it is set, also
+// to those created before (without an absolute end of their own).
+func TestSessionMaxLifetimeEndsOlderSessions(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		// The clock starts now, so that index entries (unix ms) are live.
+		clock := &fixedClock{t: time.Now().Truncate(time.Millisecond)}
+		advance := func(d time.Duration) { clock.mu.Lock(); clock.t = clock.t.Add(d); clock.mu.Unlock() }
+		before := b.service(t, Options{Now: clock.now})
+		ctx := ctxT(t)
+		var ids []string
+		for range 5 {
+			ids = append(ids, newSession(t, before, "u1", time.Hour))
+		}
+		capped := b.service(t, Options{Now: clock.now, SessionMaxLifetime: 30 * time.Minute})
+
+		// Within the lifetime: a touch slides the expiry no further than its end.
+		advance(20 * time.Minute)
+		ok, err := capped.UpdateSessionActivity(ctx, ids[0])
+		require.NoError(t, err)
+		require.True(t, ok)
+		d := b.client.PTTL(ctx, b.raw("session:"+ids[0])).Val()
+		assert.True(t, d > 9*time.Minute && d <= 10*time.Minute, "PTTL = %v; want the 10 minutes left of the lifetime", d)
+
+		// Past it: ended for every call, and deleted.
+		advance(11 * time.Minute)
+		_, found, err := capped.GetSession(ctx, ids[1])
+		require.NoError(t, err)
+		assert.False(t, found, "GetSession of a session past SessionMaxLifetime")
+		ok, err = capped.UpdateSessionActivity(ctx, ids[2])
+		require.NoError(t, err)
+		assert.False(t, ok, "UpdateSessionActivity of a session past SessionMaxLifetime")
+		ok, err = capped.UpdateSession(ctx, ids[3], func(*SessionData) error { t.Error("fn ran for an ended session"); return nil })
+		require.NoError(t, err)
+		assert.False(t, ok, "UpdateSession of a session past SessionMaxLifetime")
+		newID, ok, err := capped.RenewSessionID(ctx, ids[4])
+		require.NoError(t, err)
+		assert.False(t, ok, "RenewSessionID of a session past SessionMaxLifetime")
+		assert.Empty(t, newID)
+		for _, id := range ids[1:] {
+			assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+id)).Val(), "an ended session is deleted")
+		}
+		require.Contains(t, b.client.ZRange(ctx, b.raw("user-sessions:u1"), 0, -1).Val(), ids[0], "the index")
+		all, err := capped.UserSessions(ctx, "u1")
+		require.NoError(t, err)
+		assert.Empty(t, all, "UserSessions lists a session past SessionMaxLifetime")
+		assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+ids[0])).Val(), "an ended session is deleted")
+		assert.Empty(t, b.client.ZRange(ctx, b.raw("user-sessions:u1"), 0, -1).Val(), "the index")
+	})
+}
+
+// Stored objects in which Go and the touch script could mean different
+// members are refused by both; names never lose their bytes.
+func TestSessionMemberNamesGoAndTheScriptAgreeOn(t *testing.T) {
+	t.Parallel()
+	const rest = `"email":"","role":"","createdAt":"2026-11-29T07:00:00.000Z","lastActivity":"2026-11-29T07:00:00.000Z","ip":"","userAgent":""`
+	tests := []struct{ name, stored string }{
+		{"repeated userId", `{"userId":"victim",` + rest + `,"userId":"attacker","idleTimeoutMs":60000}`},
+		{"repeated userId, slow path", `{"userId":"victim",` + rest + `,"x":"\"","userId":"attacker"}`},
+		{"escaped userId", `{"\u0075serId":"u1",` + rest + `,"idleTimeoutMs":60000}`},
+		{"escaped lastActivity", `{"userId":"u1","email":"","role":"","createdAt":"2026-11-29T07:00:00.000Z","last\u0041ctivity":"2026-11-29T07:00:00.000Z"}`},
+		{"repeated lastActivity", `{"userId":"u1",` + rest + `,"lastActivity":"2020-01-01T00:00:00.000Z"}`},
+		{"repeated idleTimeoutMs", `{"userId":"u1",` + rest + `,"idleTimeoutMs":1,"idleTimeoutMs":60000}`},
+		{"repeated Values name", `{"userId":"u1",` + rest + `,"cart":1,"cart":2}`},
+		{"names that decode alike", `{"userId":"u1",` + rest + `,"caf\u00e9":1,"café":2}`},
+		{"invalid UTF-8 names", "{\"userId\":\"u1\"," + rest + ",\"a\xff\":1,\"a\xfe\":2}"},
+	}
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		for i, tt := range tests {
+			id := "names-" + string(rune('a'+i))
+			storeRaw(t, b, id, tt.stored, time.Minute)
+			data, found, err := s.GetSession(ctx, id)
+			assert.ErrorIs(t, err, ErrDecode, "%s: GetSession = %+v, %v", tt.name, data, found)
+			_, err = s.UpdateSession(ctx, id, func(d *SessionData) error { return incr(d, "n") })
+			assert.ErrorIs(t, err, ErrDecode, "%s: UpdateSession", tt.name)
+			ok, err := s.UpdateSessionActivity(ctx, id)
+			if tt.name != "repeated Values name" && tt.name != "names that decode alike" && tt.name != "invalid UTF-8 names" {
+				// The script refuses what it reads by name; the others it
+				// touches as any writer would (Go still refuses to read them).
+				assert.Error(t, err, "%s: UpdateSessionActivity = %v", tt.name, ok)
+				assert.Equal(t, tt.stored, stored(t, b, id), "%s: a refused session stays as it is", tt.name)
+			}
+		}
+		for _, uid := range []string{"victim", "attacker"} {
+			assert.Empty(t, b.client.ZRange(ctx, b.raw("user-sessions:"+uid), 0, -1).Val(), "index of %s", uid)
+		}
+		// Those the script touched have one userId, and are indexed under it.
+		assert.ElementsMatch(t, []string{"names-g", "names-h", "names-i"}, b.client.ZRange(ctx, b.raw("user-sessions:u1"), 0, -1).Val(), "index of u1")
+
+		// Names and fields given by the caller: invalid UTF-8 is refused, never replaced.
+		id, _ := NewSessionID()
+		err := s.CreateSession(ctx, id, SessionData{UserID: "u1", Values: map[string]json.RawMessage{"a\xff": json.RawMessage(`1`), "a\xfe": json.RawMessage(`2`)}}, time.Minute)
+		assert.ErrorIs(t, err, ErrInvalidArgument, "Values keys of invalid UTF-8")
+		err = s.CreateSession(ctx, id, SessionData{UserID: "u1", Email: "a\xffb"}, time.Minute)
+		assert.ErrorIs(t, err, ErrInvalidArgument, "an Email of invalid UTF-8")
+		assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+id)).Val(), "nothing written")
+		id = newSession(t, s, "u1", time.Minute)
+		_, err = s.UpdateSession(ctx, id, func(d *SessionData) error {
+			d.Values = map[string]json.RawMessage{"k\xff": json.RawMessage(`1`)}
+			return nil
+		})
+		assert.ErrorIs(t, err, ErrInvalidArgument, "UpdateSession adding a Values key of invalid UTF-8")
+		_, err = s.UpdateSession(ctx, id, func(d *SessionData) error { d.UserAgent = "\xff"; return nil })
+		assert.ErrorIs(t, err, ErrInvalidArgument, "UpdateSession setting a UserAgent of invalid UTF-8")
+	})
+}
+
+// LastActivity is a field like any other in UpdateSession: when fn sets
+// it, fn has seen every change to it made since the session was read.
+func TestUpdateSessionLastActivityIsAFieldLikeAnyOther(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		clock := &fixedClock{t: time.Date(2026, 11, 29, 7, 0, 0, 0, time.UTC)}
+		s := b.service(t, Options{Now: clock.now})
+		ctx := ctxT(t)
+		id := newSession(t, s, "u1", time.Minute)
+		t0 := clock.now()
+		get := func() SessionData {
+			got, found, err := s.GetSession(ctx, id)
+			require.NoError(t, err)
+			require.True(t, found)
+			return got
+		}
+
+		// A racing activity update, then fn moves LastActivity on from what it read.
+		calls := 0
+		ok, err := s.UpdateSession(ctx, id, func(d *SessionData) error {
+			calls++
+			if calls == 1 {
+				clock.mu.Lock()
+				clock.t = clock.t.Add(time.Second)
+				clock.mu.Unlock()
+				_, err := s.UpdateSessionActivity(ctx, id)
+				require.NoError(t, err)
+			}
+			d.LastActivity = d.LastActivity.Add(time.Minute)
+			return nil
+		})
+		require.NoError(t, err)
+		require.True(t, ok)
+		want := t0.Add(time.Second + time.Minute)
+		assert.True(t, get().LastActivity.Equal(want), "LastActivity = %v; want %v: the activity update's, moved on by fn", get().LastActivity, want)
+		assert.Equal(t, 2, calls, "attempts")
+
+		// The same with a racing update of LastActivity alone.
+		calls = 0
+		other := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+		ok, err = s.UpdateSession(ctx, id, func(d *SessionData) error {
+			calls++
+			if calls == 1 {
+				_, err := s.UpdateSession(ctx, id, func(d *SessionData) error { d.LastActivity = other; return nil })
+				require.NoError(t, err)
+			}
+			d.LastActivity = d.LastActivity.Add(time.Minute)
+			return nil
+		})
+		require.NoError(t, err)
+		require.True(t, ok)
+		assert.True(t, get().LastActivity.Equal(other.Add(time.Minute)), "LastActivity = %v; want the racing update's, moved on by fn", get().LastActivity)
+
+		// fn that leaves LastActivity alone keeps a racing one, without a retry.
+		calls = 0
+		ok, err = s.UpdateSession(ctx, id, func(d *SessionData) error {
+			calls++
+			if calls == 1 {
+				_, err := s.UpdateSession(ctx, id, func(d *SessionData) error { d.LastActivity = other; return nil })
+				require.NoError(t, err)
+			}
+			return incr(d, "n")
+		})
+		require.NoError(t, err)
+		require.True(t, ok)
+		assert.Equal(t, 1, calls, "attempts")
+		got := get()
+		assert.True(t, got.LastActivity.Equal(other), "LastActivity = %v; want the racing update's", got.LastActivity)
+		assert.Equal(t, "1", string(got.Values["n"]))
+		// The TTL is kept: LastActivity set by fn does not slide it.
+		d := b.client.PTTL(ctx, b.raw("session:"+id)).Val()
+		assert.True(t, d > 0 && d <= time.Minute, "PTTL = %v", d)
+	})
+}
+
+// The README's example: fn may add to Values of a session created without any.
+func TestUpdateSessionValuesAreNeverNil(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		id := newSession(t, s, "u1", time.Minute)
+		assert.NotPanics(t, func() {
+			ok, err := s.UpdateSession(ctx, id, func(d *SessionData) error {
+				d.Values["csrf"] = json.RawMessage(`"k3J9vQ"`)
+				return nil
+			})
+			assert.NoError(t, err)
+			assert.True(t, ok)
+		})
+		got, _, err := s.GetSession(ctx, id)
+		require.NoError(t, err)
+		assert.Equal(t, `"k3J9vQ"`, string(got.Values["csrf"]))
+
+		// An empty map written back is no change; a nil one removes every entry.
+		before := stored(t, b, id)
+		ok, err := s.UpdateSession(ctx, id, func(d *SessionData) error { delete(d.Values, "nothing"); return nil })
+		require.NoError(t, err)
+		require.True(t, ok)
+		assert.Equal(t, before, stored(t, b, id))
+		ok, err = s.UpdateSession(ctx, id, func(d *SessionData) error { d.Values = nil; return nil })
+		require.NoError(t, err)
+		require.True(t, ok)
+		got, _, err = s.GetSession(ctx, id)
+		require.NoError(t, err)
+		assert.Nil(t, got.Values)
+	})
+}
+
+// The touch script reads createdAt as Go does, in every form RFC 3339
+// allows, to end a session at CreatedAt plus SessionMaxLifetime.
+func TestSessionTouchReadsCreatedAtAsGoDoes(t *testing.T) {
+	t.Parallel()
+	forms := []string{"2026-11-29T07:00:00.000Z", "2024-02-29T23:59:59.999Z", "2000-03-01T00:00:00Z",
+		"1999-12-31T23:30:00.5+01:00", "2026-01-01T00:00:00.123456789-09:30", "1970-01-01T00:00:00Z", "2100-02-28T12:00:00,25Z"}
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := ctxT(t)
+		for i, form := range forms {
+			var created time.Time
+			require.NoError(t, created.UnmarshalJSON([]byte(`"`+form+`"`)), form)
+			clock := &fixedClock{t: created.Add(20 * time.Minute)}
+			s := b.service(t, Options{Now: clock.now, SessionMaxLifetime: 30 * time.Minute})
+			id := "created-" + string(rune('a'+i))
+			storeRaw(t, b, id, `{"userId":"u1","createdAt":"`+form+`","idleTimeoutMs":3600000}`, time.Hour)
+			ok, err := s.UpdateSessionActivity(ctx, id)
+			require.NoError(t, err, form)
+			require.True(t, ok, form)
+			want := time.Duration(created.UnixMilli()+(30*time.Minute).Milliseconds()-clock.now().UnixMilli()) * time.Millisecond
+			d := b.client.PTTL(ctx, b.raw("session:"+id)).Val()
+			assert.True(t, d <= want && d > want-time.Second, "createdAt %s: PTTL = %v; want %v", form, d, want)
+		}
+	})
+}
