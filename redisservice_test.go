@@ -174,6 +174,10 @@ func TestClose(t *testing.T) {
 		{"GetJSON", func() error { var v any; ok, err := s.GetJSON(ctx, "k", &v); return wantFallback(!ok, err) }},
 		{"HGetAll", func() error { m, err := s.HGetAll(ctx, "k"); return wantFallback(m != nil && len(m) == 0, err) }},
 		{"Info", func() error { m, err := s.Info(ctx); return wantFallback(m != nil && len(m) == 0, err) }},
+		{"UserSessions", func() error {
+			m, err := s.UserSessions(ctx, "u1")
+			return wantFallback(m != nil && len(m) == 0, err)
+		}},
 	}
 	for _, c := range checks {
 		if err := c.call(); !errors.Is(err, ErrClosed) {

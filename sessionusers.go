@@ -39,23 +39,23 @@ func (s *Service) UserSessions(ctx context.Context, userID string) (_ map[string
 	ctx, scope := s.tel.begin(ctx, op, "user-sessions:"+userID)
 	defer scope.end(ctx, &err)
 	if userID == "" {
-		return nil, invalid(op, userID, ErrInvalidKey)
+		return map[string]SessionData{}, invalid(op, userID, ErrInvalidKey)
 	}
 	idx := s.key(userSessionsKey(userID))
 	ids, err := call(s, ctx, op, "user-sessions:"+userID, func(ctx context.Context) ([]string, error) {
 		return s.rdb.ZRange(ctx, idx, 0, -1).Result()
 	})
 	if err != nil {
-		return nil, err
+		return map[string]SessionData{}, err
 	}
 	raws, err := s.readSessions(ctx, op, ids)
 	if err != nil {
-		return nil, err
+		return map[string]SessionData{}, err
 	}
 	if s.opts.LegacySessions {
 		found, err := s.scanUserSessions(ctx, op, userID)
 		if err != nil {
-			return nil, err
+			return map[string]SessionData{}, err
 		}
 		for id, raw := range found {
 			raws[id] = raw
@@ -88,7 +88,7 @@ func (s *Service) UserSessions(ctx context.Context, userID string) (_ map[string
 	}
 	if len(ended) > 0 {
 		if _, err := s.delSessions(ctx, op, ended); err != nil {
-			return nil, err
+			return map[string]SessionData{}, err
 		}
 		for _, id := range ended {
 			stale = append(stale, id)
@@ -98,7 +98,7 @@ func (s *Service) UserSessions(ctx context.Context, userID string) (_ map[string
 		if _, err := call(s, ctx, op, "user-sessions:"+userID, func(ctx context.Context) (int64, error) {
 			return s.rdb.ZRem(ctx, idx, stale...).Result()
 		}); err != nil {
-			return nil, err
+			return map[string]SessionData{}, err
 		}
 	}
 	if errs != nil {
