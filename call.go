@@ -25,19 +25,7 @@ func (s *Service) begin(ctx context.Context) (context.Context, context.CancelFun
 	if s.closed.Load() {
 		return ctx, noop, ErrClosed
 	}
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	if _, ok := ctx.Deadline(); ok {
-		return ctx, noop, nil
-	}
-	if ctx.Done() == nil {
-		// ctx can never end, so nothing needs to be merged with it: share
-		// a deadline with the calls starting about now instead of paying
-		// for a timer per call (see deadline.go).
-		return s.deadlines.bound(ctx), noop, nil
-	}
-	bounded, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	bounded, cancel := s.deadlines.Bound(ctx)
 	return bounded, cancel, nil
 }
 

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/vevurn/redisservice/internal/deadline"
 )
 
 // Service is the Redis layer of an application: strings, JSON, hashes,
@@ -40,7 +42,7 @@ type Service struct {
 	reads      readGroup[readKey, readReply] // Cache's reads in progress
 	local      *localTier                    // Cache's in-process tier; nil unless Options.LocalCacheEntries > 0
 	refreshing sync.Map                      // flightKey -> struct{}: StaleWhileRevalidate loads running
-	deadlines  *deadlines                    // bounds calls whose ctx can never end
+	deadlines  *deadline.Bounder             // bounds calls without a deadline of their own
 	tel        *telemetry                    // nil unless Options.MeterProvider or TracerProvider is set
 }
 
@@ -67,7 +69,7 @@ func New(opts Options) (*Service, error) {
 		prefix:    opts.KeyPrefix,
 		opts:      opts,
 		log:       opts.Logger,
-		deadlines: newDeadlines(opts.Timeout),
+		deadlines: deadline.New(opts.Timeout),
 	}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	if opts.Client != nil {

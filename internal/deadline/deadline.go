@@ -1,4 +1,7 @@
-package redisservice
+// Package deadline bounds calls in time. A [Bounder] gives a context
+// without a deadline one, sharing a deadline among the calls whose
+// context can never end instead of a timer each.
+package deadline
 
 import (
 	"context"
@@ -12,15 +15,15 @@ import (
 // costs four allocations and a runtime timer; a shared slot costs none,
 // or one small allocation when the caller's ctx carries values.
 
-// maxSlotWidth caps how much later than Options.Timeout a shared deadline
+// maxSlotWidth caps how much later than the timeout a shared deadline
 // may fall.
 const maxSlotWidth = 10 * time.Millisecond
 
-// deadlines hands out shared deadline contexts. A call that starts in the
+// A Bounder bounds calls, sharing deadline contexts. A call that starts in the
 // slot [start, start+width) gets the deadline start+width+timeout: never
-// less than timeout away, and at most width more. The zero value is not
-// usable: use newDeadlines.
-type deadlines struct {
+// less than timeout away, and at most width more. A Bounder is safe for
+// concurrent use. The zero value is not usable: use [New].
+type Bounder struct {
 	timeout time.Duration
 	width   time.Duration
 	epoch   time.Time // carries the monotonic clock that slot times count from
@@ -35,18 +38,44 @@ type deadlineSlot struct {
 	end    time.Duration      // since epoch: calls starting before end share ctx
 }
 
-func newDeadlines(timeout time.Duration) *deadlines {
-	return &deadlines{
+// New returns a Bounder that bounds calls by timeout, which must be
+// positive and small enough to add to the current time.
+func New(timeout time.Duration) *Bounder {
+	return &Bounder{
 		timeout: timeout,
 		width:   min(maxSlotWidth, max(timeout/64, time.Microsecond)),
 		epoch:   time.Now(),
 	}
 }
 
+// Bound returns ctx bounded for one call, and the function that releases
+// it, which the caller calls when the call ends. A ctx with a deadline is
+// returned as it is. One that can never end (a nil Done channel) gets a
+// shared deadline that carries its values, at no cost to release. Any
+// other gets context.WithTimeout, so that its cancellation still ends
+// the call. A nil ctx is taken as context.Background().
+func (d *Bounder) Bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, noop
+	}
+	if ctx.Done() == nil {
+		// ctx can never end, so nothing needs to be merged with it: share
+		// a deadline with the calls starting about now instead of paying
+		// for a timer per call.
+		return d.bound(ctx), noop
+	}
+	return context.WithTimeout(ctx, d.timeout)
+}
+
+func noop() {}
+
 // bound returns a context that ends within timeout (plus at most one slot
 // width) from now and that carries ctx's values. ctx must have no deadline
 // and a nil Done channel: it can never end by itself.
-func (d *deadlines) bound(ctx context.Context) context.Context {
+func (d *Bounder) bound(ctx context.Context) context.Context {
 	sc := d.slot()
 	if ctx == context.Background() || ctx == context.TODO() { //nolint:contextcheck // identity test only
 		return sc
@@ -56,7 +85,7 @@ func (d *deadlines) bound(ctx context.Context) context.Context {
 
 // slot returns the current slot's context, starting a new slot when the
 // current one has ended.
-func (d *deadlines) slot() context.Context {
+func (d *Bounder) slot() context.Context {
 	now := time.Since(d.epoch)
 	if s := d.cur.Load(); s != nil && now < s.end {
 		return s.ctx

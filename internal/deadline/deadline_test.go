@@ -1,15 +1,11 @@
-package redisservice
+package deadline
 
 import (
 	"context"
 	"errors"
-	"math"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 )
 
 type ctxKey struct{}
@@ -17,7 +13,7 @@ type ctxKey struct{}
 func TestSharedDeadlineWithinBound(t *testing.T) {
 	t.Parallel()
 	const timeout = 120 * time.Millisecond
-	d := newDeadlines(timeout)
+	d := New(timeout)
 	if d.width <= 0 || d.width > maxSlotWidth || d.width > timeout/64 {
 		t.Fatalf("slot width = %v; want in (0, min(%v, timeout/64)]", d.width, maxSlotWidth)
 	}
@@ -79,14 +75,10 @@ func TestSharedDeadlineWithinBound(t *testing.T) {
 	}
 }
 
-func TestBeginBoundsEveryKindOfContext(t *testing.T) {
+func TestBoundEveryKindOfContext(t *testing.T) {
 	t.Parallel()
 	const timeout = 2 * time.Second
-	s, err := New(Options{URL: "redis://127.0.0.1:1", Timeout: timeout})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	d := New(timeout)
 	cancelled, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	withDeadline, cancel2 := context.WithTimeout(context.Background(), time.Hour)
@@ -105,41 +97,34 @@ func TestBeginBoundsEveryKindOfContext(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			start := time.Now()
-			ctx, done, err := s.begin(tt.ctx)
+			ctx, done := d.Bound(tt.ctx)
 			defer done()
-			if err != nil {
-				t.Fatalf("begin: %v", err)
-			}
 			dl, ok := ctx.Deadline()
-			if !ok || dl.Sub(start) < tt.want-time.Second || dl.Sub(start) > tt.want+s.deadlines.width+time.Second {
-				t.Errorf("begin(%s) deadline in %v, %v; want about %v", tt.name, dl.Sub(start), ok, tt.want)
+			if !ok || dl.Sub(start) < tt.want-time.Second || dl.Sub(start) > tt.want+d.width+time.Second {
+				t.Errorf("Bound(%s) deadline in %v, %v; want about %v", tt.name, dl.Sub(start), ok, tt.want)
 			}
 			if tt.ctx.Value(ctxKey{}) != nil && ctx.Value(ctxKey{}) != tt.ctx.Value(ctxKey{}) {
-				t.Errorf("begin(%s) lost the caller's value", tt.name)
+				t.Errorf("Bound(%s) lost the caller's value", tt.name)
 			}
-			if _, isValues := ctx.(valuesCtx); tt.shared != (isValues || ctx == s.deadlines.cur.Load().ctx) {
-				t.Errorf("begin(%s) shared deadline = %v; want %v", tt.name, !tt.shared, tt.shared)
+			if _, isValues := ctx.(valuesCtx); tt.shared != (isValues || ctx == d.cur.Load().ctx) {
+				t.Errorf("Bound(%s) shared deadline = %v; want %v", tt.name, !tt.shared, tt.shared)
 			}
 		})
 	}
 	// A cancellable ctx without a deadline still ends the call when the
 	// caller cancels.
-	ctx, done, _ := s.begin(cancelled)
+	ctx, done := d.Bound(cancelled)
 	defer done()
 	cancel()
 	select {
 	case <-ctx.Done():
 	case <-time.After(time.Second):
-		t.Errorf("begin(cancellable): the caller's cancel did not reach the bounded ctx")
+		t.Errorf("Bound(cancellable): the caller's cancel did not reach the bounded ctx")
 	}
 }
 
-func TestBeginAllocations(t *testing.T) {
-	s, err := New(Options{URL: "redis://127.0.0.1:1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+func TestBoundAllocations(t *testing.T) {
+	d := New(time.Second)
 	valued := context.WithValue(context.Background(), ctxKey{}, 1)
 	for _, tt := range []struct {
 		name string
@@ -150,24 +135,20 @@ func TestBeginAllocations(t *testing.T) {
 		{"values", valued, 1},
 	} {
 		allocs := testing.AllocsPerRun(1000, func() {
-			_, done, _ := s.begin(tt.ctx)
+			_, done := d.Bound(tt.ctx)
 			done()
 		})
 		if allocs > tt.max {
-			t.Errorf("begin(%s) = %v allocations; want <= %v", tt.name, allocs, tt.max)
+			t.Errorf("Bound(%s) = %v allocations; want <= %v", tt.name, allocs, tt.max)
 		}
 	}
 }
 
-// BenchmarkBegin compares the shared deadline (background, values) with
+// BenchmarkBound compares the shared deadline (background, values) with
 // the context.WithTimeout that a cancellable ctx without a deadline still
 // gets, in the same run.
-func BenchmarkBegin(b *testing.B) {
-	s, err := New(Options{URL: "redis://127.0.0.1:1"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+func BenchmarkBound(b *testing.B) {
+	d := New(time.Second)
 	cancellable, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	for _, bc := range []struct {
@@ -182,29 +163,9 @@ func BenchmarkBegin(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
-				_, done, _ := s.begin(bc.ctx)
+				_, done := d.Bound(bc.ctx)
 				done()
 			}
 		})
-	}
-}
-
-// TestHugeTimeout: an Options.Timeout too large for deadline arithmetic
-// (math.MaxInt64) is taken as the largest one, not an overflow that
-// fails every call at once.
-func TestHugeTimeout(t *testing.T) {
-	t.Parallel()
-	b := newBackend(t, "miniredis")
-	s := b.service(t, Options{Timeout: math.MaxInt64})
-	assert.Equal(t, MaxTimeout, s.opts.Timeout)
-	cctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	for name, ctx := range map[string]context.Context{"Background": context.Background(), "cancellable": cctx} {
-		_, err := s.Set(ctx, "k", "v")
-		require.NoError(t, err, "Set with %s ctx", name)
-		v, found, err := s.Get(ctx, "k")
-		require.NoError(t, err, "Get with %s ctx", name)
-		assert.True(t, found)
-		assert.Equal(t, "v", v)
 	}
 }
