@@ -3,7 +3,6 @@ package redisservice
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/vevurn/redisservice/internal/deadline"
 )
 
 // This file holds what every call shares: the time bound, error
@@ -55,11 +56,7 @@ func try[T any](s *Service, caller context.Context, op, key string, fn func(ctx 
 	}
 	v, err := fn(ctx)
 	if err != nil && err != redis.Nil { //nolint:errorlint // go-redis returns redis.Nil unwrapped
-		if cerr := ctxErr(ctx); cerr != nil && !errors.Is(err, cerr) {
-			// The socket reports the deadline as an i/o timeout; keep the
-			// context's error reachable with errors.Is too.
-			err = fmt.Errorf("%w: %w", cerr, err)
-		}
+		err = deadline.Wrap(ctx, err)
 		done()
 		return zero, s.fail(caller, op, key, err)
 	}
@@ -86,25 +83,13 @@ func (s *Service) fail(caller context.Context, op, key string, err error) error 
 		// if it stalled, the calls holding them time out and tell).
 	case !isConnError(err):
 		s.ok() // Redis answered, if only with an error
-	case caller == nil || ctxErr(caller) == nil:
+	case caller == nil || deadline.Err(caller) == nil:
 		// Only when the caller's own cancellation or deadline is not the
 		// cause: those say nothing about Redis.
 		s.markDown()
 	}
 	s.logFailure(caller, op, key, err)
 	return wrapOp(op, key, err)
-}
-
-// ctxErr is ctx.Err(), also in the instant between the socket deadline
-// that go-redis derived from ctx firing and ctx's own timer.
-func ctxErr(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= time.Millisecond {
-		return context.DeadlineExceeded
-	}
-	return nil
 }
 
 // invalid wraps a validation error. Nothing was sent to Redis.

@@ -1,10 +1,13 @@
 // Package deadline bounds calls in time. A [Bounder] gives a context
 // without a deadline one, sharing a deadline among the calls whose
-// context can never end instead of a timer each.
+// context can never end instead of a timer each; [Err] and [Wrap] tell a
+// socket timeout that a context's deadline caused from other failures.
 package deadline
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 )
@@ -115,3 +118,30 @@ type valuesCtx struct {
 }
 
 func (c valuesCtx) Value(key any) any { return c.values.Value(key) }
+
+// Err returns ctx.Err(), or [context.DeadlineExceeded] already when ctx's
+// deadline is at most a millisecond away: the socket deadline that a
+// client derives from ctx may fire in the instant before ctx's own timer.
+func Err(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= time.Millisecond {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// Wrap returns err, a call's failure under ctx, with ctx's error (see
+// [Err]) reachable through errors.Is as well when ctx has ended: the
+// socket reports the deadline as an i/o timeout. It returns err as it is
+// when err is nil, when ctx has not ended, or when err already matches.
+func Wrap(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if cerr := Err(ctx); cerr != nil && !errors.Is(err, cerr) {
+		return fmt.Errorf("%w: %w", cerr, err)
+	}
+	return err
+}

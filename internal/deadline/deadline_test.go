@@ -3,9 +3,14 @@ package deadline
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 type ctxKey struct{}
@@ -14,9 +19,8 @@ func TestSharedDeadlineWithinBound(t *testing.T) {
 	t.Parallel()
 	const timeout = 120 * time.Millisecond
 	d := New(timeout)
-	if d.width <= 0 || d.width > maxSlotWidth || d.width > timeout/64 {
-		t.Fatalf("slot width = %v; want in (0, min(%v, timeout/64)]", d.width, maxSlotWidth)
-	}
+	require.True(t, d.width > 0 && d.width <= maxSlotWidth && d.width <= timeout/64,
+		"slot width = %v; want in (0, min(%v, timeout/64)]", d.width, maxSlotWidth)
 	valued := context.WithValue(context.Background(), ctxKey{}, "v")
 	tests := []struct {
 		name string
@@ -34,22 +38,21 @@ func TestSharedDeadlineWithinBound(t *testing.T) {
 				wg.Go(func() {
 					for i := range 50 {
 						start := time.Now()
-						ctx := d.bound(tt.ctx)
+						ctx, cancel := d.Bound(tt.ctx)
+						cancel()
 						end := time.Now()
 						dl, ok := ctx.Deadline()
-						if !ok {
-							t.Errorf("bound(%s).Deadline() = _, false; want a deadline", tt.name)
+						if !assert.True(t, ok, "Bound(%s).Deadline() = _, false; want a deadline", tt.name) {
 							return
 						}
 						// The deadline is at least timeout after the call and at
 						// most one slot width (plus scheduling slack) later.
-						if dl.Before(start.Add(timeout)) || dl.After(end.Add(timeout+d.width+time.Millisecond)) {
-							t.Errorf("goroutine %d call %d: deadline %v after the call; want in [%v, %v]",
-								g, i, dl.Sub(start), timeout, timeout+d.width)
+						if !assert.True(t, !dl.Before(start.Add(timeout)) && !dl.After(end.Add(timeout+d.width+time.Millisecond)),
+							"goroutine %d call %d: deadline %v after the call; want in [%v, %v]",
+							g, i, dl.Sub(start), timeout, timeout+d.width) {
 							return
 						}
-						if tt.ctx == valued && ctx.Value(ctxKey{}) != "v" {
-							t.Errorf("bound(values).Value = %v; want the caller's value", ctx.Value(ctxKey{}))
+						if tt.ctx == valued && !assert.Equal(t, "v", ctx.Value(ctxKey{}), "Bound(values).Value") {
 							return
 						}
 						time.Sleep(time.Duration(i%3) * time.Millisecond)
@@ -59,15 +62,12 @@ func TestSharedDeadlineWithinBound(t *testing.T) {
 			wg.Wait()
 
 			start := time.Now()
-			ctx := d.bound(tt.ctx)
+			ctx, cancel := d.Bound(tt.ctx)
+			defer cancel()
 			select {
 			case <-ctx.Done():
-				if took := time.Since(start); took < timeout {
-					t.Errorf("shared deadline ended after %v; want >= %v", took, timeout)
-				}
-				if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
-					t.Errorf("ctx.Err() = %v; want DeadlineExceeded", ctx.Err())
-				}
+				assert.GreaterOrEqual(t, time.Since(start), timeout, "shared deadline ended too early")
+				assert.ErrorIs(t, ctx.Err(), context.DeadlineExceeded)
 			case <-time.After(timeout + d.width + time.Second):
 				t.Errorf("shared deadline still open %v after the call", timeout+d.width+time.Second)
 			}
@@ -89,6 +89,7 @@ func TestBoundEveryKindOfContext(t *testing.T) {
 		shared bool // the shared deadline, no timer of its own
 		want   time.Duration
 	}{
+		{"nil", nil, true, timeout},
 		{"background", context.Background(), true, timeout},
 		{"values", context.WithValue(context.Background(), ctxKey{}, 1), true, timeout},
 		{"cancellable", cancelled, false, timeout},
@@ -100,14 +101,15 @@ func TestBoundEveryKindOfContext(t *testing.T) {
 			ctx, done := d.Bound(tt.ctx)
 			defer done()
 			dl, ok := ctx.Deadline()
-			if !ok || dl.Sub(start) < tt.want-time.Second || dl.Sub(start) > tt.want+d.width+time.Second {
-				t.Errorf("Bound(%s) deadline in %v, %v; want about %v", tt.name, dl.Sub(start), ok, tt.want)
+			assert.True(t, ok && dl.Sub(start) >= tt.want-time.Second && dl.Sub(start) <= tt.want+d.width+time.Second,
+				"Bound(%s) deadline in %v, %v; want about %v", tt.name, dl.Sub(start), ok, tt.want)
+			if tt.ctx != nil && tt.ctx.Value(ctxKey{}) != nil {
+				assert.Equal(t, tt.ctx.Value(ctxKey{}), ctx.Value(ctxKey{}), "Bound(%s) lost the caller's value", tt.name)
 			}
-			if tt.ctx.Value(ctxKey{}) != nil && ctx.Value(ctxKey{}) != tt.ctx.Value(ctxKey{}) {
-				t.Errorf("Bound(%s) lost the caller's value", tt.name)
-			}
-			if _, isValues := ctx.(valuesCtx); tt.shared != (isValues || ctx == d.cur.Load().ctx) {
-				t.Errorf("Bound(%s) shared deadline = %v; want %v", tt.name, !tt.shared, tt.shared)
+			_, isValues := ctx.(valuesCtx)
+			assert.Equal(t, tt.shared, isValues || ctx == d.cur.Load().ctx, "Bound(%s) shared deadline", tt.name)
+			if tt.name == "caller deadline" {
+				assert.Equal(t, withDeadline, ctx, "a ctx with a deadline is used as it is")
 			}
 		})
 	}
@@ -123,6 +125,8 @@ func TestBoundEveryKindOfContext(t *testing.T) {
 	}
 }
 
+// TestBoundAllocations is not parallel: AllocsPerRun counts every
+// allocation in the process.
 func TestBoundAllocations(t *testing.T) {
 	d := New(time.Second)
 	valued := context.WithValue(context.Background(), ctxKey{}, 1)
@@ -138,9 +142,7 @@ func TestBoundAllocations(t *testing.T) {
 			_, done := d.Bound(tt.ctx)
 			done()
 		})
-		if allocs > tt.max {
-			t.Errorf("Bound(%s) = %v allocations; want <= %v", tt.name, allocs, tt.max)
-		}
+		assert.LessOrEqual(t, allocs, tt.max, "Bound(%s) allocations", tt.name)
 	}
 }
 
@@ -168,4 +170,64 @@ func BenchmarkBound(b *testing.B) {
 			}
 		})
 	}
+}
+
+// nearDeadline is a ctx whose deadline is in but has not fired yet: the
+// instant in which a socket deadline derived from it may already have.
+type nearDeadline struct {
+	context.Context
+	at time.Time
+}
+
+func (c nearDeadline) Deadline() (time.Time, bool) { return c.at, true }
+
+func TestErr(t *testing.T) {
+	t.Parallel()
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	// The subtests run after TestErr returns: cancel at Cleanup, not defer.
+	expired, cancel2 := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	t.Cleanup(cancel2)
+	far, cancel3 := context.WithTimeout(context.Background(), time.Hour)
+	t.Cleanup(cancel3)
+	tests := []struct {
+		name string
+		ctx  context.Context
+		want error
+	}{
+		{"live", context.Background(), nil},
+		{"far deadline", far, nil},
+		{"cancelled", cancelled, context.Canceled},
+		{"expired", expired, context.DeadlineExceeded},
+		{"deadline in half a millisecond", nearDeadline{context.Background(), time.Now().Add(500 * time.Microsecond)}, context.DeadlineExceeded},
+		{"deadline in a minute", nearDeadline{context.Background(), time.Now().Add(time.Minute)}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			assert.Equal(t, tt.want, Err(tt.ctx), "Err(%s)", tt.name)
+		})
+	}
+}
+
+func TestWrap(t *testing.T) {
+	t.Parallel()
+	expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	// What a socket deadline looks like from the client: an i/o timeout.
+	ioTimeout := fmt.Errorf("read tcp: %w", os.ErrDeadlineExceeded)
+	other := errors.New("connection reset")
+
+	assert.NoError(t, Wrap(expired, nil), "Wrap(expired, nil)")
+	assert.Same(t, ioTimeout, Wrap(context.Background(), ioTimeout), "Wrap(live ctx, err) returns err as it is")
+
+	err := Wrap(expired, ioTimeout)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "Wrap(expired, i/o timeout)")
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "Wrap(expired, i/o timeout) keeps the cause")
+	assert.Equal(t, "context deadline exceeded: read tcp: i/o timeout", err.Error())
+
+	assert.ErrorIs(t, Wrap(expired, other), context.DeadlineExceeded, "Wrap(expired, other)")
+
+	already := fmt.Errorf("dial: %w", context.DeadlineExceeded)
+	assert.Same(t, already, Wrap(expired, already), "Wrap returns an error that already matches as it is")
 }
