@@ -31,7 +31,7 @@ func (s *Service) begin(ctx context.Context) (context.Context, context.CancelFun
 }
 
 // call runs fn for one operation: it refuses after Close, fails fast
-// with ErrUnavailable while Redis is known to be down (breaker.go), bounds
+// with ErrUnavailable while Redis is known to be down (skipWhileDown), bounds
 // the caller's ctx, and classifies the outcome. It returns fn's value with
 // a nil error, with redis.Nil itself (unwrapped, for the caller to read as
 // a miss), or the zero value with a wrapped error. key is the caller's
@@ -61,8 +61,19 @@ func try[T any](s *Service, caller context.Context, op, key string, fn func(ctx 
 		return zero, s.fail(caller, op, key, err)
 	}
 	done()
-	s.ok()
+	s.breaker.MarkUp()
 	return v, err
+}
+
+// skipWhileDown returns [ErrUnavailable], wrapped and counted as a failed
+// call with its fallback, while calls fail fast (see
+// [breaker.Breaker.Unavailable]). After Close it returns nil, leaving
+// [ErrClosed] to call.
+func (s *Service) skipWhileDown(op, key string) error {
+	if s.closed.Load() || !s.breaker.Unavailable() {
+		return nil
+	}
+	return s.fail(context.Background(), op, key, ErrUnavailable)
 }
 
 // fail records a failed call and wraps err with the operation and the
@@ -82,11 +93,11 @@ func (s *Service) fail(caller context.Context, op, key string, err error) error 
 		// connections are all busy (which says nothing of Redis itself;
 		// if it stalled, the calls holding them time out and tell).
 	case !isConnError(err):
-		s.ok() // Redis answered, if only with an error
+		s.breaker.MarkUp() // Redis answered, if only with an error
 	case caller == nil || deadline.Err(caller) == nil:
 		// Only when the caller's own cancellation or deadline is not the
 		// cause: those say nothing about Redis.
-		s.markDown()
+		s.breaker.MarkDown()
 	}
 	s.logFailure(caller, op, key, err)
 	return wrapOp(op, key, err)
@@ -95,13 +106,6 @@ func (s *Service) fail(caller context.Context, op, key string, err error) error 
 // invalid wraps a validation error. Nothing was sent to Redis.
 func invalid(op, key string, err error) error {
 	return wrapOp(op, key, err)
-}
-
-// ok records that Redis answered, which proves the connection works.
-func (s *Service) ok() {
-	if !s.connected.Load() {
-		s.connected.Store(true)
-	}
 }
 
 // isConnError reports whether err says the connection, not the command,

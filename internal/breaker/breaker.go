@@ -1,9 +1,11 @@
-package redisservice
+// Package breaker fails calls fast while Redis is known to be down.
+package breaker
 
 import (
 	"context"
 	"errors"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -24,43 +26,68 @@ import (
 // after its Timeout.
 const probeInterval = 100 * time.Millisecond
 
-// unavailable reports whether calls should fail fast: Redis was found
+// A Breaker records whether Redis answers and, while it does not, PINGs
+// it in the background until it does. It is safe for concurrent use. The
+// zero value is not usable: use [New].
+type Breaker struct {
+	failFast bool
+	timeout  time.Duration
+	ping     func(context.Context) error
+	start    func(func(context.Context)) bool
+
+	connected atomic.Bool
+	probing   atomic.Bool // probeLoop is running
+}
+
+// New returns a Breaker that takes Redis as up until told otherwise.
+// ping asks Redis once, within a ctx bounded by timeout; start runs a
+// function in the background and reports false, running nothing, once
+// the owner closes; failFast says whether Unavailable may report true.
+func New(failFast bool, timeout time.Duration, ping func(context.Context) error, start func(func(context.Context)) bool) *Breaker {
+	s := &Breaker{failFast: failFast, timeout: timeout, ping: ping, start: start}
+	s.connected.Store(true)
+	return s
+}
+
+// Unavailable reports whether calls should fail fast: Redis was found
 // unreachable and no PING or call has seen it answer since.
-func (s *Service) unavailable() bool {
+func (s *Breaker) Unavailable() bool {
 	return s.failFast && !s.connected.Load()
 }
 
-// skipWhileDown returns [ErrUnavailable], wrapped and counted as a failed
-// call with its fallback, while calls fail fast (see [Service.unavailable]).
-// After Close it returns nil, leaving [ErrClosed] to call.
-func (s *Service) skipWhileDown(op, key string) error {
-	if s.closed.Load() || !s.unavailable() {
-		return nil
-	}
-	return s.fail(context.Background(), op, key, ErrUnavailable)
+// Connected reports the last observed state of the connection.
+func (s *Breaker) Connected() bool {
+	return s.connected.Load()
 }
 
-// markDown records that a call found Redis unreachable and starts the
+// MarkUp records that Redis answered, which proves the connection works.
+func (s *Breaker) MarkUp() {
+	if !s.connected.Load() {
+		s.connected.Store(true)
+	}
+}
+
+// MarkDown records that a call found Redis unreachable and starts the
 // background PINGs that will see it answer again.
-func (s *Service) markDown() {
+func (s *Breaker) MarkDown() {
 	if s.connected.CompareAndSwap(true, false) {
 		s.startProbe()
 	}
 }
 
 // startProbe runs probeLoop in the background unless it is running.
-func (s *Service) startProbe() {
+func (s *Breaker) startProbe() {
 	if !s.probing.CompareAndSwap(false, true) {
 		return
 	}
-	if !s.goBackground(s.probeLoop) {
+	if !s.start(s.probeLoop) {
 		s.probing.Store(false)
 	}
 }
 
-// probeLoop PINGs Redis, each PING bounded by Options.Timeout and started
-// at most every probeInterval, until one is answered or Close cancels ctx.
-func (s *Service) probeLoop(ctx context.Context) {
+// probeLoop PINGs Redis, each PING bounded by the timeout and started
+// at most every probeInterval, until one is answered or ctx ends.
+func (s *Breaker) probeLoop(ctx context.Context) {
 	for {
 		for !s.connected.Load() {
 			start := time.Now()
@@ -82,12 +109,11 @@ func (s *Service) probeLoop(ctx context.Context) {
 	}
 }
 
-// pingOnce PINGs Redis (every master of a cluster) within Options.Timeout,
-// counting nothing.
-func (s *Service) pingOnce(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+// pingOnce PINGs Redis within the timeout.
+func (s *Breaker) pingOnce(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	return s.pingAll(ctx)
+	return s.ping(ctx)
 }
 
 // sleep waits for d, and reports false, at once, when ctx ends first.
@@ -117,9 +143,9 @@ func (e refusedError) Error() string { return e.err.Error() }
 // Is reports whether target is syscall.ECONNREFUSED.
 func (e refusedError) Is(target error) bool { return target == syscall.ECONNREFUSED } //nolint:errorlint // an errno is compared by value
 
-// noRetryOnRefused wraps a go-redis dialer so that a refused dial fails
+// NoRetryOnRefused wraps a go-redis dialer so that a refused dial fails
 // without go-redis's retries.
-func noRetryOnRefused(dial func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
+func NoRetryOnRefused(dial func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := dial(ctx, network, addr)
 		if err != nil && errors.Is(err, syscall.ECONNREFUSED) {
