@@ -1,4 +1,9 @@
-// Package breaker fails calls fast while Redis is known to be down.
+// Package breaker holds the one fast-fail mechanism. Once a call has
+// found Redis unreachable for a reason other than its caller's own
+// context, a [Breaker] is down: the calls after it can fail at once
+// instead of each waiting for a dial, a retry backoff or a timeout, and
+// one background PING at a time asks Redis until it answers.
+// [NoRetryOnRefused] keeps go-redis from retrying a refused dial.
 package breaker
 
 import (
@@ -9,16 +14,6 @@ import (
 	"syscall"
 	"time"
 )
-
-// This file holds the Service's one fast-fail mechanism. Once a call has
-// found Redis unreachable for a reason other than its caller's own
-// context, the Service is "down": the calls after it return their
-// fallback at once with [ErrUnavailable] instead of each waiting for a
-// dial, a retry backoff or Options.Timeout, and one background PING at a
-// time asks Redis until it answers. Only a single-node client (a
-// *redis.Client: a dialled URL, or a Sentinel failover client) fails
-// fast; on Redis Cluster one master down says nothing about the keys of
-// the others, so there every call still tries its own node.
 
 // probeInterval is the least time between the starts of two background
 // PINGs while Redis is down: a PING that fails at once (a refused port) is
@@ -40,80 +35,86 @@ type Breaker struct {
 }
 
 // New returns a Breaker that takes Redis as up until told otherwise.
-// ping asks Redis once, within a ctx bounded by timeout; start runs a
-// function in the background and reports false, running nothing, once
-// the owner closes; failFast says whether Unavailable may report true.
+// ping asks Redis once; each background PING gets a ctx bounded by
+// timeout. start runs its function in the background with a ctx that
+// ends when the owner closes, and reports false, running nothing, once
+// the owner has begun to close. failFast says whether
+// [Breaker.Unavailable] may report true: on Redis Cluster one master
+// down says nothing about the others, so there the Breaker only tracks
+// the state.
 func New(failFast bool, timeout time.Duration, ping func(context.Context) error, start func(func(context.Context)) bool) *Breaker {
-	s := &Breaker{failFast: failFast, timeout: timeout, ping: ping, start: start}
-	s.connected.Store(true)
-	return s
+	b := &Breaker{failFast: failFast, timeout: timeout, ping: ping, start: start}
+	b.connected.Store(true)
+	return b
 }
 
 // Unavailable reports whether calls should fail fast: Redis was found
 // unreachable and no PING or call has seen it answer since.
-func (s *Breaker) Unavailable() bool {
-	return s.failFast && !s.connected.Load()
+func (b *Breaker) Unavailable() bool {
+	return b.failFast && !b.connected.Load()
 }
 
-// Connected reports the last observed state of the connection.
-func (s *Breaker) Connected() bool {
-	return s.connected.Load()
+// Connected reports the last observed state: false after [Breaker.MarkDown],
+// true again after [Breaker.MarkUp] or a background PING that Redis
+// answers.
+func (b *Breaker) Connected() bool {
+	return b.connected.Load()
 }
 
 // MarkUp records that Redis answered, which proves the connection works.
-func (s *Breaker) MarkUp() {
-	if !s.connected.Load() {
-		s.connected.Store(true)
+func (b *Breaker) MarkUp() {
+	if !b.connected.Load() {
+		b.connected.Store(true)
 	}
 }
 
 // MarkDown records that a call found Redis unreachable and starts the
 // background PINGs that will see it answer again.
-func (s *Breaker) MarkDown() {
-	if s.connected.CompareAndSwap(true, false) {
-		s.startProbe()
+func (b *Breaker) MarkDown() {
+	if b.connected.CompareAndSwap(true, false) {
+		b.startProbe()
 	}
 }
 
 // startProbe runs probeLoop in the background unless it is running.
-func (s *Breaker) startProbe() {
-	if !s.probing.CompareAndSwap(false, true) {
+func (b *Breaker) startProbe() {
+	if !b.probing.CompareAndSwap(false, true) {
 		return
 	}
-	if !s.start(s.probeLoop) {
-		s.probing.Store(false)
+	if !b.start(b.probeLoop) {
+		b.probing.Store(false)
 	}
 }
 
 // probeLoop PINGs Redis, each PING bounded by the timeout and started
 // at most every probeInterval, until one is answered or ctx ends.
-func (s *Breaker) probeLoop(ctx context.Context) {
+func (b *Breaker) probeLoop(ctx context.Context) {
 	for {
-		for !s.connected.Load() {
+		for !b.connected.Load() {
 			start := time.Now()
-			if s.pingOnce(ctx) == nil {
-				s.connected.Store(true)
+			if b.pingOnce(ctx) == nil {
+				b.connected.Store(true)
 				break
 			}
 			if !sleep(ctx, probeInterval-time.Since(start)) {
-				s.probing.Store(false)
+				b.probing.Store(false)
 				return
 			}
 		}
-		s.probing.Store(false)
+		b.probing.Store(false)
 		// A call may have marked Redis down again between the PING and
 		// the Store above, finding probing still set: go on for it.
-		if s.connected.Load() || !s.probing.CompareAndSwap(false, true) {
+		if b.connected.Load() || !b.probing.CompareAndSwap(false, true) {
 			return
 		}
 	}
 }
 
 // pingOnce PINGs Redis within the timeout.
-func (s *Breaker) pingOnce(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+func (b *Breaker) pingOnce(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
-	return s.ping(ctx)
+	return b.ping(ctx)
 }
 
 // sleep waits for d, and reports false, at once, when ctx ends first.
@@ -144,7 +145,9 @@ func (e refusedError) Error() string { return e.err.Error() }
 func (e refusedError) Is(target error) bool { return target == syscall.ECONNREFUSED } //nolint:errorlint // an errno is compared by value
 
 // NoRetryOnRefused wraps a go-redis dialer so that a refused dial fails
-// without go-redis's retries.
+// without go-redis's retries: its error still matches
+// [syscall.ECONNREFUSED] with errors.Is, with the same text, but unwraps
+// to nothing. Every other dial is returned as it is.
 func NoRetryOnRefused(dial func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := dial(ctx, network, addr)
