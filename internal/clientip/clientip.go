@@ -1,6 +1,12 @@
-package redisservice
+// Package clientip finds the address of the client that sent an HTTP
+// request. A forwarding header (X-Forwarded-For, X-Real-IP, Forwarded) is
+// believed only from a trusted proxy, and only as far as the proxies in
+// it are trusted, so that a client cannot choose its address by sending
+// the header. Its work is bounded whatever the header's size.
+package clientip
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -22,32 +28,75 @@ const (
 	maxForwardedHopLen = 256
 )
 
-// clientKey returns the bucket key of the client that sent r: its
-// address (see clientIP), with an IPv6 address reduced to its
-// IPv6Prefix-bit network ("2001:db8:1:2::/64") so that one host's
+// A Resolver finds the client of a request (see [Resolver.ClientIP]). It
+// is immutable and safe for concurrent use. The zero value is not
+// usable: use [New].
+type Resolver struct {
+	proxies   []netip.Prefix // trusted; unmapped, like the addresses they are compared with
+	header    string         // canonical
+	forwarded bool           // header is Forwarded (RFC 7239): read its for= parameters
+	v6Prefix  int            // 1..128
+}
+
+// New returns a Resolver that believes header only from the proxies in
+// trusted. header is "X-Forwarded-For" when empty; "Forwarded" is read
+// as RFC 7239 (its for= parameters), any other as a comma-separated list
+// of addresses. v6Prefix is the length of the network that [Resolver.Key]
+// keys an IPv6 client on, 64 when 0. New copies trusted, and fails when
+// a prefix is invalid or v6Prefix is outside 0 to 128; its errors name
+// the fields of the same meaning in the redisservice API.
+func New(trusted []netip.Prefix, header string, v6Prefix int) (*Resolver, error) {
+	if v6Prefix == 0 {
+		v6Prefix = 64
+	}
+	if v6Prefix < 1 || v6Prefix > 128 {
+		return nil, fmt.Errorf("IPv6Prefix %d not in 1..128", v6Prefix)
+	}
+	if header == "" {
+		header = "X-Forwarded-For"
+	}
+	header = http.CanonicalHeaderKey(header)
+	// Addresses are compared unmapped (see parseHostAddr), so unmap the
+	// prefixes too.
+	proxies := make([]netip.Prefix, len(trusted))
+	for i, p := range trusted {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("TrustedProxies[%d] %v is not a valid prefix", i, p)
+		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		proxies[i] = p
+	}
+	return &Resolver{proxies: proxies, header: header, forwarded: header == "Forwarded", v6Prefix: v6Prefix}, nil
+}
+
+// Key returns the bucket key of the client that sent r: its
+// address (see ClientIP), with an IPv6 address reduced to its
+// v6Prefix-bit network ("2001:db8:1:2::/64") so that one host's
 // addresses share a bucket. IPv4 addresses are kept whole.
-func (c RateLimitConfig) clientKey(r *http.Request) string {
-	a, ok := c.clientIP(r)
+func (c *Resolver) Key(r *http.Request) string {
+	a, ok := c.ClientIP(r)
 	if !ok {
 		if r.RemoteAddr == "" {
 			return "unknown"
 		}
 		return r.RemoteAddr
 	}
-	if a.Is6() && c.IPv6Prefix < 128 {
-		p, _ := a.Prefix(c.IPv6Prefix) // never fails: 0 < IPv6Prefix <= 128
+	if a.Is6() && c.v6Prefix < 128 {
+		p, _ := a.Prefix(c.v6Prefix) // never fails: 0 < IPv6Prefix <= 128
 		return p.String()
 	}
 	return a.String()
 }
 
-// clientIP returns the address of the client that sent r: RemoteAddr
+// ClientIP returns the address of the client that sent r: RemoteAddr
 // without its port, or, when RemoteAddr is a trusted proxy, the right-most
 // address in the forwarding header that is not a trusted proxy. It
 // reports false when RemoteAddr is not an address; such clients are keyed
 // on RemoteAddr as it is ("unknown" when empty), so that they share one
 // bucket rather than escape the limit.
-func (c RateLimitConfig) clientIP(r *http.Request) (netip.Addr, bool) {
+func (c *Resolver) ClientIP(r *http.Request) (netip.Addr, bool) {
 	remote, ok := parseHostAddr(r.RemoteAddr)
 	if !ok || !c.trusted(remote) {
 		return remote, ok
@@ -57,7 +106,7 @@ func (c RateLimitConfig) clientIP(r *http.Request) (netip.Addr, bool) {
 	// Entries further left may come from the client.
 	client := remote
 	hops := 0
-	lines := r.Header.Values(c.ForwardedHeader)
+	lines := r.Header.Values(c.header)
 	for l := len(lines) - 1; l >= 0; l-- {
 		line := lines[l]
 		for {
@@ -106,8 +155,8 @@ func lastElem(line string) (elem string, comma int, ok bool) {
 
 // hopAddr parses one entry of the forwarding header: an address, or for
 // the Forwarded header the address in its for= parameter.
-func (c RateLimitConfig) hopAddr(elem string) (netip.Addr, bool) {
-	if c.ForwardedHeader != "Forwarded" {
+func (c *Resolver) hopAddr(elem string) (netip.Addr, bool) {
+	if !c.forwarded {
 		return parseHostAddr(elem)
 	}
 	hop := ""
@@ -123,8 +172,8 @@ func (c RateLimitConfig) hopAddr(elem string) (netip.Addr, bool) {
 }
 
 // trusted reports whether a is one of the trusted proxies.
-func (c RateLimitConfig) trusted(a netip.Addr) bool {
-	for _, p := range c.TrustedProxies {
+func (c *Resolver) trusted(a netip.Addr) bool {
+	for _, p := range c.proxies {
 		if p.Contains(a) {
 			return true
 		}
