@@ -71,63 +71,68 @@ func New(trusted []netip.Prefix, header string, v6Prefix int) (*Resolver, error)
 	return &Resolver{proxies: proxies, header: header, forwarded: header == "Forwarded", v6Prefix: v6Prefix}, nil
 }
 
-// Key returns the bucket key of the client that sent r: its
-// address (see ClientIP), with an IPv6 address reduced to its
-// v6Prefix-bit network ("2001:db8:1:2::/64") so that one host's
-// addresses share a bucket. IPv4 addresses are kept whole.
-func (c *Resolver) Key(r *http.Request) string {
-	a, ok := c.ClientIP(r)
-	if !ok {
-		if r.RemoteAddr == "" {
+// Key returns the rate-limit key of the client that sent req: its
+// address (see [Resolver.ClientIP]), with an IPv6 address reduced to its
+// network ("2001:db8:1:2::/64") so that one host's addresses share a
+// key. IPv4 addresses are kept whole. A RemoteAddr that is not an
+// address is the key as it is ("unknown" when empty), so that such
+// clients share one key rather than escape a limit. It allocates at most
+// the key's text.
+func (r *Resolver) Key(req *http.Request) string {
+	a := r.ClientIP(req)
+	if !a.IsValid() {
+		if req.RemoteAddr == "" {
 			return "unknown"
 		}
-		return r.RemoteAddr
+		return req.RemoteAddr
 	}
-	if a.Is6() && c.v6Prefix < 128 {
-		p, _ := a.Prefix(c.v6Prefix) // never fails: 0 < IPv6Prefix <= 128
+	if a.Is6() && r.v6Prefix < 128 {
+		p, _ := a.Prefix(r.v6Prefix) // never fails: 0 < v6Prefix <= 128
 		return p.String()
 	}
 	return a.String()
 }
 
-// ClientIP returns the address of the client that sent r: RemoteAddr
+// ClientIP returns the address of the client that sent req: RemoteAddr
 // without its port, or, when RemoteAddr is a trusted proxy, the right-most
-// address in the forwarding header that is not a trusted proxy. It
-// reports false when RemoteAddr is not an address; such clients are keyed
-// on RemoteAddr as it is ("unknown" when empty), so that they share one
-// bucket rather than escape the limit.
-func (c *Resolver) ClientIP(r *http.Request) (netip.Addr, bool) {
-	remote, ok := parseHostAddr(r.RemoteAddr)
-	if !ok || !c.trusted(remote) {
-		return remote, ok
+// address in the forwarding header that is not a trusted proxy. The
+// header is read from the right, at most 16 entries of at most 256 bytes
+// each: after that, or at an entry that is not an address, the client is
+// the last trusted proxy read. IPv4-mapped addresses are returned as IPv4
+// and zones are dropped. It returns the zero Addr when RemoteAddr is not
+// an address.
+func (r *Resolver) ClientIP(req *http.Request) netip.Addr {
+	remote, ok := parseHostAddr(req.RemoteAddr)
+	if !ok || !r.trusted(remote) {
+		return remote
 	}
 	// Walk right to left: every entry right of the first untrusted one was
 	// written by a trusted proxy about its peer, so it can be believed.
 	// Entries further left may come from the client.
 	client := remote
 	hops := 0
-	lines := r.Header.Values(c.header)
+	lines := req.Header.Values(r.header)
 	for l := len(lines) - 1; l >= 0; l-- {
 		line := lines[l]
 		for {
 			if hops == maxForwardedHops {
-				return client, true
+				return client
 			}
 			hops++
 			elem, rest, ok := lastElem(line)
 			if !ok {
-				return client, true
+				return client
 			}
-			a, ok := c.hopAddr(elem)
+			a, ok := r.hopAddr(elem)
 			if !ok {
 				// A trusted proxy could not name its peer ("unknown", an
 				// obfuscated id, an empty entry): key on that proxy
 				// rather than guess.
-				return client, true
+				return client
 			}
 			client = a
-			if !c.trusted(a) {
-				return client, true
+			if !r.trusted(a) {
+				return client
 			}
 			if rest < 0 {
 				break // the line's first entry: go on with the line above
@@ -135,7 +140,7 @@ func (c *Resolver) ClientIP(r *http.Request) (netip.Addr, bool) {
 			line = line[:rest]
 		}
 	}
-	return client, true
+	return client
 }
 
 // lastElem returns the last comma-separated entry of line and the index
@@ -155,8 +160,8 @@ func lastElem(line string) (elem string, comma int, ok bool) {
 
 // hopAddr parses one entry of the forwarding header: an address, or for
 // the Forwarded header the address in its for= parameter.
-func (c *Resolver) hopAddr(elem string) (netip.Addr, bool) {
-	if !c.forwarded {
+func (r *Resolver) hopAddr(elem string) (netip.Addr, bool) {
+	if !r.forwarded {
 		return parseHostAddr(elem)
 	}
 	hop := ""
@@ -172,8 +177,8 @@ func (c *Resolver) hopAddr(elem string) (netip.Addr, bool) {
 }
 
 // trusted reports whether a is one of the trusted proxies.
-func (c *Resolver) trusted(a netip.Addr) bool {
-	for _, p := range c.proxies {
+func (r *Resolver) trusted(a netip.Addr) bool {
+	for _, p := range r.proxies {
 		if p.Contains(a) {
 			return true
 		}

@@ -12,13 +12,15 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestClientIP(t *testing.T) {
+// TestKey: the key of a request's client, for every way a client might
+// try to choose its own.
+func TestKey(t *testing.T) {
 	t.Parallel()
 	proxies := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8")}
 	tests := []struct {
 		name    string
 		remote  string
-		header  string // ForwardedHeader; "" is X-Forwarded-For
+		header  string // the header argument of New; "" is X-Forwarded-For
 		proxies []netip.Prefix
 		headers []string
 		want    string
@@ -80,17 +82,13 @@ func TestClientIP(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			res, err := New(tt.proxies, tt.header, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			req := httptest.NewRequest(http.MethodGet, "/", nil)
 			req.RemoteAddr = tt.remote
 			for i := 0; i+1 < len(tt.headers); i += 2 {
 				req.Header.Add(tt.headers[i], tt.headers[i+1])
 			}
-			if got := res.Key(req); got != tt.want {
-				t.Errorf("clientIP(RemoteAddr %q, %v) = %q; want %q", tt.remote, req.Header, got, tt.want)
-			}
+			assert.Equal(t, tt.want, res.Key(req), "Key(RemoteAddr %q, %v)", tt.remote, req.Header)
 		})
 	}
 }
@@ -135,4 +133,104 @@ func TestClientIPBoundedWork(t *testing.T) {
 			assert.Less(t, per, time.Millisecond, "time per request")
 		})
 	}
+}
+
+// request returns a GET from remote with headers (name, value pairs).
+func request(remote string, headers ...string) *http.Request {
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	req.RemoteAddr = remote
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Add(headers[i], headers[i+1])
+	}
+	return req
+}
+
+func TestClientIP(t *testing.T) {
+	t.Parallel()
+	res, err := New([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, "", 0)
+	require.NoError(t, err)
+	tests := []struct {
+		name    string
+		remote  string
+		headers []string
+		want    netip.Addr // the zero Addr: RemoteAddr is not an address
+	}{
+		{"ipv4", "203.0.113.7:5555", nil, netip.MustParseAddr("203.0.113.7")},
+		{"ipv6 whole", "[2001:db8::1]:5555", nil, netip.MustParseAddr("2001:db8::1")},
+		{"zone dropped", "[fe80::1%eth0]:5555", nil, netip.MustParseAddr("fe80::1")},
+		{"ipv4-mapped", "[::ffff:203.0.113.7]:5555", nil, netip.MustParseAddr("203.0.113.7")},
+		{"via proxy", "10.0.0.2:1", []string{"X-Forwarded-For", "1.2.3.4, 198.51.100.9"}, netip.MustParseAddr("198.51.100.9")},
+		{"spoofed", "203.0.113.7:1", []string{"X-Forwarded-For", "1.2.3.4"}, netip.MustParseAddr("203.0.113.7")},
+		{"unparsable", "pipe", nil, netip.Addr{}},
+		{"empty", "", nil, netip.Addr{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			assert.Equal(t, tt.want, res.ClientIP(request(tt.remote, tt.headers...)), "ClientIP(%q, %v)", tt.remote, tt.headers)
+		})
+	}
+}
+
+func TestKeyIPv6Prefix(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		bits int
+		want string
+	}{
+		{0, "2001:db8:1:2::/64"}, // the default
+		{48, "2001:db8:1::/48"},
+		{127, "2001:db8:1:2:3:4:5:6/127"},
+		{128, "2001:db8:1:2:3:4:5:7"},
+		{1, "::/1"},
+	} {
+		res, err := New(nil, "", tt.bits)
+		require.NoError(t, err)
+		assert.Equal(t, tt.want, res.Key(request("[2001:db8:1:2:3:4:5:7]:1")), "Key with v6Prefix %d", tt.bits)
+		assert.Equal(t, "203.0.113.7", res.Key(request("203.0.113.7:1")), "an IPv4 key with v6Prefix %d", tt.bits)
+	}
+}
+
+func TestNew(t *testing.T) {
+	t.Parallel()
+	t.Run("defaults", func(t *testing.T) {
+		t.Parallel()
+		res, err := New(nil, "", 0)
+		require.NoError(t, err)
+		assert.Equal(t, "X-Forwarded-For", res.header)
+		assert.Equal(t, 64, res.v6Prefix)
+		assert.False(t, res.forwarded)
+		res, err = New(nil, "forwarded", 0)
+		require.NoError(t, err)
+		assert.Equal(t, "Forwarded", res.header, "the header name is canonical")
+		assert.True(t, res.forwarded)
+	})
+	t.Run("invalid", func(t *testing.T) {
+		t.Parallel()
+		good := netip.MustParsePrefix("10.0.0.0/8")
+		for _, tt := range []struct {
+			name     string
+			trusted  []netip.Prefix
+			v6Prefix int
+			want     string
+		}{
+			{"prefix too long", nil, 129, "IPv6Prefix 129 not in 1..128"},
+			{"negative prefix", nil, -1, "IPv6Prefix -1 not in 1..128"},
+			{"invalid proxy", []netip.Prefix{good, {}}, 0, "TrustedProxies[1] invalid Prefix is not a valid prefix"},
+		} {
+			res, err := New(tt.trusted, "", tt.v6Prefix)
+			assert.Nil(t, res, tt.name)
+			assert.EqualError(t, err, tt.want, tt.name)
+		}
+	})
+	t.Run("copies the proxies", func(t *testing.T) {
+		t.Parallel()
+		trusted := []netip.Prefix{netip.MustParsePrefix("::ffff:10.0.0.0/104")}
+		res, err := New(trusted, "", 0)
+		require.NoError(t, err)
+		assert.Equal(t, netip.MustParsePrefix("::ffff:10.0.0.0/104"), trusted[0], "the caller's slice is left as it was")
+		trusted[0] = netip.MustParsePrefix("192.0.2.0/24")
+		req := request("10.0.0.2:1", "X-Forwarded-For", "198.51.100.9")
+		assert.Equal(t, "198.51.100.9", res.Key(req), "the proxy, unmapped, is still trusted after the caller's slice changed")
+	})
 }
