@@ -69,7 +69,7 @@ func TestSharedDeadlineWithinBound(t *testing.T) {
 				assert.GreaterOrEqual(t, time.Since(start), timeout, "shared deadline ended too early")
 				assert.ErrorIs(t, ctx.Err(), context.DeadlineExceeded)
 			case <-time.After(timeout + d.width + time.Second):
-				t.Errorf("shared deadline still open %v after the call", timeout+d.width+time.Second)
+				assert.Fail(t, "shared deadline still open", "%v after the call", timeout+d.width+time.Second)
 			}
 		})
 	}
@@ -121,7 +121,7 @@ func TestBoundEveryKindOfContext(t *testing.T) {
 	select {
 	case <-ctx.Done():
 	case <-time.After(time.Second):
-		t.Errorf("Bound(cancellable): the caller's cancel did not reach the bounded ctx")
+		assert.Fail(t, "Bound(cancellable): the caller's cancel did not reach the bounded ctx")
 	}
 }
 
