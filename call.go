@@ -3,7 +3,6 @@ package redisservice
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/vevurn/redisservice/internal/deadline"
 )
 
 // This file holds what every call shares: the time bound, error
@@ -25,24 +26,12 @@ func (s *Service) begin(ctx context.Context) (context.Context, context.CancelFun
 	if s.closed.Load() {
 		return ctx, noop, ErrClosed
 	}
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	if _, ok := ctx.Deadline(); ok {
-		return ctx, noop, nil
-	}
-	if ctx.Done() == nil {
-		// ctx can never end, so nothing needs to be merged with it: share
-		// a deadline with the calls starting about now instead of paying
-		// for a timer per call (see deadline.go).
-		return s.deadlines.bound(ctx), noop, nil
-	}
-	bounded, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	bounded, cancel := s.deadlines.Bound(ctx)
 	return bounded, cancel, nil
 }
 
 // call runs fn for one operation: it refuses after Close, fails fast
-// with ErrUnavailable while Redis is known to be down (breaker.go), bounds
+// with ErrUnavailable while Redis is known to be down (skipWhileDown), bounds
 // the caller's ctx, and classifies the outcome. It returns fn's value with
 // a nil error, with redis.Nil itself (unwrapped, for the caller to read as
 // a miss), or the zero value with a wrapped error. key is the caller's
@@ -67,17 +56,24 @@ func try[T any](s *Service, caller context.Context, op, key string, fn func(ctx 
 	}
 	v, err := fn(ctx)
 	if err != nil && err != redis.Nil { //nolint:errorlint // go-redis returns redis.Nil unwrapped
-		if cerr := ctxErr(ctx); cerr != nil && !errors.Is(err, cerr) {
-			// The socket reports the deadline as an i/o timeout; keep the
-			// context's error reachable with errors.Is too.
-			err = fmt.Errorf("%w: %w", cerr, err)
-		}
+		err = deadline.Wrap(ctx, err)
 		done()
 		return zero, s.fail(caller, op, key, err)
 	}
 	done()
-	s.ok()
+	s.breaker.MarkUp()
 	return v, err
+}
+
+// skipWhileDown returns [ErrUnavailable], wrapped and counted as a failed
+// call with its fallback, while calls fail fast (see
+// [breaker.Breaker.Unavailable]). After Close it returns nil, leaving
+// [ErrClosed] to call.
+func (s *Service) skipWhileDown(op, key string) error {
+	if s.closed.Load() || !s.breaker.Unavailable() {
+		return nil
+	}
+	return s.fail(context.Background(), op, key, ErrUnavailable)
 }
 
 // fail records a failed call and wraps err with the operation and the
@@ -97,38 +93,19 @@ func (s *Service) fail(caller context.Context, op, key string, err error) error 
 		// connections are all busy (which says nothing of Redis itself;
 		// if it stalled, the calls holding them time out and tell).
 	case !isConnError(err):
-		s.ok() // Redis answered, if only with an error
-	case caller == nil || ctxErr(caller) == nil:
+		s.breaker.MarkUp() // Redis answered, if only with an error
+	case caller == nil || deadline.Err(caller) == nil:
 		// Only when the caller's own cancellation or deadline is not the
 		// cause: those say nothing about Redis.
-		s.markDown()
+		s.breaker.MarkDown()
 	}
 	s.logFailure(caller, op, key, err)
 	return wrapOp(op, key, err)
 }
 
-// ctxErr is ctx.Err(), also in the instant between the socket deadline
-// that go-redis derived from ctx firing and ctx's own timer.
-func ctxErr(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= time.Millisecond {
-		return context.DeadlineExceeded
-	}
-	return nil
-}
-
 // invalid wraps a validation error. Nothing was sent to Redis.
 func invalid(op, key string, err error) error {
 	return wrapOp(op, key, err)
-}
-
-// ok records that Redis answered, which proves the connection works.
-func (s *Service) ok() {
-	if !s.connected.Load() {
-		s.connected.Store(true)
-	}
 }
 
 // isConnError reports whether err says the connection, not the command,

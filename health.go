@@ -144,7 +144,7 @@ func (s *Service) Stats() Stats {
 		Errors:         s.stats.errors.Load(),
 		Fallbacks:      s.stats.fallbacks.Load(),
 		LogsSuppressed: s.stats.logsSuppressed.Load(),
-		Connected:      s.connected.Load(),
+		Connected:      s.breaker.Connected(),
 	}
 	if ps := s.rdb.PoolStats(); ps != nil {
 		st.Pool = PoolStats{

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vevurn/redisservice/internal/clientip"
 )
 
 // HeaderVersion selects the RateLimit header fields that
@@ -149,6 +151,10 @@ func (s *Service) RateLimitMiddleware(cfg RateLimitConfig) func(http.Handler) ht
 	if err := cfg.validate(); err != nil {
 		panic("redisservice: RateLimitMiddleware: " + err.Error())
 	}
+	ips, err := clientip.New(cfg.TrustedProxies, cfg.ForwardedHeader, cfg.IPv6Prefix)
+	if err != nil {
+		panic("redisservice: RateLimitMiddleware: cfg." + err.Error())
+	}
 	window := cfg.Window.Truncate(time.Millisecond)
 	hdr := cfg.headers(window)
 	return func(next http.Handler) http.Handler {
@@ -158,7 +164,7 @@ func (s *Service) RateLimitMiddleware(cfg RateLimitConfig) func(http.Handler) ht
 				key = cfg.Key(r)
 			}
 			if key == "" {
-				key = cfg.clientKey(r)
+				key = ips.Key(r)
 			}
 			var (
 				res       RateLimitResult
@@ -207,23 +213,6 @@ func (c RateLimitConfig) withDefaults() RateLimitConfig {
 			c.Name = strings.Join(names, ",")
 		}
 	}
-	if c.ForwardedHeader == "" {
-		c.ForwardedHeader = "X-Forwarded-For"
-	}
-	if c.IPv6Prefix == 0 {
-		c.IPv6Prefix = 64
-	}
-	c.ForwardedHeader = http.CanonicalHeaderKey(c.ForwardedHeader)
-	// Addresses are compared unmapped (see parseHostAddr), so unmap the
-	// prefixes too; the copy keeps the caller's slice as it was.
-	proxies := make([]netip.Prefix, len(c.TrustedProxies))
-	for i, p := range c.TrustedProxies {
-		if p.IsValid() && p.Addr().Is4In6() && p.Bits() >= 96 {
-			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-		}
-		proxies[i] = p
-	}
-	c.TrustedProxies = proxies
 	c.Limits = append([]Limit(nil), c.Limits...)
 	return c
 }
@@ -247,16 +236,8 @@ func (c RateLimitConfig) validate() error {
 			return fmt.Errorf("cfg.Limits[%d]: %w", i, err)
 		}
 	}
-	switch {
-	case c.IPv6Prefix < 1 || c.IPv6Prefix > 128:
-		return fmt.Errorf("cfg.IPv6Prefix %d not in 1..128", c.IPv6Prefix)
-	case c.HeaderVersion != HeadersDraft6 && c.HeaderVersion != HeadersDraft11:
+	if c.HeaderVersion != HeadersDraft6 && c.HeaderVersion != HeadersDraft11 {
 		return fmt.Errorf("cfg.HeaderVersion %d unknown", c.HeaderVersion)
-	}
-	for i, p := range c.TrustedProxies {
-		if !p.IsValid() {
-			return fmt.Errorf("cfg.TrustedProxies[%d] %v is not a valid prefix", i, p)
-		}
 	}
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -185,46 +184,6 @@ func TestRateLimitMiddlewareInvalidGCRAConfigPanics(t *testing.T) {
 					"panic %q; want one naming %q", msg, tt.want)
 			}()
 			s.RateLimitMiddleware(tt.cfg)
-		})
-	}
-}
-
-// TestClientIPBoundedWork is not parallel: AllocsPerRun counts every
-// allocation in the process.
-func TestClientIPBoundedWork(t *testing.T) {
-	proxies := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
-	cfg := RateLimitConfig{Limit: 1, Window: time.Second, TrustedProxies: proxies}.withDefaults()
-	fwd := RateLimitConfig{Limit: 1, Window: time.Second, TrustedProxies: proxies, ForwardedHeader: "Forwarded"}.withDefaults()
-	trustedHops := strings.Repeat("10.9.9.9, ", 1<<16)
-	for _, tt := range []struct {
-		name   string
-		cfg    RateLimitConfig
-		header string
-		want   string
-	}{
-		{"64KB of commas", cfg, strings.Repeat(",", 64<<10) + "203.0.113.99", "203.0.113.99"},
-		{"1MB of commas", cfg, strings.Repeat(",", 1<<20) + "203.0.113.99", "203.0.113.99"},
-		{"1MB of commas last", cfg, "203.0.113.99" + strings.Repeat(",", 1<<20), "10.0.0.2"},
-		{"1MB without a comma", cfg, strings.Repeat("1", 1<<20), "10.0.0.2"},
-		{"640KB of trusted hops", cfg, trustedHops + "10.1.1.1", "10.9.9.9"},
-		{"1MB Forwarded", fwd, "for=203.0.113.99, " + strings.Repeat("for=1.2.3.4;", 1<<16), "10.0.0.2"},
-		{"Forwarded commas", fwd, strings.Repeat(",", 1<<20) + "for=203.0.113.99", "203.0.113.99"},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			req := httptest.NewRequest(http.MethodGet, "/", nil)
-			req.RemoteAddr = "10.0.0.2:1"
-			req.Header.Set(tt.cfg.ForwardedHeader, tt.header)
-			require.Equal(t, tt.want, tt.cfg.clientKey(req))
-			allocs := testing.AllocsPerRun(20, func() { tt.cfg.clientKey(req) })
-			assert.LessOrEqual(t, allocs, 1.0, "allocations per request (the key's text)")
-			start := time.Now()
-			const runs = 50
-			for range runs {
-				tt.cfg.clientKey(req)
-			}
-			per := time.Since(start) / runs
-			t.Logf("%d-byte header: %v and %.0f allocations per request", len(tt.header), per, allocs)
-			assert.Less(t, per, time.Millisecond, "time per request")
 		})
 	}
 }

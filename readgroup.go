@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	ctxdeadline "github.com/vevurn/redisservice/internal/deadline" // get has a local deadline
 )
 
 // readGroup shares one read (a GET, or a GET with its PTTL) among the callers that read the same key at
@@ -70,7 +72,7 @@ func (g *readGroup[K, V]) get(ctx context.Context, key K, timeout time.Duration,
 		close(r.done)
 	}()
 	r.v, r.err = fn(ctx, time.Time{})
-	r.ended = r.err != nil && ctxErr(ctx) != nil
+	r.ended = r.err != nil && ctxdeadline.Err(ctx) != nil
 	returned = true
 	return r.v, r.err
 }

@@ -8,6 +8,9 @@ import (
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/vevurn/redisservice/internal/breaker"
+	"github.com/vevurn/redisservice/internal/deadline"
 )
 
 // Service is the Redis layer of an application: strings, JSON, hashes,
@@ -23,11 +26,9 @@ type Service struct {
 	opts      Options
 	log       *slog.Logger
 
-	failFast bool // rdb is a single node: calls fail fast while it is down (breaker.go)
+	breaker *breaker.Breaker // whether Redis answers; fails calls fast while it does not
 
-	closed    atomic.Bool
-	connected atomic.Bool
-	probing   atomic.Bool // probeLoop is running
+	closed atomic.Bool
 
 	bgMu     sync.Mutex // orders bg.Add after a Close check with Close's bg.Wait
 	bg       sync.WaitGroup
@@ -40,7 +41,7 @@ type Service struct {
 	reads      readGroup[readKey, readReply] // Cache's reads in progress
 	local      *localTier                    // Cache's in-process tier; nil unless Options.LocalCacheEntries > 0
 	refreshing sync.Map                      // flightKey -> struct{}: StaleWhileRevalidate loads running
-	deadlines  *deadlines                    // bounds calls whose ctx can never end
+	deadlines  *deadline.Bounder             // bounds calls without a deadline of their own
 	tel        *telemetry                    // nil unless Options.MeterProvider or TracerProvider is set
 }
 
@@ -67,7 +68,7 @@ func New(opts Options) (*Service, error) {
 		prefix:    opts.KeyPrefix,
 		opts:      opts,
 		log:       opts.Logger,
-		deadlines: newDeadlines(opts.Timeout),
+		deadlines: deadline.New(opts.Timeout),
 	}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	if opts.Client != nil {
@@ -92,8 +93,8 @@ func New(opts Options) (*Service, error) {
 		// One dial attempt per try: against a refused port, go-redis's
 		// default of five attempts 100ms apart would hold every call.
 		ro.DialerRetries = 1
-		// Nor retry a refused dial after a backoff (see refusedError).
-		ro.Dialer = noRetryOnRefused(redis.NewDialer(ro))
+		// Nor retry a refused dial after a backoff.
+		ro.Dialer = breaker.NoRetryOnRefused(redis.NewDialer(ro))
 		ro.ContextTimeoutEnabled = true
 		if opts.PoolSize > 0 {
 			ro.PoolSize = opts.PoolSize
@@ -120,7 +121,13 @@ func New(opts Options) (*Service, error) {
 		s.hot = s.rdb
 	}
 	_, s.cluster = s.rdb.(*redis.ClusterClient)
-	_, s.failFast = s.rdb.(*redis.Client)
+	// Only a single-node client (a dialled URL, or a Sentinel failover
+	// client) fails fast while Redis is down: on Redis Cluster one master
+	// down says nothing about the keys of the others. The breaker takes
+	// Redis as up until a call says otherwise, so that a Service used
+	// without Connect does not start out reporting an outage.
+	_, failFast := s.rdb.(*redis.Client)
+	s.breaker = breaker.New(failFast, opts.Timeout, s.pingAll, s.goBackground)
 	var err error
 	if s.tel, err = newTelemetry(opts, s.rdb); err != nil {
 		s.bgCancel()
@@ -133,9 +140,6 @@ func New(opts Options) (*Service, error) {
 		s.local = newLocalTier(opts.LocalCacheEntries)
 		s.goBackground(s.track)
 	}
-	// Optimistic until a call says otherwise, so that a Service used
-	// without Connect does not start out reporting an outage.
-	s.connected.Store(true)
 	return s, nil
 }
 
@@ -177,7 +181,7 @@ func (s *Service) Close() error {
 	s.bgMu.Unlock()
 	s.bg.Wait()
 	s.tel.close()
-	s.connected.Store(false)
+	s.breaker.MarkDown() // starts no ping: goBackground refuses after Close
 	if s.ownClient {
 		return s.rdb.Close()
 	}
@@ -196,7 +200,7 @@ func (s *Service) Close() error {
 // fails fast with [ErrUnavailable] (see "Behaviour under failure" in the
 // README). It does not touch the network.
 func (s *Service) IsConnected() bool {
-	return s.connected.Load()
+	return s.breaker.Connected()
 }
 
 // goBackground runs fn in a goroutine that Close waits for and whose ctx
