@@ -468,7 +468,7 @@ func (s *Service) readCached(ctx context.Context, rk readKey, lock lockOp) (read
 // op and key): "load: " and the loader's error, which it unwraps to.
 type loadError struct{ err error }
 
-func (e *loadError) Error() string { return "load: " + e.err.Error() }
+func (e *loadError) Error() string { return "load: " + errText(e.err) }
 func (e *loadError) Unwrap() error { return e.err }
 
 // notFoundMarker is the value of a not-found marker: not JSON, so that no

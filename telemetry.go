@@ -291,6 +291,10 @@ func redact(err error) string {
 			continue
 		}
 		if full, short := c.Error(), redact(c); full != short {
+			if !strings.Contains(msg, full) {
+				// err quotes c without the package prefix (errText).
+				full, short = errText(c), strings.TrimPrefix(short, "redisservice: ")
+			}
 			msg = strings.Replace(msg, full, short, 1)
 		}
 	}
