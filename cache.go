@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -320,7 +321,7 @@ func recheck[T any](ctx context.Context, s *Service, key string, co cacheOptions
 	case err == redis.Nil: //nolint:errorlint // call returns redis.Nil unwrapped
 		return v, false, r, nil
 	case errors.As(err, &rerr) && !errors.Is(err, ErrClosed):
-		return v, false, r, nil // WRONGTYPE: overwritten by the store
+		return v, false, r, nil // another error reply: a miss, overwritten by the store
 	case err != nil:
 		return v, false, r, err
 	}
@@ -382,7 +383,7 @@ func cacheRead[T any](ctx context.Context, s *Service, rk readKey) (T, bool, rea
 	case err == redis.Nil: //nolint:errorlint // call returns redis.Nil unwrapped
 		return v, false, r, nil
 	case errors.As(err, &rerr) && !errors.Is(err, ErrClosed):
-		return v, false, readReply{}, nil // WRONGTYPE: undecodable, overwritten by the SET
+		return v, false, readReply{}, nil // an error reply (counted and logged): a miss, overwritten by the SET
 	case err != nil:
 		return v, false, r, err
 	}
@@ -406,7 +407,7 @@ func (s *Service) readCached(ctx context.Context, rk readKey, lock lockOp) (read
 	if !rk.withTTL && !rk.notFound && lock == lockNone {
 		b, err := s.rdb.Get(ctx, k).Bytes()
 		r.b = b
-		return r, err
+		return r, missingIfWrongType(err)
 	}
 	var get *redis.StringCmd
 	var pttl *redis.DurationCmd
@@ -444,6 +445,7 @@ func (s *Service) readCached(ctx context.Context, rk readKey, lock lockOp) (read
 		r.locked = n > 0
 	}
 	b, err := get.Bytes()
+	err = missingIfWrongType(err)
 	if err == redis.Nil && marker != nil { //nolint:errorlint // go-redis returns redis.Nil unwrapped
 		n, merr := marker.Result()
 		if merr != nil {
@@ -462,6 +464,17 @@ func (s *Service) readCached(ctx context.Context, rk readKey, lock lockOp) (read
 	}
 	r.b = b
 	return r, nil
+}
+
+// missingIfWrongType turns a GET's WRONGTYPE into redis.Nil: a key of
+// another type is a miss that the store overwrites, not a failure, and
+// the commands sent with the GET (the fleet lock's) still count.
+func missingIfWrongType(err error) error {
+	var rerr redis.Error
+	if errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "WRONGTYPE") {
+		return redis.Nil
+	}
+	return err
 }
 
 // loadError is a loader's failure, as Cache returns it (wrapped with the
