@@ -5,7 +5,10 @@ import (
 	"time"
 )
 
-// Test-only hooks into the Cache's groups.
+// Test-only hooks into the Cache's groups and tier.
+
+// keyOf returns the flight key of key read as a T.
+func keyOf[T any](key string) flightKey { return flightKey{key: key, typ: reflect.TypeFor[T]()} }
 
 // waiting returns how many callers wait for k's load.
 func (g *flightGroup) waiting(k flightKey) int {
@@ -15,6 +18,15 @@ func (g *flightGroup) waiting(k flightKey) int {
 		return f.waiters
 	}
 	return 0
+}
+
+// loading reports whether a load of k is in flight in s: the mark that
+// keeps a second one from starting.
+func loading(s *Service, k flightKey) bool {
+	s.flights.mu.Lock()
+	defer s.flights.mu.Unlock()
+	_, ok := s.flights.calls[k]
+	return ok
 }
 
 // readers returns how many callers wait for the read of key in flight,

@@ -53,16 +53,16 @@ func fleetWait[T any](ctx context.Context, s *Service, key string, co cacheOptio
 		case <-t.C:
 		}
 		pause = min(2*pause, fleetPollMax)
-		val, fresh, r, err := recheck[T](ctx, s, key, co, lock)
+		val, st, r, err := recheck[T](ctx, s, key, co, lock)
 		switch {
 		case err != nil:
 			return r.locked && lock == lockTake, nil, false, nil
-		case fresh:
+		case st == stateFresh:
 			if lock == lockTake && r.locked {
 				s.unlockFleet(ctx, key)
 			}
 			return false, val, true, nil
-		case r.notFound:
+		case st == stateNotFound:
 			if lock == lockTake && r.locked {
 				s.unlockFleet(ctx, key)
 			}
