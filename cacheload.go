@@ -19,6 +19,7 @@ import (
 const (
 	loadRecheck = 1 << iota // read the key once more first: another caller may have stored it
 	loadStore               // store the value
+	loadRefresh             // a StaleWhileRevalidate refresh: a stale value is there
 )
 
 // loadShared is Cache's miss: it starts key's load unless one is in
@@ -51,13 +52,23 @@ func loadShared[T any](ctx context.Context, s *Service, fk flightKey, ttl time.D
 
 // refresh reloads key in the background for StaleWhileRevalidate, unless
 // a load of key (and T) is in flight in this process already; ctx gives
-// the load its values.
+// the load its values. The refresh owns one invariant: the stale copies
+// of key in the local tier go before its mark (the flight) does, so that
+// no call between the two finds a stale copy and no refresh to wait for.
 func refresh[T any](ctx context.Context, s *Service, fk flightKey, ttl time.Duration, load func(context.Context) (T, error), co cacheOptions) {
 	_, _ = s.flights.start(ctx, fk, s.opts.Timeout, s.guarded(fk.key, func(lctx context.Context) (_ any, err error) {
+		defer s.dropLocal(fk.key)
 		lctx, scope := s.tel.begin(lctx, "cache.refresh", fk.key) // a span and count of its own
 		defer scope.end(lctx, &err)
-		return loadAndStore(lctx, s, fk.key, ttl, load, co, loadStore)
+		return loadAndStore(lctx, s, fk.key, ttl, load, co, loadRecheck|loadStore|loadRefresh)
 	}))
+}
+
+// dropLocal drops the local tier's copies of key.
+func (s *Service) dropLocal(key string) {
+	if s.local != nil {
+		s.local.invalidate(key)
+	}
 }
 
 // guarded returns fn turned into a load that never panics: a panic in fn
@@ -97,7 +108,8 @@ func (s *Service) logPanic(ctx context.Context, p *panicError) {
 // trip; any other way out (a failure, a panic, runtime.Goexit) releases
 // it too. It returns the value and load's error, or the value and the
 // error that kept it from being stored. A load that fails with
-// ErrNotFound leaves the not-found marker when co asks for it.
+// ErrNotFound removes a stale value, and leaves the not-found marker
+// when co asks for it.
 func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), co cacheOptions, mode int) (_ any, err error) {
 	const op = "cache"
 	locking := mode&loadStore != 0 && !co.noFleetLock
@@ -121,6 +133,8 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 			return nil, notFound(key)
 		case !locking || err != nil || locked:
 			// Load: this process holds the lock, or there is none to take.
+		case st == stateStale && mode&loadRefresh != 0:
+			return v, nil // another process refreshes it
 		default:
 			// Another process loads: wait for its value.
 			got, v, hit, err := fleetWait[T](ctx, s, key, co)
@@ -135,18 +149,11 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 			}
 			locked = got
 		}
-	} else if locking {
-		// A refresh: the process that holds the lock refreshes for all.
-		got, err := s.takeFleetLock(ctx, key)
-		if err == nil && !got {
-			return nil, nil
-		}
-		locked = got
 	}
 	v, err := load(s.tel.leave(ctx)) // the loader's own calls are not this call's round trips
 	if err != nil {
 		err = wrapOp(op, key, &loadError{err})
-		if mode&loadStore != 0 && errors.Is(err, ErrNotFound) && co.notFound > 0 {
+		if mode&loadStore != 0 && errors.Is(err, ErrNotFound) && (co.notFound > 0 || mode&loadRefresh != 0) {
 			s.storeAbsence(ctx, key, co, locked)
 			locked = false
 		}
@@ -192,15 +199,18 @@ func (s *Service) storeValue(ctx context.Context, key string, b []byte, ttl time
 	return err
 }
 
-// storeAbsence records that load found nothing for key: it sets the
-// not-found marker, and deletes the fleet lock when this process holds
-// it, in one round trip.
+// storeAbsence records that load found nothing for key: it deletes a
+// stale value, sets the not-found marker when co asks for one, and
+// deletes the fleet lock when this process holds it, in one round trip.
 // Its failure is counted and logged, not returned: load's ErrNotFound is
 // the answer.
 func (s *Service) storeAbsence(ctx context.Context, key string, co cacheOptions, locked bool) {
 	_, _ = call(s, context.WithoutCancel(ctx), "cache", key, func(ctx context.Context) ([]redis.Cmder, error) {
 		return s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			p.Set(ctx, s.key(notFoundKey(key)), notFoundMarker, co.notFound)
+			p.Del(ctx, s.key(key))
+			if co.notFound > 0 {
+				p.Set(ctx, s.key(notFoundKey(key)), notFoundMarker, co.notFound)
+			}
 			if locked {
 				p.Del(ctx, s.key(lockKey(key)))
 			}

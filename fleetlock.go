@@ -80,13 +80,6 @@ func fleetWait[T any](ctx context.Context, s *Service, key string, co cacheOptio
 	return true, nil, false, nil
 }
 
-// takeFleetLock takes key's lock if it is free.
-func (s *Service) takeFleetLock(ctx context.Context, key string) (bool, error) {
-	return call(s, ctx, "cache", key, func(ctx context.Context) (bool, error) {
-		return s.rdb.SetNX(ctx, s.key(lockKey(key)), "1", fleetLockTTL).Result()
-	})
-}
-
 // unlockFleet drops key's lock. It is not checked to be this process's:
 // a lock that expired and was taken over only lets one more load run.
 func (s *Service) unlockFleet(ctx context.Context, key string) {
