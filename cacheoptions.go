@@ -16,9 +16,10 @@ type cacheOptions struct {
 
 // WithoutFleetLock makes a miss load at once, without the lock key that
 // otherwise lets one process of a fleet load a missing key while the
-// others wait for its value (see [Cache]). It saves the lock's round trip
-// on every miss where one process is all there is, or where duplicate
-// loads cost nothing.
+// others wait for its value (see [Cache]). It saves two commands per miss
+// (SET NX and DEL), not a round trip: they ride in the pipelines of the
+// load's second read and its store. Use it where one process is all
+// there is, or where duplicate loads cost less than the wait.
 func WithoutFleetLock() CacheOption {
 	return func(o *cacheOptions) { o.noFleetLock = true }
 }
