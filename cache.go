@@ -6,76 +6,37 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
 // Cache returns the value cached at key, or loads, caches and returns it
-// (cache-aside).
+// (cache-aside). A hit decodes the JSON at key into a new T; on a miss
+// Cache calls load and stores its result as JSON for ttl (PX, never
+// longer). A value that does not decode into T, or of another Redis type,
+// is a miss and is overwritten.
 //
-// A hit decodes the JSON stored at key into a new T. On a miss Cache calls
-// load, stores its result as JSON with the time to live ttl (never longer:
-// sent as PX in whole milliseconds) and returns it. Within one Service the
-// callers that miss the same key (and T) at the same time share one call
-// of load, however many they are; they then receive the same T, so do not
-// modify a shared map, slice or pointer in place. The load that runs
-// checks the key once more first, so a caller that missed just before
-// another caller's load stored the value does not load again. A value at
-// key that does not decode into T (other JSON, not JSON, another Redis
-// type) is a miss and is overwritten. Callers that read the same key at
-// the same moment share one GET, so a hot key costs one round trip per
-// burst of callers; each decodes its own T. A caller that shares another's
-// GET still gets its answer within its own bound (ctx's deadline, or
-// [Options.Timeout] from its call), also when the other caller's request
-// ended first.
+// One load per key and T runs at a time in a Service, however many
+// callers miss it; they share its T, so do not modify it in place. A load
+// runs to its end whoever waits: its ctx has the values of the ctx of the
+// caller that started it, not its cancellation, and ends after
+// [Options.Timeout] or at [Service.Close]. Each caller waits until its
+// own ctx ends, then gets ctx's error; a ctx that has ended before the
+// miss returns its error without loading. load's error is returned
+// wrapped, nothing is cached, and the next miss loads again. A panic in
+// load is returned to every waiting caller as an error (and logged),
+// never re-raised: the process does not crash. A load that calls Cache
+// for its own key and T gets [ErrInvalidArgument] instead of waiting for
+// itself.
 //
-// load is called exactly once per call of Cache that needs it, never
-// retried. When it fails, Cache returns the zero T and load's error
-// wrapped, and caches nothing. load receives a context with the values of
-// the ctx of the caller that started it but not its cancellation: ctx
-// bounds only how long each caller waits. A caller whose ctx ends gets
-// ctx's error while the others keep waiting; load's context is cancelled
-// only once every caller waiting for it has gone; a ctx that has already
-// ended when Cache misses returns its error without calling load.
-// [Options.Timeout] bounds each Redis round trip of Cache but not load:
-// give ctx a deadline to bound how long a caller waits for load. A panic
-// in load is re-raised in every caller waiting for it; a load that calls
-// runtime.Goexit fails them with an error.
-//
-// When Redis cannot be used, Cache still returns load's value, together
-// with an error: load runs as on a miss and nothing is cached (no store
-// is tried after a failed read, so a call waits for Redis once at most). After a
-// call found Redis unreachable (see [Service.IsConnected]), Cache does not
-// touch Redis at all, so that an outage costs each call nothing but load:
-// its error matches [ErrUnavailable] until a background PING sees Redis
-// answer again (see [Service.IsConnected]). Only the calls that find the outage
-// wait for Redis, up to [Options.Timeout] or their own deadline. After
-// [Service.Close], Cache returns load's value with [ErrClosed].
-//
-// With [Options.LocalCacheEntries], a value read from Redis is kept
-// decoded in process and later hits share it (do not modify it); copies
-// are dropped when their key changes in Redis. opts add
-// [StaleWhileRevalidate] and [NotFoundTTL]. Across processes, a miss takes
-// a short lock key (key + ":redisservice-lock", SET NX PX 10s): one
-// process loads while the others poll for its value, and load themselves
-// when the lock goes without a value or after 10 s. The lock rides in the
-// round trips a miss makes anyway (two more commands, no more round
-// trips); [WithoutFleetLock] turns it off. README "Cache-aside" gives the
-// details and their costs.
-//
-// An empty key fails with [ErrInvalidKey], a ttl below one millisecond
-// with [ErrInvalidTTL] and a nil load or an invalid option with
-// [ErrInvalidArgument] or [ErrInvalidTTL]; load is then not called and the
-// zero T is returned.
-//
-// A key in a namespace the Service keeps for its own keys ("session:",
-// "user-sessions:", "ratelimit:"; see [Options.AllowReservedKeys]) is
-// refused as [Service.Set] refuses it, so that a key name built from user
-// input cannot forge a session through Cache. As when Redis cannot be
-// used, Cache then still returns load's value, with an error matching
-// [ErrInvalidKey]: load runs (once per call, not shared) and Redis is not
-// touched. When load fails, its error is returned instead.
+// When Redis fails, is known down ([ErrUnavailable]) or the Service is
+// closed ([ErrClosed]), Cache returns load's value with the error; so it
+// does for a key in a reserved namespace (see [Options.AllowReservedKeys])
+// with [ErrInvalidKey], without touching Redis. Invalid arguments return
+// the zero T without loading. README "Cache-aside" tells the round trips,
+// the fleet lock ([WithoutFleetLock]), the local tier and the opts.
 func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), opts ...CacheOption) (_ T, err error) {
 	const op = "cache"
 	ctx, scope := s.tel.begin(ctx, op, key)
@@ -98,7 +59,7 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 		ctx = context.Background()
 	}
 	if err := s.checkWriteKey(key); err != nil {
-		return loadOnly(s.tel.leave(ctx), op, key, load, invalid(op, key, err))
+		return loadOnly(s.tel.leave(ctx), s, op, key, load, invalid(op, key, err))
 	}
 	fk := flightKey{key: key, typ: reflect.TypeFor[T]()}
 	lt := s.local
@@ -134,201 +95,53 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 		s.found(true)
 		s.tel.cacheResult(ctx, cacheNotFound)
 		return zero, notFound(key)
-	}
-	if readErr == nil {
+	case errors.Is(readErr, ErrClosed):
+		return loadOnly(s.tel.leave(ctx), s, op, key, load, readErr)
+	case readErr == nil:
 		s.found(false)
 		s.tel.cacheResult(ctx, cacheMiss)
 	}
-	// Redis answered: worth asking again inside the flight, and storing.
-	// Redis did not: a store would only make the caller wait once more.
+	if cerr := ctx.Err(); cerr != nil {
+		if readErr == nil {
+			readErr = wrapOp(op, key, cerr)
+		}
+		return zero, readErr
+	}
+	// Redis answered: worth asking again inside the load, and storing.
+	// Redis did not: a store would only make the callers wait once more.
 	mode := loadRecheck | loadStore
 	if readErr != nil {
 		mode = 0
 	}
-	res, err := s.flights.do(ctx, fk, func(lctx context.Context) (any, error) {
-		return loadAndStore(lctx, s, key, ttl, load, co, mode)
-	})
-	if res == nil { // load failed, this caller stopped waiting, or load returned a nil interface
-		if err == nil {
-			return zero, readErr
-		}
-		if cerr := ctx.Err(); (cerr != nil && err == cerr) || err == errGoexit { //nolint:errorlint // do returns these itself
-			err = wrapOp(op, key, fmt.Errorf("load: %w", err))
-		}
-		return zero, err
-	}
-	if readErr != nil {
+	v, err = loadShared(ctx, s, fk, ttl, load, co, mode)
+	if readErr != nil && err == nil {
 		// This caller's own failure says more than the store's, which
 		// was skipped or failed for the same reason.
 		err = readErr
 	}
-	return res.(T), err
+	return v, err
 }
 
-// loadOnly is Cache for a key it must not touch in Redis: it calls load
-// and returns its value with refused, or load's error. A ctx that has
-// already ended returns its error without calling load.
-func loadOnly[T any](ctx context.Context, op, key string, load func(context.Context) (T, error), refused error) (T, error) {
+// loadOnly is Cache for a key it must not or cannot touch in Redis: it
+// calls load in the caller's goroutine and returns its value with
+// refused, or load's error. A panic in load is returned as an error, as
+// from a shared load. A ctx that has already ended returns its error
+// without calling load.
+func loadOnly[T any](ctx context.Context, s *Service, op, key string, load func(context.Context) (T, error), refused error) (T, error) {
 	var zero T
 	if err := ctx.Err(); err != nil {
 		return zero, wrapOp(op, key, err)
 	}
-	v, err := load(ctx)
+	v, err := s.guarded(key, func(ctx context.Context) (any, error) { return load(ctx) })(ctx)
 	if err != nil {
-		return zero, wrapOp(op, key, &loadError{err})
-	}
-	return v, refused
-}
-
-// refresh reloads key in the background for StaleWhileRevalidate, unless
-// a refresh of key (and T) is running in this process already. The load
-// gets ctx's values, not its cancellation; Close cancels it.
-func refresh[T any](ctx context.Context, s *Service, fk flightKey, ttl time.Duration, load func(context.Context) (T, error), co cacheOptions) {
-	if _, running := s.refreshing.LoadOrStore(fk, struct{}{}); running {
-		return
-	}
-	values := context.WithoutCancel(ctx)
-	started := s.goBackground(func(bg context.Context) {
-		defer s.refreshing.Delete(fk)
-		lctx, cancel := context.WithCancel(values)
-		defer context.AfterFunc(bg, cancel)()
-		defer cancel()
-		lctx, scope := s.tel.begin(lctx, "cache.refresh", fk.key) // a span and count of its own
-		_, err := s.flights.do(lctx, fk, func(lctx context.Context) (any, error) {
-			return loadAndStore(lctx, s, fk.key, ttl, load, co, loadStore)
-		})
-		scope.end(lctx, &err)
-	})
-	if !started {
-		s.refreshing.Delete(fk)
-	}
-}
-
-// What loadAndStore does besides calling load.
-const (
-	loadRecheck = 1 << iota // read the key once more first: another caller may have stored it
-	loadStore               // store the value
-)
-
-// loadAndStore is the shared part of a miss: check once more, call load,
-// store its value, as mode says. Unless co turns it off, a store is
-// guarded by the fleet lock (fleetlock.go): the recheck takes it in the
-// same round trip, and the store releases it in the same round trip. It
-// returns the value and load's error, or the value and the error that
-// kept it from being stored. A load that fails with ErrNotFound leaves the
-// not-found marker when co asks for it.
-func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), co cacheOptions, mode int) (any, error) {
-	const op = "cache"
-	locking := mode&loadStore != 0 && !co.noFleetLock
-	locked := false
-	switch {
-	case mode&loadRecheck != 0:
-		lock := lockNone
-		if locking {
-			lock = lockTake
+		var oerr *opError
+		if !errors.As(err, &oerr) {
+			err = wrapOp(op, key, &loadError{err})
 		}
-		v, fresh, r, err := recheck[T](ctx, s, key, co, lock)
-		locked = r.locked
-		switch {
-		case fresh || r.notFound:
-			if locked {
-				s.unlockFleet(ctx, key)
-			}
-			if r.notFound {
-				return nil, notFound(key)
-			}
-			return v, nil
-		case locking && err == nil && !locked:
-			// Another process loads: wait for its value.
-			got, v, hit, err := fleetWait[T](ctx, s, key, co)
-			switch {
-			case hit:
-				return v, nil
-			case errors.Is(err, ErrNotFound):
-				return nil, err
-			}
-			locked = got
-		}
-	case locking:
-		// A refresh: the process that holds the lock refreshes for all.
-		got, err := s.takeFleetLock(ctx, key)
-		if err == nil && !got {
-			return nil, nil
-		}
-		locked = got
+		return zero, err
 	}
-	v, err := load(s.tel.leave(ctx)) // the loader's own calls are not this call's round trips
-	if err != nil {
-		err = wrapOp(op, key, &loadError{err})
-		if co.notFound > 0 && mode&loadStore != 0 && errors.Is(err, ErrNotFound) {
-			_, _ = call(s, context.WithoutCancel(ctx), op, key, func(ctx context.Context) (string, error) {
-				return s.rdb.Set(ctx, s.key(notFoundKey(key)), notFoundMarker, co.notFound).Result()
-			})
-		}
-		if locked {
-			s.unlockFleet(ctx, key)
-		}
-		return nil, err
-	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		if locked {
-			s.unlockFleet(ctx, key)
-		}
-		return v, invalid(op, key, fmt.Errorf("%w: %w", ErrInvalidArgument, err))
-	}
-	if mode&loadStore == 0 {
-		return v, nil
-	}
-	// The value is worth storing even when every caller has gone: the
-	// write is bounded by Options.Timeout instead.
-	_, err = call(s, context.WithoutCancel(ctx), op, key, func(ctx context.Context) (string, error) {
-		if co.notFound == 0 && !locked {
-			return s.rdb.Set(ctx, s.key(key), b, ttl+co.swr).Result()
-		}
-		// The marker of an earlier absence and the lock go with the store.
-		var set *redis.StatusCmd
-		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			set = p.Set(ctx, s.key(key), b, ttl+co.swr)
-			if co.notFound > 0 {
-				p.Del(ctx, s.key(notFoundKey(key)))
-			}
-			if locked {
-				p.Del(ctx, s.key(lockKey(key)))
-			}
-			return nil
-		})
-		if err != nil {
-			return "", err
-		}
-		return set.Result()
-	})
-	return v, err
-}
-
-// recheck reads key once more inside a load, doing lock in the same round
-// trip, and reports whether it found a fresh value. A missing or
-// undecodable value is no error.
-func recheck[T any](ctx context.Context, s *Service, key string, co cacheOptions, lock lockOp) (T, bool, readReply, error) {
-	var v T
-	rk := readKey{key: key, withTTL: co.swr > 0, notFound: co.notFound > 0}
-	r, err := call(s, ctx, "cache", key, func(ctx context.Context) (readReply, error) {
-		return s.readCached(ctx, rk, lock)
-	})
-	var rerr redis.Error
-	switch {
-	case err == redis.Nil: //nolint:errorlint // call returns redis.Nil unwrapped
-		return v, false, r, nil
-	case errors.As(err, &rerr) && !errors.Is(err, ErrClosed):
-		return v, false, r, nil // WRONGTYPE: overwritten by the store
-	case err != nil:
-		return v, false, r, err
-	}
-	if json.Unmarshal(r.b, &v) != nil {
-		var zero T
-		return zero, false, r, nil
-	}
-	return v, co.swr == 0 || r.pttl < 0 || r.pttl > co.swr, r, nil
+	t, _ := v.(T) // v is nil when T is an interface and load returned nil
+	return t, refused
 }
 
 // notFound is the error of a remembered absence of key.
@@ -382,7 +195,7 @@ func cacheRead[T any](ctx context.Context, s *Service, rk readKey) (T, bool, rea
 	case err == redis.Nil: //nolint:errorlint // call returns redis.Nil unwrapped
 		return v, false, r, nil
 	case errors.As(err, &rerr) && !errors.Is(err, ErrClosed):
-		return v, false, readReply{}, nil // WRONGTYPE: undecodable, overwritten by the SET
+		return v, false, readReply{}, nil // an error reply (counted and logged): a miss, overwritten by the SET
 	case err != nil:
 		return v, false, r, err
 	}
@@ -406,7 +219,7 @@ func (s *Service) readCached(ctx context.Context, rk readKey, lock lockOp) (read
 	if !rk.withTTL && !rk.notFound && lock == lockNone {
 		b, err := s.rdb.Get(ctx, k).Bytes()
 		r.b = b
-		return r, err
+		return r, missingIfWrongType(err)
 	}
 	var get *redis.StringCmd
 	var pttl *redis.DurationCmd
@@ -444,6 +257,7 @@ func (s *Service) readCached(ctx context.Context, rk readKey, lock lockOp) (read
 		r.locked = n > 0
 	}
 	b, err := get.Bytes()
+	err = missingIfWrongType(err)
 	if err == redis.Nil && marker != nil { //nolint:errorlint // go-redis returns redis.Nil unwrapped
 		n, merr := marker.Result()
 		if merr != nil {
@@ -464,11 +278,22 @@ func (s *Service) readCached(ctx context.Context, rk readKey, lock lockOp) (read
 	return r, nil
 }
 
+// missingIfWrongType turns a GET's WRONGTYPE into redis.Nil: a key of
+// another type is a miss that the store overwrites, not a failure, and
+// the commands sent with the GET (the fleet lock's) still count.
+func missingIfWrongType(err error) error {
+	var rerr redis.Error
+	if errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "WRONGTYPE") {
+		return redis.Nil
+	}
+	return err
+}
+
 // loadError is a loader's failure, as Cache returns it (wrapped with the
 // op and key): "load: " and the loader's error, which it unwraps to.
 type loadError struct{ err error }
 
-func (e *loadError) Error() string { return "load: " + e.err.Error() }
+func (e *loadError) Error() string { return "load: " + errText(e.err) }
 func (e *loadError) Unwrap() error { return e.err }
 
 // notFoundMarker is the value of a not-found marker: not JSON, so that no

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"reflect"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -288,36 +287,29 @@ func TestCacheCancelledCallerDoesNotFailOthers(t *testing.T) {
 		t.Errorf("stored value = %q; want \"v\" as JSON", v)
 	}
 
-	// When every caller has gone, the load's ctx is cancelled, and a later
-	// caller starts a fresh load instead of joining the cancelled one.
-	blocked := func(lctx context.Context) (string, error) {
+	// When every caller has gone, the load runs on, and a later caller
+	// joins it instead of starting another.
+	var loads atomic.Int32
+	release2 := make(chan struct{})
+	slow := func(lctx context.Context) (string, error) {
+		loads.Add(1)
 		started <- lctx
-		<-lctx.Done()
-		return "", lctx.Err()
+		<-release2
+		return "slow", nil
 	}
 	c1, cancel1 := context.WithCancel(ctx)
-	c2, cancel2 := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() { _, _ = Cache(c1, s, "k2", time.Minute, blocked) })
+	go func() { _, err := Cache(c1, s, "k2", time.Minute, slow); aErr <- err }()
 	lctx = <-started
-	wg.Go(func() { _, _ = Cache(c2, s, "k2", time.Minute, blocked) })
-	waitWaiting(t, s, flightKey{key: "k2", typ: reflect.TypeFor[string]()}, 2)
 	cancel1()
-	waitWaiting(t, s, flightKey{key: "k2", typ: reflect.TypeFor[string]()}, 1)
-	if err := lctx.Err(); err != nil {
-		t.Errorf("load ctx ended (%v) with one caller still waiting", err)
-	}
-	cancel2()
-	wg.Wait()
-	select {
-	case <-lctx.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("load ctx not cancelled after every caller left")
-	}
-	fresh := func(context.Context) (string, error) { return "fresh", nil }
-	if v, err := Cache(ctx, s, "k2", time.Minute, fresh); v != "fresh" || err != nil {
-		t.Errorf("Cache after an abandoned load = %q, %v; want fresh, nil", v, err)
-	}
+	require.ErrorIs(t, <-aErr, context.Canceled, "the caller that left")
+	assert.NoError(t, lctx.Err(), "the load's ctx ended when its only caller left")
+	go func() { v, err := Cache(ctx, s, "k2", time.Minute, slow); bRes <- result{v, err} }()
+	waitWaiting(t, s, keyOf[string]("k2"), 1)
+	close(release2)
+	r := <-bRes
+	require.NoError(t, r.err)
+	assert.Equal(t, "slow", r.v, "a caller that came while the abandoned load ran")
+	assert.EqualValues(t, 1, loads.Load(), "loads")
 }
 
 func TestCacheLoadKeepsCallerValues(t *testing.T) {
@@ -332,27 +324,6 @@ func TestCacheLoadKeepsCallerValues(t *testing.T) {
 	}
 	if v, err := Cache(ctx, s, "k", time.Minute, load); v != "trace-1" || err != nil {
 		t.Errorf("Cache = %q, %v; want the loader to see the caller's ctx values", v, err)
-	}
-}
-
-func TestCacheLoaderPanic(t *testing.T) {
-	t.Parallel()
-	b := newBackend(t, "miniredis")
-	s := b.service(t, Options{})
-	ctx := ctxT(t)
-	func() {
-		defer func() {
-			r := recover()
-			pe, ok := r.(*panicError)
-			if !ok || pe.value != "kaboom" || !strings.Contains(pe.Error(), "kaboom") {
-				t.Errorf("recovered %v; want the loader's panic value", r)
-			}
-		}()
-		_, _ = Cache(ctx, s, "k", time.Minute, func(context.Context) (int, error) { panic("kaboom") })
-		t.Error("Cache returned after its loader panicked")
-	}()
-	if v, err := Cache(ctx, s, "k", time.Minute, func(context.Context) (int, error) { return 7, nil }); v != 7 || err != nil {
-		t.Errorf("Cache after a panicking load = %d, %v; want 7, nil", v, err)
 	}
 }
 

@@ -27,10 +27,10 @@
 // fallback value (a miss, false, 0, an empty map, the loader's result)
 // together with an error, so that a Redis outage degrades a product instead
 // of breaking it. A miss is not an error. Every Redis round trip is bounded
-// in time by the caller's deadline or [Options.Timeout], with two
-// exceptions: a [Cache] loader is bounded only by the caller's ctx, and
-// with [Options.AutoPipeline] a queued command is bounded by the socket
-// timeouts rather than the caller's deadline. While Redis is known to be
+// in time by the caller's deadline or [Options.Timeout], and so is each
+// [Cache] load, with one exception: with [Options.AutoPipeline] a queued
+// command is bounded by the socket timeouts rather than the caller's
+// deadline. While Redis is known to be
 // down, calls fail fast with [ErrUnavailable] (see [Service.IsConnected]).
 //
 // # Writable values

@@ -72,8 +72,12 @@ func wrapOp(op, key string, err error) error {
 }
 
 func (e *opError) Error() string {
-	return "redisservice: " + e.op + " " + strconv.Quote(e.key) + ": " + strings.TrimPrefix(e.err.Error(), "redisservice: ")
+	return "redisservice: " + e.op + " " + strconv.Quote(e.key) + ": " + errText(e.err)
 }
+
+// errText is the text of a cause inside an error that already names the
+// package: err's, without a leading "redisservice: ".
+func errText(err error) string { return strings.TrimPrefix(err.Error(), "redisservice: ") }
 
 func (e *opError) Unwrap() error { return e.err }
 

@@ -1,11 +1,15 @@
 package redisservice
 
 import (
+	"context"
 	"reflect"
 	"time"
 )
 
-// Test-only hooks into the Cache's groups.
+// Test-only hooks into the Cache's groups and tier.
+
+// keyOf returns the flight key of key read as a T.
+func keyOf[T any](key string) flightKey { return flightKey{key: key, typ: reflect.TypeFor[T]()} }
 
 // waiting returns how many callers wait for k's load.
 func (g *flightGroup) waiting(k flightKey) int {
@@ -15,6 +19,23 @@ func (g *flightGroup) waiting(k flightKey) int {
 		return f.waiters
 	}
 	return 0
+}
+
+// loading reports whether a load of k is in flight in s: the mark that
+// keeps a second one from starting.
+func loading(s *Service, k flightKey) bool {
+	s.flights.mu.Lock()
+	defer s.flights.mu.Unlock()
+	_, ok := s.flights.calls[k]
+	return ok
+}
+
+// onForget makes s call fn as each load's mark is cleared, before its
+// callers wake. fn runs in the load's goroutine.
+func onForget(s *Service, fn func(flightKey)) {
+	s.flights.mu.Lock()
+	defer s.flights.mu.Unlock()
+	s.flights.forgot = fn
 }
 
 // readers returns how many callers wait for the read of key in flight,
@@ -32,4 +53,29 @@ func (g *readGroup[K, V]) readers(key K) int {
 func localHas[T any](s *Service, key string) bool {
 	_, ok := s.local.get(flightKey{key: key, typ: reflect.TypeFor[T]()}, time.Now().UnixNano())
 	return ok
+}
+
+// useLocalTier gives s, made without one, a local tier of n entries in
+// use without tracking: only Cache itself drops its copies. Call it
+// before s is used.
+func useLocalTier(s *Service, n int) {
+	lt := newLocalTier(n)
+	lt.setUp()
+	s.local = lt
+}
+
+// putLocal puts v in s's local tier as if read now from Redis with the
+// remaining time to live pttl, under StaleWhileRevalidate(swr).
+func putLocal[T any](s *Service, key string, v T, pttl, swr time.Duration) {
+	s.local.put(keyOf[T](key), s.local.ticket(key), v, time.Now(), pttl, swr)
+}
+
+// refreshNow asks for a StaleWhileRevalidate refresh of key, as a call
+// that found its value stale does.
+func refreshNow[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), opts ...CacheOption) {
+	co, err := buildCacheOptions(opts)
+	if err != nil {
+		panic(err)
+	}
+	refresh(ctx, s, keyOf[T](key), ttl, load, co)
 }

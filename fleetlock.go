@@ -53,16 +53,16 @@ func fleetWait[T any](ctx context.Context, s *Service, key string, co cacheOptio
 		case <-t.C:
 		}
 		pause = min(2*pause, fleetPollMax)
-		val, fresh, r, err := recheck[T](ctx, s, key, co, lock)
+		val, st, r, err := recheck[T](ctx, s, key, co, lock)
 		switch {
 		case err != nil:
 			return r.locked && lock == lockTake, nil, false, nil
-		case fresh:
+		case st == stateFresh:
 			if lock == lockTake && r.locked {
 				s.unlockFleet(ctx, key)
 			}
 			return false, val, true, nil
-		case r.notFound:
+		case st == stateNotFound:
 			if lock == lockTake && r.locked {
 				s.unlockFleet(ctx, key)
 			}
@@ -78,13 +78,6 @@ func fleetWait[T any](ctx context.Context, s *Service, key string, co cacheOptio
 		lock = lockCheck
 	}
 	return true, nil, false, nil
-}
-
-// takeFleetLock takes key's lock if it is free.
-func (s *Service) takeFleetLock(ctx context.Context, key string) (bool, error) {
-	return call(s, ctx, "cache", key, func(ctx context.Context) (bool, error) {
-		return s.rdb.SetNX(ctx, s.key(lockKey(key)), "1", fleetLockTTL).Result()
-	})
 }
 
 // unlockFleet drops key's lock. It is not checked to be this process's:

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -85,5 +86,51 @@ func TestCacheFleetHolderFails(t *testing.T) {
 		v, err = Cache(ctx, waiter, "dead", time.Minute, func(context.Context) (string, error) { return "after", nil })
 		require.NoError(t, err)
 		assert.Equal(t, "after", v)
+	})
+}
+
+// countingHook counts the round trips and commands a client sends.
+type countingHook struct{ trips, cmds atomic.Int32 }
+
+func (h *countingHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *countingHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.trips.Add(1)
+		h.cmds.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *countingHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.trips.Add(1)
+		h.cmds.Add(int32(len(cmds)))
+		return next(ctx, cmds)
+	}
+}
+
+// TestCacheFleetLockCost: the fleet lock costs a miss two commands and no
+// round trip, as WithoutFleetLock's doc says.
+func TestCacheFleetLockCost(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		h := new(countingHook)
+		b.client.AddHook(h)
+		ctx := ctxT(t)
+		miss := func(key string, opts ...CacheOption) (trips, cmds int32) {
+			t0, c0 := h.trips.Load(), h.cmds.Load()
+			v, err := Cache(ctx, s, key, time.Minute, func(context.Context) (string, error) { return "v", nil }, opts...)
+			require.NoError(t, err)
+			require.Equal(t, "v", v)
+			return h.trips.Load() - t0, h.cmds.Load() - c0
+		}
+		miss("warm") // the connection's own handshake goes through the hooks too
+		lockTrips, lockCmds := miss("locked")
+		trips, cmds := miss("unlocked", WithoutFleetLock())
+		assert.EqualValues(t, 3, lockTrips, "round trips of a miss: GET, the second read, the store")
+		assert.Equal(t, lockTrips, trips, "round trips saved by WithoutFleetLock")
+		assert.Equal(t, lockCmds-2, cmds, "commands saved by WithoutFleetLock")
 	})
 }

@@ -95,7 +95,8 @@ type Options struct {
 	// over it) share one deadline per slot of Timeout/64 (at most 10 ms)
 	// instead of a timer each, so their bound is Timeout plus at most one
 	// slot.
-	// It is also the socket read and write timeout of a dialled client.
+	// It is also the socket read and write timeout of a dialled client,
+	// and the bound of each [Cache] load, whoever waits for it.
 	// The default value is 3s. A value above [MaxTimeout] is taken as
 	// MaxTimeout, so that math.MaxInt64 means "practically unbounded"
 	// instead of a deadline that overflows.

@@ -35,14 +35,13 @@ type Service struct {
 	bgCtx    context.Context // cancelled by Close
 	bgCancel context.CancelFunc
 
-	stats      counters
-	logGate    logGate
-	flights    flightGroup                   // Cache's loads in progress
-	reads      readGroup[readKey, readReply] // Cache's reads in progress
-	local      *localTier                    // Cache's in-process tier; nil unless Options.LocalCacheEntries > 0
-	refreshing sync.Map                      // flightKey -> struct{}: StaleWhileRevalidate loads running
-	deadlines  *deadline.Bounder             // bounds calls without a deadline of their own
-	tel        *telemetry                    // nil unless Options.MeterProvider or TracerProvider is set
+	stats     counters
+	logGate   logGate
+	flights   flightGroup                   // Cache's loads in progress
+	reads     readGroup[readKey, readReply] // Cache's reads in progress
+	local     *localTier                    // Cache's in-process tier; nil unless Options.LocalCacheEntries > 0
+	deadlines *deadline.Bounder             // bounds calls without a deadline of their own
+	tel       *telemetry                    // nil unless Options.MeterProvider or TracerProvider is set
 }
 
 // New validates opts and returns a Service. It does not touch the
@@ -170,8 +169,10 @@ func (s *Service) Connect(ctx context.Context) error {
 
 // Close releases the Service. It closes the go-redis client only when New
 // dialled it (never one passed in [Options.Client]) and waits for the
-// Service's own background work. Close is idempotent: calls after the
-// first return nil. Every other method returns [ErrClosed] afterwards.
+// Service's own background work. [Cache]'s loads in progress have their
+// ctx cancelled, and Close waits for them to return, up to
+// [Options.Timeout]. Close is idempotent: calls after the first return
+// nil. Every other method returns [ErrClosed] afterwards.
 func (s *Service) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
@@ -179,6 +180,7 @@ func (s *Service) Close() error {
 	s.bgMu.Lock() // goBackground checks closed under bgMu: no goroutine starts after this
 	s.bgCancel()
 	s.bgMu.Unlock()
+	s.flights.close(s.opts.Timeout)
 	s.bg.Wait()
 	s.tel.close()
 	s.breaker.MarkDown() // starts no ping: goBackground refuses after Close

@@ -238,6 +238,7 @@ func errorType(err error) string {
 	var (
 		rerr redis.Error
 		lerr *loadError
+		perr *panicError
 	)
 	switch {
 	case errors.Is(err, ErrClosed):
@@ -248,6 +249,8 @@ func errorType(err error) string {
 		return "timeout"
 	case errors.Is(err, context.Canceled):
 		return "canceled"
+	case errors.As(err, &perr):
+		return "panic" // a Cache loader's panic, returned as an error
 	case errors.As(err, &lerr):
 		return "load" // a Cache loader's own error
 	case errors.Is(err, ErrDecode):
@@ -291,6 +294,10 @@ func redact(err error) string {
 			continue
 		}
 		if full, short := c.Error(), redact(c); full != short {
+			if !strings.Contains(msg, full) {
+				// err quotes c without the package prefix (errText).
+				full, short = errText(c), strings.TrimPrefix(short, "redisservice: ")
+			}
 			msg = strings.Replace(msg, full, short, 1)
 		}
 	}
