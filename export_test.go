@@ -28,8 +28,9 @@ func (g *readGroup[K, V]) readers(key K) int {
 	return -1
 }
 
-// localHas reports whether the local tier holds a live copy of key as a T.
+// localHas reports whether the local tier holds a live copy of key as a
+// T, whether or not the tier is usable now.
 func localHas[T any](s *Service, key string) bool {
-	_, ok := s.local.get(flightKey{key: key, typ: reflect.TypeFor[T]()}, time.Now().UnixNano())
-	return ok
+	e, ok := s.local.store.GetIfPresent(flightKey{key: key, typ: reflect.TypeFor[T]()})
+	return ok && (e.expires == 0 || time.Now().UnixNano() < e.expires)
 }

@@ -262,25 +262,25 @@ func TestLocalTierTickets(t *testing.T) {
 	fk := flightKey{key: "k", typ: reflect.TypeFor[string]()}
 	newTier := func() *localTier {
 		lt := newLocalTier(10)
-		lt.setUp() // as a subscribed tracker would
+		lt.settleDoubt(lt.doubtSeq()) // as a discovery that found no node to wait for would
 		require.True(t, lt.usable())
 		return lt
 	}
 	has := func(lt *localTier) bool { _, ok := lt.get(fk, time.Now().UnixNano()); return ok }
 
 	lt := newTier()
-	tk := lt.ticket("k")
+	tk := lt.ticket("k", "")
 	lt.put(fk, tk, "v", time.Now(), time.Minute, 0)
 	assert.True(t, has(lt), "a value read with no invalidation meanwhile is kept")
 
 	lt = newTier()
-	tk = lt.ticket("k")
+	tk = lt.ticket("k", "")
 	lt.invalidate("k") // the key changed while the read was in flight
 	lt.put(fk, tk, "old", time.Now(), time.Minute, 0)
 	assert.False(t, has(lt), "a value read before an invalidation of its key")
 
 	lt = newTier()
-	tk = lt.ticket("k")
+	tk = lt.ticket("k", "")
 	lt.invalidate("other")
 	lt.invalidate("k2")
 	lt.put(fk, tk, "v", time.Now(), time.Minute, 0)
@@ -291,7 +291,7 @@ func TestLocalTierTickets(t *testing.T) {
 	}
 
 	lt = newTier()
-	tk = lt.ticket("k")
+	tk = lt.ticket("k", "")
 	lt.setDown() // the tracker reconnects while the read is in flight
 	lt.setUp()
 	lt.put(fk, tk, "v", time.Now(), time.Minute, 0)
@@ -299,29 +299,43 @@ func TestLocalTierTickets(t *testing.T) {
 
 	lt = newTier()
 	lt.setDown()
-	tk = lt.ticket("k")
+	tk = lt.ticket("k", "")
 	lt.setUp()
 	lt.put(fk, tk, "v", time.Now(), time.Minute, 0)
 	assert.False(t, has(lt), "a value read while the tier was unused")
 
 	lt = newTier()
-	lt.put(fk, lt.ticket("k"), "v", time.Now(), -2, 0)
+	lt.put(fk, lt.ticket("k", ""), "v", time.Now(), -2, 0)
 	assert.False(t, has(lt), "a key that was gone (PTTL -2)")
-	lt.put(fk, lt.ticket("k"), "v", time.Now(), -1, 0)
+	lt.put(fk, lt.ticket("k", ""), "v", time.Now(), -1, 0)
 	assert.True(t, has(lt), "a key without a TTL is kept until invalidated")
 	lt.invalidate("k")
 	assert.False(t, has(lt))
 
 	lt = newTier()
-	lt.put(fk, lt.ticket("k"), "v", time.Now(), 20*time.Millisecond, 0)
+	lt.put(fk, lt.ticket("k", ""), "v", time.Now(), 20*time.Millisecond, 0)
 	require.True(t, has(lt))
 	time.Sleep(25 * time.Millisecond)
 	assert.False(t, has(lt), "a copy outlived its key's PTTL")
 
 	lt = newTier()
 	start := time.Now()
-	lt.put(fk, lt.ticket("k"), "v", start, time.Minute, 50*time.Second)
+	lt.put(fk, lt.ticket("k", ""), "v", start, time.Minute, 50*time.Second)
 	e, ok := lt.get(fk, start.UnixNano())
 	require.True(t, ok)
 	assert.Equal(t, start.Add(10*time.Second).UnixNano(), e.stale, "stale once PTTL falls to the StaleWhileRevalidate window")
+}
+
+func TestLocalTierOptionsAreTheServicesOwn(t *testing.T) {
+	t.Parallel()
+	c := redis.NewClient(&redis.Options{Addr: closedPort(t), Protocol: 3})
+	t.Cleanup(func() { _ = c.Close() })
+	s := newService(t, Options{Client: c, LocalCacheEntries: 10})
+	require.NotNil(t, s.nodeOpts)
+	require.NotSame(t, c.Options(), s.nodeOpts, "the Service keeps a copy of the client's options")
+	o := s.trackerOptions(newNodeTracker(newLocalTier(10), "x"), s.nodeOpts)
+	require.NotNil(t, c.Options().MaintNotificationsConfig)
+	assert.NotSame(t, c.Options().MaintNotificationsConfig, o.MaintNotificationsConfig,
+		"the tracker's options share the config that the client's handshakes write")
+	assert.Equal(t, c.Options().Addr, o.Addr)
 }

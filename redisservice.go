@@ -39,6 +39,7 @@ type Service struct {
 	flights    flightGroup                   // Cache's loads in progress
 	reads      readGroup[readKey, readReply] // Cache's reads in progress
 	local      *localTier                    // Cache's in-process tier; nil unless Options.LocalCacheEntries > 0
+	nodeOpts   *redis.Options                // the Service's own copy of a single node's options, for the tier's trackers; nil for a cluster or failover client passed in
 	refreshing sync.Map                      // flightKey -> struct{}: StaleWhileRevalidate loads running
 	deadlines  *deadlines                    // bounds calls whose ctx can never end
 	tel        *telemetry                    // nil unless Options.MeterProvider or TracerProvider is set
@@ -103,6 +104,8 @@ func New(opts Options) (*Service, error) {
 				return nil, err
 			}
 		}
+		own := *ro // newClient copies ro: this copy is never a live client's
+		s.nodeOpts = &own
 		c := newClient(ro, opts) // a failover client with Options.SentinelMaster
 		s.rdb, s.hot, s.ownClient = c, c, true
 		if opts.AutoPipeline {
@@ -128,6 +131,12 @@ func New(opts Options) (*Service, error) {
 			_ = s.rdb.Close()
 		}
 		return nil, fmt.Errorf("%w: telemetry: %w", ErrInvalidArgument, err)
+	}
+	if c, ok := opts.Client.(*redis.Client); ok && c.Options().Addr != "FailoverClient" {
+		// A shallow copy now, before any tracker: go-redis writes only
+		// behind the pointers that trackerOptions replaces.
+		own := *c.Options()
+		s.nodeOpts = &own
 	}
 	if opts.LocalCacheEntries > 0 {
 		s.local = newLocalTier(opts.LocalCacheEntries)
