@@ -121,7 +121,7 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	case hit:
 		s.found(true)
 		if lt != nil {
-			lt.put(fk, reply.ticket, v, reply.start, reply.pttl, co.swr)
+			lt.put(fk, reply.ticket, v, len(reply.b), reply.start, reply.pttl, co.swr)
 		}
 		if co.swr > 0 && reply.pttl >= 0 && reply.pttl <= co.swr {
 			s.tel.cacheResult(ctx, cacheStale)

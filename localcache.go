@@ -2,6 +2,7 @@ package redisservice
 
 import (
 	"hash/maphash"
+	"math"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -15,8 +16,9 @@ import (
 // Redis sends for their key (see tracking.go), and unused while any
 // source of invalidations is missing or in doubt (see topology.go).
 type localTier struct {
-	store *otter.Cache[flightKey, *localEntry]
-	seed  maphash.Seed
+	store    *otter.Cache[flightKey, *localEntry]
+	seed     maphash.Seed
+	maxEntry int64 // the longest JSON value kept, in bytes
 
 	typesMu sync.Mutex                     // serialises additions to types
 	types   atomic.Pointer[[]reflect.Type] // every T stored, to drop all copies of a key
@@ -48,14 +50,26 @@ type localDoubt struct {
 // localEntry is one decoded value.
 type localEntry struct {
 	val     any
-	expires int64 // unix nanos when the key expires in Redis; 0: no TTL
-	stale   int64 // unix nanos after which the value is served stale (StaleWhileRevalidate); 0: never
+	expires int64  // unix nanos when the key expires in Redis; 0: no TTL
+	stale   int64  // unix nanos after which the value is served stale (StaleWhileRevalidate); 0: never
+	weight  uint32 // what it counts against Options.LocalCacheBytes
 }
 
-func newLocalTier(entries int) *localTier {
+// localEntryOverhead is what an entry costs besides its JSON and key: the
+// decoded value's headers, the entry, otter's node (BENCHMARKS.md "Local
+// tier" measured ~221 B in all).
+const localEntryOverhead = 256
+
+func newLocalTier(entries int, bytes int64) *localTier {
+	// Every entry weighs at least bytes/entries, so that the weight bound
+	// keeps both: at most entries values, at most bytes in all.
+	minWeight := uint64(max(1, bytes/int64(entries)))
 	lt := &localTier{
 		store: otter.Must(&otter.Options[flightKey, *localEntry]{
-			MaximumSize: entries,
+			MaximumWeight: uint64(bytes),
+			Weigher: func(_ flightKey, e *localEntry) uint32 {
+				return uint32(max(uint64(e.weight), minWeight))
+			},
 			ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[flightKey, *localEntry]) time.Duration {
 				if e.Value.expires == 0 {
 					return 100 * 365 * 24 * time.Hour // until invalidated or evicted
@@ -63,8 +77,9 @@ func newLocalTier(entries int) *localTier {
 				return time.Until(time.Unix(0, e.Value.expires))
 			}),
 		}),
-		seed:  maphash.MakeSeed(),
-		nudge: make(chan struct{}, 1),
+		seed:     maphash.MakeSeed(),
+		maxEntry: bytes / localMaxEntryShare,
+		nudge:    make(chan struct{}, 1),
 	}
 	lt.down.Store(1) // the doubt, until the nodes are known
 	lt.doubt.on = true
@@ -72,6 +87,10 @@ func newLocalTier(entries int) *localTier {
 	lt.nodes.Store(new(map[string]*nodeTracker))
 	return lt
 }
+
+// localMaxEntryShare: a value whose JSON is longer than LocalCacheBytes
+// divided by this is not kept, so that one value cannot empty the tier.
+const localMaxEntryShare = 16
 
 // usable reports whether invalidations arrive, so that the tier may be
 // read and filled.
@@ -118,14 +137,15 @@ func (lt *localTier) live(addr string) bool {
 }
 
 // put stores v for k, read at start with the key's remaining time to live
-// pttl (-1: none), unless an invalidation of the key or an emptying of the
-// tier came after t was taken.
-func (lt *localTier) put(k flightKey, t localTicket, v any, start time.Time, pttl, staleAfter time.Duration) {
-	if !t.ok || pttl == -2 || (pttl >= 0 && pttl < time.Millisecond) {
+// pttl (-1: none) from size bytes of JSON, unless an invalidation of the
+// key or an emptying of the tier came after t was taken.
+func (lt *localTier) put(k flightKey, t localTicket, v any, size int, start time.Time, pttl, staleAfter time.Duration) {
+	weight := uint64(size) + uint64(len(k.key)) + localEntryOverhead
+	if !t.ok || pttl == -2 || (pttl >= 0 && pttl < time.Millisecond) || int64(size) > lt.maxEntry || weight > math.MaxUint32 {
 		return
 	}
 	lt.addType(k.typ)
-	e := &localEntry{val: v}
+	e := &localEntry{val: v, weight: uint32(weight)}
 	if pttl > 0 {
 		// Counted from before the read: never later than Redis's expiry.
 		e.expires = start.Add(pttl).UnixNano()

@@ -191,6 +191,14 @@ type Options struct {
 	// values in process.
 	LocalCacheEntries int
 
+	// LocalCacheBytes bounds the memory of the local tier: its values count
+	// by the length of their JSON in Redis, plus their key and about 256 B
+	// each, and the least useful go first once the total would pass it. A
+	// value whose JSON is longer than LocalCacheBytes/16 is not kept in
+	// process at all. It needs LocalCacheEntries. The default value is
+	// 64 MiB.
+	LocalCacheBytes int64
+
 	// TLSConfig is used for rediss:// URLs. The default value verifies the
 	// server against the system roots and the URL's host name.
 	TLSConfig *tls.Config
@@ -291,6 +299,9 @@ func (o Options) withDefaults() Options {
 	if o.ClientSideCacheMaxStaleness == 0 {
 		o.ClientSideCacheMaxStaleness = time.Second
 	}
+	if o.LocalCacheBytes == 0 && o.LocalCacheEntries > 0 {
+		o.LocalCacheBytes = 64 << 20
+	}
 	if o.MaxSessionsPerUser == 0 {
 		o.MaxSessionsPerUser = 64
 	}
@@ -355,6 +366,10 @@ func (o Options) validate() error {
 		return fmt.Errorf("%w: ClientSideCacheMaxStaleness %v < 0", ErrInvalidArgument, o.ClientSideCacheMaxStaleness)
 	case o.LocalCacheEntries < 0:
 		return fmt.Errorf("%w: LocalCacheEntries %d < 0", ErrInvalidArgument, o.LocalCacheEntries)
+	case o.LocalCacheBytes < 0:
+		return fmt.Errorf("%w: LocalCacheBytes %d < 0", ErrInvalidArgument, o.LocalCacheBytes)
+	case o.LocalCacheBytes > 0 && o.LocalCacheEntries == 0:
+		return fmt.Errorf("%w: LocalCacheBytes without LocalCacheEntries", ErrInvalidArgument)
 	case o.LocalCacheEntries > 0 && o.ClientSideCache:
 		return fmt.Errorf("%w: LocalCacheEntries with ClientSideCache: use one", ErrInvalidArgument)
 	case o.SessionMaxLifetime < 0:

@@ -139,7 +139,7 @@ func New(opts Options) (*Service, error) {
 		s.nodeOpts = &own
 	}
 	if opts.LocalCacheEntries > 0 {
-		s.local = newLocalTier(opts.LocalCacheEntries)
+		s.local = newLocalTier(opts.LocalCacheEntries, opts.LocalCacheBytes)
 		s.goBackground(s.track)
 	}
 	// Optimistic until a call says otherwise, so that a Service used
