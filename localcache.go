@@ -223,6 +223,14 @@ func (lt *localTier) settleDoubt(seq uint64) {
 	}
 }
 
+// close switches the tier off for good, empties it and stops otter's
+// goroutine.
+func (lt *localTier) close() {
+	lt.off.Store(true)
+	lt.clear()
+	lt.store.StopAllGoroutines()
+}
+
 func (lt *localTier) stripe(key string) int {
 	return int(maphash.String(lt.seed, key) % uint64(len(lt.stripes)))
 }

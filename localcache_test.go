@@ -265,6 +265,7 @@ func TestLocalTierTickets(t *testing.T) {
 	fk := flightKey{key: "k", typ: reflect.TypeFor[string]()}
 	newTier := func() *localTier {
 		lt := newLocalTier(10, 1<<20)
+		t.Cleanup(lt.close)
 		lt.settleDoubt(lt.doubtSeq()) // as a discovery that found no node to wait for would
 		require.True(t, lt.usable())
 		return lt
@@ -388,6 +389,7 @@ func TestLocalTierBounds(t *testing.T) {
 	}
 	newTier := func(entries int, bytes int64) *localTier {
 		lt := newLocalTier(entries, bytes)
+		t.Cleanup(lt.close)
 		lt.settleDoubt(lt.doubtSeq())
 		require.True(t, lt.usable())
 		return lt
@@ -415,6 +417,15 @@ func TestLocalTierBounds(t *testing.T) {
 	assert.LessOrEqual(t, lt.store.WeightedSize(), uint64(1<<20), "weight kept with LocalCacheBytes 1 MiB")
 	assert.LessOrEqual(t, lt.store.EstimatedSize(), (1<<20)/10_000, "entries of 10 kB kept in 1 MiB")
 	assert.Positive(t, lt.store.EstimatedSize())
+}
+
+func TestLocalCacheCloseStopsItsGoroutines(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	s := b.service(t, Options{LocalCacheEntries: 10})
+	require.NoError(t, s.Close())
+	// otter's clean-up goroutine: a second stop reports false.
+	assert.False(t, s.local.store.StopAllGoroutines(), "otter's goroutine was still running after Close")
 }
 
 func TestLocalTierOptionsAreTheServicesOwn(t *testing.T) {

@@ -175,8 +175,10 @@ func (s *Service) Connect(ctx context.Context) error {
 
 // Close releases the Service. It closes the go-redis client only when New
 // dialled it (never one passed in [Options.Client]) and waits for the
-// Service's own background work. Close is idempotent: calls after the
-// first return nil. Every other method returns [ErrClosed] afterwards.
+// Service's own background work: the local tier's tracking connections
+// and its cache's clean-up goroutine end before Close returns. Close is
+// idempotent: calls after the first return nil. Every other method
+// returns [ErrClosed] afterwards.
 func (s *Service) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
@@ -185,6 +187,9 @@ func (s *Service) Close() error {
 	s.bgCancel()
 	s.bgMu.Unlock()
 	s.bg.Wait()
+	if s.local != nil {
+		s.local.close()
+	}
 	s.tel.close()
 	s.connected.Store(false)
 	if s.ownClient {
