@@ -18,7 +18,7 @@ import (
 // writes reach it, and once promoted (a graceful Sentinel or cluster
 // failover, where the old master stays up) as it accepts writes itself, so
 // a promotion within the tracked set loses nothing. The set comes from the
-// sentinels (the master and every replica that no sentinel reports down)
+// sentinels (the master and every replica that some sentinel reports up)
 // or from the cluster (every node serving slots), listed again every
 // trackingRediscover; a change of the set or of the slots empties the tier.
 //
