@@ -435,7 +435,9 @@ func TestLocalTierOptionsAreTheServicesOwn(t *testing.T) {
 	s := newService(t, Options{Client: c, LocalCacheEntries: 10})
 	require.NotNil(t, s.nodeOpts)
 	require.NotSame(t, c.Options(), s.nodeOpts, "the Service keeps a copy of the client's options")
-	o := s.trackerOptions(newNodeTracker(newLocalTier(10, 1<<20), "x"), s.nodeOpts)
+	lt := newLocalTier(10, 1<<20)
+	t.Cleanup(lt.close)
+	o := s.trackerOptions(newNodeTracker(lt, "x"), s.nodeOpts)
 	require.NotNil(t, c.Options().MaintNotificationsConfig)
 	assert.NotSame(t, c.Options().MaintNotificationsConfig, o.MaintNotificationsConfig,
 		"the tracker's options share the config that the client's handshakes write")
