@@ -169,26 +169,26 @@ type Options struct {
 	// The default value is 1s.
 	ClientSideCacheMaxStaleness time.Duration
 
-	// LocalCacheEntries > 0 keeps up to that many decoded [Cache] values
-	// (per key and type) in this process, the least useful going first. A
-	// hit there costs no round trip, no decoding and no allocation, and
-	// returns the same value to every caller: do not modify it. Each copy
-	// is dropped when its key changes in Redis, by any client, as soon as
-	// Redis's invalidation arrives (well under a millisecond on a LAN),
-	// and never outlives the key's TTL. Every data node, replicas included, is
-	// tracked on a connection of its own (CLIENT TRACKING in BCAST mode for
-	// KeyPrefix), so that a failover or a slot moved to another node loses
-	// no invalidation. The tier is emptied and unused whenever one of those
-	// connections fails, until it is set up again; on a cluster also after
-	// a MOVED or ASK reply, until the nodes are listed again. A connection
-	// that dies silently (a partition) is noticed by a PING within a
-	// second, and copies may miss changes meanwhile. Every write under
-	// KeyPrefix costs Redis one message per tracked node to each Service
-	// with the tier. It needs Redis 6 or later; on a server without CLIENT
-	// TRACKING (miniredis), or with a failover client passed in Client, the
-	// tier switches itself off, logging why. It cannot be combined with
-	// ClientSideCache. See README "Local tier". The default, 0, keeps no
-	// values in process.
+	// LocalCacheEntries > 0 keeps up to that many decoded [Cache] values (per
+	// key and type) in this process, the least useful going first. A hit there
+	// costs no round trip, no decoding and no allocation, and returns the same
+	// value to every caller: do not modify it. Each copy is dropped when its
+	// key changes in Redis, by any client, as soon as Redis's invalidation
+	// arrives (well under a millisecond on a LAN), and never outlives the
+	// key's TTL. Every data node, replicas included, is tracked on a
+	// connection of its own (CLIENT TRACKING in BCAST mode for KeyPrefix), so
+	// that a failover loses no invalidation; nodes are listed again every
+	// second, and on a cluster no value read from a node not tracked yet is
+	// kept. The tier is emptied and unused whenever one of those connections
+	// fails, until it is set up again; on a cluster also after a MOVED or ASK
+	// reply, until the nodes are listed again. A connection that dies silently
+	// (a partition) is noticed by a PING within a second, and copies may miss
+	// changes meanwhile. Every write under KeyPrefix costs Redis one message
+	// per tracked node to each Service with the tier. It needs Redis 6 or
+	// later; on a server without CLIENT TRACKING (miniredis), or with a
+	// failover client passed in Client, the tier switches itself off, logging
+	// why. It cannot be combined with ClientSideCache. See README "Local
+	// tier". The default, 0, keeps no values in process.
 	LocalCacheEntries int
 
 	// LocalCacheBytes bounds the memory of the local tier: its values count
