@@ -63,7 +63,7 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	}
 	fk := flightKey{key: key, typ: reflect.TypeFor[T]()}
 	lt := s.local
-	if lt != nil && lt.usable() && !s.closed.Load() {
+	if lt != nil && !s.closed.Load() {
 		now := time.Now().UnixNano()
 		if e, ok := lt.get(fk, now); ok {
 			s.found(true)
@@ -82,7 +82,7 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	case hit:
 		s.found(true)
 		if lt != nil {
-			lt.put(fk, reply.ticket, v, reply.start, reply.pttl, co.swr)
+			lt.put(fk, reply.ticket, v, len(reply.b), reply.start, reply.pttl, co.swr)
 		}
 		if co.swr > 0 && reply.pttl >= 0 && reply.pttl <= co.swr {
 			s.tel.cacheResult(ctx, cacheStale)
@@ -212,12 +212,35 @@ func cacheRead[T any](ctx context.Context, s *Service, rk readKey) (T, bool, rea
 // found.
 func (s *Service) readCached(ctx context.Context, rk readKey, lock lockOp) (readReply, error) {
 	r := readReply{start: time.Now()}
-	if s.local != nil {
-		r.ticket = s.local.ticket(rk.key)
+	if s.local != nil && lock == lockNone {
+		var node *redis.Client
+		r.ticket, node = s.localTicket(ctx, rk.key)
+		if node != nil {
+			nr, err := s.readFrom(ctx, node, rk, lock, r)
+			var rerr redis.Error
+			if err == nil || err == redis.Nil || !errors.As(err, &rerr) { //nolint:errorlint // go-redis returns redis.Nil unwrapped
+				return nr, err
+			}
+			// MOVED, ASK, or another refusal: read through the cluster
+			// client, which follows them, and keep nothing.
+			if isRedirect(err) {
+				s.local.raiseDoubt()
+			}
+			r.ticket = localTicket{}
+		}
 	}
+	return s.readFrom(ctx, s.rdb, rk, lock, r)
+}
+
+// readFrom is readCached's read, sent through rdb. rdb is s.rdb, or on a
+// cluster the node client of rk.key's master: then the not-found marker,
+// on another slot, is asked through s.rdb, and only when the key is
+// missing.
+func (s *Service) readFrom(ctx context.Context, rdb redis.Cmdable, rk readKey, lock lockOp, r readReply) (readReply, error) {
 	k := s.key(rk.key)
+	node := rdb != redis.Cmdable(s.rdb)
 	if !rk.withTTL && !rk.notFound && lock == lockNone {
-		b, err := s.rdb.Get(ctx, k).Bytes()
+		b, err := rdb.Get(ctx, k).Bytes()
 		r.b = b
 		return r, missingIfWrongType(err)
 	}
@@ -226,7 +249,7 @@ func (s *Service) readCached(ctx context.Context, rk readKey, lock lockOp) (read
 	var marker *redis.IntCmd
 	var locked *redis.BoolCmd
 	var lockExists *redis.IntCmd
-	_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, _ = rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		switch lock {
 		case lockTake: // first: a value stored before the lock was taken shows in the GET
 			locked = p.SetNX(ctx, s.key(lockKey(rk.key)), "1", fleetLockTTL)
@@ -237,7 +260,7 @@ func (s *Service) readCached(ctx context.Context, rk readKey, lock lockOp) (read
 		if rk.withTTL {
 			pttl = p.PTTL(ctx, k)
 		}
-		if rk.notFound {
+		if rk.notFound && !node {
 			marker = p.Exists(ctx, s.key(notFoundKey(rk.key)))
 		}
 		return nil
@@ -258,6 +281,9 @@ func (s *Service) readCached(ctx context.Context, rk readKey, lock lockOp) (read
 	}
 	b, err := get.Bytes()
 	err = missingIfWrongType(err)
+	if err == redis.Nil && rk.notFound && node { //nolint:errorlint // go-redis returns redis.Nil unwrapped
+		marker = s.rdb.Exists(ctx, s.key(notFoundKey(rk.key)))
+	}
 	if err == redis.Nil && marker != nil { //nolint:errorlint // go-redis returns redis.Nil unwrapped
 		n, merr := marker.Result()
 		if merr != nil {

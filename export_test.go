@@ -49,17 +49,18 @@ func (g *readGroup[K, V]) readers(key K) int {
 	return -1
 }
 
-// localHas reports whether the local tier holds a live copy of key as a T.
+// localHas reports whether the local tier holds a live copy of key as a
+// T, whether or not the tier is usable now.
 func localHas[T any](s *Service, key string) bool {
-	_, ok := s.local.get(flightKey{key: key, typ: reflect.TypeFor[T]()}, time.Now().UnixNano())
-	return ok
+	e, ok := s.local.store.GetIfPresent(flightKey{key: key, typ: reflect.TypeFor[T]()})
+	return ok && (e.expires == 0 || time.Now().UnixNano() < e.expires)
 }
 
 // useLocalTier gives s, made without one, a local tier of n entries in
 // use without tracking: only Cache itself drops its copies. Call it
 // before s is used.
 func useLocalTier(s *Service, n int) {
-	lt := newLocalTier(n)
+	lt := newLocalTier(n, 64<<20)
 	lt.setUp()
 	s.local = lt
 }
@@ -67,7 +68,7 @@ func useLocalTier(s *Service, n int) {
 // putLocal puts v in s's local tier as if read now from Redis with the
 // remaining time to live pttl, under StaleWhileRevalidate(swr).
 func putLocal[T any](s *Service, key string, v T, pttl, swr time.Duration) {
-	s.local.put(keyOf[T](key), s.local.ticket(key), v, time.Now(), pttl, swr)
+	s.local.put(keyOf[T](key), s.local.ticket(key, ""), v, 1, time.Now(), pttl, swr)
 }
 
 // refreshNow asks for a StaleWhileRevalidate refresh of key, as a call

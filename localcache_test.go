@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -261,29 +264,30 @@ func TestLocalTierTickets(t *testing.T) {
 	t.Parallel()
 	fk := flightKey{key: "k", typ: reflect.TypeFor[string]()}
 	newTier := func() *localTier {
-		lt := newLocalTier(10)
-		lt.setUp() // as a subscribed tracker would
+		lt := newLocalTier(10, 1<<20)
+		t.Cleanup(lt.close)
+		lt.settleDoubt(lt.doubtSeq()) // as a discovery that found no node to wait for would
 		require.True(t, lt.usable())
 		return lt
 	}
 	has := func(lt *localTier) bool { _, ok := lt.get(fk, time.Now().UnixNano()); return ok }
 
 	lt := newTier()
-	tk := lt.ticket("k")
-	lt.put(fk, tk, "v", time.Now(), time.Minute, 0)
+	tk := lt.ticket("k", "")
+	lt.put(fk, tk, "v", 1, time.Now(), time.Minute, 0)
 	assert.True(t, has(lt), "a value read with no invalidation meanwhile is kept")
 
 	lt = newTier()
-	tk = lt.ticket("k")
+	tk = lt.ticket("k", "")
 	lt.invalidate("k") // the key changed while the read was in flight
-	lt.put(fk, tk, "old", time.Now(), time.Minute, 0)
+	lt.put(fk, tk, "old", 1, time.Now(), time.Minute, 0)
 	assert.False(t, has(lt), "a value read before an invalidation of its key")
 
 	lt = newTier()
-	tk = lt.ticket("k")
+	tk = lt.ticket("k", "")
 	lt.invalidate("other")
 	lt.invalidate("k2")
-	lt.put(fk, tk, "v", time.Now(), time.Minute, 0)
+	lt.put(fk, tk, "v", 1, time.Now(), time.Minute, 0)
 	// Other keys may share the stripe: then the value is dropped too, a miss
 	// but never a stale read. Keys of other stripes do not matter.
 	if lt.stripe("other") != lt.stripe("k") && lt.stripe("k2") != lt.stripe("k") {
@@ -291,37 +295,151 @@ func TestLocalTierTickets(t *testing.T) {
 	}
 
 	lt = newTier()
-	tk = lt.ticket("k")
+	tk = lt.ticket("k", "")
 	lt.setDown() // the tracker reconnects while the read is in flight
 	lt.setUp()
-	lt.put(fk, tk, "v", time.Now(), time.Minute, 0)
+	lt.put(fk, tk, "v", 1, time.Now(), time.Minute, 0)
 	assert.False(t, has(lt), "a value read across a reconnect of the tracker")
 
 	lt = newTier()
 	lt.setDown()
-	tk = lt.ticket("k")
+	tk = lt.ticket("k", "")
 	lt.setUp()
-	lt.put(fk, tk, "v", time.Now(), time.Minute, 0)
+	lt.put(fk, tk, "v", 1, time.Now(), time.Minute, 0)
 	assert.False(t, has(lt), "a value read while the tier was unused")
 
 	lt = newTier()
-	lt.put(fk, lt.ticket("k"), "v", time.Now(), -2, 0)
+	lt.put(fk, lt.ticket("k", ""), "v", 1, time.Now(), -2, 0)
 	assert.False(t, has(lt), "a key that was gone (PTTL -2)")
-	lt.put(fk, lt.ticket("k"), "v", time.Now(), -1, 0)
+	lt.put(fk, lt.ticket("k", ""), "v", 1, time.Now(), -1, 0)
 	assert.True(t, has(lt), "a key without a TTL is kept until invalidated")
 	lt.invalidate("k")
 	assert.False(t, has(lt))
 
 	lt = newTier()
-	lt.put(fk, lt.ticket("k"), "v", time.Now(), 20*time.Millisecond, 0)
+	lt.put(fk, lt.ticket("k", ""), "v", 1, time.Now(), 20*time.Millisecond, 0)
 	require.True(t, has(lt))
 	time.Sleep(25 * time.Millisecond)
 	assert.False(t, has(lt), "a copy outlived its key's PTTL")
 
 	lt = newTier()
 	start := time.Now()
-	lt.put(fk, lt.ticket("k"), "v", start, time.Minute, 50*time.Second)
+	lt.put(fk, lt.ticket("k", ""), "v", 1, start, time.Minute, 50*time.Second)
 	e, ok := lt.get(fk, start.UnixNano())
 	require.True(t, ok)
 	assert.Equal(t, start.Add(10*time.Second).UnixNano(), e.stale, "stale once PTTL falls to the StaleWhileRevalidate window")
+}
+
+func TestLocalCacheBytes(t *testing.T) { // not parallel: it measures the heap
+	t.Run("default", func(t *testing.T) {
+		s := newService(t, Options{URL: "redis://" + closedPort(t), LocalCacheEntries: 1000})
+		assert.True(t, s.local.store.IsWeighted())
+		assert.EqualValues(t, 64<<20, s.local.store.GetMaximum(), "the tier's bound without LocalCacheBytes")
+	})
+	t.Run("filled", func(t *testing.T) {
+		const (
+			bound = 8 << 20   // Options.LocalCacheBytes
+			value = 256 << 10 // bytes of JSON per value
+			n     = 120       // values: far past the bound
+		)
+		srv := startRedisServer(t)
+		s := dialled(t, srv.url(), Options{LocalCacheEntries: 1000, LocalCacheBytes: bound})
+		require.Eventually(t, s.LocalCacheActive, 5*time.Second, time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // -race makes JSON slow
+		defer cancel()
+		big := strings.Repeat("x", value-2)
+		heap := func() uint64 {
+			runtime.GC()
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			return m.HeapAlloc
+		}
+		before := heap()
+		for i := range n {
+			key := "big:" + strconv.Itoa(i)
+			for range 2 { // a store, then a read that fills the tier
+				v, err := Cache(ctx, s, key, time.Minute, func(context.Context) (string, error) { return big, nil })
+				require.NoError(t, err)
+				require.Len(t, v, len(big))
+			}
+		}
+		s.local.store.CleanUp()
+		held := 0
+		for i := range n {
+			if localHas[string](s, "big:"+strconv.Itoa(i)) {
+				held++
+			}
+		}
+		grew := int64(heap()) - int64(before)
+		t.Logf("%d of %d values of %d KiB held; heap grew by %d KiB", held, n, value>>10, grew>>10)
+		assert.LessOrEqual(t, held*value, bound, "values held")
+		assert.Positive(t, held, "values held")
+		assert.Less(t, grew, int64(bound+bound/2+4<<20), "heap growth")
+	})
+}
+
+func TestLocalTierBounds(t *testing.T) {
+	t.Parallel()
+	has := func(lt *localTier, k string) bool {
+		_, ok := lt.get(flightKey{key: k, typ: reflect.TypeFor[string]()}, time.Now().UnixNano())
+		return ok
+	}
+	put := func(lt *localTier, k string, size int) {
+		lt.put(flightKey{key: k, typ: reflect.TypeFor[string]()}, lt.ticket(k, ""), "v", size, time.Now(), time.Minute, 0)
+	}
+	newTier := func(entries int, bytes int64) *localTier {
+		lt := newLocalTier(entries, bytes)
+		t.Cleanup(lt.close)
+		lt.settleDoubt(lt.doubtSeq())
+		require.True(t, lt.usable())
+		return lt
+	}
+
+	lt := newTier(100, 1<<20)
+	put(lt, "small", 1<<16)
+	put(lt, "large", 1<<16+1)
+	assert.True(t, has(lt, "small"), "a value of LocalCacheBytes/16")
+	assert.False(t, has(lt, "large"), "a value longer than LocalCacheBytes/16 is not kept")
+
+	lt = newTier(100, 1<<30) // entries bind
+	for i := range 1000 {
+		put(lt, strconv.Itoa(i), 10)
+	}
+	lt.store.CleanUp()
+	assert.LessOrEqual(t, lt.store.EstimatedSize(), 100, "entries kept with LocalCacheEntries 100")
+	assert.Positive(t, lt.store.EstimatedSize())
+
+	lt = newTier(1000, 1<<20) // bytes bind
+	for i := range 1000 {
+		put(lt, strconv.Itoa(i), 10_000)
+	}
+	lt.store.CleanUp()
+	assert.LessOrEqual(t, lt.store.WeightedSize(), uint64(1<<20), "weight kept with LocalCacheBytes 1 MiB")
+	assert.LessOrEqual(t, lt.store.EstimatedSize(), (1<<20)/10_000, "entries of 10 kB kept in 1 MiB")
+	assert.Positive(t, lt.store.EstimatedSize())
+}
+
+func TestLocalCacheCloseStopsItsGoroutines(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	s := b.service(t, Options{LocalCacheEntries: 10})
+	require.NoError(t, s.Close())
+	// otter's clean-up goroutine: a second stop reports false.
+	assert.False(t, s.local.store.StopAllGoroutines(), "otter's goroutine was still running after Close")
+}
+
+func TestLocalTierOptionsAreTheServicesOwn(t *testing.T) {
+	t.Parallel()
+	c := redis.NewClient(&redis.Options{Addr: closedPort(t), Protocol: 3})
+	t.Cleanup(func() { _ = c.Close() })
+	s := newService(t, Options{Client: c, LocalCacheEntries: 10})
+	require.NotNil(t, s.nodeOpts)
+	require.NotSame(t, c.Options(), s.nodeOpts, "the Service keeps a copy of the client's options")
+	lt := newLocalTier(10, 1<<20)
+	t.Cleanup(lt.close)
+	o := s.trackerOptions(newNodeTracker(lt, "x"), s.nodeOpts)
+	require.NotNil(t, c.Options().MaintNotificationsConfig)
+	assert.NotSame(t, c.Options().MaintNotificationsConfig, o.MaintNotificationsConfig,
+		"the tracker's options share the config that the client's handshakes write")
+	assert.Equal(t, c.Options().Addr, o.Addr)
 }

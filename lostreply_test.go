@@ -220,9 +220,9 @@ func lossyClient(t testing.TB, b *backend, l *lostReplies) redis.UniversalClient
 	return c
 }
 
-// ownClient returns a client of its own to b's server, for a test that
+// hookedClient returns a client of its own to b's server, for a test that
 // adds hooks to it.
-func ownClient(t testing.TB, b *backend) redis.UniversalClient {
+func hookedClient(t testing.TB, b *backend) redis.UniversalClient {
 	t.Helper()
 	return lossyClient(t, b, newLostReplies())
 }

@@ -21,8 +21,8 @@ func TestMain(m *testing.M) {
 }
 
 // leakedGoroutines waits up to d for the goroutines started by this
-// package, go-redis or miniredis to end, and returns the stacks of those
-// that did not.
+// package, go-redis, miniredis or otter (the local tier's cache) to end,
+// and returns the stacks of those that did not.
 func leakedGoroutines(d time.Duration) string {
 	deadline := time.Now().Add(d)
 	for {
@@ -33,7 +33,8 @@ func leakedGoroutines(d time.Duration) string {
 			if strings.Contains(g, "leakedGoroutines") || strings.Contains(g, "testing.(*M)") {
 				continue
 			}
-			if strings.Contains(g, "vevurn/redisservice.") || strings.Contains(g, "redis/go-redis") || strings.Contains(g, "alicebob/miniredis") {
+			if strings.Contains(g, "vevurn/redisservice.") || strings.Contains(g, "redis/go-redis") || strings.Contains(g, "alicebob/miniredis") ||
+				strings.Contains(g, "maypok86/otter") {
 				leaked = append(leaked, g)
 			}
 		}

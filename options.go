@@ -170,22 +170,35 @@ type Options struct {
 	// The default value is 1s.
 	ClientSideCacheMaxStaleness time.Duration
 
-	// LocalCacheEntries > 0 keeps up to that many decoded [Cache] values
-	// (per key and type) in this process, the least useful going first. A
-	// hit there costs no round trip, no decoding and no allocation, and
-	// returns the same value to every caller: do not modify it. Each copy
-	// is dropped within milliseconds of any change to its key in Redis, by
-	// any client (server-assisted invalidation: one extra connection per
-	// master, CLIENT TRACKING in BCAST mode for KeyPrefix), and never
-	// outlives the key's TTL; while invalidations cannot be received (at
-	// start, while that connection reconnects), the tier is empty and
-	// unused. Every write under KeyPrefix costs Redis one message to each
-	// Service with the tier. It needs Redis 6 or later; on a server
-	// without CLIENT TRACKING (miniredis) the tier switches itself off,
-	// logging why. It cannot be combined with ClientSideCache, which keeps
-	// raw replies of the other reads: see README "Local tier". The default,
-	// 0, keeps no values in process.
+	// LocalCacheEntries > 0 keeps up to that many decoded [Cache] values (per
+	// key and type) in this process, the least useful going first. A hit there
+	// costs no round trip, no decoding and no allocation, and returns the same
+	// value to every caller: do not modify it. Each copy is dropped when its
+	// key changes in Redis, by any client, as soon as Redis's invalidation
+	// arrives (well under a millisecond on a LAN), and never outlives the
+	// key's TTL. Every data node, replicas included, is tracked on a
+	// connection of its own (CLIENT TRACKING in BCAST mode for KeyPrefix), so
+	// that a failover loses no invalidation; nodes are listed again every
+	// second, and on a cluster no value read from a node not tracked yet is
+	// kept. The tier is emptied and unused whenever one of those connections
+	// fails, until it is set up again; on a cluster also after a MOVED or ASK
+	// reply, until the nodes are listed again. A connection that dies silently
+	// (a partition) is noticed by a PING within a second, and copies may miss
+	// changes meanwhile. Every write under KeyPrefix costs Redis one message
+	// per tracked node to each Service with the tier. It needs Redis 6 or
+	// later; on a server without CLIENT TRACKING (miniredis), or with a
+	// failover client passed in Client, the tier switches itself off, logging
+	// why. It cannot be combined with ClientSideCache. See README "Local
+	// tier". The default, 0, keeps no values in process.
 	LocalCacheEntries int
+
+	// LocalCacheBytes bounds the memory of the local tier: its values count
+	// by the length of their JSON in Redis, plus their key and about 256 B
+	// each, and the least useful go first once the total would pass it. A
+	// value whose JSON is longer than LocalCacheBytes/16 is not kept in
+	// process at all. It needs LocalCacheEntries. The default value is
+	// 64 MiB.
+	LocalCacheBytes int64
 
 	// TLSConfig is used for rediss:// URLs. The default value verifies the
 	// server against the system roots and the URL's host name.
@@ -291,6 +304,9 @@ func (o Options) withDefaults() Options {
 	if o.ClientSideCacheMaxStaleness == 0 {
 		o.ClientSideCacheMaxStaleness = time.Second
 	}
+	if o.LocalCacheBytes == 0 && o.LocalCacheEntries > 0 {
+		o.LocalCacheBytes = 64 << 20
+	}
 	if o.MaxSessionsPerUser == 0 {
 		o.MaxSessionsPerUser = 64
 	}
@@ -355,6 +371,10 @@ func (o Options) validate() error {
 		return fmt.Errorf("%w: ClientSideCacheMaxStaleness %v < 0", ErrInvalidArgument, o.ClientSideCacheMaxStaleness)
 	case o.LocalCacheEntries < 0:
 		return fmt.Errorf("%w: LocalCacheEntries %d < 0", ErrInvalidArgument, o.LocalCacheEntries)
+	case o.LocalCacheBytes < 0:
+		return fmt.Errorf("%w: LocalCacheBytes %d < 0", ErrInvalidArgument, o.LocalCacheBytes)
+	case o.LocalCacheBytes > 0 && o.LocalCacheEntries == 0:
+		return fmt.Errorf("%w: LocalCacheBytes without LocalCacheEntries", ErrInvalidArgument)
 	case o.LocalCacheEntries > 0 && o.ClientSideCache:
 		return fmt.Errorf("%w: LocalCacheEntries with ClientSideCache: use one", ErrInvalidArgument)
 	case o.SessionMaxLifetime < 0:

@@ -40,6 +40,7 @@ type Service struct {
 	flights   flightGroup                   // Cache's loads in progress
 	reads     readGroup[readKey, readReply] // Cache's reads in progress
 	local     *localTier                    // Cache's in-process tier; nil unless Options.LocalCacheEntries > 0
+	nodeOpts  *redis.Options                // the Service's own copy of a single node's options, for the tier's trackers; nil for a cluster or failover client passed in
 	deadlines *deadline.Bounder             // bounds calls without a deadline of their own
 	tel       *telemetry                    // nil unless Options.MeterProvider or TracerProvider is set
 }
@@ -103,6 +104,8 @@ func New(opts Options) (*Service, error) {
 				return nil, err
 			}
 		}
+		own := *ro // newClient copies ro: this copy is never a live client's
+		s.nodeOpts = &own
 		c := newClient(ro, opts) // a failover client with Options.SentinelMaster
 		s.rdb, s.hot, s.ownClient = c, c, true
 		if opts.AutoPipeline {
@@ -135,8 +138,14 @@ func New(opts Options) (*Service, error) {
 		}
 		return nil, fmt.Errorf("%w: telemetry: %w", ErrInvalidArgument, err)
 	}
+	if c, ok := opts.Client.(*redis.Client); ok && c.Options().Addr != "FailoverClient" {
+		// A shallow copy now, before any tracker: go-redis writes only
+		// behind the pointers that trackerOptions replaces.
+		own := *c.Options()
+		s.nodeOpts = &own
+	}
 	if opts.LocalCacheEntries > 0 {
-		s.local = newLocalTier(opts.LocalCacheEntries)
+		s.local = newLocalTier(opts.LocalCacheEntries, opts.LocalCacheBytes)
 		s.goBackground(s.track)
 	}
 	return s, nil
@@ -169,10 +178,11 @@ func (s *Service) Connect(ctx context.Context) error {
 
 // Close releases the Service. It closes the go-redis client only when New
 // dialled it (never one passed in [Options.Client]) and waits for the
-// Service's own background work. [Cache]'s loads in progress have their
-// ctx cancelled, and Close waits for them to return, up to
-// [Options.Timeout]. Close is idempotent: calls after the first return
-// nil. Every other method returns [ErrClosed] afterwards.
+// Service's own background work: the local tier's tracking connections
+// and its cache's clean-up goroutine end before Close returns. [Cache]'s
+// loads in progress have their ctx cancelled, and Close waits for them to
+// return, up to [Options.Timeout]. Close is idempotent: calls after the
+// first return nil. Every other method returns [ErrClosed] afterwards.
 func (s *Service) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
@@ -182,6 +192,9 @@ func (s *Service) Close() error {
 	s.bgMu.Unlock()
 	s.flights.close(s.opts.Timeout)
 	s.bg.Wait()
+	if s.local != nil {
+		s.local.close()
+	}
 	s.tel.close()
 	s.breaker.MarkDown() // starts no ping: goBackground refuses after Close
 	if s.ownClient {

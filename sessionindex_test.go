@@ -100,7 +100,7 @@ func (h *conflictHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 func TestRenewSessionIDConflictsLeaveNoIDBehind(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, b *backend) {
-		hooked := ownClient(t, b)
+		hooked := hookedClient(t, b)
 		s := newService(t, Options{Client: hooked, KeyPrefix: b.prefix, MaxSessionsPerUser: 3})
 		ctx := ctxT(t)
 		others := []string{newSession(t, s, "u1", time.Minute), newSession(t, s, "u1", time.Minute)}
@@ -140,7 +140,7 @@ func TestRenewSessionIDRacingDestroyUserSessions(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		s := b.service(t, Options{})
-		hooked := ownClient(t, b)
+		hooked := hookedClient(t, b)
 		logout := newService(t, Options{Client: hooked, KeyPrefix: b.prefix})
 		ctx := ctxT(t)
 		id := newSession(t, s, "u1", time.Minute)

@@ -7,29 +7,33 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // This file keeps the local tier of Cache coherent: one connection per
-// master, in RESP2, subscribed to __redis__:invalidate, with
-// CLIENT TRACKING ON REDIRECT <itself> BCAST PREFIX <KeyPrefix>. Redis then
-// sends it the name of every key under the prefix that changes (written,
-// deleted, expired, evicted, flushed) on that master, whichever client
-// changed it. BCAST needs nothing of the connections that read, so reads
-// stay on the ordinary pool (also a caller's own Options.Client), and a
-// reconnect needs only this one connection set up again.
+// node (topology.go lists them), in RESP2, subscribed to
+// __redis__:invalidate, with CLIENT TRACKING ON REDIRECT <itself> BCAST
+// PREFIX <KeyPrefix>. Redis then sends it the name of every key under the
+// prefix that changes on that node (written, deleted, expired, evicted,
+// flushed; on a replica, as the replication stream changes it), whichever
+// client changed it. BCAST needs nothing of the connections that read, so
+// reads stay on the ordinary pool (also a caller's own Options.Client).
+// The connection redirects to itself, so no redirect can break apart from
+// it (no tracking-redir-broken).
 //
-// The choice is measured (bench/tracking_test.go, BENCHMARKS.md "Tracking
-// modes"): BCAST and default-mode redirects deliver an invalidation alike
-// (p50 ~40 µs, p99 110–155 µs on loopback); RESP3 pushes on the reading
-// connection arrive only when go-redis next uses it (p99 2 ms busy,
-// unbounded idle), which a local hit never does. The server pays about the
-// same per message in both modes (3–3.5 µs), and BCAST batches the keys of
-// a burst of writes into one message. The cost: every Service with the
-// tier receives every write under KeyPrefix, about one message per write
-// per Service, where default mode would send only the keys it holds.
+// A node's tracker counts as up from the acknowledgement of its SUBSCRIBE
+// until its connection fails: the connection's own Read or Close takes it
+// down, before go-redis sees the error, so the tier is emptied and unused
+// from the moment the socket reports the loss. A connection that dies
+// silently is found by a PING unanswered for trackingPing. Each session
+// dials once; a new session, not go-redis's reconnection, replaces it.
+//
+// The choice of BCAST and RESP2 is measured (bench/tracking_test.go,
+// BENCHMARKS.md "Tracking modes").
 
 const (
 	trackingChannel = "__redis__:invalidate"
@@ -38,105 +42,141 @@ const (
 	trackingPing = 500 * time.Millisecond
 	// trackingRetry is the pause between attempts to set tracking up again.
 	trackingRetry = 100 * time.Millisecond
-	// trackingRediscover is how often the masters of a cluster are listed
-	// again, to track new ones.
-	trackingRediscover = time.Second
 )
 
 // errNoTracking reports a server that cannot track keys (miniredis, Redis
 // before 6): the local tier stays off.
 var errNoTracking = errors.New("the server does not support CLIENT TRACKING")
 
-// track finds the masters and keeps a tracker for each: on a cluster it
-// looks again every trackingRediscover, starts trackers for new masters
-// (the tier is unused until they are subscribed) and stops those of
-// masters that went. It runs in the background from New until Close.
-func (s *Service) track(ctx context.Context) {
-	lt := s.local
-	trackers := make(map[string]context.CancelFunc) // by address
-	found := false
-	for {
-		masters, err := s.masterOptions(ctx)
-		if errors.Is(err, errNoTracking) {
-			s.localOff(err)
-			return
-		}
-		if err == nil {
-			seen := make(map[string]bool, len(masters))
-			for _, o := range masters {
-				seen[o.Addr] = true
-				if _, ok := trackers[o.Addr]; ok {
-					continue
-				}
-				lt.down.Add(1) // until this tracker is subscribed
-				tctx, cancel := context.WithCancel(ctx)
-				if !s.goBackground(func(context.Context) { s.trackMaster(tctx, o) }) {
-					cancel()
-					return
-				}
-				trackers[o.Addr] = cancel
-			}
-			for addr, cancel := range trackers {
-				if !seen[addr] {
-					cancel()
-					delete(trackers, addr)
-				}
-			}
-			if !found {
-				found = true
-				lt.down.Add(-1) // the masters are known
-			}
-			if !s.cluster {
-				<-ctx.Done() // one node: nothing to look for again
-				return
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(trackingRediscover):
-		}
+// errTrackingRedial refuses go-redis's own redial of a tracking session.
+var errTrackingRedial = errors.New("redisservice: tracking connection lost")
+
+// nodeTracker is the tracking of one node. It counts in localTier.down
+// while it is not up.
+type nodeTracker struct {
+	lt      *localTier
+	addr    string
+	up      atomic.Bool // mirrors live, for ticket
+	mayDial atomic.Bool // the session has not dialled yet
+
+	mu   sync.Mutex    // guards conn, live and done
+	conn *trackingConn // the session's connection
+	live bool          // up: subscribed on conn, which has not failed
+	done bool          // stopped: its count is gone
+}
+
+func newNodeTracker(lt *localTier, addr string) *nodeTracker {
+	lt.down.Add(1) // until subscribed
+	return &nodeTracker{lt: lt, addr: addr}
+}
+
+// subscribed marks t up, unless its connection has failed meanwhile.
+func (t *nodeTracker) subscribed() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.live || t.done || t.conn == nil || t.conn.lost {
+		return
+	}
+	t.live = true
+	t.lt.setUp()
+	t.up.Store(true)
+}
+
+// lost marks t down when c is the connection it is up on.
+func (t *nodeTracker) lost(c *trackingConn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c.lost = true
+	if t.live && t.conn == c {
+		t.live = false
+		t.up.Store(false)
+		t.lt.setDown()
 	}
 }
 
-// masterOptions returns the connection options of every master.
-func (s *Service) masterOptions(ctx context.Context) ([]*redis.Options, error) {
-	switch c := s.rdb.(type) {
-	case *redis.Client:
-		return []*redis.Options{c.Options()}, nil
-	case *redis.ClusterClient:
-		var mu sync.Mutex
-		var opts []*redis.Options
-		err := c.ForEachMaster(ctx, func(_ context.Context, n *redis.Client) error {
-			mu.Lock()
-			opts = append(opts, n.Options())
-			mu.Unlock()
-			return nil
-		})
-		return opts, err
-	default:
-		return nil, fmt.Errorf("%w: client type %T", errNoTracking, s.rdb)
+// stop takes t off the count for good, emptying the tier if it was up.
+func (t *nodeTracker) stop() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.done {
+		return
+	}
+	t.done = true
+	t.up.Store(false)
+	if t.live {
+		t.live = false
+		t.lt.clear()
+		return
+	}
+	t.lt.down.Add(-1)
+}
+
+// dialer wraps dial: one dial per session, its connection watched.
+func (t *nodeTracker) dialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if !t.mayDial.CompareAndSwap(true, false) {
+			return nil, errTrackingRedial
+		}
+		cn, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		c := &trackingConn{Conn: cn, t: t}
+		t.mu.Lock()
+		t.conn = c
+		t.mu.Unlock()
+		return c, nil
 	}
 }
 
-// trackMaster keeps one tracking connection to the master that base
-// dials, until ctx ends. The local tier is unused whenever it is not
-// subscribed. It counts in localTier.down from its start (track added it)
-// until it is subscribed, and again from any failure; on its way out it
-// takes itself off the count and empties the tier.
-func (s *Service) trackMaster(ctx context.Context, base *redis.Options) {
-	lt := s.local
-	defer func() {
-		lt.clear()
-		lt.down.Add(-1)
-	}()
+// trackingConn is a tracking connection that takes its tracker down the
+// moment a read from it fails or it is closed.
+type trackingConn struct {
+	net.Conn
+	t    *nodeTracker
+	lost bool // guarded by t.mu
+}
+
+func (c *trackingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil && !isNetTimeout(err) {
+		c.t.lost(c)
+	}
+	return n, err
+}
+
+func (c *trackingConn) Close() error {
+	c.t.lost(c)
+	return c.Conn.Close()
+}
+
+func isNetTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// trackerOptions returns the options of t's client: a copy of base, which
+// must be the Service's own (never a live client's: go-redis writes to
+// those), with one connection, RESP2, tracking set up on connect.
+func (s *Service) trackerOptions(t *nodeTracker, base *redis.Options) *redis.Options {
 	o := *base
 	o.Protocol = 2 // invalidations as Pub/Sub messages on this connection
-	o.PoolSize, o.MinIdleConns, o.MaxIdleConns = 1, 0, 1
-	o.MaxRetries = -1
-	o.ClientSideCacheConfig = nil
+	o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.MaxActiveConns = 1, 0, 1, 0
+	o.MaxRetries, o.DialerRetries = -1, 1
+	o.ConnMaxLifetime, o.ConnMaxLifetimeJitter = 0, 0
+	o.ClientSideCacheConfig, o.ClientSideCache = nil, nil
+	o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	o.AutoPipelineOptions, o.PushNotificationProcessor, o.Limiter = nil, nil, nil
+	if o.ClientName == "" {
+		o.ClientName = "redisservice"
+	}
+	o.ClientName += "-tracking"
+	dial := o.Dialer
+	if dial == nil {
+		dial = redis.NewDialer(&o)
+	}
+	o.Dialer = t.dialer(dial)
 	o.OnConnect = func(ctx context.Context, cn *redis.Conn) error {
-		// Every (re)connection: tracking is per connection.
 		id, err := cn.ClientID(ctx).Result()
 		if err == nil {
 			args := []any{"CLIENT", "TRACKING", "on", "REDIRECT", id, "BCAST"}
@@ -151,17 +191,27 @@ func (s *Service) trackMaster(ctx context.Context, base *redis.Options) {
 		}
 		return err
 	}
-	c := redis.NewClient(&o)
-	defer c.Close()
+	return &o
+}
+
+// trackNode keeps t's node tracked until ctx ends, a session at a time.
+// The local tier is unused whenever t is not up.
+func (s *Service) trackNode(ctx context.Context, t *nodeTracker, base *redis.Options) {
+	c := redis.NewClient(s.trackerOptions(t, base))
+	defer func() {
+		_ = c.Close()
+		t.stop()
+	}()
 	for ctx.Err() == nil {
-		ps := c.Subscribe(ctx, trackingChannel)
+		t.mayDial.Store(true)
+		ps := c.Subscribe(ctx) // no channel yet: no round trip
 		stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
-		up, err := s.receiveInvalidations(ctx, ps)
-		stop()
-		_ = ps.Close()
-		if up {
-			lt.setDown()
+		err := ps.Subscribe(ctx, trackingChannel)
+		if err == nil {
+			err = s.receiveInvalidations(ctx, t, ps)
 		}
+		stop()
+		_ = ps.Close() // takes t down, if it was up
 		if errors.Is(err, errNoTracking) {
 			s.localOff(err)
 			return
@@ -174,15 +224,14 @@ func (s *Service) trackMaster(ctx context.Context, base *redis.Options) {
 }
 
 // receiveInvalidations applies the invalidations arriving on ps until it
-// fails. It reports whether it had marked its tracker up.
-func (s *Service) receiveInvalidations(ctx context.Context, ps *redis.PubSub) (up bool, err error) {
+// fails.
+func (s *Service) receiveInvalidations(ctx context.Context, t *nodeTracker, ps *redis.PubSub) error {
 	lt := s.local
 	pinged := false // a PING is unanswered
 	for {
 		msg, err := ps.ReceiveTimeout(ctx, trackingPing)
 		if err != nil {
-			var nerr net.Error
-			if errors.As(err, &nerr) && nerr.Timeout() && up && !pinged {
+			if isNetTimeout(err) && !pinged {
 				pinged = true
 				if err := ps.Ping(ctx); err == nil {
 					continue
@@ -190,14 +239,13 @@ func (s *Service) receiveInvalidations(ctx context.Context, ps *redis.PubSub) (u
 			}
 			// A null invalidation (FLUSHALL, FLUSHDB) also lands here, as a
 			// payload go-redis cannot parse: emptying the tier is its meaning.
-			return up, err
+			return err
 		}
 		pinged = false
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind == "subscribe" && !up {
-				up = true
-				lt.setUp()
+			if m.Kind == "subscribe" {
+				t.subscribed()
 			}
 		case *redis.Message:
 			if len(m.PayloadSlice) == 0 && m.Payload == "" {
@@ -230,7 +278,8 @@ func (s *Service) localOff(err error) {
 }
 
 // LocalCacheActive reports whether [Cache]'s local tier is in use now:
-// [Options.LocalCacheEntries] is set, the server tracks keys, and the
-// invalidations of every master arrive. It is false for a short while
-// after [New] and while a tracking connection reconnects.
+// [Options.LocalCacheEntries] is set, the server tracks keys, and every
+// node is tracked on a live connection. It is false for a short while
+// after [New], while a tracking connection reconnects, and after a
+// redirection until the nodes are listed again (README "Local tier").
 func (s *Service) LocalCacheActive() bool { return s.local != nil && s.local.usable() }
