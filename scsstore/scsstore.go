@@ -18,6 +18,7 @@ package scsstore
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -37,6 +38,10 @@ var (
 // DefaultPrefix is the key prefix of [New]'s store, after the Service's own
 // [redisservice.Options.KeyPrefix].
 const DefaultPrefix = "scs:session:"
+
+// maxTTL is the longest time to live CommitCtx sets: the largest Duration
+// in whole milliseconds.
+const maxTTL = time.Duration(math.MaxInt64) / time.Millisecond * time.Millisecond
 
 // scanCount is the COUNT hint of each SCAN step of [Store.AllCtx].
 const scanCount = 1000
@@ -90,9 +95,10 @@ func (st *Store) FindCtx(ctx context.Context, token string) ([]byte, bool, error
 
 // CommitCtx stores b as the data of the session token until expiry, with
 // one SET that replaces any earlier data and time to live. The time to
-// live is expiry minus the local time, in whole milliseconds, rounded up;
-// an expiry already past deletes the session instead. An empty token
-// fails with [redisservice.ErrInvalidKey].
+// live is expiry minus the local time, in whole milliseconds, rounded up,
+// and at most the largest time.Duration (about 292 years) for an expiry
+// further away; an expiry already past deletes the session instead. An
+// empty token fails with [redisservice.ErrInvalidKey].
 func (st *Store) CommitCtx(ctx context.Context, token string, b []byte, expiry time.Time) error {
 	const op = "scs.commit"
 	if token == "" {
@@ -102,7 +108,9 @@ func (st *Store) CommitCtx(ctx context.Context, token string, b []byte, expiry t
 	if ttl <= 0 {
 		return st.DeleteCtx(ctx, token)
 	}
-	// PX in whole milliseconds, never shorter than asked.
+	// PX in whole milliseconds, never shorter than asked. time.Until
+	// saturates at the largest Duration: round down there, not over.
+	ttl = min(ttl, maxTTL-time.Millisecond+1)
 	ttl = (ttl + time.Millisecond - 1).Truncate(time.Millisecond)
 	return st.svc.Run(ctx, op, st.prefix+displayKey, func(ctx context.Context, rdb redis.UniversalClient) error {
 		return rdb.Set(ctx, st.key(token), b, ttl).Err()
