@@ -69,8 +69,8 @@ import (
 // [ErrInvalidArgument] or [ErrInvalidTTL]; load is then not called and the
 // zero T is returned.
 //
-// A key in a namespace the Service keeps for its own keys ("session:",
-// "user-sessions:", "ratelimit:"; see [Options.AllowReservedKeys]) is
+// A key in a namespace the Service keeps for its own keys (sessions, rate
+// limits; see [Options.AllowReservedKeys]) is
 // refused as [Service.Set] refuses it, so that a key name built from user
 // input cannot forge a session through Cache. As when Redis cannot be
 // used, Cache then still returns load's value, with an error matching

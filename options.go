@@ -81,12 +81,14 @@ type Options struct {
 	AllowFlushAll bool
 
 	// AllowReservedKeys lets the calls that write or delete a key the
-	// caller names (Set, SetJSON, MSet, HSet, HDel, Expire, Del, Cache) touch the
-	// namespaces the Service keeps for its own keys: "session:",
-	// "user-sessions:", "ratelimit:" and "gcra:" (after KeyPrefix). The default is
-	// false: they fail with [ErrInvalidKey], so that a key name built from
-	// user input cannot forge a session or break a rate limiter. Set it
-	// for migrations and tools that must write those keys.
+	// caller names (Set, SetJSON, MSet, HSet, HDel, Expire, Del, Cache,
+	// InvalidatePattern) touch the namespaces the Service keeps for its
+	// own keys: "session:", "user-sessions:", "ratelimit:", "gcra:" and
+	// "scs:session:" (scsstore's default; all after KeyPrefix). The
+	// default is false: they fail with [ErrInvalidKey] (InvalidatePattern
+	// skips such keys), so that a key name built from user input cannot
+	// forge a session or break a rate limiter. Set it for migrations and
+	// tools that must write those keys.
 	AllowReservedKeys bool
 
 	// Timeout bounds every call whose context has no deadline, retries

@@ -60,7 +60,9 @@ func New(svc *redisservice.Service) *Store { return NewWithPrefix(svc, DefaultPr
 // NewWithPrefix returns a Store keeping sessions under prefix (after the
 // Service's own key prefix). Give each scs.SessionManager sharing a
 // Service a prefix of its own: [Store.AllCtx] returns every session under
-// the prefix.
+// the prefix. The Service reserves [DefaultPrefix] (see
+// [redisservice.Options.AllowReservedKeys]): its Set, Del, InvalidatePattern
+// and the like cannot touch those sessions. Another prefix is not reserved.
 func NewWithPrefix(svc *redisservice.Service, prefix string) *Store {
 	return &Store{svc: svc, prefix: prefix}
 }

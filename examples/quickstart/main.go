@@ -49,7 +49,7 @@ func run() error {
 	if err := svc.Connect(ctx); err != nil {
 		return err
 	}
-	defer svc.InvalidatePattern(context.Background(), "*") // leave nothing behind
+	defer cleanUp(url) // leave nothing behind
 
 	for _, step := range []struct {
 		name string
@@ -68,6 +68,18 @@ func run() error {
 		}
 	}
 	return nil
+}
+
+// cleanUp deletes every key the tour wrote. InvalidatePattern spares the
+// Service's own keys (sessions, rate limits) unless AllowReservedKeys,
+// which a tool like this one sets and an application does not.
+func cleanUp(url string) {
+	svc, err := redisservice.New(redisservice.Options{URL: url, KeyPrefix: "quickstart:", AllowReservedKeys: true})
+	if err != nil {
+		return
+	}
+	defer svc.Close()
+	_, _ = svc.InvalidatePattern(context.Background(), "*")
 }
 
 func stringsAndKeys(ctx context.Context, svc *redisservice.Service) error {
