@@ -60,10 +60,10 @@ type RateLimitConfig struct {
 	Cost func(*http.Request) int
 
 	// Key returns the bucket a request counts against, e.g. a user or an
-	// API client. It appears in error messages and logs: hash secrets such
-	// as API tokens first. The default, and the fallback when Key returns
-	// "", is the client IP (see TrustedProxies), or for IPv6 its network
-	// (see IPv6Prefix).
+	// API client. It appears in error messages (and in logs and spans with
+	// [Options.TraceKeys]): hash secrets such as API tokens first. The
+	// default, and the fallback when Key returns "", is the client IP (see
+	// TrustedProxies), or for IPv6 its network (see IPv6Prefix).
 	Key func(*http.Request) string
 
 	// Name separates this limit's buckets from other limits' when several
