@@ -181,7 +181,7 @@ for i = 1, count do
 	local new = tat + ei * n
 	if new > latest then latest = new end
 	set[2 * i + 1] = get[i + 2]
-	set[2 * i + 2] = string.format('%.17g %.17g', now, new)
+	set[2 * i + 2] = new
 	-- diff: how long ago the request fitted (negative: how long until).
 	local diff = offset - new + ei * 0.000001 + offset * 5e-15
 	if diff < 0 then
@@ -197,6 +197,9 @@ for i = 1, count do
 	end
 end
 if allowed == 1 and n > 0 then
+	for i = 1, count do
+		set[2 * i + 2] = string.format('%.17g %.17g', now, set[2 * i + 2])
+	end
 	local exp = tonumber(vals[count + 1])
 	-- Past twice the longest refill a Duration holds, exp is not ours.
 	local setexp = exp == nil or exp ~= exp or now + latest > exp or exp > now + 4e16
