@@ -104,36 +104,29 @@ func (l Limit) check() error {
 const gcraPrefix = "gcra:"
 
 // gcraScript decides n tokens for one key under several GCRA limits, on
-// the server's clock, all or nothing. The state of each limit is its
-// theoretical arrival time (TAT) in field "<rate>/<period s>/<burst>" of
-// one hash, so every limit of a call lives in one key, hence one cluster
-// slot. A foreign value at the key (not a hash) is replaced, and a field
+// the server's clock, all or nothing. Each limit's theoretical arrival
+// time (TAT) is field "<rate>/<period s>/<burst>" of one hash (one key,
+// one cluster slot). A foreign value at the key is replaced, and a field
 // that is not a plausible TAT counts as a full bucket, so that nothing
-// written there can turn the limit off. When allowed with n > 0, every
-// limit's TAT moves by n emission intervals; a denied call or a peek
-// (n == 0) writes nothing.
+// written there turns the limit off. Only an allowed call with n > 0
+// writes: every TAT moves by n emission intervals.
 //
-// Times are microseconds since 2017-01-01, whole numbers from TIME, which
-// a double holds exactly. A field holds "<W> <R>": the TIME of the write
-// and the TAT's distance from it (a double, microseconds), so that the
-// arithmetic handles amounts of the size of a bucket, not of the date,
-// and stays precise to a small fraction of an emission interval at any
-// rate. A field holding one number is the TAT in seconds since 2017 that
-// earlier versions wrote. A request within a millionth of a token (plus
-// 5e-15 of the bucket, for its rounding: a hundredth of a token at the
-// largest burst) of fitting counts as fitting, so that the exact count of
-// a full bucket is not lost to rounding.
+// A field holds "<W> <R>": the TIME of its write in µs since 2017 (whole,
+// exact in a double) and the TAT's distance from it in µs, so the
+// arithmetic handles amounts of a bucket's size, not of the date, and
+// stays exact at any rate; one number is an earlier version's TAT, in
+// seconds since 2017. Within a millionth of a token (plus 5e-15 of the
+// bucket, for rounding) of fitting counts as fitting, so that a full
+// bucket's exact count is not lost to rounding.
 //
-// The hash's expiry is recorded in its field "exp" (µs since 2017): while
-// every TAT is before it and the hash has a TTL, an allowed call writes
-// its TATs and nothing else. Otherwise the expiry is set to twice the
-// longest bucket's refill time (Burst×Period/Rate) from now.
+// Field "exp" records the hash's expiry (µs since 2017). While every TAT
+// is before it and the hash has a TTL, an allowed call writes its TATs
+// alone; otherwise the expiry is set to twice the longest refill time.
 //
 // KEYS[1]: the hash. ARGV[1]: n; then rate, period (seconds), burst per
 // limit. It returns {allowed, remaining, retry after (µs), reset after
-// (µs), index of the tightest limit (0-based), TIME seconds, TIME µs};
-// the durations are capped at 2^53 µs (about 285 years), which a Duration
-// holds.
+// (µs), index of the tightest limit (0-based), TIME seconds, TIME µs},
+// durations capped at 2^53 µs (about 285 years).
 var gcraScript = redis.NewScript(gcraLua)
 
 // gcraArgs is gcraScript as command arguments.
