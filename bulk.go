@@ -59,10 +59,11 @@ func (s *Service) deleteKeys(ctx context.Context, unlink bool, keys []string) (i
 	return n, err
 }
 
-// MGet returns the string values of the keys that exist; missing keys
-// are absent from the map. The map is never nil, also on error. On a
-// single node it is one MGET; on Redis Cluster one pipelined GET per key,
-// one round trip per node.
+// MGet returns the string values of the keys that exist; missing keys,
+// and keys holding another type (a hash, a list), are absent from the
+// map. The map is never nil, also on error. On a single node it is one
+// MGET; on Redis Cluster one pipelined GET per key, one round trip per
+// node.
 func (s *Service) MGet(ctx context.Context, keys ...string) (map[string]string, error) {
 	const op = "mget"
 	if err := checkKeys(keys); err != nil {
@@ -81,13 +82,16 @@ func (s *Service) MGet(ctx context.Context, keys ...string) (map[string]string, 
 			}
 			return nil
 		})
-		if err != nil && err != redis.Nil { //nolint:errorlint // Exec reports a miss as redis.Nil
+		if err != nil && !absent(err) {
 			return nil, err
 		}
 		vals := make([]any, len(cmds))
 		for i, c := range cmds {
-			if v, err := c.(*redis.StringCmd).Result(); err == nil {
+			switch v, err := c.(*redis.StringCmd).Result(); {
+			case err == nil:
 				vals[i] = v
+			case !absent(err):
+				return nil, err
 			}
 		}
 		return vals, nil
@@ -104,6 +108,12 @@ func (s *Service) MGet(ctx context.Context, keys ...string) (map[string]string, 
 	s.stats.hits.Add(uint64(len(out)))
 	s.stats.misses.Add(uint64(len(keys) - len(out)))
 	return out, nil
+}
+
+// absent reports whether err is a GET's answer for a key that MGET would
+// answer nil for: no such key, or a value that is not a string.
+func absent(err error) bool {
+	return err == redis.Nil || redis.HasErrorPrefix(err, "WRONGTYPE") //nolint:errorlint // a miss is redis.Nil itself
 }
 
 // MSet stores every value in values. Without options on a single node it

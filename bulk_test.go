@@ -1,9 +1,13 @@
 package redisservice
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestBulk(t *testing.T) {
@@ -56,5 +60,35 @@ func TestBulk(t *testing.T) {
 		if err := s.MSet(ctx, nil); err != nil {
 			t.Errorf("MSet(nil) = %v; want nil", err)
 		}
+	})
+}
+
+// TestMGetSkipsValuesThatAreNotStrings: a key holding a hash or a list is
+// absent from MGet's map, as MGET itself answers nil for it, on a cluster
+// (one GET per key, which answers WRONGTYPE) as on a single node.
+func TestMGetSkipsValuesThatAreNotStrings(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		var keys []string
+		want := map[string]string{}
+		for i := range 20 { // spread over the slots of every master
+			k := "mget:" + strconv.Itoa(i)
+			keys = append(keys, k)
+			switch i % 3 {
+			case 0:
+				require.NoError(t, s.HSet(ctx, k, "f", "v"))
+			case 1:
+				require.NoError(t, b.client.RPush(ctx, b.raw(k), "x").Err())
+			default:
+				_, err := s.Set(ctx, k, i)
+				require.NoError(t, err)
+				want[k] = strconv.Itoa(i)
+			}
+		}
+		got, err := s.MGet(ctx, append(keys, "mget:missing")...)
+		require.NoError(t, err)
+		assert.Equal(t, want, got)
 	})
 }

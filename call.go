@@ -119,7 +119,9 @@ func isConnError(err error) bool {
 }
 
 // logFailure logs err at most once a second per operation; the rest are
-// counted and reported with the next line that gets through.
+// counted and reported with the next line that gets through. The line
+// carries the key, and the text of Redis's replies (which can quote keys),
+// only with Options.TraceKeys.
 func (s *Service) logFailure(ctx context.Context, op, key string, err error) {
 	allowed, suppressed := s.logGate.allow(op, time.Now().UnixNano())
 	if !allowed {
@@ -129,11 +131,15 @@ func (s *Service) logFailure(ctx context.Context, op, key string, err error) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	s.log.LogAttrs(ctx, slog.LevelWarn, "redisservice: redis call failed",
-		slog.String("op", op),
-		slog.String("key", key),
-		slog.String("error", err.Error()),
+	attrs := make([]slog.Attr, 0, 4)
+	attrs = append(attrs, slog.String("op", op))
+	if s.opts.TraceKeys {
+		attrs = append(attrs, slog.String("key", key))
+	}
+	attrs = append(attrs,
+		slog.String("error", describeErr(err, s.opts.TraceKeys)),
 		slog.Uint64("suppressed", suppressed))
+	s.log.LogAttrs(ctx, slog.LevelWarn, "redisservice: redis call failed", attrs...)
 }
 
 // logGate lets one log line per operation through each second. The zero

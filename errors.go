@@ -11,10 +11,11 @@ import (
 var (
 	// ErrInvalidKey reports an empty key, identifier, pattern or session
 	// id, a session id that is too long or holds characters outside the
-	// URL-unreserved set, or a key that a write or delete may not touch:
-	// one in the namespaces the Service keeps for its own keys
-	// ("session:", "user-sessions:", "ratelimit:"), unless
-	// [Options.AllowReservedKeys]. Nothing is written.
+	// URL-unreserved set, or a key or pattern that a write or delete may
+	// not touch: one in the namespaces the Service keeps for its own keys
+	// ("session:", "user-sessions:", "ratelimit:", "gcra:",
+	// "scs:session:"), unless [Options.AllowReservedKeys]. Nothing is
+	// written.
 	ErrInvalidKey = errors.New("redisservice: invalid key")
 
 	// ErrInvalidTTL reports a negative TTL, a positive TTL below one

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/bits"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -11,7 +12,10 @@ import (
 
 // Limit is a GCRA (leaky bucket) limit: Rate requests per Period on
 // average, with bursts of up to Burst at once. The zero Burst means Burst
-// = Rate. Use it with [Service.AllowN] and [RateLimitConfig.Limits].
+// = Rate. Use it with [Service.AllowN] and [RateLimitConfig.Limits]. A
+// limit whose full burst takes longer than a Duration holds
+// (Burst×Period/Rate) is refused with [ErrInvalidArgument], as is any
+// field outside the range its comment gives.
 type Limit struct {
 	// Rate is how many requests Period allows on average; > 0.
 	Rate int
@@ -21,7 +25,7 @@ type Limit struct {
 	Period time.Duration
 
 	// Burst is how many requests may arrive at once after a quiet spell,
-	// and the largest Remaining; >= 0. The default, 0, is Rate.
+	// and the largest Remaining; 0 to 2^40. The default, 0, is Rate.
 	Burst int
 }
 
@@ -44,9 +48,9 @@ func (l Limit) burst() int {
 	return l.Burst
 }
 
-// interval is the emission interval: the time one request's token takes to
-// come back.
-func (l Limit) interval() time.Duration { return l.Period / time.Duration(l.Rate) }
+// interval is the emission interval in seconds: the time one request's
+// token takes to come back.
+func (l Limit) interval() float64 { return l.Period.Seconds() / float64(l.Rate) }
 
 // name is l's name in headers and default middleware names: "10/1s", or
 // "10/1s+20" when the burst is not the rate.
@@ -57,15 +61,23 @@ func (l Limit) name() string {
 	return fmt.Sprintf("%d/%v+%d", l.Rate, l.Period, l.burst())
 }
 
-// refill is the time n tokens take to come back, saturating rather than
-// overflowing.
+// refill is the time n tokens take to come back, n×Period/Rate rounded
+// up, saturating rather than overflowing.
 func (l Limit) refill(n int) time.Duration {
-	ei := l.interval()
-	if ei > 0 && int64(n) > math.MaxInt64/int64(ei) {
+	hi, lo := bits.Mul64(uint64(n), uint64(l.Period))
+	if hi >= uint64(l.Rate) {
 		return math.MaxInt64
 	}
-	return time.Duration(n) * ei
+	q, r := bits.Div64(hi, lo, uint64(l.Rate))
+	if r > 0 {
+		q++
+	}
+	return time.Duration(min(q, math.MaxInt64))
 }
+
+// maxBurst is the largest burst: the script counts tokens in doubles,
+// exactly to within a hundredth of a token up to it.
+const maxBurst = 1 << 40
 
 // check reports what makes l unusable, if anything.
 func (l Limit) check() error {
@@ -78,6 +90,8 @@ func (l Limit) check() error {
 		return fmt.Errorf("%w: limit period %v (want >= 1ms)", ErrInvalidTTL, l.Period)
 	case l.Burst < 0:
 		return fmt.Errorf("%w: limit burst %d < 0", ErrInvalidArgument, l.Burst)
+	case l.burst() > maxBurst:
+		return fmt.Errorf("%w: limit %v: burst above 2^40", ErrInvalidArgument, l.name())
 	case float64(l.burst())*float64(l.Period)/float64(l.Rate) > math.MaxInt64:
 		return fmt.Errorf("%w: limit %v: a full burst takes longer than a Duration holds", ErrInvalidArgument, l.name())
 	}
@@ -90,33 +104,29 @@ func (l Limit) check() error {
 const gcraPrefix = "gcra:"
 
 // gcraScript decides n tokens for one key under several GCRA limits, on
-// the server's clock, all or nothing. The state of each limit is its
-// theoretical arrival time (TAT) in field "<rate>/<period s>/<burst>" of
-// one hash, so every limit of a call lives in one key, hence one cluster
-// slot. A foreign value at the key (not a hash) is replaced, and a field
+// the server's clock, all or nothing. Each limit's theoretical arrival
+// time (TAT) is field "<rate>/<period s>/<burst>" of one hash (one key,
+// one cluster slot). A foreign value at the key is replaced, and a field
 // that is not a plausible TAT counts as a full bucket, so that nothing
-// written there can turn the limit off. When allowed with n > 0, every
-// limit's TAT moves by n emission intervals; a denied call or a peek
-// (n == 0) writes nothing.
+// written there turns the limit off. Only an allowed call with n > 0
+// writes: every TAT moves by n emission intervals.
 //
-// The hash's expiry is recorded in its field "exp", read with the TATs:
-// while every TAT is before it, an allowed call writes its TATs and
-// nothing else, as redis_rate's one SET does. Past it, the expiry is set
-// to twice the longest bucket's refill time (Burst×Period/Rate) from now,
-// so it moves at most once per refill time, is never lowered (the TATs
-// it covered are earlier) and lets the hash go within twice that time of
-// its last use.
+// A field holds "<W> <R>": the TIME of its write in µs since 2017 (whole,
+// exact in a double) and the TAT's distance from it in µs, so the
+// arithmetic handles amounts of a bucket's size, not of the date, and
+// stays exact at any rate; one number is an earlier version's TAT, in
+// seconds since 2017. Within a millionth of a token (plus 5e-15 of the
+// bucket, for rounding) of fitting counts as fitting, so that a full
+// bucket's exact count is not lost to rounding.
 //
-// The arithmetic is go-redis/redis_rate v10's, operation for operation
-// (seconds since 2017-01-01 as doubles), so that one limit gives its
-// answers, except that a request within a microsecond of a whole token
-// counts that token, where redis_rate's rounding can land just below it.
+// Field "exp" records the hash's expiry (µs since 2017). While every TAT
+// is before it and the hash has a TTL, an allowed call writes its TATs
+// alone; otherwise the expiry is set to twice the longest refill time.
 //
 // KEYS[1]: the hash. ARGV[1]: n; then rate, period (seconds), burst per
 // limit. It returns {allowed, remaining, retry after (µs), reset after
-// (µs), index of the tightest limit (0-based), TIME seconds, TIME µs};
-// the durations are capped at 2^53 µs (about 285 years), which a Duration
-// holds.
+// (µs), index of the tightest limit (0-based), TIME seconds, TIME µs},
+// durations capped at 2^53 µs (about 285 years).
 var gcraScript = redis.NewScript(gcraLua)
 
 // gcraArgs is gcraScript as command arguments.
@@ -126,7 +136,7 @@ var gcraArgs = scriptArgs(gcraScript, gcraLua)
 const gcraLua = `
 local n = tonumber(ARGV[1])
 local t = redis.call('TIME')
-local now = (t[1] - 1483228800) + (t[2] / 1000000)
+local now = (t[1] - 1483228800) * 1000000 + t[2]
 local count = (#ARGV - 1) / 3
 local get = {'HMGET', KEYS[1]}
 for i = 1, count do
@@ -134,110 +144,103 @@ for i = 1, count do
 	get[i + 2] = ARGV[j] .. '/' .. ARGV[j + 1] .. '/' .. ARGV[j + 2]
 end
 get[count + 3] = 'exp'
-local tats = redis.pcall(unpack(get))
-if tats.err then
+local vals = redis.pcall(unpack(get))
+if vals.err then
 	redis.call('DEL', KEYS[1])
-	tats = {}
+	vals = {}
 end
 local set = {'HSET', KEYS[1]}
 local allowed, best, remaining, retry, reset = 1, 1, -1, 0, 0
-local latest, refill = now, 0
+local latest, refill = 0, 0
 for i = 1, count do
 	local j = 3 * i - 1
-	local ei = ARGV[j + 1] / ARGV[j]
+	local ei = ARGV[j + 1] * 1000000 / ARGV[j]
 	local offset = ei * ARGV[j + 2]
 	if offset > refill then refill = offset end
-	local tat = tonumber(tats[i])
-	if tat == nil or tat ~= tat or tat < now or tat > now + offset + 1 then
-		tat = now
+	-- tat: the TAT in µs from now.
+	local tat, v = 0, vals[i]
+	if type(v) == 'string' then
+		local w, r = string.match(v, '^(%S+) (%S+)$')
+		w, r = tonumber(w), tonumber(r)
+		if w and r then
+			tat = r - (now - w)
+		else
+			tat = (tonumber(v) or 0) * 1000000 - now
+		end
+		if tat ~= tat or tat < 0 or tat > offset + 1000000 then
+			tat = 0
+		end
 	end
 	local new = tat + ei * n
 	if new > latest then latest = new end
 	set[2 * i + 1] = get[i + 2]
 	set[2 * i + 2] = new
-	-- Within a microsecond (and a few rounding steps) of a whole token
-	-- counts as the token: a request of the whole burst fits a full bucket.
-	local diff = now - (new - offset) + 0.000001 + new * 1e-15
-	local left = diff / ei
-	if left < 0 then
+	-- diff: how long ago the request fitted (negative: how long until).
+	local diff = offset - new + ei * 0.000001 + offset * 5e-15
+	if diff < 0 then
 		if allowed == 1 or -diff > retry then
-			best, retry, reset = i, -diff, tat - now
+			best, retry, reset = i, -diff, tat
 		end
 		allowed = 0
 	elseif allowed == 1 then
-		left = math.floor(left)
-		if remaining < 0 or left < remaining or (left == remaining and new - now > reset) then
-			best, remaining, reset = i, left, new - now
+		local left = math.floor(diff / ei)
+		if remaining < 0 or left < remaining or (left == remaining and new > reset) then
+			best, remaining, reset = i, left, new
 		end
 	end
 end
 if allowed == 1 and n > 0 then
-	local exp = tonumber(tats[count + 1])
+	for i = 1, count do
+		set[2 * i + 2] = string.format('%.17g %.17g', now, set[2 * i + 2])
+	end
+	local exp = tonumber(vals[count + 1])
 	-- Past twice the longest refill a Duration holds, exp is not ours.
-	local setexp = exp == nil or exp ~= exp or latest > exp or exp > now + 4e10
+	local setexp = exp == nil or exp ~= exp or now + latest > exp or exp > now + 4e16
+	if not setexp and redis.call('PTTL', KEYS[1]) < 0 then
+		setexp = true
+	end
 	if setexp then
 		exp = now + 2 * refill
 		set[#set + 1] = 'exp'
-		set[#set + 1] = exp
+		set[#set + 1] = string.format('%.17g', exp)
 	end
 	redis.call(unpack(set))
 	if setexp then
-		redis.call('PEXPIRE', KEYS[1], string.format('%.0f', math.min(math.ceil((exp - now) * 1000), 9223372036854)))
+		redis.call('PEXPIRE', KEYS[1], string.format('%.0f', math.min(math.ceil(2 * refill / 1000), 9223372036854)))
 	end
 end
 if allowed == 0 then
 	remaining = 0
 end
 local cap = 9007199254740992
-return {allowed, remaining, math.min(math.ceil(retry * 1000000), cap), math.min(math.ceil(reset * 1000000), cap), best - 1, tonumber(t[1]), tonumber(t[2])}
+return {allowed, remaining, math.min(math.ceil(retry), cap), math.min(math.ceil(reset), cap), best - 1, tonumber(t[1]), tonumber(t[2])}
 `
 
 // AllowN asks for n tokens for key under every limit given, atomically,
-// in one round trip (on a cluster too): it is allowed only when each limit
-// has room for n, and then n is taken from all of them; a denied request
-// takes nothing from any. n == 0 only reports the state (Allowed true:
-// zero tokens always fit) and takes nothing. The state lives in one hash,
-// "gcra:<key>" (after [Options.KeyPrefix]), with a field per limit, on the
-// Redis server's clock; the hash expires within twice its longest
-// bucket's refill time (Burst×Period/Rate) of its last use. Limits that
-// differ in Rate, Period or Burst are separate buckets.
+// in one round trip (on a cluster too): allowed only when each limit has
+// room for n, and then n is taken from all of them; a denied request takes
+// nothing from any. n == 0 only reports the state (Allowed true). The
+// state is one hash, "gcra:<key>" (after [Options.KeyPrefix]), a field per
+// limit, on the Redis server's clock; it expires within twice its longest
+// bucket's refill time (Burst×Period/Rate) of its last use.
 //
-// For one limit, the decisions and Remaining are those of
-// go-redis/redis_rate v10's AllowN for the same requests, and RetryAfter
-// and ResetAfter agree to within a microsecond, with one exception: where
-// the exact count is a whole number of tokens (a full bucket, typically),
-// redis_rate's floating point can land just below it and report one token
-// less (8 left after the first request of PerSecond(10)) or deny a request
-// of exactly the burst; AllowN counts to within a microsecond of a token
-// as the token, and reports 9 and allows. The result describes the
-// tightest limit: when denied, the one that keeps the request waiting
-// longest; when allowed, the one with the fewest tokens left. Its Limit is
-// that limit's burst (the largest Remaining), ResetAfter the time until
-// its bucket is full again and ResetAt the same on the server's clock,
-// and RetryAfter, when denied, the time until n tokens fit under every
-// limit.
+// The result describes the tightest limit: when denied, the one that keeps
+// the request waiting longest; when allowed, the one with the fewest
+// tokens left. Limit is its burst, ResetAfter (and ResetAt, on the
+// server's clock) the time until its bucket is full, RetryAfter the time
+// until n tokens fit under every limit; both capped at 2^53 µs. An n above
+// a burst never fits: it is denied, with no error. For one limit the
+// answers are redis_rate v10's, except where its rounding loses a whole
+// token (README "Rate limiting"); at any rate, no request is let through
+// more than a hundredth of a token before its tokens are back.
 //
-// An n above a limit's burst can never fit: it is denied, with no error,
-// and RetryAfter is the time until the bucket is full plus n-burst
-// emission intervals (redis_rate's figure), which waiting does not
-// overcome; split such a request.
-//
-// RetryAfter and ResetAfter are capped at 2^53 µs (about 285 years).
-//
-// Invalid input fails before anything is sent, with the zero result
-// (Allowed false): an empty key with [ErrInvalidKey]; n < 0, no limit, a
-// Rate <= 0, a Period <= 0, a Burst < 0, or a full burst that takes
-// longer than a Duration holds (Burst×Period/Rate) with
-// [ErrInvalidArgument]; a Period between 0 and 1 ms with [ErrInvalidTTL].
-//
-// AllowN has [Service.CheckRateLimit]'s retry safety (the script is never
-// sent twice after it may have run; it is re-sent as EVAL only after
-// NOSCRIPT), its fast failure while Redis is known to be down, and its
-// fallbacks: when Redis gives no answer, the error comes with, by
-// default, Allowed true and Remaining burst-n of the tightest limit, as
-// for a fresh key, except that an n above a burst is still denied; with
-// [Options.RateLimitFailClosed], Allowed false with RetryAfter the time n
-// tokens take to come back under the slowest limit.
+// Invalid input fails before anything is sent, with the zero result: an
+// empty key with [ErrInvalidKey], a Period between 0 and 1 ms with
+// [ErrInvalidTTL], n < 0, no limit or a limit [Limit] rules out with
+// [ErrInvalidArgument]. Retries, fast failure and fallbacks are
+// [Service.CheckRateLimit]'s: without an answer, Allowed as for a fresh key
+// (an n above a burst denied), or with [Options.RateLimitFailClosed]
+// denied, RetryAfter the time n tokens take under the slowest limit.
 func (s *Service) AllowN(ctx context.Context, key string, n int, limits ...Limit) (RateLimitResult, error) {
 	r, _, err := s.allowN(ctx, key, n, limits)
 	return r, err

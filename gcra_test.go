@@ -2,6 +2,8 @@ package redisservice
 
 import (
 	"fmt"
+	"math"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -387,4 +389,151 @@ func TestAllowNRecoversFromNoScript(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, []bool{true}, ok, "script loaded again")
 	}
+}
+
+// TestAllowNHighRatesKeepTheBurst: at a rate of a token every few
+// nanoseconds, no request takes more than the burst, and the count stays
+// exact: the state is precise to a fraction of an emission interval, and
+// what counts as a whole token is a fraction of one, at any rate.
+func TestAllowNHighRatesKeepTheBurst(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		for _, l := range []Limit{PerSecond(100_000_000), {Rate: 100_000_000, Period: time.Second, Burst: 1000}, PerSecond(1_000_000)} {
+			key := "fast:" + l.name()
+			r, err := s.AllowN(ctx, key, l.burst()+1, l)
+			require.NoError(t, err)
+			assert.False(t, r.Allowed, "AllowN(burst+1) under %v on a fresh bucket", l.name())
+			r, err = s.AllowN(ctx, key, l.burst(), l)
+			require.NoError(t, err)
+			assert.True(t, r.Allowed, "AllowN(burst) under %v on a fresh bucket", l.name())
+			assert.Zero(t, r.Remaining, "Remaining after the whole burst under %v", l.name())
+		}
+		if b.real() {
+			return // tokens come back every few nanoseconds on a real clock
+		}
+		// The server's clock stands still: exactly the burst, one at a time.
+		for _, l := range []Limit{{Rate: 100_000_000, Period: time.Second, Burst: 10}, {Rate: 3_000_000, Period: time.Second, Burst: 7}} {
+			allowed := 0
+			for i := range 3 * l.Burst {
+				r, err := s.AllowN(ctx, "one:"+l.name(), 1, l)
+				require.NoError(t, err)
+				if r.Allowed {
+					allowed++
+					assert.Equal(t, l.Burst-1-i, r.Remaining, "Remaining of request %d under %v", i, l.name())
+				}
+			}
+			assert.Equal(t, l.Burst, allowed, "requests of 1 allowed under %v", l.name())
+		}
+	})
+}
+
+// TestLimitsThatOverflowAreRefused: a limit whose arithmetic cannot be done
+// (an emission interval below a nanosecond, a burst beyond what the
+// script counts exactly) fails with ErrInvalidArgument before anything is
+// sent, instead of answering with a Remaining of MinInt64.
+func TestLimitsThatOverflowAreRefused(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	s := b.service(t, Options{})
+	ctx := ctxT(t)
+	for name, l := range map[string]Limit{
+		"MaxInt64 rate":       {Rate: math.MaxInt64, Period: time.Second},
+		"PerSecond(MaxInt64)": PerSecond(math.MaxInt64),
+		"huge burst":          {Rate: 1 << 41, Period: time.Hour},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r, err := s.AllowN(ctx, "k", 1, l)
+			require.ErrorIs(t, err, ErrInvalidArgument)
+			assert.Equal(t, RateLimitResult{}, r)
+		})
+	}
+	assert.Empty(t, b.mr.Keys(), "invalid calls wrote")
+	for _, l := range []Limit{
+		{Rate: 1_000_000_000, Period: time.Second, Burst: 1 << 40},
+		{Rate: math.MaxInt64, Period: time.Second, Burst: 10},
+		PerSecond(1 << 30), // a gigabyte a second, counted in bytes
+	} {
+		r, err := s.AllowN(ctx, "k:"+l.name(), 3, l)
+		require.NoError(t, err, "AllowN under %v", l.name())
+		assert.True(t, r.Allowed)
+		assert.Equal(t, l.burst()-3, r.Remaining, "Remaining under %v", l.name())
+		assert.GreaterOrEqual(t, r.ResetAfter, time.Duration(0))
+	}
+}
+
+// TestAllowNRepairsAHashWithoutTTL: a gcra: hash that lost its expiry
+// (PERSIST, or written by a tool) gets one back from the next allowed
+// call, instead of living for ever.
+func TestAllowNRepairsAHashWithoutTTL(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		raw := b.raw("gcra:k")
+		_, err := s.AllowN(ctx, "k", 1, PerHour(10))
+		require.NoError(t, err)
+		require.True(t, b.client.Persist(ctx, raw).Val())
+		require.Equal(t, time.Duration(-1), b.client.PTTL(ctx, raw).Val())
+		r, err := s.AllowN(ctx, "k", 1, PerHour(10))
+		require.NoError(t, err)
+		assert.Equal(t, 8, r.Remaining)
+		pttl := b.client.PTTL(ctx, raw).Val()
+		assert.True(t, pttl > 0 && pttl <= 2*time.Hour, "PTTL %v after an allowed call; want the hash to expire", pttl)
+	})
+}
+
+// TestAllowNReadsTheEarlierStateFormat: a field holding a TAT in seconds
+// since 2017, as earlier versions wrote it, keeps its meaning; the next
+// allowed call rewrites it in the current form.
+func TestAllowNReadsTheEarlierStateFormat(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		raw := b.raw("gcra:k")
+		// One token of PerHour(4) (15 minutes each) used, 5 minutes ago.
+		tat := b.serverTime(t).Add(10 * time.Minute).Sub(time.Date(2017, 1, 1, 0, 0, 0, 0, time.UTC)).Seconds()
+		require.NoError(t, b.client.HSet(ctx, raw, "4/3600/4", strconv.FormatFloat(tat, 'f', -1, 64)).Err())
+		r, err := s.AllowN(ctx, "k", 0, PerHour(4))
+		require.NoError(t, err)
+		assert.Equal(t, 3, r.Remaining, "a TAT written by an earlier version")
+		assert.InDelta(t, float64(10*time.Minute), float64(r.ResetAfter), float64(time.Second))
+		r, err = s.AllowN(ctx, "k", 1, PerHour(4))
+		require.NoError(t, err)
+		assert.Equal(t, 2, r.Remaining)
+		assert.Regexp(t, `^\d+ \d+(\.\d+)?$`, b.client.HGet(ctx, raw, "4/3600/4").Val(), "the field after a write")
+		r, err = s.AllowN(ctx, "k", 0, PerHour(4))
+		require.NoError(t, err)
+		assert.Equal(t, 2, r.Remaining)
+		assert.InDelta(t, float64(25*time.Minute), float64(r.ResetAfter), float64(time.Second))
+	})
+}
+
+// TestAllowNNeverLetsATokenThroughEarly: a token that has not fully come
+// back does not count, whatever the emission interval: 9 µs into a 10 µs
+// interval is not enough (a tolerance of a whole microsecond let it
+// through).
+func TestAllowNNeverLetsATokenThroughEarly(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "miniredis")
+	s := b.service(t, Options{})
+	ctx := ctxT(t)
+	l := Limit{Rate: 100_000, Period: time.Second, Burst: 1} // a token every 10 µs
+	r, err := s.AllowN(ctx, "k", 1, l)
+	require.NoError(t, err)
+	require.True(t, r.Allowed)
+	b.pass(9 * time.Microsecond)
+	r, err = s.AllowN(ctx, "k", 1, l)
+	require.NoError(t, err)
+	assert.False(t, r.Allowed, "9 µs into a 10 µs interval")
+	assert.Equal(t, time.Microsecond, r.RetryAfter)
+	b.pass(time.Microsecond)
+	r, err = s.AllowN(ctx, "k", 1, l)
+	require.NoError(t, err)
+	assert.True(t, r.Allowed, "after the whole interval")
 }

@@ -114,9 +114,18 @@ func (s *Service) FlushAll(ctx context.Context) error {
 
 // Stats is a snapshot of a Service's counters since New.
 type Stats struct {
-	Hits           uint64 // reads that found their key (Get, GetJSON, HGet, MGet per key, Cache, GetSession)
-	Misses         uint64 // reads that found nothing
-	Errors         uint64 // calls that failed in Redis or on the way to it, or failed fast with ErrUnavailable
+	// Hits counts the lookups that found what they looked for: Get,
+	// GetJSON (a value that then fails to decode too), HGet (the field),
+	// HGetAll (a non-empty hash), MGet (per key), Cache (a value, in
+	// process or in Redis, or a remembered ErrNotFound) and the reads of a
+	// session: GetSession's, and each attempt's of UpdateSession and
+	// RenewSessionID. Exists, TTL and the other calls count neither.
+	Hits uint64
+	// Misses counts the same lookups that found nothing: a missing key or
+	// field, an empty hash, a Cache miss (a value that does not decode too).
+	Misses uint64
+
+	Errors         uint64 // calls that failed in Redis or on the way to it (a value that does not decode too), or failed fast with ErrUnavailable
 	Fallbacks      uint64 // calls answered with their fallback value because Redis could not be used (Errors plus calls after Close)
 	LogsSuppressed uint64 // failure log lines held back by the once-a-second limit
 	Connected      bool   // what IsConnected reports: the last observed state, read without touching the network

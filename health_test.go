@@ -2,6 +2,7 @@ package redisservice
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -132,4 +133,57 @@ func TestHealthHandlerHidesTheCause(t *testing.T) {
 			assert.NotContains(t, logs.String(), "wrong-pw")
 		})
 	}
+}
+
+// TestStatsHitsAndMissesAsDocumented: each lookup Stats.Hits names counts
+// one hit or one miss (MGet one per key), and the other calls count
+// neither.
+func TestStatsHitsAndMissesAsDocumented(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		mustSet(t, s, "s", "1")
+		mustSet(t, s, "bad", "{")
+		require.NoError(t, s.HSet(ctx, "h", "f", "v"))
+		id, err := NewSessionID()
+		require.NoError(t, err)
+		require.NoError(t, s.CreateSession(ctx, id, SessionData{UserID: "u"}, time.Minute))
+		load := func(context.Context) (int, error) { return 1, nil }
+		_, err = Cache(ctx, s, "c", time.Minute, load) // a miss, then stored
+		require.NoError(t, err)
+		_, err = Cache(ctx, s, "nf", time.Minute, func(context.Context) (int, error) { return 0, ErrNotFound }, NotFoundTTL(time.Minute))
+		require.ErrorIs(t, err, ErrNotFound)
+
+		var dst map[string]any
+		for _, c := range []struct {
+			name         string
+			call         func()
+			hits, misses uint64
+		}{
+			{"Get", func() { _, _, _ = s.Get(ctx, "s") }, 1, 0},
+			{"Get missing", func() { _, _, _ = s.Get(ctx, "none") }, 0, 1},
+			{"GetJSON", func() { _, _ = s.GetJSON(ctx, "s", &dst) }, 1, 0},
+			{"GetJSON undecodable", func() { _, _ = s.GetJSON(ctx, "bad", &dst) }, 1, 0},
+			{"HGet", func() { _, _, _ = s.HGet(ctx, "h", "f") }, 1, 0},
+			{"HGet missing field", func() { _, _, _ = s.HGet(ctx, "h", "g") }, 0, 1},
+			{"HGetAll", func() { _, _ = s.HGetAll(ctx, "h") }, 1, 0},
+			{"HGetAll missing", func() { _, _ = s.HGetAll(ctx, "none") }, 0, 1},
+			{"MGet", func() { _, _ = s.MGet(ctx, "s", "none", "h") }, 1, 2},
+			{"Cache", func() { _, _ = Cache(ctx, s, "c", time.Minute, load) }, 1, 0},
+			{"Cache not found", func() { _, _ = Cache(ctx, s, "nf", time.Minute, load, NotFoundTTL(time.Minute)) }, 1, 0},
+			{"Cache undecodable", func() { _, _ = Cache(ctx, s, "bad", time.Minute, load) }, 0, 1},
+			{"GetSession", func() { _, _, _ = s.GetSession(ctx, id) }, 1, 0},
+			{"UpdateSession", func() { _, _ = s.UpdateSession(ctx, id, func(*SessionData) error { return nil }) }, 1, 0},
+			{"Exists", func() { _, _ = s.Exists(ctx, "s") }, 0, 0},
+			{"TTL", func() { _, _ = s.TTL(ctx, "s") }, 0, 0},
+			{"UpdateSessionActivity", func() { _, _ = s.UpdateSessionActivity(ctx, id) }, 0, 0},
+		} {
+			before := s.Stats()
+			c.call()
+			after := s.Stats()
+			assert.Equal(t, c.hits, after.Hits-before.Hits, "%s: hits", c.name)
+			assert.Equal(t, c.misses, after.Misses-before.Misses, "%s: misses", c.name)
+		}
+	})
 }

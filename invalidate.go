@@ -17,33 +17,29 @@ const (
 )
 
 // InvalidatePattern deletes every key matching pattern and returns how
-// many it deleted. [Options.KeyPrefix] is put in front of pattern (with
-// its own glob characters escaped), so pattern matches the keys as the
-// caller names them: "product:*". Use [EscapePattern] on any part of
-// pattern that comes from user input.
+// many it deleted. [Options.KeyPrefix] is put in front of pattern (its
+// glob characters escaped), so pattern matches keys as the caller names
+// them: "product:*". The pattern is Redis's glob syntax (* ? [abc] [^a]
+// [a-z], \ to escape), sent as it is; use [EscapePattern] on any part of
+// it that comes from user input. README "Cache-aside and invalidation"
+// says how odd patterns match.
 //
-// It walks the keyspace with SCAN MATCH pattern COUNT 1000 and deletes
-// each batch found with UNLINK (at most 500 keys a command), so it never
-// blocks Redis the way KEYS or one huge DEL would; UNLINK frees memory in
-// the background. On Redis Cluster it scans every master, in parallel,
-// and deletes with one single-key UNLINK per key, pipelined, since keys
-// of one node lie in different slots. Each SCAN and UNLINK round trip is
-// bounded by [Options.Timeout] when ctx has no deadline; the walk as a
-// whole only by ctx. On success the count is exact: a key that SCAN
-// reports twice, or that expires or is deleted by someone else meanwhile,
-// is not counted. Keys written during the walk may or may not be deleted.
+// Keys in the namespaces the Service keeps for its own keys (sessions,
+// rate limits; see [Options.AllowReservedKeys]) are never deleted unless
+// that option is set: a pattern that only they can match ("session:*")
+// fails with [ErrInvalidKey], and a wider one ("*") leaves them uncounted.
 //
-// The pattern goes to Redis as it is, in Redis's glob syntax: * ? [abc]
-// [^a] [a-z] and \ to escape. Redis also takes odd patterns without an
-// error: [z-a] matches like [a-z], an unclosed [a like [a], a lone [ or []
-// matches nothing, and a trailing \ matches a backslash. (miniredis
-// differs there: it panics on [z-a] and a trailing \ matches nothing.)
+// It walks the keyspace with SCAN MATCH COUNT 1000, the masters of a
+// cluster in parallel, and deletes what it finds with UNLINK, at most 500
+// keys a command (one pipelined UNLINK per key on a cluster), so it never
+// blocks Redis. Each round trip is bounded by [Options.Timeout] when ctx
+// has no deadline; the walk as a whole only by ctx. The count is exact: a
+// key reported twice, or deleted by another meanwhile, is not counted.
+// Keys written during the walk may or may not be deleted.
 //
-// An empty pattern fails with [ErrInvalidKey]. On error InvalidatePattern
-// returns how many keys it knows it deleted before the failure, and its
-// error says so ("deleted at least 1000 keys, then: …"): a lower bound,
-// since an UNLINK whose reply was lost (a timeout, a broken connection)
-// may still have run.
+// An empty pattern fails with [ErrInvalidKey]. On error it returns how
+// many keys it knows it deleted, a lower bound ("deleted at least 1000
+// keys, then: …"): an UNLINK whose reply was lost may still have run.
 func (s *Service) InvalidatePattern(ctx context.Context, pattern string) (_ int64, err error) {
 	const op = "invalidatepattern"
 	ctx, scope := s.tel.begin(ctx, op, pattern)
@@ -51,12 +47,22 @@ func (s *Service) InvalidatePattern(ctx context.Context, pattern string) (_ int6
 	if pattern == "" {
 		return 0, invalid(op, pattern, ErrInvalidKey)
 	}
+	if lit := literalPrefix(pattern); lit != "" {
+		// Every key the pattern matches starts with lit: when lit is
+		// reserved, so is every match.
+		if err := s.checkWriteKey(lit); err != nil {
+			return 0, invalid(op, pattern, err)
+		}
+	}
 	if s.closed.Load() {
 		return 0, s.fail(ctx, op, pattern, ErrClosed)
 	}
 	match := EscapePattern(s.prefix) + pattern
 	var deleted atomic.Int64
 	err = s.scanEach(ctx, op, pattern, match, scanCount, func(ctx context.Context, _ redis.UniversalClient, keys []string) error {
+		if !s.opts.AllowReservedKeys {
+			keys = s.unreserved(keys)
+		}
 		n, err := s.unlink(ctx, op, pattern, keys)
 		deleted.Add(n)
 		return err
@@ -70,6 +76,38 @@ func (s *Service) InvalidatePattern(ctx context.Context, pattern string) (_ int6
 		err = oe.err // counted and logged already; reworded below
 	}
 	return n, wrapOp(op, pattern, fmt.Errorf("deleted at least %d keys, then: %w", n, err))
+}
+
+// literalPrefix returns the part of pattern before its first glob
+// character (* ? [), unescaped: the start of every key it matches.
+func literalPrefix(pattern string) string {
+	var b strings.Builder
+	for i := 0; i < len(pattern); i++ {
+		switch c := pattern[i]; c {
+		case '*', '?', '[':
+			return b.String()
+		case '\\':
+			if i+1 < len(pattern) {
+				i++
+			}
+			b.WriteByte(pattern[i])
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// unreserved returns keys, given as stored (with the prefix), without
+// those in a reserved namespace, reusing keys' array.
+func (s *Service) unreserved(keys []string) []string {
+	out := keys[:0]
+	for _, k := range keys {
+		if !reservedKey(strings.TrimPrefix(k, s.prefix)) {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // unlink deletes keys, given as stored (with the prefix), in batches and

@@ -534,3 +534,19 @@ func TestInvalidatePatternCountAfterAFailure(t *testing.T) {
 		return
 	}
 }
+
+func TestLiteralPrefix(t *testing.T) {
+	t.Parallel()
+	for pattern, want := range map[string]string{
+		"session:*":   "session:",
+		"session:abc": "session:abc",
+		`sess\ion:*`:  "session:",
+		`a\*b*`:       "a*b",
+		"ab?c":        "ab",
+		"ab[c]":       "ab",
+		"*":           "",
+		`ab\`:         `ab\`,
+	} {
+		assert.Equal(t, want, literalPrefix(pattern), "literalPrefix(%q)", pattern)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -55,17 +56,18 @@ type RateLimitConfig struct {
 	// Cost returns how many tokens a request takes under Limits (for
 	// example more for an export than for a read). The default is 1 per
 	// request. A cost of 0 is let through without being counted; a cost
-	// above a limit's burst is always denied (429); a negative cost is a
-	// programming error answered like an unreachable Redis (see
-	// RateLimitMiddleware), with [ErrInvalidArgument] passed to OnError.
+	// above a limit's burst is always denied (429). A negative cost is a
+	// programming error: the request is answered 500 Internal Server Error
+	// without reaching the handler, whatever the fail mode, and OnError
+	// gets an error matching [ErrInvalidArgument]; Redis is not asked.
 	// Cost needs Limits.
 	Cost func(*http.Request) int
 
 	// Key returns the bucket a request counts against, e.g. a user or an
-	// API client. It appears in error messages and logs: hash secrets such
-	// as API tokens first. The default, and the fallback when Key returns
-	// "", is the client IP (see TrustedProxies), or for IPv6 its network
-	// (see IPv6Prefix).
+	// API client. It appears in error messages (and in logs and spans with
+	// [Options.TraceKeys]): hash secrets such as API tokens first. The
+	// default, and the fallback when Key returns "", is the client IP (see
+	// TrustedProxies), or for IPv6 its network (see IPv6Prefix).
 	Key func(*http.Request) string
 
 	// Name separates this limit's buckets from other limits' when several
@@ -119,7 +121,8 @@ type RateLimitConfig struct {
 
 	// OnError, when set, is called with the request and the error whenever
 	// Redis could not be asked. The request then goes on (fail open) or is
-	// answered 503 (with [Options.RateLimitFailClosed]).
+	// answered 503 (with [Options.RateLimitFailClosed]). It is also called
+	// for a negative Cost (see there).
 	OnError func(*http.Request, error)
 }
 
@@ -176,6 +179,10 @@ func (s *Service) RateLimitMiddleware(cfg RateLimitConfig) func(http.Handler) ht
 				n := 1
 				if cfg.Cost != nil {
 					n = cfg.Cost(r)
+				}
+				if n < 0 {
+					badCost(w, r, cfg, bucketKey, n)
+					return
 				}
 				res, tightest, err = s.allowN(r.Context(), bucketKey, n, cfg.Limits)
 			} else {
@@ -312,6 +319,20 @@ func sfString(s string) string {
 	}
 	b.WriteByte('"')
 	return b.String()
+}
+
+// badCost answers a request whose cfg.Cost is negative: 500, whatever the
+// fail mode, since failing open would let a Cost such as r.ContentLength
+// (-1 for a body of unknown length) bypass the limit.
+func badCost(w http.ResponseWriter, r *http.Request, cfg RateLimitConfig, bucketKey string, n int) {
+	if cfg.OnError != nil {
+		cfg.OnError(r, invalid("ratelimit", bucketKey, fmt.Errorf("%w: cfg.Cost returned cost %d < 0", ErrInvalidArgument, n)))
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusInternalServerError)
+	_, _ = io.WriteString(w, `{"error":"invalid rate-limit cost"}`+"\n")
 }
 
 // retryBody is the JSON body of a denied request.

@@ -146,18 +146,37 @@ func TestRateLimitMiddlewareHugeWindow(t *testing.T) {
 	})
 }
 
+// TestRateLimitMiddlewareNegativeCost: a negative cost is a programming
+// error, not an outage: the request is answered 500 and does not reach
+// the handler, in either fail mode (failing open would let a Cost of
+// r.ContentLength, -1 for a chunked body, bypass the limit), and OnError
+// gets ErrInvalidArgument. Redis is not asked.
 func TestRateLimitMiddlewareNegativeCost(t *testing.T) {
 	t.Parallel()
-	b := newBackend(t, "miniredis")
-	s := b.service(t, Options{})
-	var seen atomic.Value
-	h, calls := limited(s, RateLimitConfig{Limits: []Limit{PerHour(5)}, Cost: costFromHeader,
-		OnError: func(_ *http.Request, err error) { seen.Store(err) }})
-	rec := costly(h, "192.0.2.1:1", -1)
-	assert.Equal(t, http.StatusServiceUnavailable, rec.Code)
-	assert.Zero(t, calls.Load())
-	err, _ := seen.Load().(error)
-	assert.ErrorIs(t, err, ErrInvalidArgument)
+	for _, failClosed := range []bool{false, true} {
+		t.Run("RateLimitFailClosed="+strconv.FormatBool(failClosed), func(t *testing.T) {
+			t.Parallel()
+			b := newBackend(t, "miniredis")
+			s := b.service(t, Options{RateLimitFailClosed: failClosed})
+			var seen atomic.Value
+			h, calls := limited(s, RateLimitConfig{Limits: []Limit{PerHour(5)}, Cost: costFromHeader,
+				OnError: func(_ *http.Request, err error) { seen.Store(err) }})
+			rec := costly(h, "192.0.2.1:1", -1)
+			assert.Equal(t, http.StatusInternalServerError, rec.Code)
+			assert.Empty(t, rec.Header().Get("Retry-After"), "nothing to wait for")
+			assert.JSONEq(t, `{"error":"invalid rate-limit cost"}`, rec.Body.String())
+			assert.Zero(t, calls.Load())
+			err, _ := seen.Load().(error)
+			require.ErrorIs(t, err, ErrInvalidArgument)
+			assert.Contains(t, err.Error(), "cost -1")
+			assert.Empty(t, b.mr.Keys(), "Redis was asked")
+			assert.Zero(t, s.Stats().Errors, "counted as a Redis failure")
+
+			h, calls = limited(s, RateLimitConfig{Limits: []Limit{PerHour(5)}, Cost: costFromHeader})
+			assert.Equal(t, http.StatusInternalServerError, costly(h, "192.0.2.1:1", -7).Code, "without OnError")
+			assert.Zero(t, calls.Load())
+		})
+	}
 }
 
 func TestRateLimitMiddlewareInvalidGCRAConfigPanics(t *testing.T) {

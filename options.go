@@ -72,8 +72,8 @@ type Options struct {
 
 	// Logger receives at most about one line per second per kind of
 	// failure (the rest are counted in [Stats.LogsSuppressed]). It never
-	// receives values or passwords; session ids are redacted. The default
-	// value is slog.Default().
+	// receives values or passwords, nor keys unless TraceKeys is set;
+	// session ids are redacted. The default value is slog.Default().
 	Logger *slog.Logger
 
 	// AllowFlushAll lets [Service.FlushAll] run. The default is false:
@@ -81,12 +81,14 @@ type Options struct {
 	AllowFlushAll bool
 
 	// AllowReservedKeys lets the calls that write or delete a key the
-	// caller names (Set, SetJSON, MSet, HSet, HDel, Expire, Del, Cache) touch the
-	// namespaces the Service keeps for its own keys: "session:",
-	// "user-sessions:", "ratelimit:" and "gcra:" (after KeyPrefix). The default is
-	// false: they fail with [ErrInvalidKey], so that a key name built from
-	// user input cannot forge a session or break a rate limiter. Set it
-	// for migrations and tools that must write those keys.
+	// caller names (Set, SetJSON, MSet, HSet, HDel, Expire, Del, Cache,
+	// InvalidatePattern) touch the namespaces the Service keeps for its
+	// own keys: "session:", "user-sessions:", "ratelimit:", "gcra:" and
+	// "scs:session:" (scsstore's default; all after KeyPrefix). The
+	// default is false: they fail with [ErrInvalidKey] (InvalidatePattern
+	// skips such keys), so that a key name built from user input cannot
+	// forge a session or break a rate limiter. Set it for migrations and
+	// tools that must write those keys.
 	AllowReservedKeys bool
 
 	// Timeout bounds every call whose context has no deadline, retries
@@ -261,11 +263,14 @@ type Options struct {
 	// The default, nil, makes no spans and costs nothing.
 	TracerProvider trace.TracerProvider
 
-	// TraceKeys adds each call's key to its span as redisservice.key, and
-	// keeps it in the span's status message. The default, false, records
-	// no key anywhere in telemetry: keys may hold personal data (an email
-	// in a rate-limit identifier, a user id). Session ids are never
-	// recorded, as in errors and logs.
+	// TraceKeys adds each call's key to its span as redisservice.key and
+	// to its failure's log line, and keeps error texts whole in both. The
+	// default, false, records no key in telemetry or logs: keys may hold
+	// personal data (an email in a rate-limit identifier, a user id), so
+	// errors quoted there lose their keys, and a Redis error reply, which
+	// can quote the command's arguments, is shown by its code alone
+	// ("WRONGTYPE"). The errors returned still name the key. Session ids
+	// are never recorded, as in errors.
 	TraceKeys bool
 
 	// Now is the clock used for session timestamps, a test seam. The

@@ -28,14 +28,18 @@ type RedisLogger struct {
 // most one line a second through per kind of line (per format string of
 // go-redis); the lines held back are counted in the next one's
 // "suppressed" attribute. The user-info of any URL in a line
-// ("redis://user:password@host") is replaced by "xxxxx".
+// ("redis://user:password@host") is replaced by "xxxxx", up to the line's
+// last '@' whatever the password holds ('@', '/', spaces).
 //
 // go-redis has one logger per process: the last redis.SetLogger wins, for
 // every client.
 func SlogLogger(l *slog.Logger) *RedisLogger { return &RedisLogger{log: l} }
 
-// urlUserInfo matches the scheme and user-info of a URL.
-var urlUserInfo = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@`)
+// urlUserInfo matches the scheme and user-info of a URL. A password may
+// hold any character, '@', '/' and spaces included, so the user-info runs
+// to the last '@' of the line: more than the user-info when the line has
+// another '@' after the URL, which masks too much rather than too little.
+var urlUserInfo = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://)(?s:.*)@`)
 
 // Printf logs one line of go-redis, formatted as [fmt.Sprintf] does. It
 // implements go-redis's logging interface.

@@ -125,3 +125,50 @@ func TestSlogLoggerInGoRedis(t *testing.T) {
 	require.Len(t, ours, 1, "a burst of failed dials logs one line")
 	assert.Contains(t, ours[0], "failed to dial")
 }
+
+// maskedLine is what SlogLogger logs for one line holding url.
+func maskedLine(t testing.TB, url string) string {
+	t.Helper()
+	var buf syncBuffer
+	SlogLogger(jsonLogger(&buf)).Printf(context.Background(), "dial %s: connection refused", url)
+	lines := buf.lines(t)
+	require.Len(t, lines, 1)
+	return fmt.Sprint(lines[0]["msg"])
+}
+
+// TestSlogLoggerMasksTheWholePassword: the user-info runs to the last @
+// before the host, whatever the password holds.
+func TestSlogLoggerMasksTheWholePassword(t *testing.T) {
+	t.Parallel()
+	for name, pw := range map[string]string{
+		"plain":     "hunter2",
+		"at":        "p@ss@word",
+		"slash":     "pa/ss/word",
+		"space":     "pass word",
+		"all":       "a@b/c d?e#f:g",
+		"scheme":    "x://y@z",
+		"newline":   "line\nbreak",
+		"empty":     "",
+		"non-ascii": "пароль@ü",
+	} {
+		t.Run(name, func(t *testing.T) {
+			got := maskedLine(t, "rediss://app:"+pw+"@10.0.0.1:6379/2")
+			assert.Equal(t, "dial rediss://xxxxx@10.0.0.1:6379/2: connection refused", got)
+		})
+	}
+	t.Run("no user-info", func(t *testing.T) {
+		assert.Equal(t, "dial redis://10.0.0.1:6379: connection refused", maskedLine(t, "redis://10.0.0.1:6379"))
+	})
+}
+
+func FuzzSlogLoggerMasksThePassword(f *testing.F) {
+	for _, pw := range []string{"hunter2", "p@ss", "a/b", "a b", "@/ @", "x://y@z"} {
+		f.Add("app", pw)
+	}
+	f.Fuzz(func(t *testing.T, user, pw string) {
+		got := maskedLine(t, "redis://"+user+":"+pw+"@host:6379/0")
+		if want := "dial redis://xxxxx@host:6379/0: connection refused"; got != want {
+			t.Fatalf("Printf(%q, %q) logged %q; want %q", user, pw, got, want)
+		}
+	})
+}

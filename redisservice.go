@@ -254,7 +254,7 @@ func (s *Service) Key(k string) string { return s.key(k) }
 // [Options.MeterProvider]) and returned wrapped as
 // `redisservice: <op> "<key>": <cause>`; redis.Nil from fn comes back
 // unwrapped, as a miss. op names the operation in errors, logs and
-// metrics; key is shown in errors and logs only (and in spans under
+// metrics; key is shown in errors (and in logs and spans under
 // [Options.TraceKeys]), so pass a redacted form of a secret. fn must add
 // the prefix itself, with [Service.Key].
 func (s *Service) Run(ctx context.Context, op, key string, fn func(ctx context.Context, rdb redis.UniversalClient) error) error {

@@ -265,21 +265,29 @@ func errorType(err error) string {
 	return "connection"
 }
 
-// describe is a span's status description: err's text without the keys
-// that the errors of calls carry (opError), unless keys are traced. The
-// errors of several calls joined, or wrapped with fmt.Errorf, lose each
-// call's key too.
-func (t *telemetry) describe(err error) string {
-	if t.traceKeys {
+// describe is a span's status description: see describeErr.
+func (t *telemetry) describe(err error) string { return describeErr(err, t.traceKeys) }
+
+// describeErr is err's text for a span or a log line: as it is when keys
+// are traced, else without the keys that the errors of calls carry
+// (opError) and without the text of Redis's error replies, which can quote
+// the command's arguments. The errors of several calls joined, or wrapped
+// with fmt.Errorf, lose each call's key too.
+func describeErr(err error, traceKeys bool) string {
+	if traceKeys {
 		return err.Error()
 	}
 	return redact(err)
 }
 
-// redact is err's text with each opError in it reduced to its cause.
+// redact is err's text with each opError in it reduced to its cause, and
+// each Redis error reply to its code ("WRONGTYPE", "ERR").
 func redact(err error) string {
 	if oe, ok := err.(*opError); ok { //nolint:errorlint // the opError itself, not one it wraps
 		return strings.TrimPrefix(redact(oe.err), "redisservice: ")
+	}
+	if _, ok := err.(redis.Error); ok { //nolint:errorlint // the reply itself
+		return replyCode(err.Error())
 	}
 	msg := err.Error()
 	var causes []error
@@ -302,6 +310,22 @@ func redact(err error) string {
 		}
 	}
 	return msg
+}
+
+// replyCode is the code that starts a Redis error reply ("WRONGTYPE
+// Operation against…"), or "redis error" when the reply starts otherwise
+// (a script's own error_reply may start with anything).
+func replyCode(reply string) string {
+	code, _, _ := strings.Cut(reply, " ")
+	for i := 0; i < len(code); i++ {
+		if c := code[i]; (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '_' && c != '-' {
+			return "redis error"
+		}
+	}
+	if code == "" {
+		return "redis error"
+	}
+	return code
 }
 
 // cacheResult counts one Cache call by result (cacheHit, cacheMiss, ...).

@@ -122,3 +122,75 @@ func TestRedact(t *testing.T) {
 	}
 	assert.Equal(t, "unexpected EOF\nredis unavailable", redact(errors.Join(a, b)))
 }
+
+// TestLogsCarryNoKey: a failure's log line names no key, neither as an
+// attribute nor through a Redis reply that echoes its arguments, unless
+// Options.TraceKeys; the error returned still names it.
+func TestLogsCarryNoKey(t *testing.T) {
+	t.Parallel()
+	const email = "ada@example.com"
+	fail := func(t *testing.T, s *Service) {
+		t.Helper()
+		ctx := ctxT(t)
+		require.NoError(t, s.HSet(ctx, email, "f", "v"))
+		_, _, err := s.Get(ctx, email) // WRONGTYPE
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), email, "the error names the key")
+		err = s.Run(ctx, "echo", email, func(ctx context.Context, rdb redis.UniversalClient) error {
+			return rdb.Do(ctx, "NOSUCHCOMMAND", s.Key(email)).Err() // the reply quotes the key
+		})
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), email, "the error names the key")
+	}
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		var quiet, traced syncBuffer
+		fail(t, b.service(t, Options{Logger: jsonLogger(&quiet)}))
+		fail(t, b.service(t, Options{Logger: jsonLogger(&traced), TraceKeys: true}))
+
+		lines := quiet.lines(t)
+		require.Len(t, lines, 2, "a line per failed call")
+		for _, l := range lines {
+			assert.NotContains(t, fmt.Sprint(l), email, "log line %v", l)
+			assert.NotContains(t, l, "key")
+		}
+		assert.Equal(t, "WRONGTYPE", lines[0]["error"])
+		assert.Equal(t, "ERR", lines[1]["error"])
+
+		lines = traced.lines(t)
+		require.Len(t, lines, 2)
+		for _, l := range lines {
+			assert.Equal(t, email, l["key"], "with TraceKeys")
+		}
+		assert.Contains(t, lines[1]["error"], email, "with TraceKeys, the reply as it is")
+	})
+}
+
+// replyError is a Redis error reply, as go-redis returns one.
+type replyError string
+
+func (e replyError) Error() string { return string(e) }
+func (replyError) RedisError()     {}
+
+// TestRedactReplies: a Redis error reply is reduced to its code, wherever
+// it sits in the chain: its text may quote keys.
+func TestRedactReplies(t *testing.T) {
+	t.Parallel()
+	echo := replyError("ERR unknown command 'X', with args beginning with: 'ada@example.com'")
+	for _, err := range []error{echo, wrapOp("run", "ada@example.com", echo), fmt.Errorf("%w: %w", context.DeadlineExceeded, echo),
+		errors.Join(io.EOF, wrapOp("get", "k", echo))} {
+		got := redact(err)
+		assert.NotContains(t, got, "ada@example.com", "redact(%v)", err)
+		assert.Contains(t, got, "ERR", "redact(%v)", err)
+		assert.Equal(t, err.Error(), describeErr(err, true), "with TraceKeys")
+	}
+	for reply, want := range map[string]string{
+		"WRONGTYPE Operation against a key": "WRONGTYPE",
+		"NOSCRIPT No matching script.":      "NOSCRIPT",
+		"ada@example.com is not allowed":    "redis error",
+		"user_script:1: bad":                "redis error",
+		"":                                  "redis error",
+		"CLUSTERDOWN":                       "CLUSTERDOWN",
+	} {
+		assert.Equal(t, want, replyCode(reply), "replyCode(%q)", reply)
+	}
+}

@@ -18,6 +18,7 @@ package scsstore
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -38,6 +39,10 @@ var (
 // [redisservice.Options.KeyPrefix].
 const DefaultPrefix = "scs:session:"
 
+// maxTTL is the longest time to live CommitCtx sets: the largest Duration
+// in whole milliseconds.
+const maxTTL = time.Duration(math.MaxInt64) / time.Millisecond * time.Millisecond
+
 // scanCount is the COUNT hint of each SCAN step of [Store.AllCtx].
 const scanCount = 1000
 
@@ -55,7 +60,9 @@ func New(svc *redisservice.Service) *Store { return NewWithPrefix(svc, DefaultPr
 // NewWithPrefix returns a Store keeping sessions under prefix (after the
 // Service's own key prefix). Give each scs.SessionManager sharing a
 // Service a prefix of its own: [Store.AllCtx] returns every session under
-// the prefix.
+// the prefix. The Service reserves [DefaultPrefix] (see
+// [redisservice.Options.AllowReservedKeys]): its Set, Del, InvalidatePattern
+// and the like cannot touch those sessions. Another prefix is not reserved.
 func NewWithPrefix(svc *redisservice.Service, prefix string) *Store {
 	return &Store{svc: svc, prefix: prefix}
 }
@@ -90,9 +97,10 @@ func (st *Store) FindCtx(ctx context.Context, token string) ([]byte, bool, error
 
 // CommitCtx stores b as the data of the session token until expiry, with
 // one SET that replaces any earlier data and time to live. The time to
-// live is expiry minus the local time, in whole milliseconds, rounded up;
-// an expiry already past deletes the session instead. An empty token
-// fails with [redisservice.ErrInvalidKey].
+// live is expiry minus the local time, in whole milliseconds, rounded up,
+// and at most the largest time.Duration (about 292 years) for an expiry
+// further away; an expiry already past deletes the session instead. An
+// empty token fails with [redisservice.ErrInvalidKey].
 func (st *Store) CommitCtx(ctx context.Context, token string, b []byte, expiry time.Time) error {
 	const op = "scs.commit"
 	if token == "" {
@@ -102,7 +110,9 @@ func (st *Store) CommitCtx(ctx context.Context, token string, b []byte, expiry t
 	if ttl <= 0 {
 		return st.DeleteCtx(ctx, token)
 	}
-	// PX in whole milliseconds, never shorter than asked.
+	// PX in whole milliseconds, never shorter than asked. time.Until
+	// saturates at the largest Duration: round down there, not over.
+	ttl = min(ttl, maxTTL-time.Millisecond+1)
 	ttl = (ttl + time.Millisecond - 1).Truncate(time.Millisecond)
 	return st.svc.Run(ctx, op, st.prefix+displayKey, func(ctx context.Context, rdb redis.UniversalClient) error {
 		return rdb.Set(ctx, st.key(token), b, ttl).Err()

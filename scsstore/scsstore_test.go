@@ -239,6 +239,24 @@ func TestExpiry(t *testing.T) {
 	})
 }
 
+// TestExpiryBeyondADuration: an expiry further away than a time.Duration
+// reaches still stores the session with a TTL, the longest one a Duration
+// holds (about 292 years), never without one.
+func TestExpiryBeyondADuration(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := ctxT(t)
+		st := scsstore.New(b.svc)
+		for name, expiry := range map[string]time.Time{
+			"300 years": time.Now().AddDate(300, 0, 0),
+			"year 9999": time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC),
+		} {
+			require.NoError(t, st.CommitCtx(ctx, name, []byte("x"), expiry), name)
+			ttl := b.pttl(t, name)
+			assert.Greater(t, ttl, 290*365*24*time.Hour, "PTTL after a commit for %s", name)
+		}
+	})
+}
+
 // TestDelete: Delete removes the session; deleting an unknown or empty
 // token is no error; Find of an unknown or empty token is a miss.
 func TestDelete(t *testing.T) {

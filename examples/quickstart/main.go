@@ -71,11 +71,9 @@ func run() error {
 	if err := svc.Connect(ctx); err != nil {
 		return err
 	}
-	// The pattern is under KeyPrefix: only this tour's keys, before and after.
-	if _, err := svc.InvalidatePattern(ctx, "*"); err != nil {
-		return err
-	}
-	defer svc.InvalidatePattern(context.Background(), "*")
+	// Only this tour's keys (under its KeyPrefix), before and after.
+	cleanUp(srv.URL)
+	defer cleanUp(srv.URL)
 
 	t := &tour{svc: svc, srv: srv}
 	for _, step := range []struct {
@@ -97,6 +95,18 @@ func run() error {
 		}
 	}
 	return nil
+}
+
+// cleanUp deletes every key under the tour's prefix, sessions and rate-limit
+// state included: InvalidatePattern spares the reserved namespaces unless
+// AllowReservedKeys is set.
+func cleanUp(url string) {
+	svc, err := redisservice.New(redisservice.Options{URL: url, KeyPrefix: "quickstart:", AllowReservedKeys: true})
+	if err != nil {
+		return
+	}
+	defer svc.Close()
+	_, _ = svc.InvalidatePattern(context.Background(), "*")
 }
 
 func (t *tour) stringsAndKeys(ctx context.Context) error {

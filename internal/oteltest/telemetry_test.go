@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/vevurn/redisservice"
@@ -305,6 +306,11 @@ func exercise(t testing.TB, svc *redisservice.Service) {
 	require.NoError(t, err)
 	require.NoError(t, svc.HSet(ctx, secretKey+":h", "f", "x"))
 	_, _, err = svc.Get(ctx, secretKey+":h") // WRONGTYPE: an error whose text names the key
+	require.Error(t, err)
+	require.Contains(t, err.Error(), secretKey, "the caller's error names the key")
+	err = svc.Run(ctx, "echo", secretKey, func(ctx context.Context, rdb redis.UniversalClient) error {
+		return rdb.Do(ctx, "NOSUCHCOMMAND", svc.Key(secretKey)).Err() // a reply that quotes the key
+	})
 	require.Error(t, err)
 	require.Contains(t, err.Error(), secretKey, "the caller's error names the key")
 	_, err = svc.CheckRateLimit(ctx, secretKey, time.Minute, 5)
