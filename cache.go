@@ -322,6 +322,9 @@ type loadError struct{ err error }
 func (e *loadError) Error() string { return "load: " + errText(e.err) }
 func (e *loadError) Unwrap() error { return e.err }
 
+// Is makes errors.Is(err, ErrLoad) hold for every loader failure.
+func (e *loadError) Is(target error) bool { return target == ErrLoad }
+
 // notFoundMarker is the value of a not-found marker: not JSON, so that no
 // reader takes it for a cached value even at its own key.
 const notFoundMarker = "redisservice:not-found"

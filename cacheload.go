@@ -41,8 +41,11 @@ func loadShared[T any](ctx context.Context, s *Service, fk flightKey, ttl time.D
 	res, err := s.flights.wait(ctx, f, s.opts.Timeout)
 	var oerr *opError
 	if err != nil && !errors.As(err, &oerr) {
-		// This caller's own ctx, its bound, or runtime.Goexit in load.
-		err = wrapOp(op, fk.key, &loadError{err})
+		if errors.Is(err, errGoexit) {
+			err = wrapOp(op, fk.key, &loadError{err})
+		} else { // this caller's own ctx, or its bound: not load's failure
+			err = wrapOp(op, fk.key, err)
+		}
 	}
 	if res == nil { // load failed, this caller stopped waiting, or load returned a nil interface
 		return zero, err

@@ -311,3 +311,50 @@ func TestCacheErrorText(t *testing.T) {
 	_, err = Cache(ctxT(t), s, "k", time.Minute, func(context.Context) (string, error) { return "", errors.New("db down") })
 	assert.Equal(t, `redisservice: cache "k": load: db down`, err.Error())
 }
+
+// TestCacheErrLoad: every failure of the loader matches ErrLoad and the
+// loader's own error; an error that is not the loader's does not, and
+// comes with a usable value or is the caller's own ctx.
+func TestCacheErrLoad(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{Logger: slog.New(slog.DiscardHandler)})
+		ctx := ctxT(t)
+		dbDown := errors.New("db down")
+
+		_, err := Cache(ctx, s, "failed", time.Minute, func(context.Context) (int, error) { return 0, dbDown })
+		require.ErrorIs(t, err, ErrLoad, "a loader's error")
+		require.ErrorIs(t, err, dbDown)
+
+		_, err = Cache(ctx, s, "panicked", time.Minute, func(context.Context) (int, error) { panic("kaboom") })
+		require.ErrorIs(t, err, ErrLoad, "a loader's panic")
+
+		_, err = Cache(ctx, s, "absent", time.Minute, func(context.Context) (int, error) { return 0, ErrNotFound }, NotFoundTTL(time.Minute))
+		require.ErrorIs(t, err, ErrLoad, "a loader's ErrNotFound")
+		require.ErrorIs(t, err, ErrNotFound)
+		_, err = Cache(ctx, s, "absent", time.Minute, func(context.Context) (int, error) { return 7, nil }, NotFoundTTL(time.Minute))
+		require.ErrorIs(t, err, ErrNotFound, "a remembered absence")
+		assert.NotErrorIs(t, err, ErrLoad, "a remembered absence: the loader did not run")
+
+		// The caller's own ctx ends while the load runs: its error, not the loader's.
+		release := make(chan struct{})
+		defer close(release)
+		cctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			_, err := Cache(cctx, s, "slow", time.Minute, func(context.Context) (int, error) { <-release; return 1, nil })
+			done <- err
+		}()
+		waitWaiting(t, s, keyOf[int]("slow"), 1)
+		cancel()
+		err = <-done
+		require.ErrorIs(t, err, context.Canceled)
+		assert.NotErrorIs(t, err, ErrLoad, "the caller's own ctx")
+
+		// A reserved key: the loader's value comes with ErrInvalidKey, not ErrLoad.
+		v, err := Cache(ctx, s, "session:x", time.Minute, func(context.Context) (int, error) { return 9, nil })
+		require.ErrorIs(t, err, ErrInvalidKey)
+		assert.NotErrorIs(t, err, ErrLoad)
+		assert.Equal(t, 9, v, "the loader's value is usable")
+	})
+}

@@ -52,6 +52,13 @@ var (
 	// and later calls return an error matching it without loading.
 	ErrNotFound = errors.New("redisservice: not found")
 
+	// ErrLoad wraps every error a [Cache] loader returned, a loader's
+	// panic and its runtime.Goexit: errors.Is finds both ErrLoad and the
+	// loader's own error. Any other error from Cache comes with a usable
+	// value (the loader's, or a stored copy), except invalid arguments,
+	// the caller's own ctx ending, and a remembered [ErrNotFound].
+	ErrLoad = errors.New("redisservice: load failed")
+
 	// ErrDecode reports a stored value that does not decode into the
 	// destination (bad JSON or a type mismatch). The wrapped error says why.
 	ErrDecode = errors.New("redisservice: stored value does not decode")
