@@ -2,14 +2,19 @@ package redisservice
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func TestMain(m *testing.M) {
+	redis.SetLogger(heldLogs) // testlog_test.go
+	slog.SetDefault(slog.New(slog.NewTextHandler(heldLogs, nil)))
 	code := m.Run()
 	if code == 0 {
 		if leaked := leakedGoroutines(3 * time.Second); leaked != "" {
