@@ -120,12 +120,12 @@ func (b *backend) pass(d time.Duration) {
 	b.mr.SetTime(b.now)
 }
 
-// waitFor polls cond until it holds: up to two seconds on a real server,
-// where expiry is only approximately on time, and once on miniredis,
-// where time moves only with pass.
+// waitFor polls cond until it holds: up to waitDeadline on a real
+// server, where expiry is only approximately on time, and once on
+// miniredis, where time moves only with pass.
 func (b *backend) waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(waitDeadline)
 	for !cond() {
 		if !b.real() || time.Now().After(deadline) {
 			t.Fatalf("%s: condition never held", what)

@@ -3,6 +3,7 @@ package redisservice
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"runtime"
 	"strings"
@@ -39,20 +40,13 @@ var errBoom = errors.New("boom")
 // waiting for it besides the one reading.
 func waitReaders(t testing.TB, s *Service, key string, n int) {
 	t.Helper()
-	require.Eventually(t, func() bool { return s.reads.readers(readKey{key: key}) == n }, 10*time.Second, time.Millisecond,
-		"a read of %q in flight with %d waiters", key, n)
+	waitFor(t, fmt.Sprintf("a read of %q in flight with %d waiters", key, n), func() bool { return s.reads.readers(readKey{key: key}) == n })
 }
 
 // waitWaiting waits until n callers wait for the load of k.
 func waitWaiting(t testing.TB, s *Service, k flightKey, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for s.flights.waiting(k) != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d callers wait for the load of %q; want %d", s.flights.waiting(k), k.key, n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, fmt.Sprintf("%d callers waiting for the load of %q", n, k.key), func() bool { return s.flights.waiting(k) == n })
 }
 
 func TestCacheMissThenHit(t *testing.T) {

@@ -159,6 +159,25 @@ func (r *redisServer) signal(sig syscall.Signal) {
 	}
 }
 
+// waitDeadline is how long waitFor polls: long enough that only a
+// condition that never comes true fails, however loaded the machine.
+const waitDeadline = 20 * time.Second
+
+// waitFor polls cond until it holds, and fails the test when it still
+// does not after waitDeadline. Wait with it for what another goroutine,
+// process or server does, rather than sleep for a time that a loaded
+// machine may overrun.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitDeadline)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not so after %v", what, waitDeadline)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // within fails the test when fn takes longer than d.
 func within(t testing.TB, d time.Duration, what string, fn func()) {
 	t.Helper()

@@ -2,6 +2,7 @@ package redisservice
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -15,8 +16,7 @@ import (
 // waitForWaiters polls until a read of key is in flight with n waiters.
 func waitForWaiters(t testing.TB, g *readGroup[string, []byte], key string, n int) {
 	t.Helper()
-	require.Eventually(t, func() bool { return g.readers(key) == n }, 5*time.Second, time.Millisecond,
-		"a read of %q with %d waiters", key, n)
+	waitFor(t, fmt.Sprintf("a read of %q with %d waiters", key, n), func() bool { return g.readers(key) == n })
 }
 
 // reply returns a read function that answers b.
