@@ -92,7 +92,7 @@ func TestLocalCacheCoherence(t *testing.T) {
 		}
 
 		t.Run("TTL expiry", func(t *testing.T) {
-			const ttl = time.Second
+			const ttl = 2 * time.Second
 			key := "coherent:ttl"
 			_, err := Cache(ctx, s, key, ttl, func(context.Context) (string, error) { return "short", nil })
 			require.NoError(t, err)
@@ -313,13 +313,15 @@ func TestLocalTierTickets(t *testing.T) {
 	assert.False(t, has(lt))
 
 	lt = newTier()
-	lt.put(fk, lt.ticket("k"), "v", time.Now(), 20*time.Millisecond, 0)
-	require.True(t, has(lt))
-	time.Sleep(25 * time.Millisecond)
-	assert.False(t, has(lt), "a copy outlived its key's PTTL")
+	start := time.Now()
+	lt.put(fk, lt.ticket("k"), "v", start, time.Minute, 0)
+	_, ok := lt.get(fk, start.Add(time.Minute-time.Millisecond).UnixNano())
+	require.True(t, ok, "a copy before its key's PTTL ends")
+	_, ok = lt.get(fk, start.Add(time.Minute).UnixNano())
+	assert.False(t, ok, "a copy outlived its key's PTTL")
 
 	lt = newTier()
-	start := time.Now()
+	start = time.Now()
 	lt.put(fk, lt.ticket("k"), "v", start, time.Minute, 50*time.Second)
 	e, ok := lt.get(fk, start.UnixNano())
 	require.True(t, ok)
