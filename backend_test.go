@@ -49,7 +49,7 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, b *backend)) {
 // test's keys at cleanup. It never flushes a server.
 func newBackend(t testing.TB, name string) *backend {
 	t.Helper()
-	heldLogs.showOnFailure(t)
+	heldLogs.ShowOnFailure(t)
 	b := &backend{name: name, prefix: "rstest:" + randomHex(t, 6) + ":"}
 	switch name {
 	case "miniredis":
@@ -167,7 +167,7 @@ func randomHex(t testing.TB, n int) string {
 // ctxT returns a context that ends with the test.
 func ctxT(t testing.TB) context.Context {
 	t.Helper()
-	heldLogs.showOnFailure(t)
+	heldLogs.ShowOnFailure(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx

@@ -117,7 +117,7 @@ func (r *redisServer) kill() {
 // server binds it.
 func freePort(t testing.TB) int {
 	t.Helper()
-	heldLogs.showOnFailure(t)
+	heldLogs.ShowOnFailure(t)
 	low := 32768
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
 		if f := strings.Fields(string(b)); len(f) > 0 {
@@ -207,7 +207,7 @@ func stall(t testing.TB, srv *redisServer, d time.Duration) {
 // stalledServer accepts connections and never answers.
 func stalledServer(t testing.TB) string {
 	t.Helper()
-	heldLogs.showOnFailure(t)
+	heldLogs.ShowOnFailure(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -266,7 +266,7 @@ func (w *syncWriter) Write(p []byte) (int, error) {
 // closedPort returns a loopback address nothing listens on.
 func closedPort(t testing.TB) string {
 	t.Helper()
-	heldLogs.showOnFailure(t)
+	heldLogs.ShowOnFailure(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -279,7 +279,7 @@ func closedPort(t testing.TB) string {
 // newService returns a Service made with opts, closed at cleanup.
 func newService(t testing.TB, opts Options) *Service {
 	t.Helper()
-	heldLogs.showOnFailure(t)
+	heldLogs.ShowOnFailure(t)
 	s, err := New(opts)
 	if err != nil {
 		t.Fatal(err)

@@ -95,7 +95,7 @@ func TestSlogLoggerNil(t *testing.T) {
 func TestSlogLoggerInGoRedis(t *testing.T) {
 	var buf syncBuffer
 	redis.SetLogger(SlogLogger(jsonLogger(&buf)))
-	t.Cleanup(func() { redis.SetLogger(heldLogs) }) // what TestMain installs
+	t.Cleanup(func() { redis.SetLogger(heldLogs) }) // what TestMain installed
 
 	mr := miniredis.RunT(t)
 	addr := mr.Addr()

@@ -1,72 +1,84 @@
-package redisservice
-
+// Package testlog keeps the lines that go-redis and slog.Default() log
+// during a package's tests out of the run's output, unless a test fails.
+//
 // go-redis logs failed dials and pool trouble through one logger for the
-// whole process, to stderr by default, and a Service without
+// whole process, to stderr by default, and a redisservice Service without
 // Options.Logger logs its failed calls to slog.Default(): the tests that
 // stop servers would fill every run's output with "connection refused".
-// TestMain installs heldLogs as both instead, which keeps the lines; a
-// failing test prints those logged while it ran (a line does not say whose
-// client logged it, so they may come from a test running beside it). The
-// helpers that make clients, servers or ports for a test (newBackend,
-// newService, freePort, closedPort, stalledServer, ctxT) arrange that.
+// [Install], called from TestMain, puts a [Log] in both places instead,
+// which keeps the latest lines in memory. A test that calls
+// [Log.ShowOnFailure] prints, if it fails, the lines logged while it ran
+// (a line does not say whose client logged it: they may come from a test
+// running beside it); TestMain can print them all with [Log.WriteTo] when
+// the run fails.
+package testlog
 
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
-// heldLogKeep is how many of the latest lines are kept, at least half as
-// many.
-const heldLogKeep = 2000
+// keep is how many of the latest lines a Log keeps, at least half as many.
+const keep = 2000
 
-var heldLogs = &heldLog{}
-
-// heldLog is a go-redis logger (for redis.SetLogger) and a writer (for
-// a slog handler) that keeps the latest heldLogKeep lines in memory. It is
-// safe for concurrent use.
-type heldLog struct {
-	mu      sync.Mutex // guards the fields below
-	lines   []heldLine
+// Log is a go-redis logger and a writer for a slog handler that keeps the
+// latest lines in memory. It is safe for concurrent use.
+type Log struct {
+	mu      sync.Mutex // guards lines and next
+	lines   []line
 	next    uint64   // sequence number of the next line
 	showing sync.Map // testing.TB -> struct{}: tests that print the lines if they fail
 }
 
-type heldLine struct {
+type line struct {
 	seq  uint64
 	text string
 }
 
+// Install makes a Log go-redis's logger (redis.SetLogger) and the writer
+// of slog.Default()'s handler, and returns it.
+func Install() *Log {
+	l := &Log{}
+	redis.SetLogger(l)
+	slog.SetDefault(slog.New(slog.NewTextHandler(l, nil)))
+	return l
+}
+
 // Printf keeps one line of go-redis. It implements go-redis's logging
 // interface.
-func (l *heldLog) Printf(_ context.Context, format string, v ...any) {
+func (l *Log) Printf(_ context.Context, format string, v ...any) {
 	l.keep(time.Now().Format("15:04:05.000000") + " go-redis: " + fmt.Sprintf(format, v...))
 }
 
 // Write keeps the lines of p, as a slog handler writes them.
-func (l *heldLog) Write(p []byte) (int, error) {
-	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
-		l.keep(line)
+func (l *Log) Write(p []byte) (int, error) {
+	for _, s := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		l.keep(s)
 	}
 	return len(p), nil
 }
 
-func (l *heldLog) keep(text string) {
+func (l *Log) keep(text string) {
 	text = strings.TrimRight(text, "\n")
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.lines) == heldLogKeep { // drop the older half
-		l.lines = append(l.lines[:0], l.lines[heldLogKeep/2:]...)
+	if len(l.lines) == keep { // drop the older half
+		l.lines = append(l.lines[:0], l.lines[keep/2:]...)
 	}
-	l.lines = append(l.lines, heldLine{seq: l.next, text: text})
+	l.lines = append(l.lines, line{seq: l.next, text: text})
 	l.next++
 }
 
 // mark returns the sequence number of the next line.
-func (l *heldLog) mark() uint64 {
+func (l *Log) mark() uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.next
@@ -74,7 +86,7 @@ func (l *heldLog) mark() uint64 {
 
 // since returns the kept lines from sequence number from on, and how many
 // lines from on are no longer kept.
-func (l *heldLog) since(from uint64) (lines []string, lost uint64) {
+func (l *Log) since(from uint64) (lines []string, lost uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, ln := range l.lines {
@@ -88,9 +100,9 @@ func (l *heldLog) since(from uint64) (lines []string, lost uint64) {
 	return lines, lost
 }
 
-// showOnFailure makes t print, if it fails, the lines logged from
-// now until t ends. Calling it again for the same t does nothing more.
-func (l *heldLog) showOnFailure(t testing.TB) {
+// ShowOnFailure makes t print, if it fails, the lines logged from now
+// until it ends. Calling it again for the same t does nothing more.
+func (l *Log) ShowOnFailure(t testing.TB) {
 	if _, dup := l.showing.LoadOrStore(t, struct{}{}); dup {
 		return
 	}
@@ -107,4 +119,15 @@ func (l *heldLog) showOnFailure(t testing.TB) {
 		t.Logf("%d lines logged while this test ran (by go-redis or slog.Default(), for any test's clients; %d more no longer kept):\n\t%s",
 			len(lines), lost, strings.Join(lines, "\n\t"))
 	})
+}
+
+// WriteTo writes every kept line to w.
+func (l *Log) WriteTo(w io.Writer) (int64, error) {
+	lines, lost := l.since(0)
+	if len(lines) == 0 {
+		return 0, nil
+	}
+	n, err := fmt.Fprintf(w, "%d lines logged by go-redis or slog.Default() (%d older ones no longer kept):\n\t%s\n",
+		len(lines), lost, strings.Join(lines, "\n\t"))
+	return int64(n), err
 }
