@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -77,7 +78,7 @@ func (r *redisServer) start() {
 	r.mu.Lock()
 	r.cmd = cmd
 	r.mu.Unlock()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(waitDeadline)
 	for {
 		c, err := net.DialTimeout("tcp", r.addr(), 100*time.Millisecond)
 		if err == nil {
@@ -189,18 +190,21 @@ func within(t testing.TB, d time.Duration, what string, fn func()) {
 }
 
 // stall makes srv sleep for d in DEBUG SLEEP, from a connection of its
-// own, and returns once the server is busy.
+// own, and returns once the server is busy. The command is written before
+// the probe starts, so that a probe slowed down by a loaded machine cannot
+// take the server for stalled before it was asked to.
 func stall(t testing.TB, srv *redisServer, d time.Duration) {
 	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: srv.addr(), ReadTimeout: d + 5*time.Second})
-	t.Cleanup(func() { c.Close() })
-	if err := c.Ping(context.Background()).Err(); err != nil {
+	stalled := stallProbe(t, srv.addr())
+	c, err := net.Dial("tcp", srv.addr())
+	if err != nil {
 		t.Fatal(err)
 	}
-	stalled := stallProbe(t, srv.addr())
-	go func() {
-		_ = c.Do(context.Background(), "DEBUG", "SLEEP", strconv.FormatFloat(d.Seconds(), 'f', 3, 64)).Err()
-	}()
+	t.Cleanup(func() { c.Close() })
+	secs := strconv.FormatFloat(d.Seconds(), 'f', 3, 64)
+	if _, err := fmt.Fprintf(c, "*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$%d\r\n%s\r\n", len(secs), secs); err != nil {
+		t.Fatal(err)
+	}
 	stalled()
 }
 
@@ -289,8 +293,9 @@ func newService(t testing.TB, opts Options) *Service {
 }
 
 // stallProbe returns a function that returns once the server at addr
-// no longer answers a PING within 30ms. Call stallProbe before the stall
-// begins: it dials then.
+// no longer answers a PING: not within 30ms, nor then within 300ms (one
+// late reply on a loaded machine says little). Call stallProbe before the
+// stall begins: it dials then.
 func stallProbe(t testing.TB, addr string) func() {
 	t.Helper()
 	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, ContextTimeoutEnabled: true})
@@ -298,14 +303,16 @@ func stallProbe(t testing.TB, addr string) func() {
 	if err := c.Ping(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
+	ping := func(d time.Duration) error {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		return c.Ping(ctx).Err()
+	}
 	return func() {
 		t.Helper()
-		deadline := time.Now().Add(2 * time.Second)
+		deadline := time.Now().Add(waitDeadline)
 		for time.Now().Before(deadline) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
-			err := c.Ping(ctx).Err()
-			cancel()
-			if err != nil {
+			if ping(30*time.Millisecond) != nil && ping(300*time.Millisecond) != nil {
 				return
 			}
 			time.Sleep(5 * time.Millisecond)
