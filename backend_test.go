@@ -49,6 +49,7 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, b *backend)) {
 // test's keys at cleanup. It never flushes a server.
 func newBackend(t testing.TB, name string) *backend {
 	t.Helper()
+	heldLogs.ShowOnFailure(t)
 	b := &backend{name: name, prefix: "rstest:" + randomHex(t, 6) + ":"}
 	switch name {
 	case "miniredis":
@@ -119,12 +120,12 @@ func (b *backend) pass(d time.Duration) {
 	b.mr.SetTime(b.now)
 }
 
-// waitFor polls cond until it holds: up to two seconds on a real server,
-// where expiry is only approximately on time, and once on miniredis,
-// where time moves only with pass.
+// waitFor polls cond until it holds: up to waitDeadline on a real
+// server, where expiry is only approximately on time, and once on
+// miniredis, where time moves only with pass.
 func (b *backend) waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(waitDeadline)
 	for !cond() {
 		if !b.real() || time.Now().After(deadline) {
 			t.Fatalf("%s: condition never held", what)
@@ -166,6 +167,7 @@ func randomHex(t testing.TB, n int) string {
 // ctxT returns a context that ends with the test.
 func ctxT(t testing.TB) context.Context {
 	t.Helper()
+	heldLogs.ShowOnFailure(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx

@@ -18,7 +18,8 @@ func TestCacheNotFoundTTL(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		s := b.service(t, Options{})
 		ctx := ctxT(t)
-		const d = 400 * time.Millisecond
+		// d outlasts the calls below by far, on a loaded machine too.
+		const d = 3 * time.Second
 		var loads atomic.Int32
 		missing := func(context.Context) (string, error) {
 			loads.Add(1)
@@ -92,8 +93,8 @@ func TestCacheStaleWhileRevalidate(t *testing.T) {
 				ctx := ctxT(t)
 				key := fmt.Sprintf("swr:%v", local)
 				// ttl is long enough that the refreshed value cannot turn stale
-				// again before the poll below sees it, on a loaded machine too.
-				const ttl, d, slow = time.Second, 5 * time.Second, time.Second
+				// again before the calls below see it, on a loaded machine too.
+				const ttl, d, slow = 2 * time.Second, 5 * time.Second, time.Second
 				var loads atomic.Int32
 				load := func(context.Context) (string, error) {
 					n := loads.Add(1)
@@ -131,10 +132,19 @@ func TestCacheStaleWhileRevalidate(t *testing.T) {
 					})
 				}
 				wg.Wait()
-				require.Eventually(t, func() bool {
-					v, err := Cache(ctx, s, key, ttl, load, StaleWhileRevalidate(d))
-					return err == nil && v == "v2"
-				}, 5*time.Second, 5*time.Millisecond, "the refreshed value")
+				// Wait for the refresh to store v2 and end (and the local copy
+				// of v1 to go) without calling Cache meanwhile: a read of v1 in
+				// flight as the refresh ends would start another.
+				waitFor(t, "the refresh stores v2", func() bool { return b.client.Get(ctx, b.raw(key)).Val() == `"v2"` })
+				waitFor(t, "the refresh ends", func() bool {
+					return !loading(s, keyOf[string](key))
+				})
+				if local {
+					waitFor(t, "the local copy of v1 dropped", func() bool { return !localHas[string](s, key) })
+				}
+				v, err = Cache(ctx, s, key, ttl, load, StaleWhileRevalidate(d))
+				require.NoError(t, err)
+				assert.Equal(t, "v2", v, "the refreshed value")
 				assert.EqualValues(t, 2, loads.Load(), "one background refresh for every stale read")
 				assert.Greater(t, b.client.PTTL(ctx, b.raw(key)).Val(), d, "the refresh keeps the key ttl+d")
 			})

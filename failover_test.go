@@ -345,13 +345,13 @@ func clusterProblem(cc *redis.ClusterClient) string {
 	return ""
 }
 
-// waitConnected fails unless s.IsConnected turns true within a few
-// seconds: it must recover by itself after a failover.
+// waitConnected fails unless s.IsConnected turns true within
+// waitDeadline: it must recover by itself after a failover.
 func waitConnected(t testing.TB, s *Service) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(waitDeadline)
 	for !s.IsConnected() {
-		require.False(t, time.Now().After(deadline), "IsConnected still false 5s after calls succeed again")
+		require.False(t, time.Now().After(deadline), "IsConnected still false %v after calls succeed again", waitDeadline)
 		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -115,7 +115,7 @@ func TestRedisKilledDuringLoadAndRestarted(t *testing.T) {
 				start := time.Now()
 				_, err1 := s.Set(ctx, key, i, WithTTL(time.Minute))
 				_, _, err2 := s.Get(ctx, key)
-				if took := time.Since(start); took > 3*time.Second {
+				if took := time.Since(start); took > 6*time.Second { // 10x two calls' Timeout
 					t.Errorf("a Set+Get pair took %v during the outage; want it bounded", took)
 				}
 				calls.Add(2)
@@ -127,10 +127,10 @@ func TestRedisKilledDuringLoadAndRestarted(t *testing.T) {
 	}
 	time.Sleep(300 * time.Millisecond)
 	srv.kill()
-	down := time.Now().Add(2 * time.Second)
+	down := time.Now().Add(10 * time.Second)
 	for s.IsConnected() {
 		if time.Now().After(down) {
-			t.Error("IsConnected still true 2s after Redis was killed under load")
+			t.Error("IsConnected still true 10s after Redis was killed under load")
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -145,14 +145,14 @@ func TestRedisKilledDuringLoadAndRestarted(t *testing.T) {
 		t.Errorf("%d calls, %d failing pairs, Stats %+v; want the outage seen and counted", calls.Load(), failures.Load(), s.Stats())
 	}
 	// Recovery without a new Service.
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(waitDeadline)
 	for {
 		_, err := s.Set(context.Background(), "after", "v")
 		if err == nil && s.IsConnected() {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no recovery within 5s after the restart: %v", err)
+			t.Fatalf("no recovery within %v after the restart: %v", waitDeadline, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -169,7 +169,7 @@ func TestStalledServer(t *testing.T) {
 	srv := startRedisServer(t)
 	s := newService(t, Options{URL: srv.url(), Timeout: 200 * time.Millisecond})
 	require.NoError(t, s.Connect(context.Background()))
-	stall(t, srv, 4*time.Second)
+	stall(t, srv, 20*time.Second) // until cleanup kills the server
 
 	// A caller's own deadline bounds its call, and says nothing about
 	// Redis: the calls after it still ask Redis.
@@ -204,7 +204,7 @@ func TestStalledServer(t *testing.T) {
 		}},
 	}
 	for _, c := range calls {
-		within(t, time.Second, c.name+" on a stalled server with Options.Timeout 200ms", func() {
+		within(t, 2*time.Second, c.name+" on a stalled server with Options.Timeout 200ms", func() {
 			// The first call times out; the calls after it fail fast.
 			err := c.call(context.Background())
 			assert.True(t, errors.Is(err, context.DeadlineExceeded) || isTimeout(err) || errors.Is(err, ErrUnavailable),
@@ -226,12 +226,12 @@ func TestPoolExhaustedAndCancelledMidCall(t *testing.T) {
 	if err := s.Connect(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// Hold the only connection of the pool in a slow command, long enough
-	// for both Gets below to wait on a loaded machine too.
+	// Hold the only connection of the pool in a BLPOP that ends when the
+	// test pushes to its key, however long the Gets below take.
 	held := make(chan struct{})
 	go func() {
 		defer close(held)
-		_ = s.Client().Do(ctx, "DEBUG", "SLEEP", "1.5").Err()
+		_ = s.Client().BLPop(ctx, 0, "held").Err()
 	}()
 	deadline := time.Now().Add(2 * time.Second)
 	for s.Client().PoolStats().IdleConns != 0 || s.Client().PoolStats().TotalConns == 0 {
@@ -249,6 +249,11 @@ func TestPoolExhaustedAndCancelledMidCall(t *testing.T) {
 	time.AfterFunc(50*time.Millisecond, cancel)
 	if _, _, err := s.Get(cctx, "k"); !errors.Is(err, context.Canceled) {
 		t.Errorf("Get cancelled while waiting = %v; want context.Canceled", err)
+	}
+	release := redis.NewClient(&redis.Options{Addr: srv.addr()})
+	defer release.Close()
+	if err := release.LPush(ctx, "held", "done").Err(); err != nil {
+		t.Fatal(err)
 	}
 	<-held
 	if _, err := s.Set(ctx, "k", "v"); err != nil {
@@ -313,11 +318,11 @@ func TestClusterWithAMasterDown(t *testing.T) {
 	}
 
 	var ok, failed int
-	within(t, 15*time.Second, "60 Gets with one master down", func() {
+	within(t, 60*time.Second, "60 Gets with one master down", func() {
 		for _, k := range keys {
 			start := time.Now()
 			_, found, err := s.Get(ctx, k)
-			if took := time.Since(start); took > 2*time.Second {
+			if took := time.Since(start); took > 5*time.Second {
 				t.Errorf("Get(%s) took %v; want failure or success within the bound", k, took)
 			}
 			switch {

@@ -74,7 +74,7 @@ func TestCacheFleetHolderFails(t *testing.T) {
 		v, err := Cache(ctx, waiter, "k", time.Minute, func(context.Context) (string, error) { return "mine", nil })
 		require.NoError(t, err)
 		assert.Equal(t, "mine", v, "a waiter loads itself when the holder fails")
-		assert.Less(t, time.Since(start), 2*time.Second)
+		assert.Less(t, time.Since(start), 5*time.Second, "the wait; without the holder's release, fleetLockTTL (10s)")
 		wg.Wait()
 
 		// A lock left by a holder that died: the waiter loads once it expires.

@@ -38,21 +38,21 @@ func TestAllowN(t *testing.T) {
 			assert.Equal(t, 3, r.Limit, "AllowN #%d Limit (the burst)", i)
 			assert.Equal(t, 3-i, r.Remaining, "AllowN #%d Remaining", i)
 			assert.Zero(t, r.RetryAfter, "AllowN #%d RetryAfter", i)
-			assert.InDelta(t, float64(time.Duration(i)*ei), float64(r.ResetAfter), float64(time.Second), "AllowN #%d ResetAfter", i)
+			assert.InDelta(t, float64(time.Duration(i)*ei), float64(r.ResetAfter), float64(10*time.Second), "AllowN #%d ResetAfter", i)
 		}
 		raw := b.raw("gcra:user")
 		pttl := b.client.PTTL(ctx, raw).Val()
 		// Twice the refill time of a full burst, from the first request.
-		assert.True(t, pttl > 6*ei-time.Second && pttl <= 6*ei, "PTTL(%s) = %v; want about %v", raw, pttl, 6*ei)
+		assert.True(t, pttl > 6*ei-10*time.Second && pttl <= 6*ei, "PTTL(%s) = %v; want about %v", raw, pttl, 6*ei)
 
 		denied, err := s.AllowN(ctx, "user", 1, l)
 		require.NoError(t, err)
 		assert.False(t, denied.Allowed)
 		assert.Zero(t, denied.Remaining)
-		assert.InDelta(t, float64(ei), float64(denied.RetryAfter), float64(time.Second), "RetryAfter: one token")
-		assert.InDelta(t, float64(3*ei), float64(denied.ResetAfter), float64(time.Second), "ResetAfter: the bucket full again")
+		assert.InDelta(t, float64(ei), float64(denied.RetryAfter), float64(10*time.Second), "RetryAfter: one token")
+		assert.InDelta(t, float64(3*ei), float64(denied.ResetAfter), float64(10*time.Second), "ResetAfter: the bucket full again")
 		now := b.serverTime(t)
-		assert.WithinDuration(t, now.Add(denied.ResetAfter), denied.ResetAt, time.Second, "ResetAt on the server's clock")
+		assert.WithinDuration(t, now.Add(denied.ResetAfter), denied.ResetAt, 10*time.Second, "ResetAt on the server's clock")
 
 		// A peek reports and takes nothing.
 		before := b.client.HGetAll(ctx, raw).Val()
@@ -89,8 +89,10 @@ func TestAllowNConcurrentCallersGetExactlyTheBurst(t *testing.T) {
 		s := b.service(t, Options{})
 		ctx := ctxT(t)
 		const callers, burst = 300, 50
-		// Emission intervals of whole seconds: no rounding in Remaining.
-		second := Limit{Rate: 1000, Period: 1000 * time.Second}
+		// Emission intervals of whole seconds: no rounding in Remaining. An
+		// hour a token: none comes back while the callers run, however
+		// loaded the machine.
+		second := Limit{Rate: 1000, Period: 1000 * time.Hour}
 		limits := []Limit{{Rate: burst, Period: time.Hour}, second}
 		var (
 			wg        sync.WaitGroup
@@ -144,7 +146,7 @@ func TestAllowNSeveralLimitsAllOrNothing(t *testing.T) {
 				require.NoError(t, err)
 				assert.False(t, r.Allowed)
 				assert.Equal(t, 3, r.Limit, "denied by short")
-				assert.InDelta(t, float64(20*time.Minute), float64(r.RetryAfter), float64(time.Second), "one token of short")
+				assert.InDelta(t, float64(20*time.Minute), float64(r.RetryAfter), float64(10*time.Second), "one token of short")
 
 				peek, err := s.AllowN(ctx, key, 0, long)
 				require.NoError(t, err)
@@ -166,7 +168,7 @@ func TestAllowNSeveralLimitsAllOrNothing(t *testing.T) {
 				require.NoError(t, err)
 				assert.False(t, r.Allowed)
 				assert.Equal(t, 5, r.Limit, "denied by long")
-				assert.InDelta(t, float64(24*time.Minute), float64(r.RetryAfter), float64(time.Second), "one token of long")
+				assert.InDelta(t, float64(24*time.Minute), float64(r.RetryAfter), float64(10*time.Second), "one token of long")
 			})
 		}
 	})
@@ -315,7 +317,7 @@ func TestAllowNExpiry(t *testing.T) {
 		}
 		_, err := s.AllowN(ctx, "k", 1, PerHour(10))
 		require.NoError(t, err)
-		assert.InDelta(t, float64(2*time.Hour), float64(pttl()), float64(time.Second), "twice the refill time")
+		assert.InDelta(t, float64(2*time.Hour), float64(pttl()), float64(10*time.Second), "twice the refill time")
 
 		// A shorter limit on the same key never lowers the expiry its
 		// longer neighbour needs.
@@ -323,7 +325,7 @@ func TestAllowNExpiry(t *testing.T) {
 			_, err = s.AllowN(ctx, "k", 1, PerSecond(10))
 			require.NoError(t, err)
 		}
-		assert.InDelta(t, float64(2*time.Hour), float64(pttl()), float64(time.Second), "after a shorter limit")
+		assert.InDelta(t, float64(2*time.Hour), float64(pttl()), float64(10*time.Second), "after a shorter limit")
 
 		if b.real() {
 			return

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -77,7 +78,7 @@ func (r *redisServer) start() {
 	r.mu.Lock()
 	r.cmd = cmd
 	r.mu.Unlock()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(waitDeadline)
 	for {
 		c, err := net.DialTimeout("tcp", r.addr(), 100*time.Millisecond)
 		if err == nil {
@@ -117,6 +118,7 @@ func (r *redisServer) kill() {
 // server binds it.
 func freePort(t testing.TB) int {
 	t.Helper()
+	heldLogs.ShowOnFailure(t)
 	low := 32768
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
 		if f := strings.Fields(string(b)); len(f) > 0 {
@@ -158,6 +160,25 @@ func (r *redisServer) signal(sig syscall.Signal) {
 	}
 }
 
+// waitDeadline is how long waitFor polls: long enough that only a
+// condition that never comes true fails, however loaded the machine.
+const waitDeadline = 20 * time.Second
+
+// waitFor polls cond until it holds, and fails the test when it still
+// does not after waitDeadline. Wait with it for what another goroutine,
+// process or server does, rather than sleep for a time that a loaded
+// machine may overrun.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitDeadline)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not so after %v", what, waitDeadline)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // within fails the test when fn takes longer than d.
 func within(t testing.TB, d time.Duration, what string, fn func()) {
 	t.Helper()
@@ -169,24 +190,28 @@ func within(t testing.TB, d time.Duration, what string, fn func()) {
 }
 
 // stall makes srv sleep for d in DEBUG SLEEP, from a connection of its
-// own, and returns once the server is busy.
+// own, and returns once the server is busy. The command is written before
+// the probe starts, so that a probe slowed down by a loaded machine cannot
+// take the server for stalled before it was asked to.
 func stall(t testing.TB, srv *redisServer, d time.Duration) {
 	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: srv.addr(), ReadTimeout: d + 5*time.Second})
-	t.Cleanup(func() { c.Close() })
-	if err := c.Ping(context.Background()).Err(); err != nil {
+	stalled := stallProbe(t, srv.addr())
+	c, err := net.Dial("tcp", srv.addr())
+	if err != nil {
 		t.Fatal(err)
 	}
-	stalled := stallProbe(t, srv.addr())
-	go func() {
-		_ = c.Do(context.Background(), "DEBUG", "SLEEP", strconv.FormatFloat(d.Seconds(), 'f', 3, 64)).Err()
-	}()
+	t.Cleanup(func() { c.Close() })
+	secs := strconv.FormatFloat(d.Seconds(), 'f', 3, 64)
+	if _, err := fmt.Fprintf(c, "*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$%d\r\n%s\r\n", len(secs), secs); err != nil {
+		t.Fatal(err)
+	}
 	stalled()
 }
 
 // stalledServer accepts connections and never answers.
 func stalledServer(t testing.TB) string {
 	t.Helper()
+	heldLogs.ShowOnFailure(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -245,6 +270,7 @@ func (w *syncWriter) Write(p []byte) (int, error) {
 // closedPort returns a loopback address nothing listens on.
 func closedPort(t testing.TB) string {
 	t.Helper()
+	heldLogs.ShowOnFailure(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -257,6 +283,7 @@ func closedPort(t testing.TB) string {
 // newService returns a Service made with opts, closed at cleanup.
 func newService(t testing.TB, opts Options) *Service {
 	t.Helper()
+	heldLogs.ShowOnFailure(t)
 	s, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -266,8 +293,9 @@ func newService(t testing.TB, opts Options) *Service {
 }
 
 // stallProbe returns a function that returns once the server at addr
-// no longer answers a PING within 30ms. Call stallProbe before the stall
-// begins: it dials then.
+// no longer answers a PING: not within 30ms, nor then within 300ms (one
+// late reply on a loaded machine says little). Call stallProbe before the
+// stall begins: it dials then.
 func stallProbe(t testing.TB, addr string) func() {
 	t.Helper()
 	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, ContextTimeoutEnabled: true})
@@ -275,14 +303,16 @@ func stallProbe(t testing.TB, addr string) func() {
 	if err := c.Ping(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
+	ping := func(d time.Duration) error {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		return c.Ping(ctx).Err()
+	}
 	return func() {
 		t.Helper()
-		deadline := time.Now().Add(2 * time.Second)
+		deadline := time.Now().Add(waitDeadline)
 		for time.Now().Before(deadline) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
-			err := c.Ping(ctx).Err()
-			cancel()
-			if err != nil {
+			if ping(30*time.Millisecond) != nil && ping(300*time.Millisecond) != nil {
 				return
 			}
 			time.Sleep(5 * time.Millisecond)

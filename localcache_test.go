@@ -23,7 +23,7 @@ import (
 func localService(t testing.TB, b *backend, n int) *Service {
 	t.Helper()
 	s := b.service(t, Options{LocalCacheEntries: n})
-	require.Eventually(t, s.LocalCacheActive, 5*time.Second, time.Millisecond, "the local tier comes into use")
+	require.Eventually(t, s.LocalCacheActive, waitDeadline, time.Millisecond, "the local tier comes into use")
 	return s
 }
 
@@ -49,7 +49,7 @@ func warmLocal(t testing.TB, s *Service, key, v string) {
 	require.Eventually(t, func() bool {
 		got, err := Cache(ctx, s, key, time.Minute, func(context.Context) (string, error) { return "reloaded", nil })
 		return err == nil && got == v && localHas[string](s, key)
-	}, 5*time.Second, 5*time.Millisecond, "the local tier holds %q", key)
+	}, waitDeadline, 5*time.Millisecond, "the local tier holds %q", key)
 }
 
 func TestLocalCacheCoherence(t *testing.T) {
@@ -95,7 +95,7 @@ func TestLocalCacheCoherence(t *testing.T) {
 		}
 
 		t.Run("TTL expiry", func(t *testing.T) {
-			const ttl = time.Second
+			const ttl = 2 * time.Second
 			key := "coherent:ttl"
 			_, err := Cache(ctx, s, key, ttl, func(context.Context) (string, error) { return "short", nil })
 			require.NoError(t, err)
@@ -176,12 +176,12 @@ func TestLocalCacheReconnect(t *testing.T) {
 				require.NoError(t, killAll(ctx, b.client.(*redis.Client)))
 			}
 			require.Eventually(t, func() bool { return b.client.Set(ctx, b.raw(key), `"after"`, time.Minute).Err() == nil },
-				5*time.Second, time.Millisecond, "a write after the kill")
+				waitDeadline, time.Millisecond, "a write after the kill")
 			start := time.Now()
 			require.Eventually(t, func() bool { return cachedAs(t, s, key) == "after" }, invalidationBound, time.Millisecond,
 				"Cache sees the write made while the tracking connection was killed")
 			t.Logf("round %d: the write was seen after %v", round, time.Since(start))
-			require.Eventually(t, s.LocalCacheActive, 5*time.Second, time.Millisecond, "the tier comes back into use")
+			require.Eventually(t, s.LocalCacheActive, waitDeadline, time.Millisecond, "the tier comes back into use")
 			warmLocal(t, s, key, "after")
 		}
 	})
@@ -194,7 +194,7 @@ func TestLocalCacheFlushAll(t *testing.T) {
 	s, err := New(Options{URL: srv.url(), LocalCacheEntries: 10})
 	require.NoError(t, err)
 	defer s.Close()
-	require.Eventually(t, s.LocalCacheActive, 5*time.Second, time.Millisecond)
+	require.Eventually(t, s.LocalCacheActive, waitDeadline, time.Millisecond)
 	warmLocal(t, s, "k", "v")
 	raw := redis.NewClient(&redis.Options{Addr: srv.addr()})
 	defer raw.Close()
@@ -213,7 +213,7 @@ func TestLocalCacheOffWithoutTracking(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		return bytes.Contains(logs.Bytes(), []byte("local cache tier off"))
-	}, 5*time.Second, time.Millisecond, "a log line says the tier is off")
+	}, waitDeadline, time.Millisecond, "a log line says the tier is off")
 	mu.Lock()
 	assert.Contains(t, logs.String(), "CLIENT TRACKING")
 	mu.Unlock()
@@ -317,13 +317,15 @@ func TestLocalTierTickets(t *testing.T) {
 	assert.False(t, has(lt))
 
 	lt = newTier()
-	lt.put(fk, lt.ticket("k", ""), "v", 1, time.Now(), 20*time.Millisecond, 0)
-	require.True(t, has(lt))
-	time.Sleep(25 * time.Millisecond)
-	assert.False(t, has(lt), "a copy outlived its key's PTTL")
+	start := time.Now()
+	lt.put(fk, lt.ticket("k", ""), "v", 1, start, time.Minute, 0)
+	_, ok := lt.get(fk, start.Add(time.Minute-time.Millisecond).UnixNano())
+	require.True(t, ok, "a copy before its key's PTTL ends")
+	_, ok = lt.get(fk, start.Add(time.Minute).UnixNano())
+	assert.False(t, ok, "a copy outlived its key's PTTL")
 
 	lt = newTier()
-	start := time.Now()
+	start = time.Now()
 	lt.put(fk, lt.ticket("k", ""), "v", 1, start, time.Minute, 50*time.Second)
 	e, ok := lt.get(fk, start.UnixNano())
 	require.True(t, ok)

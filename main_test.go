@@ -7,9 +7,18 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vevurn/redisservice/internal/testlog"
 )
 
+// heldLogs keeps the lines of go-redis and slog.Default(): a test that
+// makes clients, servers or ports through the helpers (newBackend,
+// newService, freePort, closedPort, stalledServer, ctxT) prints those
+// logged while it ran, if it fails.
+var heldLogs *testlog.Log
+
 func TestMain(m *testing.M) {
+	heldLogs = testlog.Install()
 	code := m.Run()
 	if code == 0 {
 		if leaked := leakedGoroutines(3 * time.Second); leaked != "" {

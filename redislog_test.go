@@ -6,9 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -92,20 +90,12 @@ func TestSlogLoggerNil(t *testing.T) {
 	assert.Equal(t, "hello there", lines[0]["msg"])
 }
 
-// stderrLogger is go-redis's default: what TestSlogLoggerInGoRedis puts
-// back for the other tests.
-type stderrLogger struct{ l *log.Logger }
-
-func (s stderrLogger) Printf(_ context.Context, format string, v ...any) {
-	_ = s.l.Output(2, fmt.Sprintf(format, v...))
-}
-
 // TestSlogLoggerInGoRedis installs the adapter with redis.SetLogger: a
 // client that cannot dial logs through slog, once, not to stderr per try.
 func TestSlogLoggerInGoRedis(t *testing.T) {
 	var buf syncBuffer
 	redis.SetLogger(SlogLogger(jsonLogger(&buf)))
-	t.Cleanup(func() { redis.SetLogger(stderrLogger{log.New(os.Stderr, "redis: ", log.LstdFlags|log.Lshortfile)}) })
+	t.Cleanup(func() { redis.SetLogger(heldLogs) }) // what TestMain installed
 
 	mr := miniredis.RunT(t)
 	addr := mr.Addr()

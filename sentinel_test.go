@@ -115,14 +115,14 @@ func TestSentinelsUnreachable(t *testing.T) {
 	ctx := context.Background()
 
 	var errs []error
-	within(t, 2*time.Second, "Connect", func() { errs = append(errs, s.Connect(ctx)) })
-	within(t, 2*time.Second, "Get", func() {
+	within(t, 3*time.Second, "Connect", func() { errs = append(errs, s.Connect(ctx)) })
+	within(t, 3*time.Second, "Get", func() {
 		v, found, err := s.Get(ctx, "k")
 		assert.Empty(t, v)
 		assert.False(t, found)
 		errs = append(errs, err)
 	})
-	within(t, 2*time.Second, "CheckRateLimit", func() {
+	within(t, 3*time.Second, "CheckRateLimit", func() {
 		r, err := s.CheckRateLimit(ctx, "ip", time.Minute, 1)
 		assert.True(t, r.Allowed, "fail open")
 		errs = append(errs, err)

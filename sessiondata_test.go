@@ -509,7 +509,7 @@ func TestRenewSessionIDWhenTheOldKeysDeleteFails(t *testing.T) {
 				// What the doc tells the caller to do: use the new id, destroy the
 				// old (once the Service has seen Redis answer again: the injected
 				// fault looks like a lost connection).
-				require.Eventually(t, s.IsConnected, 5*time.Second, 5*time.Millisecond)
+				waitFor(t, "IsConnected after the injected fault", s.IsConnected)
 				_, err = s.DestroySession(ctx, id)
 				require.NoError(t, err)
 				n, err := s.DestroyUserSessions(ctx, "u1")

@@ -50,6 +50,9 @@ func TestAllowNMatchesRedisRate(t *testing.T) {
 	}
 	for _, seq := range sequences {
 		t.Run(seq.name, func(t *testing.T) {
+			attempts := 0
+		again: // after a step came too late, on a fresh key
+			attempts++
 			ctx := context.Background()
 			lim := redisservice.Limit{Rate: seq.limit.Rate, Period: seq.limit.Period, Burst: seq.limit.Burst}
 			key := fmt.Sprintf("bench:oracle:%d", time.Now().UnixNano())
@@ -77,7 +80,11 @@ func TestAllowNMatchesRedisRate(t *testing.T) {
 				late := time.Since(next)
 				what := fmt.Sprintf("step %d (n=%d, %v late)", i, st.n, late)
 				if late > ei/4 {
-					t.Fatalf("%s: the machine is too loaded to stay away from boundaries", what)
+					if attempts < 5 {
+						t.Logf("%s: too late to stay away from boundaries on a loaded machine; starting over", what)
+						goto again
+					}
+					t.Fatalf("%s: the machine is too loaded to stay away from boundaries (%d attempts)", what, attempts)
 				}
 
 				// A full bucket (before this request) is the one state where

@@ -256,7 +256,7 @@ func TestOtherScopedCalls(t *testing.T) {
 	o.mr.FastForward(1500 * time.Millisecond)
 	_, err = redisservice.Cache(ctx, o.svc, "s", time.Second, load, redisservice.StaleWhileRevalidate(time.Minute))
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return len(o.named("redisservice.cache.refresh")) == 1 }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return len(o.named("redisservice.cache.refresh")) == 1 }, 20*time.Second, 10*time.Millisecond)
 
 	assert.Len(t, o.named("redisservice.invalidatepattern"), 1)
 	assert.Len(t, o.named("redisservice.healthcheck"), 1)
@@ -306,7 +306,14 @@ func TestSharedLoadOneSpanPerCaller(t *testing.T) {
 	go func() { _, err := redisservice.Cache(ctx, o.svc, "c", time.Minute, load); errs <- err }()
 	<-started
 	go func() { _, err := redisservice.Cache(ctx, o.svc, "c", time.Minute, load); errs <- err }()
-	time.Sleep(50 * time.Millisecond) // the second caller joins the load
+	// The second caller has read the key missing while the first loads:
+	// it joins the load (or, stalled past its end, rechecks and finds the
+	// value), a miss either way.
+	deadline := time.Now().Add(20 * time.Second)
+	for o.sums(t, "redisservice.cache.requests")["redisservice.cache.result=miss"] < 2 {
+		require.True(t, time.Now().Before(deadline), "the second caller never read the key")
+		time.Sleep(time.Millisecond)
+	}
 	close(release)
 	require.NoError(t, <-errs)
 	require.NoError(t, <-errs)
