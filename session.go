@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/vevurn/redisservice/internal/jsonobj"
 )
 
 // SessionData is what a session holds. It is stored as one JSON object
@@ -609,7 +610,7 @@ func (s *Service) UpdateSessionActivity(ctx context.Context, id string) (_ bool,
 	rawUID, _ := r[1].(string)
 	ttl, _ := r[2].(int64)
 	var uid string
-	if rawUID == "" || decodeString([]byte(rawUID), &uid) != nil || uid == "" || ttl <= 0 {
+	if rawUID == "" || jsonobj.DecodeString([]byte(rawUID), &uid) != nil || uid == "" || ttl <= 0 {
 		return true, nil // no index entry to move: no user, or an old session without TTL
 	}
 	return true, s.indexSession(ctx, op, uid, id, now.Add(time.Duration(ttl)*time.Millisecond))
