@@ -112,7 +112,7 @@ func (s *Service) CheckRateLimit(ctx context.Context, identifier string, window 
 	window = window.Truncate(time.Millisecond)
 	var reply [4]int64
 	_, err := call(s, ctx, op, identifier, func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, s.runOnce(ctx, rateLimitArgs, s.prefix+"ratelimit:"+identifier, reply[:], window.Milliseconds())
+		return struct{}{}, s.runOnce(ctx, rateLimitArgs, s.rateLimitKey(identifier), reply[:], window.Milliseconds())
 	})
 	if err != nil {
 		return s.rateLimitFallback(window, limit), err

@@ -46,10 +46,6 @@ type SessionData struct {
 // maxSessionIDLen bounds session ids; NewSessionID makes 43 characters.
 const maxSessionIDLen = 256
 
-// sessionDisplayKey stands for a session's key in errors and logs: a
-// session id is a bearer secret.
-const sessionDisplayKey = "session:<redacted>"
-
 // NewSessionID returns a new session id: 256 bits from crypto/rand,
 // base64url without padding (43 characters, URL-unreserved only).
 func NewSessionID() (string, error) {
@@ -78,9 +74,6 @@ func validSessionID(id string) bool {
 	}
 	return true
 }
-
-func sessionKey(id string) string       { return "session:" + id }
-func userSessionsKey(uid string) string { return "user-sessions:" + uid }
 
 // CreateSession stores data under id with the idle time to live ttl
 // (at least one millisecond) and adds id to its user's index, which
@@ -192,7 +185,7 @@ func (s *Service) indexSessions(ctx context.Context, op, uid string, expiries ma
 		args = append(args, id, expiry.UnixMilli())
 	}
 	idx := s.key(userSessionsKey(uid))
-	ids, err := call(s, ctx, op, "user-sessions:"+uid, func(ctx context.Context) ([]string, error) {
+	ids, err := call(s, ctx, op, userSessionsKey(uid), func(ctx context.Context) ([]string, error) {
 		return sessionIndexScript.Run(ctx, s.rdb, []string{idx}, args...).StringSlice()
 	})
 	if err != nil || len(ids) <= limit {
@@ -228,7 +221,7 @@ func (s *Service) indexSessions(ctx context.Context, op, uid string, expiries ma
 		}
 	}
 	if len(drop) > 0 {
-		_, err = call(s, ctx, op, "user-sessions:"+uid, func(ctx context.Context) (int64, error) {
+		_, err = call(s, ctx, op, userSessionsKey(uid), func(ctx context.Context) (int64, error) {
 			return s.rdb.ZRem(ctx, idx, drop...).Result()
 		})
 	}
@@ -640,7 +633,7 @@ func (s *Service) DestroySession(ctx context.Context, id string) (_ bool, err er
 	if uid == "" {
 		return true, nil
 	}
-	_, err = call(s, ctx, op, "user-sessions:"+uid, func(ctx context.Context) (int64, error) {
+	_, err = call(s, ctx, op, userSessionsKey(uid), func(ctx context.Context) (int64, error) {
 		return s.rdb.ZRem(ctx, s.key(userSessionsKey(uid)), id).Result()
 	})
 	return true, err
@@ -662,14 +655,14 @@ func (s *Service) DestroySession(ctx context.Context, id string) (_ bool, err er
 // then are destroyed all the same and the error returned with the count.
 func (s *Service) DestroyUserSessions(ctx context.Context, userID string) (_ int64, err error) {
 	const op = "destroyusersessions"
-	ctx, scope := s.tel.begin(ctx, op, "user-sessions:"+userID)
+	ctx, scope := s.tel.begin(ctx, op, userSessionsKey(userID))
 	defer scope.end(ctx, &err)
 	if userID == "" {
 		return 0, invalid(op, userID, ErrInvalidKey)
 	}
 	idx := s.key(userSessionsKey(userID))
 	readIndex := func() ([]string, error) {
-		return call(s, ctx, op, "user-sessions:"+userID, func(ctx context.Context) ([]string, error) {
+		return call(s, ctx, op, userSessionsKey(userID), func(ctx context.Context) ([]string, error) {
 			return s.rdb.ZRange(ctx, idx, 0, -1).Result()
 		})
 	}
@@ -735,7 +728,7 @@ func (s *Service) DestroyUserSessions(ctx context.Context, userID string) (_ int
 		members[i] = id
 	}
 	// Only the ids read above: an id added meanwhile keeps its entry.
-	_, err = call(s, ctx, op, "user-sessions:"+userID, func(ctx context.Context) (int64, error) {
+	_, err = call(s, ctx, op, userSessionsKey(userID), func(ctx context.Context) (int64, error) {
 		return s.rdb.ZRem(ctx, idx, members...).Result()
 	})
 	return n, errors.Join(walkErr, err)

@@ -184,7 +184,7 @@ func (s *Service) RenewSessionID(ctx context.Context, id string) (_ string, _ bo
 		// 4: the old id's index entry.
 		newID := r.keep()
 		if uid != "" {
-			_, err = call(s, ctx, op, "user-sessions:"+uid, func(ctx context.Context) (int64, error) {
+			_, err = call(s, ctx, op, userSessionsKey(uid), func(ctx context.Context) (int64, error) {
 				return s.rdb.ZRem(ctx, s.key(userSessionsKey(uid)), id).Result()
 			})
 		}
@@ -277,7 +277,7 @@ func (r *renewal) unindex(ctx context.Context) {
 		return
 	}
 	idx := r.s.key(userSessionsKey(r.indexed))
-	_, _ = call(r.s, ctx, r.op, "user-sessions:"+r.indexed, func(ctx context.Context) (int64, error) {
+	_, _ = call(r.s, ctx, r.op, userSessionsKey(r.indexed), func(ctx context.Context) (int64, error) {
 		return r.s.rdb.ZRem(ctx, idx, r.id).Result()
 	})
 	r.indexed = ""

@@ -36,13 +36,13 @@ const sessionScanCount = 500
 // fails with [ErrInvalidKey].
 func (s *Service) UserSessions(ctx context.Context, userID string) (_ map[string]SessionData, err error) {
 	const op = "usersessions"
-	ctx, scope := s.tel.begin(ctx, op, "user-sessions:"+userID)
+	ctx, scope := s.tel.begin(ctx, op, userSessionsKey(userID))
 	defer scope.end(ctx, &err)
 	if userID == "" {
 		return map[string]SessionData{}, invalid(op, userID, ErrInvalidKey)
 	}
 	idx := s.key(userSessionsKey(userID))
-	ids, err := call(s, ctx, op, "user-sessions:"+userID, func(ctx context.Context) ([]string, error) {
+	ids, err := call(s, ctx, op, userSessionsKey(userID), func(ctx context.Context) ([]string, error) {
 		return s.rdb.ZRange(ctx, idx, 0, -1).Result()
 	})
 	if err != nil {
@@ -95,14 +95,14 @@ func (s *Service) UserSessions(ctx context.Context, userID string) (_ map[string
 		}
 	}
 	if len(stale) > 0 {
-		if _, err := call(s, ctx, op, "user-sessions:"+userID, func(ctx context.Context) (int64, error) {
+		if _, err := call(s, ctx, op, userSessionsKey(userID), func(ctx context.Context) (int64, error) {
 			return s.rdb.ZRem(ctx, idx, stale...).Result()
 		}); err != nil {
 			return map[string]SessionData{}, err
 		}
 	}
 	if errs != nil {
-		errs = s.fail(ctx, op, "user-sessions:"+userID, errors.Join(ErrDecode, errs))
+		errs = s.fail(ctx, op, userSessionsKey(userID), errors.Join(ErrDecode, errs))
 	}
 	if s.opts.LegacySessions && len(out) > 0 {
 		evicted, err := s.indexAll(ctx, op, userID, slices.Collect(maps.Keys(out)))
@@ -191,16 +191,16 @@ func (s *Service) getEach(ctx context.Context, c redis.UniversalClient, ids []st
 // top-level userId is uid. Each step's keys are read in one pipelined
 // round trip. On error it returns what it found until then.
 func (s *Service) scanUserSessions(ctx context.Context, op, uid string) (map[string][]byte, error) {
-	prefix := s.prefix + sessionKey("")
+	prefix := s.key(sessionPrefix)
 	match := EscapePattern(prefix) + "*"
 	// A cheap test before decoding: the stored userId holds uid's text
 	// unless it needed escaping.
 	plain := !strings.ContainsAny(uid, "\"\\/") && !strings.ContainsFunc(uid, func(r rune) bool { return r < 0x20 || r > 0x7e })
 	var mu sync.Mutex // guards found
 	found := map[string][]byte{}
-	err := s.scanEach(ctx, op, "session:*", match, sessionScanCount, func(ctx context.Context, node redis.UniversalClient, keys []string) error {
+	err := s.scanEach(ctx, op, sessionKey("*"), match, sessionScanCount, func(ctx context.Context, node redis.UniversalClient, keys []string) error {
 		raws := make(map[string][]byte, len(keys))
-		_, err := call(s, ctx, op, "session:*", func(ctx context.Context) (struct{}, error) {
+		_, err := call(s, ctx, op, sessionKey("*"), func(ctx context.Context) (struct{}, error) {
 			return struct{}{}, s.getEach(ctx, node, keys, func(k string) string { return k }, raws)
 		})
 		mu.Lock()
