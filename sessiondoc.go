@@ -18,6 +18,34 @@ import (
 // package does not change (the application's Values, and fields another
 // writer put there) survive every update byte for byte.
 
+// SessionData is what a session holds. It is stored as one JSON object
+// at "session:<id>" with the field names of the original TypeScript
+// service (shown in the tags), so that both can read and update sessions
+// the other wrote. This package writes times as JavaScript's toISOString
+// does (UTC, milliseconds). It also stores "idleTimeoutMs" and, under
+// [Options.SessionMaxLifetime], "expiresAtMs" in the object. SessionData
+// holds a map, so it cannot be compared with ==.
+type SessionData struct {
+	UserID       string    `json:"userId"`
+	Email        string    `json:"email"`
+	Role         string    `json:"role"`
+	CreatedAt    time.Time `json:"createdAt"`
+	LastActivity time.Time `json:"lastActivity"`
+	IP           string    `json:"ip"`
+	UserAgent    string    `json:"userAgent"`
+
+	// Values holds the application's own fields (cart, permissions, CSRF
+	// token, ...). They are stored at the top level of the session's JSON
+	// object, beside the seven fields, exactly as given, and come back
+	// exactly as stored: byte for byte, including fields that another
+	// writer (the original service) put there. The seven fields' names are
+	// never keys here, nor are "idleTimeoutMs" and "expiresAtMs"; each
+	// value must be one valid JSON value. GetSession returns nil when the
+	// session has no such fields. encoding/json skips Values: the tags
+	// above name the stored fields, and these are stored beside them.
+	Values map[string]json.RawMessage `json:"-"`
+}
+
 // Top-level names of the stored session object. The first seven are
 // SessionData's fields, in the order JSON.stringify writes them in the
 // original service; the last two are this package's own.

@@ -41,10 +41,7 @@ func (s *Service) UserSessions(ctx context.Context, userID string) (_ map[string
 	if userID == "" {
 		return map[string]SessionData{}, invalid(op, userID, ErrInvalidKey)
 	}
-	idx := s.key(userSessionsKey(userID))
-	ids, err := call(s, ctx, op, userSessionsKey(userID), func(ctx context.Context) ([]string, error) {
-		return s.rdb.ZRange(ctx, idx, 0, -1).Result()
-	})
+	ids, err := s.readIndex(ctx, op, userID)
 	if err != nil {
 		return map[string]SessionData{}, err
 	}
@@ -80,7 +77,7 @@ func (s *Service) UserSessions(ctx context.Context, userID string) (_ map[string
 		}
 	}
 	// Index entries of sessions that are gone or have ended go.
-	var stale []any
+	var stale []string
 	for _, id := range ids {
 		if _, ok := raws[id]; !ok {
 			stale = append(stale, id)
@@ -90,14 +87,10 @@ func (s *Service) UserSessions(ctx context.Context, userID string) (_ map[string
 		if _, err := s.delSessions(ctx, op, ended); err != nil {
 			return map[string]SessionData{}, err
 		}
-		for _, id := range ended {
-			stale = append(stale, id)
-		}
+		stale = append(stale, ended...)
 	}
 	if len(stale) > 0 {
-		if _, err := call(s, ctx, op, userSessionsKey(userID), func(ctx context.Context) (int64, error) {
-			return s.rdb.ZRem(ctx, idx, stale...).Result()
-		}); err != nil {
+		if err := s.unindexSessions(ctx, op, userID, stale); err != nil {
 			return map[string]SessionData{}, err
 		}
 	}
@@ -112,6 +105,227 @@ func (s *Service) UserSessions(ctx context.Context, userID string) (_ map[string
 		errs = errors.Join(errs, err)
 	}
 	return out, errs
+}
+
+// DestroyUserSessions deletes every session of userID (log out
+// everywhere) and returns how many existed. It reads the user's index,
+// not the keyspace: one round trip for the index, then, when it names any
+// session, one for the deletes (one per node on Redis Cluster) and one to
+// empty the index: one or three round trips. When some session was gone
+// already (expired, destroyed, or renewed meanwhile), it reads the index
+// again (one more) and destroys the ids added since (two more), so that
+// a session renewed by [Service.RenewSessionID] while it runs is
+// destroyed under its new id; a session created meanwhile may be too.
+// With [Options.LegacySessions] it also walks session:* to find the
+// user's sessions that are missing from the index or whose index entry
+// has lapsed (written or refreshed by the original service); see there
+// for the cost. When the walk fails part-way, the sessions found until
+// then are destroyed all the same and the error returned with the count.
+func (s *Service) DestroyUserSessions(ctx context.Context, userID string) (_ int64, err error) {
+	const op = "destroyusersessions"
+	ctx, scope := s.tel.begin(ctx, op, userSessionsKey(userID))
+	defer scope.end(ctx, &err)
+	if userID == "" {
+		return 0, invalid(op, userID, ErrInvalidKey)
+	}
+	ids, err := s.readIndex(ctx, op, userID)
+	if err != nil {
+		return 0, err
+	}
+	all := ids
+	var walkErr error // the sessions found before a failed walk are destroyed all the same
+	if s.opts.LegacySessions {
+		var found map[string][]byte
+		found, walkErr = s.scanUserSessions(ctx, op, userID)
+		all = slices.Clone(ids)
+		for id := range found {
+			if !slices.Contains(ids, id) {
+				all = append(all, id)
+			}
+		}
+	}
+	if len(all) == 0 {
+		return 0, walkErr
+	}
+	n, err := s.delSessions(ctx, op, all)
+	if err != nil {
+		return n, errors.Join(walkErr, err)
+	}
+	renewed, m, err := s.destroyRenewed(ctx, op, userID, all, int64(len(all))-n)
+	n += m
+	if err != nil {
+		return n, errors.Join(walkErr, err)
+	}
+	ids = append(ids, renewed...)
+	if len(ids) == 0 {
+		return n, walkErr
+	}
+	// Only the ids read above: an id added meanwhile keeps its entry.
+	return n, errors.Join(walkErr, s.unindexSessions(ctx, op, userID, ids))
+}
+
+// destroyRenewed destroys the sessions that uid's index names beyond
+// done, the ids DestroyUserSessions destroyed, missing of which were gone
+// already. A session that was gone may have been renewed: RenewSessionID
+// indexes the new id before it deletes the old, so the new id is in the
+// index by now. A few passes, each needing another renewal to be outrun.
+// It returns the ids it destroyed and how many of them existed.
+func (s *Service) destroyRenewed(ctx context.Context, op, uid string, done []string, missing int64) ([]string, int64, error) {
+	seen := make(map[string]bool, len(done))
+	for _, id := range done {
+		seen[id] = true
+	}
+	var renewed []string
+	var n int64
+	for pass := 0; missing > 0 && pass < 4; pass++ {
+		again, err := s.readIndex(ctx, op, uid)
+		if err != nil {
+			return renewed, n, err
+		}
+		var fresh []string
+		for _, id := range again {
+			if !seen[id] {
+				seen[id] = true
+				fresh = append(fresh, id)
+			}
+		}
+		if len(fresh) == 0 {
+			break
+		}
+		m, err := s.delSessions(ctx, op, fresh)
+		n += m
+		if err != nil {
+			return renewed, n, err
+		}
+		renewed = append(renewed, fresh...)
+		missing = int64(len(fresh)) - m
+	}
+	return renewed, n, nil
+}
+
+// readIndex returns the ids in uid's index, closest to expiring first.
+func (s *Service) readIndex(ctx context.Context, op, uid string) ([]string, error) {
+	return call(s, ctx, op, userSessionsKey(uid), func(ctx context.Context) ([]string, error) {
+		return s.rdb.ZRange(ctx, s.key(userSessionsKey(uid)), 0, -1).Result()
+	})
+}
+
+// unindexSessions drops the ids from uid's index: one round trip.
+func (s *Service) unindexSessions(ctx context.Context, op, uid string, ids []string) error {
+	members := make([]any, len(ids))
+	for i, id := range ids {
+		members[i] = id
+	}
+	_, err := call(s, ctx, op, userSessionsKey(uid), func(ctx context.Context) (int64, error) {
+		return s.rdb.ZRem(ctx, s.key(userSessionsKey(uid)), members...).Result()
+	})
+	return err
+}
+
+// sessionIndexScript keeps a user's session index: it records sessions'
+// expiries (adding a session when it is missing, so that sessions of the
+// original service join; an expiry only ever moves later, so that a
+// slower writer's earlier expiry cannot make an entry lapse before its
+// session), drops sessions that have expired, and makes the index itself
+// expire with its last session, so that it never outlives them. It never
+// evicts: when the index holds more than the cap it returns every id in
+// it, closest to expiring first, for the caller to check which sessions
+// still exist; else an empty list. Run again, it does nothing more.
+//
+// KEYS[1]: the index. ARGV: now (unix ms), cap, then id and expiry (unix
+// ms) for each session.
+var sessionIndexScript = redis.NewScript(`
+for i = 3, #ARGV, 2 do
+	redis.call('ZADD', KEYS[1], 'GT', ARGV[i + 1], ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] then
+	redis.call('PEXPIREAT', KEYS[1], last[2])
+end
+if redis.call('ZCARD', KEYS[1]) > tonumber(ARGV[2]) then
+	return redis.call('ZRANGE', KEYS[1], 0, -1)
+end
+return {}
+`)
+
+// indexSession records id's expiry in uid's index, adding id when it is
+// missing, and destroys the sessions the cap evicts.
+func (s *Service) indexSession(ctx context.Context, op, uid, id string, expiry time.Time) error {
+	_, err := s.indexSessions(ctx, op, uid, map[string]time.Time{id: expiry}, s.opts.MaxSessionsPerUser)
+	return err
+}
+
+// indexSessions records the sessions' expiries, by id, in uid's index in
+// one round trip. When the index then holds more than limit ids, it
+// checks which of their sessions still exist (one round trip, one per
+// node on a cluster), destroys the live ones closest to expiring beyond
+// limit (one more) and drops those and the dead ones from the index (one
+// more): an id whose session is gone never counts against the cap. It
+// returns the evicted ids.
+func (s *Service) indexSessions(ctx context.Context, op, uid string, expiries map[string]time.Time, limit int) ([]string, error) {
+	args := make([]any, 0, 2+2*len(expiries))
+	args = append(args, s.opts.Now().UnixMilli(), limit)
+	for id, expiry := range expiries {
+		args = append(args, id, expiry.UnixMilli())
+	}
+	idx := s.key(userSessionsKey(uid))
+	ids, err := call(s, ctx, op, userSessionsKey(uid), func(ctx context.Context) ([]string, error) {
+		return sessionIndexScript.Run(ctx, s.rdb, []string{idx}, args...).StringSlice()
+	})
+	if err != nil || len(ids) <= limit {
+		return nil, err
+	}
+	live, err := s.sessionsExist(ctx, op, ids)
+	if err != nil {
+		return nil, err
+	}
+	var evicted []string
+	drop := make([]string, 0, len(ids)-limit)
+	over := -limit
+	for _, ok := range live {
+		if ok {
+			over++
+		}
+	}
+	for _, id := range ids { // closest to expiring first
+		switch {
+		case !live[id]:
+			drop = append(drop, id)
+		case over > 0:
+			evicted = append(evicted, id)
+			drop = append(drop, id)
+			over--
+		}
+	}
+	if len(evicted) > 0 {
+		// The sessions go first: an index entry without its session is
+		// harmless, a session without its entry escapes log-out-everywhere.
+		if _, err := s.delSessions(ctx, op, evicted); err != nil {
+			return evicted, err
+		}
+	}
+	if len(drop) > 0 {
+		err = s.unindexSessions(ctx, op, uid, drop)
+	}
+	return evicted, err
+}
+
+// joinIndex adds a session of the original service, which never indexes
+// its sessions, to its user's index with its remaining TTL: two round
+// trips. A session without a TTL (or without a user) is left out.
+func (s *Service) joinIndex(ctx context.Context, op, id, uid string) error {
+	if uid == "" {
+		return nil
+	}
+	now := s.opts.Now()
+	ttl, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (time.Duration, error) {
+		return s.rdb.PTTL(ctx, s.key(sessionKey(id))).Result()
+	})
+	if err != nil || ttl <= 0 {
+		return err
+	}
+	return s.indexSession(ctx, op, uid, id, now.Add(ttl))
 }
 
 // indexAll puts the sessions ids of uid in uid's index with their
@@ -143,47 +357,6 @@ func (s *Service) indexAll(ctx context.Context, op, uid string, ids []string) ([
 		return nil, nil
 	}
 	return s.indexSessions(ctx, op, uid, expiries, s.opts.MaxSessionsPerUser)
-}
-
-// readSessions GETs the sessions ids, pipelined, and returns those that
-// exist by id.
-func (s *Service) readSessions(ctx context.Context, op string, ids []string) (map[string][]byte, error) {
-	out := make(map[string][]byte, len(ids))
-	if len(ids) == 0 {
-		return out, nil
-	}
-	_, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, s.getEach(ctx, s.rdb, ids, func(id string) string { return s.key(sessionKey(id)) }, out)
-	})
-	return out, err
-}
-
-// getEach GETs the keys named by ids through c, pipelined, into out by
-// id. Missing keys, and keys that are not strings, are left out.
-func (s *Service) getEach(ctx context.Context, c redis.UniversalClient, ids []string, key func(string) string, out map[string][]byte) error {
-	cmds := make([]*redis.StringCmd, len(ids))
-	_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, id := range ids {
-			cmds[i] = p.Get(ctx, key(id))
-		}
-		return nil
-	})
-	for i, cmd := range cmds {
-		b, cerr := cmd.Bytes()
-		var rerr redis.Error
-		switch {
-		case cerr == nil:
-			out[ids[i]] = b
-		case cerr == redis.Nil || errors.As(cerr, &rerr): //nolint:errorlint // redis.Nil comes unwrapped
-		default:
-			return cerr
-		}
-	}
-	var rerr redis.Error
-	if err == redis.Nil || errors.As(err, &rerr) { //nolint:errorlint // redis.Nil comes unwrapped
-		return nil // a missing or WRONGTYPE key, left out above
-	}
-	return err
 }
 
 // scanUserSessions walks session:* on every master (scanEach, SCAN COUNT
