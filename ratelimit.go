@@ -72,38 +72,26 @@ return {count, ttl, tonumber(now[1]), tonumber(now[2])}
 // of the given length that allows limit requests, and reports whether
 // this request is allowed. The counter lives at "ratelimit:<identifier>"
 // (after [Options.KeyPrefix]); the window starts with the first request
-// and lasts window, with millisecond precision (a window is truncated to
-// whole milliseconds). The count and the window's expiry are set together
-// by one Lua script in one round trip, so concurrent callers across
-// processes never get more than limit requests through per window, and a
-// counter never outlives its window. Denied requests are counted too, so
-// that the counter shows the load; they do not extend the window. A value
-// that is not a counter (written there by other code: not an integer, not
-// a string, or without a TTL or with one longer than window) is replaced
-// or repaired by the next call, never a reason to fail.
-//
-// The script runs at most once per call: go-redis's retries after a
-// network error or read timeout, which could count one request twice, are
-// turned off for it whatever the client's MaxRetries, and it is re-sent
-// (as EVAL) only when Redis answers NOSCRIPT, which proves it did not run.
-// A call that fails after the script was sent is not repeated; nor is
-// one whose connection could not be dialled, which gets the fallback
-// below at once. On a cluster, MOVED, ASK and READONLY redirections
-// (the script did not run) are still followed.
+// and lasts window, truncated to whole milliseconds. One Lua script sets
+// the count and the window's expiry together in one round trip, so
+// concurrent callers across processes never get more than limit requests
+// through per window, and a counter never outlives its window. Denied
+// requests are counted too; they do not extend the window. A value at the
+// key that is not a counter is replaced or repaired, never a reason to
+// fail. The script runs at most once per call, whatever the client's
+// MaxRetries (docs/rate-limits.md, "Failures").
 //
 // Invalid arguments are rejected before anything is sent, with the zero
 // result (Allowed false) and an error: an empty identifier with
 // [ErrInvalidKey], a limit <= 0 or a window <= 0 with [ErrInvalidArgument],
 // and a window between 0 and 1ms with [ErrInvalidTTL].
 //
-// When Redis cannot give an answer (unreachable, timed out, closed), or is
-// known to be down ([ErrUnavailable], returned at once without asking it,
-// until a background PING sees it answer), CheckRateLimit returns the
-// error with a fallback that depends on [Options.RateLimitFailClosed]. By
-// default it fails open: Allowed true, Remaining limit-1, as for the first
-// request of a new window. With RateLimitFailClosed it is denied:
-// Remaining 0 and RetryAfter window. Either way ResetAt is the local time
-// plus window.
+// When Redis cannot give an answer (unreachable, timed out, closed, or
+// known to be down: [ErrUnavailable] at once), it returns the error with
+// a fallback: by default it fails open (Allowed true, Remaining limit-1,
+// as for the first request of a new window); with
+// [Options.RateLimitFailClosed] it is denied (Remaining 0, RetryAfter
+// window). Either way ResetAt is the local time plus window.
 func (s *Service) CheckRateLimit(ctx context.Context, identifier string, window time.Duration, limit int) (RateLimitResult, error) {
 	const op = "ratelimit"
 	if err := checkRateLimitArgs(identifier, window, limit); err != nil {
