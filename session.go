@@ -88,7 +88,7 @@ func (s *Service) CreateSession(ctx context.Context, id string, data SessionData
 // empty id, one over 256 bytes or with a character outside
 // A-Z a-z 0-9 - . _ ~ fails with [ErrInvalidKey] without asking Redis. A
 // stored value that is not a JSON object with the seven fields' types, or
-// whose member names repeat (see the README), is false with [ErrDecode].
+// whose member names repeat (see docs/sessions.md, "Caveats"), is false with [ErrDecode].
 //
 // It takes one round trip, and makes sure the session is in its user's
 // index, which log-out-everywhere reads, at this cost:
