@@ -98,11 +98,6 @@ func (l Limit) check() error {
 	return nil
 }
 
-// gcraPrefix starts the name of the hash holding a key's GCRA state, one
-// field per limit. It lies outside "ratelimit:", which belongs to
-// CheckRateLimit's counters, so no identifier can name it.
-const gcraPrefix = "gcra:"
-
 // gcraScript decides n tokens for one key under several GCRA limits, on
 // the server's clock, all or nothing. Each limit's theoretical arrival
 // time (TAT) is field "<rate>/<period s>/<burst>" of one hash (one key,
@@ -260,7 +255,7 @@ func (s *Service) allowN(ctx context.Context, key string, n int, limits []Limit)
 	}
 	var reply [7]int64
 	_, err := call(s, ctx, op, key, func(ctx context.Context) (struct{}, error) {
-		err := s.runOnce(ctx, gcraArgs, s.prefix+gcraPrefix+key, reply[:], args...)
+		err := s.runOnce(ctx, gcraArgs, s.gcraKey(key), reply[:], args...)
 		if err == nil && (reply[4] < 0 || reply[4] >= int64(len(limits))) {
 			err = fmt.Errorf("%w: script reply names limit %d of %d", ErrDecode, reply[4], len(limits))
 		}
@@ -350,8 +345,8 @@ func (s *Service) ResetRateLimit(ctx context.Context, key string) error {
 	}
 	_, err := call(s, ctx, op, key, func(ctx context.Context) (struct{}, error) {
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			p.Del(ctx, s.key(gcraPrefix+key))
-			p.Del(ctx, s.key("ratelimit:"+key))
+			p.Del(ctx, s.gcraKey(key))
+			p.Del(ctx, s.rateLimitKey(key))
 			return nil
 		})
 		return struct{}{}, err

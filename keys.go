@@ -41,24 +41,6 @@ func (s *Service) Set(ctx context.Context, key string, value any, opts ...SetOpt
 	return s.set(ctx, op, key, value, o)
 }
 
-// reservedKey reports whether the caller's key k lies in a namespace the
-// Service keeps for its own keys: sessions ("session:<id>", the key the
-// original service uses), their per-user index, rate-limit counters, GCRA
-// state and the sessions of the scsstore module's default store. A
-// feature that stores keys of its own adds its prefix here.
-func reservedKey(k string) bool {
-	for _, p := range [...]string{"session:", "user-sessions:", "ratelimit:", gcraPrefix, scsSessionPrefix} {
-		if strings.HasPrefix(k, p) {
-			return true
-		}
-	}
-	return false
-}
-
-// scsSessionPrefix is scsstore.DefaultPrefix: the scs sessions that
-// module's default store keeps through [Service.Run].
-const scsSessionPrefix = "scs:session:"
-
 // checkWriteKey accepts a key that a caller may write or delete: not
 // empty, and not reserved unless Options.AllowReservedKeys.
 func (s *Service) checkWriteKey(k string) error {

@@ -72,38 +72,26 @@ return {count, ttl, tonumber(now[1]), tonumber(now[2])}
 // of the given length that allows limit requests, and reports whether
 // this request is allowed. The counter lives at "ratelimit:<identifier>"
 // (after [Options.KeyPrefix]); the window starts with the first request
-// and lasts window, with millisecond precision (a window is truncated to
-// whole milliseconds). The count and the window's expiry are set together
-// by one Lua script in one round trip, so concurrent callers across
-// processes never get more than limit requests through per window, and a
-// counter never outlives its window. Denied requests are counted too, so
-// that the counter shows the load; they do not extend the window. A value
-// that is not a counter (written there by other code: not an integer, not
-// a string, or without a TTL or with one longer than window) is replaced
-// or repaired by the next call, never a reason to fail.
-//
-// The script runs at most once per call: go-redis's retries after a
-// network error or read timeout, which could count one request twice, are
-// turned off for it whatever the client's MaxRetries, and it is re-sent
-// (as EVAL) only when Redis answers NOSCRIPT, which proves it did not run.
-// A call that fails after the script was sent is not repeated; nor is
-// one whose connection could not be dialled, which gets the fallback
-// below at once. On a cluster, MOVED, ASK and READONLY redirections
-// (the script did not run) are still followed.
+// and lasts window, truncated to whole milliseconds. One Lua script sets
+// the count and the window's expiry together in one round trip, so
+// concurrent callers across processes never get more than limit requests
+// through per window, and a counter never outlives its window. Denied
+// requests are counted too; they do not extend the window. A value at the
+// key that is not a counter is replaced or repaired, never a reason to
+// fail. The script runs at most once per call, whatever the client's
+// MaxRetries (docs/rate-limits.md, "Failures").
 //
 // Invalid arguments are rejected before anything is sent, with the zero
 // result (Allowed false) and an error: an empty identifier with
 // [ErrInvalidKey], a limit <= 0 or a window <= 0 with [ErrInvalidArgument],
 // and a window between 0 and 1ms with [ErrInvalidTTL].
 //
-// When Redis cannot give an answer (unreachable, timed out, closed), or is
-// known to be down ([ErrUnavailable], returned at once without asking it,
-// until a background PING sees it answer), CheckRateLimit returns the
-// error with a fallback that depends on [Options.RateLimitFailClosed]. By
-// default it fails open: Allowed true, Remaining limit-1, as for the first
-// request of a new window. With RateLimitFailClosed it is denied:
-// Remaining 0 and RetryAfter window. Either way ResetAt is the local time
-// plus window.
+// When Redis cannot give an answer (unreachable, timed out, closed, or
+// known to be down: [ErrUnavailable] at once), it returns the error with
+// a fallback: by default it fails open (Allowed true, Remaining limit-1,
+// as for the first request of a new window); with
+// [Options.RateLimitFailClosed] it is denied (Remaining 0, RetryAfter
+// window). Either way ResetAt is the local time plus window.
 func (s *Service) CheckRateLimit(ctx context.Context, identifier string, window time.Duration, limit int) (RateLimitResult, error) {
 	const op = "ratelimit"
 	if err := checkRateLimitArgs(identifier, window, limit); err != nil {
@@ -112,7 +100,7 @@ func (s *Service) CheckRateLimit(ctx context.Context, identifier string, window 
 	window = window.Truncate(time.Millisecond)
 	var reply [4]int64
 	_, err := call(s, ctx, op, identifier, func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, s.runOnce(ctx, rateLimitArgs, s.prefix+"ratelimit:"+identifier, reply[:], window.Milliseconds())
+		return struct{}{}, s.runOnce(ctx, rateLimitArgs, s.rateLimitKey(identifier), reply[:], window.Milliseconds())
 	})
 	if err != nil {
 		return s.rateLimitFallback(window, limit), err
@@ -163,70 +151,4 @@ func (s *Service) rateLimitFallback(window time.Duration, limit int) RateLimitRe
 	}
 	s.tel.rateLimited(context.Background(), r.Allowed, true)
 	return r
-}
-
-// luaScript is a Lua script as command arguments: its SHA and source,
-// converted to interface values once rather than on every call.
-type luaScript struct {
-	sha, src any
-}
-
-// scriptArgs returns script, whose source is src, as command arguments.
-func scriptArgs(script *redis.Script, src string) luaScript {
-	return luaScript{sha: script.Hash(), src: src}
-}
-
-// runOnce runs script on one key with args and stores its reply, which
-// must be len(reply) integers, in reply. The script is sent at most once
-// for each time it may run: EVALSHA first, then EVAL only if Redis
-// answered NOSCRIPT (the script did not run), never again after a timeout
-// or a broken connection.
-func (s *Service) runOnce(ctx context.Context, script luaScript, key string, reply []int64, args ...any) error {
-	cmd := newNoRetryCmd(ctx, "evalsha", script.sha, key, args)
-	err := s.rdb.Process(ctx, cmd)
-	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		// EVAL also loads the script, so later calls find it by SHA again.
-		cmd = newNoRetryCmd(ctx, "eval", script.src, key, args)
-		err = s.rdb.Process(ctx, cmd)
-	}
-	if err != nil {
-		return err
-	}
-	vals, err := cmd.Slice()
-	if err != nil {
-		return err
-	}
-	if len(vals) != len(reply) {
-		return fmt.Errorf("%w: script reply has %d values, want %d", ErrDecode, len(vals), len(reply))
-	}
-	for i, v := range vals {
-		n, ok := v.(int64)
-		if !ok {
-			return fmt.Errorf("%w: script reply value %d is %T, want an integer", ErrDecode, i, v)
-		}
-		reply[i] = n
-	}
-	return nil
-}
-
-// noRetryCmd is a command that go-redis must not send a second time: its
-// NoRetry makes both [redis.Client] and [redis.ClusterClient] return the
-// first attempt's error instead of retrying after a read timeout or a
-// broken connection, when the command may already have run.
-type noRetryCmd struct {
-	redis.Cmd
-}
-
-// NoRetry reports true: a script that counts must not run twice.
-func (*noRetryCmd) NoRetry() bool { return true }
-
-// newNoRetryCmd builds an EVAL or EVALSHA command of body on key with
-// args, in one allocation besides its argument list.
-func newNoRetryCmd(ctx context.Context, name string, body any, key string, args []any) *noRetryCmd {
-	a := make([]any, 0, 4+len(args))
-	a = append(a, name, body, 1, key)
-	a = append(a, args...)
-	c := &noRetryCmd{Cmd: *redis.NewCmd(ctx, a...)}
-	c.SetFirstKeyPos(3)
-	return c
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/vevurn/redisservice/internal/jsonobj"
 )
 
 func newSession(t testing.TB, s *Service, uid string, ttl time.Duration) string {
@@ -483,9 +484,9 @@ func FuzzSessionJSON(f *testing.F) {
 		var v map[string]json.RawMessage
 		require.NoError(t, json.Unmarshal(raw, &v), "parseSessionDoc accepted what encoding/json refuses: %s", raw)
 		out := []byte{'{'}
-		for _, m := range doc.members {
-			require.Contains(t, v, m.name, "member name %s decoded as %q", m.raw, m.name)
-			out = appendMember(out, m.raw, m.value)
+		for _, m := range doc.obj.Members {
+			require.Contains(t, v, m.Name, "member name %s decoded as %q", m.RawName, m.Name)
+			out = jsonobj.AppendMember(out, m.RawName, m.Value)
 		}
 		out = append(out, '}')
 		var compact bytes.Buffer

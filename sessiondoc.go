@@ -8,12 +8,43 @@ import (
 	"slices"
 	"time"
 	"unicode/utf8"
+
+	"github.com/vevurn/redisservice/internal/jsonobj"
 )
 
-// A session is stored as one JSON object. This file reads and writes that
-// object member by member, keeping each member's bytes as stored, so that
-// fields this package does not change (the application's Values, and
-// fields another writer put there) survive every update byte for byte.
+// A session is stored as one JSON object. This file maps SessionData to
+// that object and back; internal/jsonobj reads and writes it member by
+// member, keeping each member's bytes as stored, so that fields this
+// package does not change (the application's Values, and fields another
+// writer put there) survive every update byte for byte.
+
+// SessionData is what a session holds. It is stored as one JSON object
+// at "session:<id>" with the field names of the original TypeScript
+// service (shown in the tags), so that both can read and update sessions
+// the other wrote. This package writes times as JavaScript's toISOString
+// does (UTC, milliseconds). It also stores "idleTimeoutMs" and, under
+// [Options.SessionMaxLifetime], "expiresAtMs" in the object. SessionData
+// holds a map, so it cannot be compared with ==.
+type SessionData struct {
+	UserID       string    `json:"userId"`
+	Email        string    `json:"email"`
+	Role         string    `json:"role"`
+	CreatedAt    time.Time `json:"createdAt"`
+	LastActivity time.Time `json:"lastActivity"`
+	IP           string    `json:"ip"`
+	UserAgent    string    `json:"userAgent"`
+
+	// Values holds the application's own fields (cart, permissions, CSRF
+	// token, ...). They are stored at the top level of the session's JSON
+	// object, beside the seven fields, exactly as given, and come back
+	// exactly as stored: byte for byte, including fields that another
+	// writer (the original service) put there. The seven fields' names are
+	// never keys here, nor are "idleTimeoutMs" and "expiresAtMs"; each
+	// value must be one valid JSON value. GetSession returns nil when the
+	// session has no such fields. encoding/json skips Values: the tags
+	// above name the stored fields, and these are stored beside them.
+	Values map[string]json.RawMessage `json:"-"`
+}
 
 // Top-level names of the stored session object. The first seven are
 // SessionData's fields, in the order JSON.stringify writes them in the
@@ -48,17 +79,10 @@ const isoMillis = "2006-01-02T15:04:05.000Z"
 // errNotObject says a stored session is valid JSON but not an object.
 var errNotObject = errors.New("stored session is not a JSON object")
 
-// member is one top-level member of a stored session object.
-type member struct {
-	name  string // the decoded name
-	raw   []byte // the name as stored, quotes included
-	value []byte // the value as stored
-}
-
 // sessionDoc is a stored session object, split into its members in stored
 // order.
 type sessionDoc struct {
-	members []member
+	obj jsonobj.Object
 }
 
 // parseSessionDoc splits b, which must be one JSON object, into its
@@ -69,159 +93,16 @@ type sessionDoc struct {
 // become U+FFFD, while the touch script reads names as stored; refusing
 // them means both always mean the same member.
 func parseSessionDoc(b []byte) (sessionDoc, error) {
-	if !json.Valid(b) {
-		// Let encoding/json say where and why.
-		var v any
-		err := json.Unmarshal(b, &v)
-		if err == nil {
-			err = errors.New("invalid JSON")
-		}
-		return sessionDoc{}, err
+	obj, err := jsonobj.Parse(b, reservedSessionField)
+	if errors.Is(err, jsonobj.ErrNotObject) {
+		err = errNotObject
 	}
-	i := skipSpace(b, 0)
-	if i >= len(b) || b[i] != '{' {
-		return sessionDoc{}, errNotObject
-	}
-	var d sessionDoc
-	d.members = make([]member, 0, 16)
-	var seen map[string]bool // the names so far, once there are many
-	i = skipSpace(b, i+1)
-	if b[i] == '}' {
-		return d, nil
-	}
-	for {
-		// b is valid JSON, so each step finds what the grammar says.
-		end := skipValue(b, i)
-		raw := b[i:end]
-		name, err := decodeName(raw)
-		if err != nil {
-			return sessionDoc{}, err
-		}
-		if err := d.checkName(name, raw, &seen); err != nil {
-			return sessionDoc{}, err
-		}
-		i = skipSpace(b, end)
-		i = skipSpace(b, i+1) // ':'
-		end = skipValue(b, i)
-		d.members = append(d.members, member{name: name, raw: raw, value: b[i:end]})
-		i = skipSpace(b, end)
-		if b[i] == '}' {
-			return d, nil
-		}
-		i = skipSpace(b, i+1) // ','
-	}
-}
-
-// checkName refuses the member name (decoded; raw as stored) when it
-// cannot follow d's members: see parseSessionDoc. Repeats are found by
-// comparison while there are few members, then with *seen.
-func (d *sessionDoc) checkName(name string, raw []byte, seen *map[string]bool) error {
-	switch {
-	case !utf8.Valid(raw):
-		return fmt.Errorf("member name %q is not valid UTF-8", raw)
-	case bytes.IndexByte(raw, '\\') >= 0 && reservedSessionField(name):
-		return fmt.Errorf("member name %s spells %q with an escape", raw, name)
-	}
-	const few = 32
-	if len(d.members) < few {
-		for _, m := range d.members {
-			if m.name == name {
-				return fmt.Errorf("member name %q repeats", name)
-			}
-		}
-		return nil
-	}
-	if *seen == nil {
-		*seen = make(map[string]bool, 2*few)
-		for _, m := range d.members {
-			(*seen)[m.name] = true
-		}
-	}
-	if (*seen)[name] {
-		return fmt.Errorf("member name %q repeats", name)
-	}
-	(*seen)[name] = true
-	return nil
-}
-
-// decodeName decodes a member name given with its quotes.
-func decodeName(raw []byte) (string, error) {
-	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
-		return string(raw[1 : len(raw)-1]), nil
-	}
-	var name string
-	err := json.Unmarshal(raw, &name)
-	return name, err
-}
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) {
-		switch b[i] {
-		case ' ', '\t', '\n', '\r':
-			i++
-		default:
-			return i
-		}
-	}
-	return i
-}
-
-// skipValue returns the end of the valid JSON value starting at b[i].
-func skipValue(b []byte, i int) int {
-	switch b[i] {
-	case '"':
-		return skipString(b, i)
-	case '{', '[':
-		depth := 0
-		for i < len(b) {
-			switch b[i] {
-			case '"':
-				i = skipString(b, i)
-				continue
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return i + 1
-				}
-			}
-			i++
-		}
-		return i
-	default: // number, true, false, null
-		for i < len(b) {
-			switch b[i] {
-			case ',', '}', ']', ' ', '\t', '\n', '\r':
-				return i
-			}
-			i++
-		}
-		return i
-	}
-}
-
-// skipString returns the end of the string whose opening quote is b[i].
-func skipString(b []byte, i int) int {
-	for i++; i < len(b); i++ {
-		switch b[i] {
-		case '\\':
-			i++
-		case '"':
-			return i + 1
-		}
-	}
-	return i
+	return sessionDoc{obj: obj}, err
 }
 
 // get returns the value of the last member called name.
 func (d *sessionDoc) get(name string) ([]byte, bool) {
-	for i := len(d.members) - 1; i >= 0; i-- {
-		if d.members[i].name == name {
-			return d.members[i].value, true
-		}
-	}
-	return nil, false
+	return d.obj.Get(name)
 }
 
 // data decodes the session: the seven fields, and every other member but
@@ -229,32 +110,32 @@ func (d *sessionDoc) get(name string) ([]byte, bool) {
 // alias the document's bytes.
 func (d *sessionDoc) data() (SessionData, error) {
 	var sd SessionData
-	for _, m := range d.members {
+	for _, m := range d.obj.Members {
 		var err error
-		switch m.name {
+		switch m.Name {
 		case fieldUserID:
-			err = decodeString(m.value, &sd.UserID)
+			err = jsonobj.DecodeString(m.Value, &sd.UserID)
 		case fieldEmail:
-			err = decodeString(m.value, &sd.Email)
+			err = jsonobj.DecodeString(m.Value, &sd.Email)
 		case fieldRole:
-			err = decodeString(m.value, &sd.Role)
+			err = jsonobj.DecodeString(m.Value, &sd.Role)
 		case fieldIP:
-			err = decodeString(m.value, &sd.IP)
+			err = jsonobj.DecodeString(m.Value, &sd.IP)
 		case fieldUserAgent:
-			err = decodeString(m.value, &sd.UserAgent)
+			err = jsonobj.DecodeString(m.Value, &sd.UserAgent)
 		case fieldCreatedAt:
-			err = decodeTime(m.value, &sd.CreatedAt)
+			err = decodeTime(m.Value, &sd.CreatedAt)
 		case fieldLastActivity:
-			err = decodeTime(m.value, &sd.LastActivity)
+			err = decodeTime(m.Value, &sd.LastActivity)
 		case fieldIdleTimeout, fieldExpiresAt:
 		default:
 			if sd.Values == nil {
-				sd.Values = make(map[string]json.RawMessage, len(d.members)-len(sd.Values))
+				sd.Values = make(map[string]json.RawMessage, len(d.obj.Members))
 			}
-			sd.Values[m.name] = m.value
+			sd.Values[m.Name] = m.Value
 		}
 		if err != nil {
-			return SessionData{}, fmt.Errorf("%s: %w", m.name, err)
+			return SessionData{}, fmt.Errorf("%s: %w", m.Name, err)
 		}
 	}
 	return sd, nil
@@ -264,7 +145,7 @@ func (d *sessionDoc) data() (SessionData, error) {
 // string.
 func (d *sessionDoc) userID() string {
 	var uid string
-	if v, ok := d.get(fieldUserID); ok && decodeString(v, &uid) == nil {
+	if v, ok := d.get(fieldUserID); ok && jsonobj.DecodeString(v, &uid) == nil {
 		return uid
 	}
 	return ""
@@ -275,15 +156,6 @@ func (d *sessionDoc) userID() string {
 func (d *sessionDoc) legacy() bool {
 	_, ok := d.get(fieldIdleTimeout)
 	return !ok
-}
-
-// decodeString decodes a JSON string (or null, leaving *dst alone).
-func decodeString(v []byte, dst *string) error {
-	if len(v) >= 2 && v[0] == '"' && bytes.IndexByte(v, '\\') < 0 && utf8.Valid(v) {
-		*dst = string(v[1 : len(v)-1])
-		return nil
-	}
-	return json.Unmarshal(v, dst)
 }
 
 // decodeTime decodes an RFC 3339 JSON string (or null, leaving *dst alone).
@@ -304,7 +176,7 @@ func (d *sessionDoc) apply(old, data SessionData) ([]byte, bool, error) {
 	changed := map[string][]byte{}
 	setString := func(name, was, now string) {
 		if was != now {
-			changed[name] = appendString(nil, now)
+			changed[name] = jsonobj.AppendString(nil, now)
 		}
 	}
 	setString(fieldUserID, old.UserID, data.UserID)
@@ -334,49 +206,23 @@ func (d *sessionDoc) apply(old, data SessionData) ([]byte, bool, error) {
 			changed[name] = now
 		}
 	}
-	var added []string
 	for name, v := range data.Values {
 		if _, ok := old.Values[name]; !ok {
 			changed[name] = v
-			added = append(added, name)
 		}
 	}
 	if len(changed) == 0 && len(removed) == 0 {
 		return nil, false, nil
 	}
-	out := make([]byte, 0, 64+len(d.members)*32)
-	out = append(out, '{')
-	written := map[string]bool{}
-	keep := func(members []member) {
-		for _, m := range members {
-			if removed[m.name] {
-				continue
-			}
-			v := m.value
-			if nv, ok := changed[m.name]; ok {
-				v = nv
-				written[m.name] = true
-			}
-			out = appendMember(out, m.raw, v)
-		}
-	}
-	// New members go before this package's own members when those come
-	// last, where UpdateSessionActivity looks for them first.
-	tail := len(d.members)
-	for tail > 0 && (d.members[tail-1].name == fieldIdleTimeout || d.members[tail-1].name == fieldExpiresAt) {
-		tail--
-	}
-	keep(d.members[:tail])
-	// A seven-field member the stored object lacked, then new Values.
-	slices.Sort(added)
-	for _, name := range append([]string{fieldUserID, fieldEmail, fieldRole, fieldCreatedAt, fieldLastActivity, fieldIP, fieldUserAgent}, added...) {
-		if v, ok := changed[name]; ok && !written[name] {
-			out = appendMember(out, appendString(nil, name), v)
-			written[name] = true
-		}
-	}
-	keep(d.members[tail:])
-	return append(out, '}'), true, nil
+	// A seven-field member the stored object lacked goes first, then new
+	// Values sorted by name; all before this package's own members when
+	// those come last, where UpdateSessionActivity looks for them first.
+	return d.obj.Edit(jsonobj.Changes{
+		Set:    changed,
+		Delete: removed,
+		Order:  []string{fieldUserID, fieldEmail, fieldRole, fieldCreatedAt, fieldLastActivity, fieldIP, fieldUserAgent},
+		Last:   func(name string) bool { return name == fieldIdleTimeout || name == fieldExpiresAt },
+	}), true, nil
 }
 
 // encodeSession writes a new session object: the seven fields in the
@@ -388,7 +234,7 @@ func encodeSession(data SessionData, idleMS, expiresAtMS int64) ([]byte, error) 
 	out := make([]byte, 0, 256)
 	out = append(out, '{')
 	for _, f := range []struct{ name, v string }{{fieldUserID, data.UserID}, {fieldEmail, data.Email}, {fieldRole, data.Role}} {
-		out = appendMember(out, appendString(nil, f.name), appendString(nil, f.v))
+		out = jsonobj.AppendMember(out, jsonobj.AppendString(nil, f.name), jsonobj.AppendString(nil, f.v))
 	}
 	for _, f := range []struct {
 		name string
@@ -398,10 +244,10 @@ func encodeSession(data SessionData, idleMS, expiresAtMS int64) ([]byte, error) 
 		if err != nil {
 			return nil, err
 		}
-		out = appendMember(out, appendString(nil, f.name), v)
+		out = jsonobj.AppendMember(out, jsonobj.AppendString(nil, f.name), v)
 	}
 	for _, f := range []struct{ name, v string }{{fieldIP, data.IP}, {fieldUserAgent, data.UserAgent}} {
-		out = appendMember(out, appendString(nil, f.name), appendString(nil, f.v))
+		out = jsonobj.AppendMember(out, jsonobj.AppendString(nil, f.name), jsonobj.AppendString(nil, f.v))
 	}
 	names := make([]string, 0, len(data.Values))
 	for name := range data.Values {
@@ -409,11 +255,11 @@ func encodeSession(data SessionData, idleMS, expiresAtMS int64) ([]byte, error) 
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		out = appendMember(out, appendString(nil, name), data.Values[name])
+		out = jsonobj.AppendMember(out, jsonobj.AppendString(nil, name), data.Values[name])
 	}
-	out = appendMember(out, appendString(nil, fieldIdleTimeout), fmt.Appendf(nil, "%d", idleMS))
+	out = jsonobj.AppendMember(out, jsonobj.AppendString(nil, fieldIdleTimeout), fmt.Appendf(nil, "%d", idleMS))
 	if expiresAtMS > 0 {
-		out = appendMember(out, appendString(nil, fieldExpiresAt), fmt.Appendf(nil, "%d", expiresAtMS))
+		out = jsonobj.AppendMember(out, jsonobj.AppendString(nil, fieldExpiresAt), fmt.Appendf(nil, "%d", expiresAtMS))
 	}
 	return append(out, '}'), nil
 }
@@ -441,27 +287,6 @@ func checkSession(data SessionData) error {
 		}
 	}
 	return nil
-}
-
-// appendMember appends "name":value, with a comma unless it is the first.
-func appendMember(out, name, value []byte) []byte {
-	if out[len(out)-1] != '{' {
-		out = append(out, ',')
-	}
-	out = append(out, name...)
-	out = append(out, ':')
-	return append(out, value...)
-}
-
-// appendString appends s as a JSON string the way JSON.stringify writes
-// it: only quotes, backslashes and control characters escaped ("<", "&"
-// and "/" stay as they are). checkSession has refused invalid UTF-8.
-func appendString(out []byte, s string) []byte {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(s) // a string always encodes
-	return append(out, bytes.TrimSuffix(buf.Bytes(), []byte("\n"))...)
 }
 
 // appendTime appends t, the value of the field name, as JSON.stringify
