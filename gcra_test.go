@@ -438,13 +438,18 @@ func TestAllowNHighRatesKeepTheBurst(t *testing.T) {
 // sent, instead of answering with a Remaining of MinInt64.
 func TestLimitsThatOverflowAreRefused(t *testing.T) {
 	t.Parallel()
+	if strconv.IntSize < 64 {
+		t.Skip("rates and bursts beyond 2^31 need a 64-bit int")
+	}
+	// Variables, not constants, so that the file builds where int has 32 bits.
+	maxInt, burst40, rate41 := math.MaxInt, int64(1)<<40, int64(1)<<41
 	b := newBackend(t, "miniredis")
 	s := b.service(t, Options{})
 	ctx := ctxT(t)
 	for name, l := range map[string]Limit{
-		"MaxInt64 rate":       {Rate: math.MaxInt64, Period: time.Second},
-		"PerSecond(MaxInt64)": PerSecond(math.MaxInt64),
-		"huge burst":          {Rate: 1 << 41, Period: time.Hour},
+		"MaxInt rate":       {Rate: maxInt, Period: time.Second},
+		"PerSecond(MaxInt)": PerSecond(maxInt),
+		"huge burst":        {Rate: int(rate41), Period: time.Hour},
 	} {
 		t.Run(name, func(t *testing.T) {
 			r, err := s.AllowN(ctx, "k", 1, l)
@@ -454,8 +459,8 @@ func TestLimitsThatOverflowAreRefused(t *testing.T) {
 	}
 	assert.Empty(t, b.mr.Keys(), "invalid calls wrote")
 	for _, l := range []Limit{
-		{Rate: 1_000_000_000, Period: time.Second, Burst: 1 << 40},
-		{Rate: math.MaxInt64, Period: time.Second, Burst: 10},
+		{Rate: 1_000_000_000, Period: time.Second, Burst: int(burst40)},
+		{Rate: maxInt, Period: time.Second, Burst: 10},
 		PerSecond(1 << 30), // a gigabyte a second, counted in bytes
 	} {
 		r, err := s.AllowN(ctx, "k:"+l.name(), 3, l)
