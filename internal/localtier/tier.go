@@ -1,4 +1,4 @@
-package redisservice
+package localtier
 
 import (
 	"hash/maphash"
