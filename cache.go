@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/vevurn/redisservice/internal/localtier"
 )
 
 // Cache returns the value cached at key, or loads, caches and returns it
@@ -64,16 +66,15 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	fk := flightKey{key: key, typ: reflect.TypeFor[T]()}
 	lt := s.local
 	if lt != nil && !s.closed.Load() {
-		now := time.Now().UnixNano()
-		if e, ok := lt.get(fk, now); ok {
+		if v, stale, ok := localtier.Get[T](lt, key, time.Now().UnixNano()); ok {
 			s.found(true)
-			if e.stale != 0 && now >= e.stale {
+			if stale {
 				s.tel.cacheResult(ctx, cacheStale)
 				refresh(ctx, s, fk, ttl, load, co)
 			} else {
 				s.tel.cacheResult(ctx, cacheLocalHit)
 			}
-			return e.val.(T), nil
+			return v, nil
 		}
 	}
 	rk := readKey{key: key, withTTL: lt != nil || co.swr > 0, notFound: co.notFound > 0}
@@ -82,7 +83,7 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	case hit:
 		s.found(true)
 		if lt != nil {
-			lt.put(fk, reply.ticket, v, len(reply.b), reply.start, reply.pttl, co.swr)
+			localtier.Put(lt, key, reply.ticket, v, len(reply.b), reply.start, reply.pttl, co.swr)
 		}
 		if co.swr > 0 && reply.pttl >= 0 && reply.pttl <= co.swr {
 			s.tel.cacheResult(ctx, cacheStale)
@@ -159,11 +160,11 @@ type readKey struct {
 // readReply is what one read of a key found.
 type readReply struct {
 	b        []byte
-	pttl     time.Duration // the key's PTTL (-1: none) when read withTTL
-	notFound bool          // the key is missing and its not-found marker exists
-	locked   bool          // lockTake: this process took the fleet lock; lockCheck: the lock is held
-	start    time.Time     // when the read was sent
-	ticket   localTicket   // the local tier's, taken before the read was sent
+	pttl     time.Duration    // the key's PTTL (-1: none) when read withTTL
+	notFound bool             // the key is missing and its not-found marker exists
+	locked   bool             // lockTake: this process took the fleet lock; lockCheck: the lock is held
+	start    time.Time        // when the read was sent
+	ticket   localtier.Ticket // the local tier's, taken before the read was sent
 }
 
 // cacheRead reads rk.key and what rk asks for, in one round trip, and
@@ -224,9 +225,9 @@ func (s *Service) readCached(ctx context.Context, rk readKey, lock lockOp) (read
 			// MOVED, ASK, or another refusal: read through the cluster
 			// client, which follows them, and keep nothing.
 			if isRedirect(err) {
-				s.local.raiseDoubt()
+				s.local.RaiseDoubt()
 			}
-			r.ticket = localTicket{}
+			r.ticket = localtier.Ticket{}
 		}
 	}
 	return s.readFrom(ctx, s.rdb, rk, lock, r)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vevurn/redisservice/internal/breaker"
 	"github.com/vevurn/redisservice/internal/deadline"
+	"github.com/vevurn/redisservice/internal/localtier"
 )
 
 // Service is the Redis layer of an application: strings, JSON, hashes,
@@ -39,7 +40,7 @@ type Service struct {
 	logGate   logGate
 	flights   flightGroup                   // Cache's loads in progress
 	reads     readGroup[readKey, readReply] // Cache's reads in progress
-	local     *localTier                    // Cache's in-process tier; nil unless Options.LocalCacheEntries > 0
+	local     *localtier.Tier               // Cache's in-process tier; nil unless Options.LocalCacheEntries > 0
 	nodeOpts  *redis.Options                // the Service's own copy of a single node's options, for the tier's trackers; nil for a cluster or failover client passed in
 	deadlines *deadline.Bounder             // bounds calls without a deadline of their own
 	tel       *telemetry                    // nil unless Options.MeterProvider or TracerProvider is set
@@ -140,12 +141,12 @@ func New(opts Options) (*Service, error) {
 	}
 	if c, ok := opts.Client.(*redis.Client); ok && c.Options().Addr != "FailoverClient" {
 		// A shallow copy now, before any tracker: go-redis writes only
-		// behind the pointers that trackerOptions replaces.
+		// behind the pointers that the tier's trackers replace.
 		own := *c.Options()
 		s.nodeOpts = &own
 	}
 	if opts.LocalCacheEntries > 0 {
-		s.local = newLocalTier(opts.LocalCacheEntries, opts.LocalCacheBytes)
+		s.local = localtier.New(localtier.Config{Entries: opts.LocalCacheEntries, Bytes: opts.LocalCacheBytes, Prefix: s.prefix, Log: s.log})
 		s.goBackground(s.track)
 	}
 	return s, nil
@@ -193,7 +194,7 @@ func (s *Service) Close() error {
 	s.flights.close(s.opts.Timeout)
 	s.bg.Wait()
 	if s.local != nil {
-		s.local.close()
+		s.local.Close()
 	}
 	s.tel.close()
 	s.breaker.MarkDown() // starts no ping: goBackground refuses after Close
