@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -126,6 +127,36 @@ func TestLocalCacheCoherence(t *testing.T) {
 			require.Eventually(t, func() bool { return !localHas[int](s, key) && !localHas[float64](s, key) }, invalidationBound, time.Millisecond,
 				"every type's copy dropped")
 		})
+	})
+}
+
+// TestLocalCacheNullAsInterface: a JSON null read as an interface type is
+// a nil value that the tier keeps and returns like any other.
+func TestLocalCacheNullAsInterface(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		var s *Service
+		if b.real() {
+			s = localService(t, b, 10)
+		} else { // no tracking: a tier in use that follows no node
+			s = b.service(t, Options{})
+			useLocalTier(t, s, 10)
+		}
+		ctx := ctxT(t)
+		var loads atomic.Int32
+		load := func(context.Context) (any, error) { loads.Add(1); return nil, nil }
+		for i := range 3 { // a load, a read from Redis that fills the tier, a local hit
+			v, err := Cache(ctx, s, "null", time.Minute, load)
+			require.NoError(t, err, "call %d", i)
+			assert.Nil(t, v, "call %d", i)
+			if i == 1 {
+				require.Eventually(t, func() bool {
+					_, err := Cache(ctx, s, "null", time.Minute, load)
+					return err == nil && localHas[any](s, "null")
+				}, 10*time.Second, time.Millisecond, "the tier holds the null")
+			}
+		}
+		assert.EqualValues(t, 1, loads.Load(), "loads")
 	})
 }
 

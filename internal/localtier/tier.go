@@ -150,7 +150,8 @@ func Get[T any](lt *Tier, name string, now int64) (v T, stale, ok bool) {
 	if !ok || (e.expires != 0 && now >= e.expires) || !lt.Usable() {
 		return v, false, false
 	}
-	return e.val.(T), e.stale != 0 && now >= e.stale, true
+	v, _ = e.val.(T) // a nil T (JSON null read as an interface) is stored as a nil any
+	return v, e.stale != 0 && now >= e.stale, true
 }
 
 // Holds reports whether lt holds a copy of name as a T that its key's TTL

@@ -119,6 +119,19 @@ func TestTicketOfANode(t *testing.T) {
 	assert.Equal(t, Ticket{}, lt.Ticket("k", "10.0.0.2:6379"), "a ticket for another node")
 }
 
+func TestGetNilInterface(t *testing.T) {
+	t.Parallel()
+	lt := newTier(t, 10, 1<<20)
+	Put[any](lt, "k", lt.Ticket("k", ""), nil, 4, time.Now(), time.Minute, 0) // JSON null read as an any
+	v, _, ok := Get[any](lt, "k", time.Now().UnixNano())
+	require.True(t, ok, "Get of a nil value")
+	assert.Nil(t, v)
+	Put[error](lt, "e", lt.Ticket("e", ""), nil, 4, time.Now(), time.Minute, 0)
+	e, _, ok := Get[error](lt, "e", time.Now().UnixNano())
+	require.True(t, ok, "Get of a nil error")
+	assert.NoError(t, e)
+}
+
 func TestInvalidateDropsEveryType(t *testing.T) {
 	t.Parallel()
 	lt := newTier(t, 10, 1<<20)
