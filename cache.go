@@ -66,14 +66,7 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	fk := flightKey{key: key, typ: reflect.TypeFor[T]()}
 	lt := s.local
 	if lt != nil && !s.closed.Load() {
-		if v, stale, ok := localtier.Get[T](lt, key, time.Now().UnixNano()); ok {
-			s.found(true)
-			if stale {
-				s.tel.cacheResult(ctx, cacheStale)
-				refresh(ctx, s, fk, ttl, load, co)
-			} else {
-				s.tel.cacheResult(ctx, cacheLocalHit)
-			}
+		if v, ok := localHit(ctx, s, fk, ttl, load, co); ok {
 			return v, nil
 		}
 	}
@@ -121,6 +114,23 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 		err = readErr
 	}
 	return v, err
+}
+
+// localHit returns fk's value from the local tier, if the tier has it,
+// counting the hit, and starts a refresh when the value is stale.
+func localHit[T any](ctx context.Context, s *Service, fk flightKey, ttl time.Duration, load func(context.Context) (T, error), co cacheOptions) (T, bool) {
+	v, stale, ok := localtier.Get[T](s.local, fk.key, time.Now().UnixNano())
+	if !ok {
+		return v, false
+	}
+	s.found(true)
+	if stale {
+		s.tel.cacheResult(ctx, cacheStale)
+		refresh(ctx, s, fk, ttl, load, co)
+	} else {
+		s.tel.cacheResult(ctx, cacheLocalHit)
+	}
+	return v, true
 }
 
 // loadOnly is Cache for a key it must not or cannot touch in Redis: it
