@@ -74,51 +74,8 @@ func New(opts Options) (*Service, error) {
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	if opts.Client != nil {
 		s.rdb = opts.Client
-	} else {
-		ro, err := parseURL(opts.URL)
-		if err != nil {
-			return nil, err
-		}
-		if ro.TLSConfig != nil && opts.TLSConfig != nil {
-			tc := opts.TLSConfig.Clone()
-			if tc.ServerName == "" {
-				tc.ServerName = ro.TLSConfig.ServerName
-			}
-			ro.TLSConfig = tc
-		}
-		ro.DialTimeout = opts.DialTimeout
-		ro.ReadTimeout = opts.Timeout
-		ro.WriteTimeout = opts.Timeout
-		ro.PoolTimeout = opts.PoolTimeout
-		ro.MaxRetries = opts.MaxRetries
-		// One dial attempt per try: against a refused port, go-redis's
-		// default of five attempts 100ms apart would hold every call.
-		ro.DialerRetries = 1
-		// Nor retry a refused dial after a backoff.
-		ro.Dialer = breaker.NoRetryOnRefused(redis.NewDialer(ro))
-		ro.ContextTimeoutEnabled = true
-		if opts.PoolSize > 0 {
-			ro.PoolSize = opts.PoolSize
-		}
-		if opts.ClientSideCache {
-			if err := clientSideCache(ro, opts); err != nil {
-				return nil, err
-			}
-		}
-		own := *ro // newClient copies ro: this copy is never a live client's
-		s.nodeOpts = &own
-		c := newClient(ro, opts) // a failover client with Options.SentinelMaster
-		s.rdb, s.hot, s.ownClient = c, c, true
-		if opts.AutoPipeline {
-			// The blocking face: each call waits for its own reply, as
-			// with the plain client. Closing c closes it too.
-			ap, err := c.AutoPipeline()
-			if err != nil {
-				_ = c.Close()
-				return nil, fmt.Errorf("%w: AutoPipeline: %w", ErrInvalidArgument, err)
-			}
-			s.hot = ap
-		}
+	} else if err := s.dial(opts); err != nil {
+		return nil, err
 	}
 	if s.hot == nil {
 		s.hot = s.rdb
@@ -150,6 +107,56 @@ func New(opts Options) (*Service, error) {
 		s.goBackground(s.track)
 	}
 	return s, nil
+}
+
+// dial makes the Service's own client from opts.URL and the options that
+// shape it.
+func (s *Service) dial(opts Options) error {
+	ro, err := parseURL(opts.URL)
+	if err != nil {
+		return err
+	}
+	if ro.TLSConfig != nil && opts.TLSConfig != nil {
+		tc := opts.TLSConfig.Clone()
+		if tc.ServerName == "" {
+			tc.ServerName = ro.TLSConfig.ServerName
+		}
+		ro.TLSConfig = tc
+	}
+	ro.DialTimeout = opts.DialTimeout
+	ro.ReadTimeout = opts.Timeout
+	ro.WriteTimeout = opts.Timeout
+	ro.PoolTimeout = opts.PoolTimeout
+	ro.MaxRetries = opts.MaxRetries
+	// One dial attempt per try: against a refused port, go-redis's
+	// default of five attempts 100ms apart would hold every call.
+	ro.DialerRetries = 1
+	// Nor retry a refused dial after a backoff.
+	ro.Dialer = breaker.NoRetryOnRefused(redis.NewDialer(ro))
+	ro.ContextTimeoutEnabled = true
+	if opts.PoolSize > 0 {
+		ro.PoolSize = opts.PoolSize
+	}
+	if opts.ClientSideCache {
+		if err := clientSideCache(ro, opts); err != nil {
+			return err
+		}
+	}
+	own := *ro // newClient copies ro: this copy is never a live client's
+	s.nodeOpts = &own
+	c := newClient(ro, opts) // a failover client with Options.SentinelMaster
+	s.rdb, s.hot, s.ownClient = c, c, true
+	if opts.AutoPipeline {
+		// The blocking face: each call waits for its own reply, as
+		// with the plain client. Closing c closes it too.
+		ap, err := c.AutoPipeline()
+		if err != nil {
+			_ = c.Close()
+			return fmt.Errorf("%w: AutoPipeline: %w", ErrInvalidArgument, err)
+		}
+		s.hot = ap
+	}
+	return nil
 }
 
 // clientSideCache turns on go-redis's client-side cache in ro, which must
