@@ -139,10 +139,10 @@ const maxEntryShare = 16
 // read and filled.
 func (lt *Tier) Usable() bool { return lt.down.Load() == 0 && !lt.off.Load() }
 
-// Get returns key's value as a T, unless it is missing, its key has
+// Get returns name's value as a T, unless it is missing, its key has
 // expired in Redis by now (unix nanos), or the tier is not usable. stale
 // reports that now is past the value's StaleWhileRevalidate point (see
-// [Put]). Get takes no lock and allocates nothing.
+// [Put]). Get allocates nothing.
 func Get[T any](lt *Tier, name string, now int64) (v T, stale, ok bool) {
 	e, ok := lt.store.GetIfPresent(key{name: name, typ: reflect.TypeFor[T]()})
 	// usable is asked after the lookup: a copy found after the tier went
