@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/vevurn/redisservice/internal/localtier"
 )
 
 // Cache returns the value cached at key, or loads, caches and returns it
@@ -64,16 +66,8 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	fk := flightKey{key: key, typ: reflect.TypeFor[T]()}
 	lt := s.local
 	if lt != nil && !s.closed.Load() {
-		now := time.Now().UnixNano()
-		if e, ok := lt.get(fk, now); ok {
-			s.found(true)
-			if e.stale != 0 && now >= e.stale {
-				s.tel.cacheResult(ctx, cacheStale)
-				refresh(ctx, s, fk, ttl, load, co)
-			} else {
-				s.tel.cacheResult(ctx, cacheLocalHit)
-			}
-			return e.val.(T), nil
+		if v, ok := localHit(ctx, s, fk, ttl, load, co); ok {
+			return v, nil
 		}
 	}
 	rk := readKey{key: key, withTTL: lt != nil || co.swr > 0, notFound: co.notFound > 0}
@@ -82,7 +76,7 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	case hit:
 		s.found(true)
 		if lt != nil {
-			lt.put(fk, reply.ticket, v, len(reply.b), reply.start, reply.pttl, co.swr)
+			localtier.Put(lt, key, reply.ticket, v, len(reply.b), reply.start, reply.pttl, co.swr)
 		}
 		if co.swr > 0 && reply.pttl >= 0 && reply.pttl <= co.swr {
 			s.tel.cacheResult(ctx, cacheStale)
@@ -122,6 +116,23 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 	return v, err
 }
 
+// localHit returns fk's value from the local tier, if the tier has it,
+// counting the hit, and starts a refresh when the value is stale.
+func localHit[T any](ctx context.Context, s *Service, fk flightKey, ttl time.Duration, load func(context.Context) (T, error), co cacheOptions) (T, bool) {
+	v, stale, ok := localtier.Get[T](s.local, fk.key, time.Now().UnixNano())
+	if !ok {
+		return v, false
+	}
+	s.found(true)
+	if stale {
+		s.tel.cacheResult(ctx, cacheStale)
+		refresh(ctx, s, fk, ttl, load, co)
+	} else {
+		s.tel.cacheResult(ctx, cacheLocalHit)
+	}
+	return v, true
+}
+
 // loadOnly is Cache for a key it must not or cannot touch in Redis: it
 // calls load in the caller's goroutine and returns its value with
 // refused, or load's error. A panic in load is returned as an error, as
@@ -159,11 +170,11 @@ type readKey struct {
 // readReply is what one read of a key found.
 type readReply struct {
 	b        []byte
-	pttl     time.Duration // the key's PTTL (-1: none) when read withTTL
-	notFound bool          // the key is missing and its not-found marker exists
-	locked   bool          // lockTake: this process took the fleet lock; lockCheck: the lock is held
-	start    time.Time     // when the read was sent
-	ticket   localTicket   // the local tier's, taken before the read was sent
+	pttl     time.Duration    // the key's PTTL (-1: none) when read withTTL
+	notFound bool             // the key is missing and its not-found marker exists
+	locked   bool             // lockTake: this process took the fleet lock; lockCheck: the lock is held
+	start    time.Time        // when the read was sent
+	ticket   localtier.Ticket // the local tier's, taken before the read was sent
 }
 
 // cacheRead reads rk.key and what rk asks for, in one round trip, and
@@ -224,9 +235,9 @@ func (s *Service) readCached(ctx context.Context, rk readKey, lock lockOp) (read
 			// MOVED, ASK, or another refusal: read through the cluster
 			// client, which follows them, and keep nothing.
 			if isRedirect(err) {
-				s.local.raiseDoubt()
+				s.local.RaiseDoubt()
 			}
-			r.ticket = localTicket{}
+			r.ticket = localtier.Ticket{}
 		}
 	}
 	return s.readFrom(ctx, s.rdb, rk, lock, r)

@@ -70,7 +70,7 @@ func refresh[T any](ctx context.Context, s *Service, fk flightKey, ttl time.Dura
 // dropLocal drops the local tier's copies of key.
 func (s *Service) dropLocal(key string) {
 	if s.local != nil {
-		s.local.invalidate(key)
+		s.local.Invalidate(key)
 	}
 }
 

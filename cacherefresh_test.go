@@ -98,7 +98,7 @@ func TestCacheRefreshDropsStaleLocalCopy(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		s := b.service(t, Options{})
-		useLocalTier(s, 100)
+		useLocalTier(t, s, 100)
 		ctx := ctxT(t)
 		const d = time.Hour
 		k := keyOf[string]("k")
@@ -147,7 +147,7 @@ func TestCacheRefreshDropsStaleLocalCopy(t *testing.T) {
 		select {
 		case <-forgotten:
 		case <-time.After(10 * time.Second):
-			t.Fatal("the refresh's mark is never cleared")
+			require.FailNow(t, "the refresh's mark is never cleared")
 		}
 		require.EqualValues(t, 1, loads.Load())
 		assert.False(t, atForget.hadCopy, "the stale local copy outlived the refresh's mark")

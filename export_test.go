@@ -3,7 +3,13 @@ package redisservice
 import (
 	"context"
 	"reflect"
+	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/vevurn/redisservice/internal/localtier"
 )
 
 // Test-only hooks into the Cache's groups and tier.
@@ -51,24 +57,24 @@ func (g *readGroup[K, V]) readers(key K) int {
 
 // localHas reports whether the local tier holds a live copy of key as a
 // T, whether or not the tier is usable now.
-func localHas[T any](s *Service, key string) bool {
-	e, ok := s.local.store.GetIfPresent(flightKey{key: key, typ: reflect.TypeFor[T]()})
-	return ok && (e.expires == 0 || time.Now().UnixNano() < e.expires)
-}
+func localHas[T any](s *Service, key string) bool { return localtier.Holds[T](s.local, key) }
 
 // useLocalTier gives s, made without one, a local tier of n entries in
-// use without tracking: only Cache itself drops its copies. Call it
-// before s is used.
-func useLocalTier(s *Service, n int) {
-	lt := newLocalTier(n, 64<<20)
-	lt.setUp()
+// use without tracking: it follows no node, so only Cache itself drops
+// its copies. Call it before s is used.
+func useLocalTier(t testing.TB, s *Service, n int) {
+	t.Helper()
+	lt := localtier.New(localtier.Config{Entries: n, Bytes: 64 << 20, Prefix: s.prefix, Log: s.log})
 	s.local = lt
+	none := localtier.Topology{List: func(context.Context) (map[string]*redis.Options, string, error) { return nil, "", nil }}
+	require.True(t, s.goBackground(func(ctx context.Context) { lt.Follow(ctx, none, s.goBackground) }))
+	require.Eventually(t, lt.Usable, 10*time.Second, time.Millisecond, "the local tier comes into use")
 }
 
 // putLocal puts v in s's local tier as if read now from Redis with the
 // remaining time to live pttl, under StaleWhileRevalidate(swr).
 func putLocal[T any](s *Service, key string, v T, pttl, swr time.Duration) {
-	s.local.put(keyOf[T](key), s.local.ticket(key, ""), v, 1, time.Now(), pttl, swr)
+	localtier.Put(s.local, key, s.local.Ticket(key, ""), v, 1, time.Now(), pttl, swr)
 }
 
 // refreshNow asks for a StaleWhileRevalidate refresh of key, as a call

@@ -5,11 +5,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"reflect"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -130,6 +130,36 @@ func TestLocalCacheCoherence(t *testing.T) {
 	})
 }
 
+// TestLocalCacheNullAsInterface: a JSON null read as an interface type is
+// a nil value that the tier keeps and returns like any other.
+func TestLocalCacheNullAsInterface(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		var s *Service
+		if b.real() {
+			s = localService(t, b, 10)
+		} else { // no tracking: a tier in use that follows no node
+			s = b.service(t, Options{})
+			useLocalTier(t, s, 10)
+		}
+		ctx := ctxT(t)
+		var loads atomic.Int32
+		load := func(context.Context) (any, error) { loads.Add(1); return nil, nil }
+		for i := range 3 { // a load, a read from Redis that fills the tier, a local hit
+			v, err := Cache(ctx, s, "null", time.Minute, load)
+			require.NoError(t, err, "call %d", i)
+			assert.Nil(t, v, "call %d", i)
+			if i == 1 {
+				require.Eventually(t, func() bool {
+					_, err := Cache(ctx, s, "null", time.Minute, load)
+					return err == nil && localHas[any](s, "null")
+				}, 10*time.Second, time.Millisecond, "the tier holds the null")
+			}
+		}
+		assert.EqualValues(t, 1, loads.Load(), "loads")
+	})
+}
+
 func TestLocalCacheHitIsLocal(t *testing.T) { // not parallel: AllocsPerRun
 	b := newBackend(t, "redis")
 	s := localService(t, b, 100)
@@ -140,7 +170,7 @@ func TestLocalCacheHitIsLocal(t *testing.T) { // not parallel: AllocsPerRun
 	allocs := testing.AllocsPerRun(100, func() {
 		v, err := Cache(ctx, s, "hot", time.Minute, func(context.Context) (string, error) { return "loaded", nil })
 		if err != nil || v != "v" {
-			t.Fatalf("Cache = %q, %v", v, err)
+			require.FailNow(t, fmt.Sprintf("Cache = %q, %v", v, err))
 		}
 	})
 	assert.Zero(t, allocs, "allocations per local hit")
@@ -260,83 +290,12 @@ func TestLocalCacheAfterClose(t *testing.T) {
 	assert.Equal(t, "loaded", v, "Cache after Close returns the loader's value, not a local copy")
 }
 
-func TestLocalTierTickets(t *testing.T) {
-	t.Parallel()
-	fk := flightKey{key: "k", typ: reflect.TypeFor[string]()}
-	newTier := func() *localTier {
-		lt := newLocalTier(10, 1<<20)
-		t.Cleanup(lt.close)
-		lt.settleDoubt(lt.doubtSeq()) // as a discovery that found no node to wait for would
-		require.True(t, lt.usable())
-		return lt
-	}
-	has := func(lt *localTier) bool { _, ok := lt.get(fk, time.Now().UnixNano()); return ok }
-
-	lt := newTier()
-	tk := lt.ticket("k", "")
-	lt.put(fk, tk, "v", 1, time.Now(), time.Minute, 0)
-	assert.True(t, has(lt), "a value read with no invalidation meanwhile is kept")
-
-	lt = newTier()
-	tk = lt.ticket("k", "")
-	lt.invalidate("k") // the key changed while the read was in flight
-	lt.put(fk, tk, "old", 1, time.Now(), time.Minute, 0)
-	assert.False(t, has(lt), "a value read before an invalidation of its key")
-
-	lt = newTier()
-	tk = lt.ticket("k", "")
-	lt.invalidate("other")
-	lt.invalidate("k2")
-	lt.put(fk, tk, "v", 1, time.Now(), time.Minute, 0)
-	// Other keys may share the stripe: then the value is dropped too, a miss
-	// but never a stale read. Keys of other stripes do not matter.
-	if lt.stripe("other") != lt.stripe("k") && lt.stripe("k2") != lt.stripe("k") {
-		assert.True(t, has(lt), "invalidations of keys of other stripes")
-	}
-
-	lt = newTier()
-	tk = lt.ticket("k", "")
-	lt.setDown() // the tracker reconnects while the read is in flight
-	lt.setUp()
-	lt.put(fk, tk, "v", 1, time.Now(), time.Minute, 0)
-	assert.False(t, has(lt), "a value read across a reconnect of the tracker")
-
-	lt = newTier()
-	lt.setDown()
-	tk = lt.ticket("k", "")
-	lt.setUp()
-	lt.put(fk, tk, "v", 1, time.Now(), time.Minute, 0)
-	assert.False(t, has(lt), "a value read while the tier was unused")
-
-	lt = newTier()
-	lt.put(fk, lt.ticket("k", ""), "v", 1, time.Now(), -2, 0)
-	assert.False(t, has(lt), "a key that was gone (PTTL -2)")
-	lt.put(fk, lt.ticket("k", ""), "v", 1, time.Now(), -1, 0)
-	assert.True(t, has(lt), "a key without a TTL is kept until invalidated")
-	lt.invalidate("k")
-	assert.False(t, has(lt))
-
-	lt = newTier()
-	start := time.Now()
-	lt.put(fk, lt.ticket("k", ""), "v", 1, start, time.Minute, 0)
-	_, ok := lt.get(fk, start.Add(time.Minute-time.Millisecond).UnixNano())
-	require.True(t, ok, "a copy before its key's PTTL ends")
-	_, ok = lt.get(fk, start.Add(time.Minute).UnixNano())
-	assert.False(t, ok, "a copy outlived its key's PTTL")
-
-	lt = newTier()
-	start = time.Now()
-	lt.put(fk, lt.ticket("k", ""), "v", 1, start, time.Minute, 50*time.Second)
-	e, ok := lt.get(fk, start.UnixNano())
-	require.True(t, ok)
-	assert.Equal(t, start.Add(10*time.Second).UnixNano(), e.stale, "stale once PTTL falls to the StaleWhileRevalidate window")
-}
-
 func TestLocalCacheBytes(t *testing.T) { // not parallel: it measures the heap
 	t.Run("default", func(t *testing.T) {
+		// The tier's own test (internal/localtier) checks that it is bound
+		// by the Bytes it is given.
 		s := newService(t, Options{URL: "redis://" + closedPort(t), LocalCacheEntries: 1000})
-		assert.True(t, s.local.store.IsWeighted())
-		assert.EqualValues(t, 64<<20, s.local.store.GetMaximum(), "the tier's bound without LocalCacheBytes")
+		assert.EqualValues(t, 64<<20, s.opts.LocalCacheBytes, "the tier's bound without LocalCacheBytes")
 	})
 	t.Run("filled", func(t *testing.T) {
 		const (
@@ -365,13 +324,7 @@ func TestLocalCacheBytes(t *testing.T) { // not parallel: it measures the heap
 				require.Len(t, v, len(big))
 			}
 		}
-		s.local.store.CleanUp()
-		held := 0
-		for i := range n {
-			if localHas[string](s, "big:"+strconv.Itoa(i)) {
-				held++
-			}
-		}
+		held := s.local.Len()
 		grew := int64(heap()) - int64(before)
 		t.Logf("%d of %d values of %d KiB held; heap grew by %d KiB", held, n, value>>10, grew>>10)
 		assert.LessOrEqual(t, held*value, bound, "values held")
@@ -380,68 +333,22 @@ func TestLocalCacheBytes(t *testing.T) { // not parallel: it measures the heap
 	})
 }
 
-func TestLocalTierBounds(t *testing.T) {
-	t.Parallel()
-	has := func(lt *localTier, k string) bool {
-		_, ok := lt.get(flightKey{key: k, typ: reflect.TypeFor[string]()}, time.Now().UnixNano())
-		return ok
-	}
-	put := func(lt *localTier, k string, size int) {
-		lt.put(flightKey{key: k, typ: reflect.TypeFor[string]()}, lt.ticket(k, ""), "v", size, time.Now(), time.Minute, 0)
-	}
-	newTier := func(entries int, bytes int64) *localTier {
-		lt := newLocalTier(entries, bytes)
-		t.Cleanup(lt.close)
-		lt.settleDoubt(lt.doubtSeq())
-		require.True(t, lt.usable())
-		return lt
-	}
-
-	lt := newTier(100, 1<<20)
-	put(lt, "small", 1<<16)
-	put(lt, "large", 1<<16+1)
-	assert.True(t, has(lt, "small"), "a value of LocalCacheBytes/16")
-	assert.False(t, has(lt, "large"), "a value longer than LocalCacheBytes/16 is not kept")
-
-	lt = newTier(100, 1<<30) // entries bind
-	for i := range 1000 {
-		put(lt, strconv.Itoa(i), 10)
-	}
-	lt.store.CleanUp()
-	assert.LessOrEqual(t, lt.store.EstimatedSize(), 100, "entries kept with LocalCacheEntries 100")
-	assert.Positive(t, lt.store.EstimatedSize())
-
-	lt = newTier(1000, 1<<20) // bytes bind
-	for i := range 1000 {
-		put(lt, strconv.Itoa(i), 10_000)
-	}
-	lt.store.CleanUp()
-	assert.LessOrEqual(t, lt.store.WeightedSize(), uint64(1<<20), "weight kept with LocalCacheBytes 1 MiB")
-	assert.LessOrEqual(t, lt.store.EstimatedSize(), (1<<20)/10_000, "entries of 10 kB kept in 1 MiB")
-	assert.Positive(t, lt.store.EstimatedSize())
-}
-
-func TestLocalCacheCloseStopsItsGoroutines(t *testing.T) {
-	t.Parallel()
-	b := newBackend(t, "miniredis")
-	s := b.service(t, Options{LocalCacheEntries: 10})
-	require.NoError(t, s.Close())
-	// otter's clean-up goroutine: a second stop reports false.
-	assert.False(t, s.local.store.StopAllGoroutines(), "otter's goroutine was still running after Close")
-}
-
 func TestLocalTierOptionsAreTheServicesOwn(t *testing.T) {
 	t.Parallel()
+	// The trackers' own options replace what go-redis writes to
+	// (internal/localtier TestTrackerOptions); TestLocalTierTrackerOptionsRace
+	// runs it all under -race.
 	c := redis.NewClient(&redis.Options{Addr: closedPort(t), Protocol: 3})
 	t.Cleanup(func() { _ = c.Close() })
 	s := newService(t, Options{Client: c, LocalCacheEntries: 10})
 	require.NotNil(t, s.nodeOpts)
 	require.NotSame(t, c.Options(), s.nodeOpts, "the Service keeps a copy of the client's options")
-	lt := newLocalTier(10, 1<<20)
-	t.Cleanup(lt.close)
-	o := s.trackerOptions(newNodeTracker(lt, "x"), s.nodeOpts)
-	require.NotNil(t, c.Options().MaintNotificationsConfig)
-	assert.NotSame(t, c.Options().MaintNotificationsConfig, o.MaintNotificationsConfig,
-		"the tracker's options share the config that the client's handshakes write")
-	assert.Equal(t, c.Options().Addr, o.Addr)
+	assert.Equal(t, c.Options().Addr, s.nodeOpts.Addr)
+	top, closeTop, err := s.topology()
+	require.NoError(t, err)
+	t.Cleanup(closeTop)
+	nodes, _, err := top.List(ctxT(t))
+	require.NoError(t, err)
+	require.Len(t, nodes, 1)
+	assert.Same(t, s.nodeOpts, nodes[c.Options().Addr], "the tracker's base options are the Service's copy")
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vevurn/redisservice/internal/breaker"
 	"github.com/vevurn/redisservice/internal/deadline"
+	"github.com/vevurn/redisservice/internal/localtier"
 )
 
 // Service is the Redis layer of an application: strings, JSON, hashes,
@@ -39,7 +40,7 @@ type Service struct {
 	logGate   logGate
 	flights   flightGroup                   // Cache's loads in progress
 	reads     readGroup[readKey, readReply] // Cache's reads in progress
-	local     *localTier                    // Cache's in-process tier; nil unless Options.LocalCacheEntries > 0
+	local     *localtier.Tier               // Cache's in-process tier; nil unless Options.LocalCacheEntries > 0
 	nodeOpts  *redis.Options                // the Service's own copy of a single node's options, for the tier's trackers; nil for a cluster or failover client passed in
 	deadlines *deadline.Bounder             // bounds calls without a deadline of their own
 	tel       *telemetry                    // nil unless Options.MeterProvider or TracerProvider is set
@@ -73,51 +74,8 @@ func New(opts Options) (*Service, error) {
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	if opts.Client != nil {
 		s.rdb = opts.Client
-	} else {
-		ro, err := parseURL(opts.URL)
-		if err != nil {
-			return nil, err
-		}
-		if ro.TLSConfig != nil && opts.TLSConfig != nil {
-			tc := opts.TLSConfig.Clone()
-			if tc.ServerName == "" {
-				tc.ServerName = ro.TLSConfig.ServerName
-			}
-			ro.TLSConfig = tc
-		}
-		ro.DialTimeout = opts.DialTimeout
-		ro.ReadTimeout = opts.Timeout
-		ro.WriteTimeout = opts.Timeout
-		ro.PoolTimeout = opts.PoolTimeout
-		ro.MaxRetries = opts.MaxRetries
-		// One dial attempt per try: against a refused port, go-redis's
-		// default of five attempts 100ms apart would hold every call.
-		ro.DialerRetries = 1
-		// Nor retry a refused dial after a backoff.
-		ro.Dialer = breaker.NoRetryOnRefused(redis.NewDialer(ro))
-		ro.ContextTimeoutEnabled = true
-		if opts.PoolSize > 0 {
-			ro.PoolSize = opts.PoolSize
-		}
-		if opts.ClientSideCache {
-			if err := clientSideCache(ro, opts); err != nil {
-				return nil, err
-			}
-		}
-		own := *ro // newClient copies ro: this copy is never a live client's
-		s.nodeOpts = &own
-		c := newClient(ro, opts) // a failover client with Options.SentinelMaster
-		s.rdb, s.hot, s.ownClient = c, c, true
-		if opts.AutoPipeline {
-			// The blocking face: each call waits for its own reply, as
-			// with the plain client. Closing c closes it too.
-			ap, err := c.AutoPipeline()
-			if err != nil {
-				_ = c.Close()
-				return nil, fmt.Errorf("%w: AutoPipeline: %w", ErrInvalidArgument, err)
-			}
-			s.hot = ap
-		}
+	} else if err := s.dial(opts); err != nil {
+		return nil, err
 	}
 	if s.hot == nil {
 		s.hot = s.rdb
@@ -140,15 +98,65 @@ func New(opts Options) (*Service, error) {
 	}
 	if c, ok := opts.Client.(*redis.Client); ok && c.Options().Addr != "FailoverClient" {
 		// A shallow copy now, before any tracker: go-redis writes only
-		// behind the pointers that trackerOptions replaces.
+		// behind the pointers that the tier's trackers replace.
 		own := *c.Options()
 		s.nodeOpts = &own
 	}
 	if opts.LocalCacheEntries > 0 {
-		s.local = newLocalTier(opts.LocalCacheEntries, opts.LocalCacheBytes)
+		s.local = localtier.New(localtier.Config{Entries: opts.LocalCacheEntries, Bytes: opts.LocalCacheBytes, Prefix: s.prefix, Log: s.log})
 		s.goBackground(s.track)
 	}
 	return s, nil
+}
+
+// dial makes the Service's own client from opts.URL and the options that
+// shape it.
+func (s *Service) dial(opts Options) error {
+	ro, err := parseURL(opts.URL)
+	if err != nil {
+		return err
+	}
+	if ro.TLSConfig != nil && opts.TLSConfig != nil {
+		tc := opts.TLSConfig.Clone()
+		if tc.ServerName == "" {
+			tc.ServerName = ro.TLSConfig.ServerName
+		}
+		ro.TLSConfig = tc
+	}
+	ro.DialTimeout = opts.DialTimeout
+	ro.ReadTimeout = opts.Timeout
+	ro.WriteTimeout = opts.Timeout
+	ro.PoolTimeout = opts.PoolTimeout
+	ro.MaxRetries = opts.MaxRetries
+	// One dial attempt per try: against a refused port, go-redis's
+	// default of five attempts 100ms apart would hold every call.
+	ro.DialerRetries = 1
+	// Nor retry a refused dial after a backoff.
+	ro.Dialer = breaker.NoRetryOnRefused(redis.NewDialer(ro))
+	ro.ContextTimeoutEnabled = true
+	if opts.PoolSize > 0 {
+		ro.PoolSize = opts.PoolSize
+	}
+	if opts.ClientSideCache {
+		if err := clientSideCache(ro, opts); err != nil {
+			return err
+		}
+	}
+	own := *ro // newClient copies ro: this copy is never a live client's
+	s.nodeOpts = &own
+	c := newClient(ro, opts) // a failover client with Options.SentinelMaster
+	s.rdb, s.hot, s.ownClient = c, c, true
+	if opts.AutoPipeline {
+		// The blocking face: each call waits for its own reply, as
+		// with the plain client. Closing c closes it too.
+		ap, err := c.AutoPipeline()
+		if err != nil {
+			_ = c.Close()
+			return fmt.Errorf("%w: AutoPipeline: %w", ErrInvalidArgument, err)
+		}
+		s.hot = ap
+	}
+	return nil
 }
 
 // clientSideCache turns on go-redis's client-side cache in ro, which must
@@ -193,7 +201,7 @@ func (s *Service) Close() error {
 	s.flights.close(s.opts.Timeout)
 	s.bg.Wait()
 	if s.local != nil {
-		s.local.close()
+		s.local.Close()
 	}
 	s.tel.close()
 	s.breaker.MarkDown() // starts no ping: goBackground refuses after Close

@@ -7,9 +7,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/vevurn/redisservice/internal/localtier"
 )
 
 // The nodes that the local tier tracks. The tier must hear of every write
@@ -20,131 +21,56 @@ import (
 // a promotion within the tracked set loses nothing. The set comes from the
 // sentinels (the master and every replica that some sentinel reports up)
 // or from the cluster (every node serving slots), listed again every
-// trackingRediscover; a change of the set or of the slots empties the tier.
+// second ([localtier.Tier.Follow]); a change of the set or of the slots
+// empties the tier.
 //
 // A node that joins is tracked from the first listing that names it. On a
 // cluster a value is kept only when read from the slot's master, directly,
 // with that master tracked (ticket): a MOVED or ASK reply, the sign of a
 // node the listing may not know yet, empties the tier and keeps it unused
-// until the nodes are listed again (raiseDoubt).
+// until the nodes are listed again ([localtier.Tier.RaiseDoubt]).
 
-// trackingRediscover is how often the nodes are listed again.
-const trackingRediscover = time.Second
-
-// topology lists the nodes to track. rediscover is false when the set
-// cannot change (one node).
-type topology struct {
-	rediscover bool
-	// list returns the options of each node, by address, and a fingerprint
-	// of the roles and slots that changes when they do.
-	list  func(ctx context.Context) (map[string]*redis.Options, string, error)
-	close func()
-}
-
-// track keeps a tracker for every node that topology lists. It runs in the
-// background from New until Close.
+// track keeps the local tier coherent with the nodes of s's client. It
+// runs in the background from New until Close.
 func (s *Service) track(ctx context.Context) {
-	lt := s.local
-	top, err := s.topology()
+	top, closeTop, err := s.topology()
 	if err != nil {
-		s.localOff(err)
+		s.local.Off(err)
 		return
 	}
-	defer top.close()
-	trackers := make(map[string]context.CancelFunc) // by address
-	var fingerprint string
-	first := true
-	for {
-		started := time.Now()
-		seq := lt.doubtSeq()
-		nodes, fp, err := top.list(ctx)
-		if errors.Is(err, errNoTracking) {
-			s.localOff(err)
-			return
-		}
-		if err == nil {
-			if !first && fp != fingerprint {
-				lt.clear() // roles or slots moved: start again from what Redis says now
-			}
-			first, fingerprint = false, fp
-			if !s.trackNodes(ctx, nodes, trackers) {
-				return
-			}
-			lt.settleDoubt(seq)
-		}
-		var again <-chan time.Time // nil: a set that cannot change is listed again only when asked
-		if top.rediscover || err != nil {
-			again = time.After(trackingRediscover)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-again:
-		case <-lt.nudge:
-			// Redirections during a resharding come by the hundred: list
-			// at most every trackingRetry.
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Until(started.Add(trackingRetry))):
-			}
-		}
-	}
+	defer closeTop()
+	s.local.Follow(ctx, top, s.goBackground)
 }
 
-// trackNodes starts a tracker for each node of nodes not tracked yet, and
-// stops those of nodes gone. It reports false once Close has begun.
-func (s *Service) trackNodes(ctx context.Context, nodes map[string]*redis.Options, trackers map[string]context.CancelFunc) bool {
-	lt := s.local
-	all := make(map[string]*nodeTracker, len(nodes))
-	for addr, t := range *lt.nodes.Load() {
-		if _, ok := nodes[addr]; ok {
-			all[addr] = t
-		}
-	}
-	for addr, o := range nodes {
-		if _, ok := trackers[addr]; ok {
-			continue
-		}
-		t := newNodeTracker(lt, addr)
-		tctx, cancel := context.WithCancel(ctx)
-		if !s.goBackground(func(context.Context) { s.trackNode(tctx, t, o) }) {
-			cancel()
-			t.stop()
-			return false
-		}
-		trackers[addr], all[addr] = cancel, t
-	}
-	lt.nodes.Store(&all)
-	for addr, cancel := range trackers {
-		if _, ok := nodes[addr]; !ok {
-			cancel() // its tracker empties the tier if it was up
-			delete(trackers, addr)
-		}
-	}
-	return true
-}
+// LocalCacheActive reports whether [Cache]'s local tier is in use now:
+// [Options.LocalCacheEntries] is set, the server tracks keys, and every
+// node is tracked on a live connection. It is false for a short while
+// after [New], while a tracking connection reconnects, and after a
+// redirection until the nodes are listed again (README "Local tier").
+func (s *Service) LocalCacheActive() bool { return s.local != nil && s.local.Usable() }
 
-// topology returns how to list the nodes of s's client.
-func (s *Service) topology() (topology, error) {
+// topology returns how to list the nodes of s's client, and what to call
+// when done listing them.
+func (s *Service) topology() (localtier.Topology, func(), error) {
 	switch c := s.rdb.(type) {
 	case *redis.ClusterClient:
-		return topology{rediscover: true, list: func(ctx context.Context) (map[string]*redis.Options, string, error) {
+		return localtier.Topology{Rediscover: true, List: func(ctx context.Context) (map[string]*redis.Options, string, error) {
 			return clusterNodes(ctx, c)
-		}, close: func() {}}, nil
+		}}, func() {}, nil
 	case *redis.Client:
 		if s.opts.SentinelMaster != "" {
-			return s.sentinelTopology(), nil
+			top, closeTop := s.sentinelTopology()
+			return top, closeTop, nil
 		}
 		if s.nodeOpts == nil { // a failover client passed in Options.Client
-			return topology{}, fmt.Errorf("%w: a failover client passed in Options.Client cannot be followed across a failover: use Options.SentinelMaster", errNoTracking)
+			return localtier.Topology{}, nil, fmt.Errorf("%w: a failover client passed in Options.Client cannot be followed across a failover: use Options.SentinelMaster", localtier.ErrNoTracking)
 		}
 		nodes := map[string]*redis.Options{s.nodeOpts.Addr: s.nodeOpts}
-		return topology{list: func(context.Context) (map[string]*redis.Options, string, error) {
+		return localtier.Topology{List: func(context.Context) (map[string]*redis.Options, string, error) {
 			return nodes, "", nil
-		}, close: func() {}}, nil
+		}}, func() {}, nil
 	default:
-		return topology{}, fmt.Errorf("%w: client type %T", errNoTracking, s.rdb)
+		return localtier.Topology{}, nil, fmt.Errorf("%w: client type %T", localtier.ErrNoTracking, s.rdb)
 	}
 }
 
@@ -154,7 +80,7 @@ func clusterNodes(ctx context.Context, c *redis.ClusterClient) (map[string]*redi
 	nodes := make(map[string]*redis.Options)
 	err := c.ForEachShard(ctx, func(_ context.Context, n *redis.Client) error {
 		// A shallow copy: the options of a live client, but only fields
-		// that go-redis never writes after NewClient; trackerOptions
+		// that go-redis never writes after NewClient; the tracker
 		// replaces the pointer to what it does write.
 		o := *n.Options()
 		mu.Lock()
@@ -183,7 +109,7 @@ func clusterNodes(ctx context.Context, c *redis.ClusterClient) (map[string]*redi
 // of Options.SentinelAddrs name: the union of what every sentinel that
 // answers says, leaving out only a replica that every one of them reports
 // down or disconnected (a sentinel never promotes those).
-func (s *Service) sentinelTopology() topology {
+func (s *Service) sentinelTopology() (localtier.Topology, func()) {
 	var sentinels []*redis.SentinelClient
 	addrsOf := s.opts.SentinelAddrs
 	for _, addr := range addrsOf {
@@ -247,26 +173,26 @@ func (s *Service) sentinelTopology() topology {
 		slices.Sort(masters)
 		return nodes, strings.Join(slices.Compact(masters), " ") + " / " + strings.Join(fp, " "), nil
 	}
-	return topology{rediscover: true, list: list, close: func() {
+	return localtier.Topology{Rediscover: true, List: list}, func() {
 		for _, sc := range sentinels {
 			_ = sc.Close()
 		}
-	}}
+	}
 }
 
 // localTicket takes the tier's ticket for a read of key and, on a
 // cluster, returns the client of the node to send it to: the slot's
 // master, whose tracking the ticket checks.
-func (s *Service) localTicket(ctx context.Context, key string) (localTicket, *redis.Client) {
+func (s *Service) localTicket(ctx context.Context, key string) (localtier.Ticket, *redis.Client) {
 	cc, ok := s.rdb.(*redis.ClusterClient)
 	if !ok {
-		return s.local.ticket(key, ""), nil
+		return s.local.Ticket(key, ""), nil
 	}
 	n, err := cc.MasterForKey(ctx, s.key(key))
 	if err != nil {
-		return localTicket{}, nil
+		return localtier.Ticket{}, nil
 	}
-	return s.local.ticket(key, n.Options().Addr), n
+	return s.local.Ticket(key, n.Options().Addr), n
 }
 
 // isRedirect reports whether err is a cluster's MOVED or ASK reply.

@@ -1,8 +1,8 @@
 package bench
 
-// The tracking-mode comparison behind the local tier's choice (tracking.go):
-// raw go-redis clients only, so that it measures Redis and go-redis, not
-// this library. Run with bench/run:
+// The tracking-mode comparison behind the local tier's choice
+// (internal/localtier/tracker.go): raw go-redis clients only, so that it
+// measures Redis and go-redis, not this library. Run with bench/run:
 //
 //	OUT=tracking-modes BENCH='Tracking' BENCH_TESTS=0 BENCHTIME=2000x bench/run
 
@@ -86,8 +86,8 @@ func (iv *invalidations) wait(tb testing.TB, key string) time.Time {
 
 // subscriber is one RESP2 connection subscribed to __redis__:invalidate.
 // With bcast it tracks itself in BCAST mode on trackPrefix (REDIRECT to
-// its own id, as tracking.go does); otherwise it only receives what other
-// connections redirect to it (id).
+// its own id, as internal/localtier/tracker.go does); otherwise it only
+// receives what other connections redirect to it (id).
 type subscriber struct {
 	id  int64
 	inv *invalidations

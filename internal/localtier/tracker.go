@@ -1,4 +1,4 @@
-package redisservice
+package localtier
 
 import (
 	"context"
@@ -14,16 +14,15 @@ import (
 	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
-// This file keeps the local tier of Cache coherent: one connection per
-// node (topology.go lists them), in RESP2, subscribed to
-// __redis__:invalidate, with CLIENT TRACKING ON REDIRECT <itself> BCAST
-// PREFIX <KeyPrefix>. Redis then sends it the name of every key under the
-// prefix that changes on that node (written, deleted, expired, evicted,
-// flushed; on a replica, as the replication stream changes it), whichever
-// client changed it. BCAST needs nothing of the connections that read, so
-// reads stay on the ordinary pool (also a caller's own Options.Client).
-// The connection redirects to itself, so no redirect can break apart from
-// it (no tracking-redir-broken).
+// This file keeps the tier coherent: one connection per node (Follow
+// lists them), in RESP2, subscribed to __redis__:invalidate, with CLIENT
+// TRACKING ON REDIRECT <itself> BCAST PREFIX <prefix>. Redis then sends it
+// the name of every key under the prefix that changes on that node
+// (written, deleted, expired, evicted, flushed; on a replica, as the
+// replication stream changes it), whichever client changed it. BCAST needs
+// nothing of the connections that read, so reads stay on the caller's
+// pool. The connection redirects to itself, so no redirect can break apart
+// from it (no tracking-redir-broken).
 //
 // A node's tracker counts as up from the acknowledgement of its SUBSCRIBE
 // until its connection fails: the connection's own Read or Close takes it
@@ -44,19 +43,20 @@ const (
 	trackingRetry = 100 * time.Millisecond
 )
 
-// errNoTracking reports a server that cannot track keys (miniredis, Redis
-// before 6): the local tier stays off.
-var errNoTracking = errors.New("the server does not support CLIENT TRACKING")
+// ErrNoTracking reports a server that cannot track keys (miniredis, Redis
+// before 6), or a client whose nodes cannot be followed: the tier stays
+// off.
+var ErrNoTracking = errors.New("the server does not support CLIENT TRACKING")
 
 // errTrackingRedial refuses go-redis's own redial of a tracking session.
 var errTrackingRedial = errors.New("redisservice: tracking connection lost")
 
-// nodeTracker is the tracking of one node. It counts in localTier.down
-// while it is not up.
-type nodeTracker struct {
-	lt      *localTier
+// tracker is the tracking of one node. It counts in Tier.down while it is
+// not up.
+type tracker struct {
+	lt      *Tier
 	addr    string
-	up      atomic.Bool // mirrors live, for ticket
+	up      atomic.Bool // mirrors live, for Ticket
 	mayDial atomic.Bool // the session has not dialled yet
 
 	mu   sync.Mutex    // guards conn, live and done
@@ -65,13 +65,13 @@ type nodeTracker struct {
 	done bool          // stopped: its count is gone
 }
 
-func newNodeTracker(lt *localTier, addr string) *nodeTracker {
+func newTracker(lt *Tier, addr string) *tracker {
 	lt.down.Add(1) // until subscribed
-	return &nodeTracker{lt: lt, addr: addr}
+	return &tracker{lt: lt, addr: addr}
 }
 
 // subscribed marks t up, unless its connection has failed meanwhile.
-func (t *nodeTracker) subscribed() {
+func (t *tracker) subscribed() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.live || t.done || t.conn == nil || t.conn.lost {
@@ -83,7 +83,7 @@ func (t *nodeTracker) subscribed() {
 }
 
 // lost marks t down when c is the connection it is up on.
-func (t *nodeTracker) lost(c *trackingConn) {
+func (t *tracker) lost(c *trackingConn) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	c.lost = true
@@ -95,7 +95,7 @@ func (t *nodeTracker) lost(c *trackingConn) {
 }
 
 // stop takes t off the count for good, emptying the tier if it was up.
-func (t *nodeTracker) stop() {
+func (t *tracker) stop() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.done {
@@ -112,7 +112,7 @@ func (t *nodeTracker) stop() {
 }
 
 // dialer wraps dial: one dial per session, its connection watched.
-func (t *nodeTracker) dialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+func (t *tracker) dialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		if !t.mayDial.CompareAndSwap(true, false) {
 			return nil, errTrackingRedial
@@ -133,7 +133,7 @@ func (t *nodeTracker) dialer(dial func(ctx context.Context, network, addr string
 // moment a read from it fails or it is closed.
 type trackingConn struct {
 	net.Conn
-	t    *nodeTracker
+	t    *tracker
 	lost bool // guarded by t.mu
 }
 
@@ -155,10 +155,10 @@ func isNetTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// trackerOptions returns the options of t's client: a copy of base, which
-// must be the Service's own (never a live client's: go-redis writes to
-// those), with one connection, RESP2, tracking set up on connect.
-func (s *Service) trackerOptions(t *nodeTracker, base *redis.Options) *redis.Options {
+// options returns the options of t's client: a copy of base, which must
+// be the owner's own (never a live client's: go-redis writes to those),
+// with one connection, RESP2, tracking set up on connect.
+func (t *tracker) options(base *redis.Options) *redis.Options {
 	o := *base
 	o.Protocol = 2 // invalidations as Pub/Sub messages on this connection
 	o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.MaxActiveConns = 1, 0, 1, 0
@@ -176,28 +176,29 @@ func (s *Service) trackerOptions(t *nodeTracker, base *redis.Options) *redis.Opt
 		dial = redis.NewDialer(&o)
 	}
 	o.Dialer = t.dialer(dial)
+	prefix := t.lt.prefix
 	o.OnConnect = func(ctx context.Context, cn *redis.Conn) error {
 		id, err := cn.ClientID(ctx).Result()
 		if err == nil {
 			args := []any{"CLIENT", "TRACKING", "on", "REDIRECT", id, "BCAST"}
-			if s.prefix != "" {
-				args = append(args, "PREFIX", s.prefix)
+			if prefix != "" {
+				args = append(args, "PREFIX", prefix)
 			}
 			err = cn.Do(ctx, args...).Err()
 		}
 		var rerr redis.Error
 		if errors.As(err, &rerr) { // Redis answered, but no
-			return fmt.Errorf("%w: %w", errNoTracking, err)
+			return fmt.Errorf("%w: %w", ErrNoTracking, err)
 		}
 		return err
 	}
 	return &o
 }
 
-// trackNode keeps t's node tracked until ctx ends, a session at a time.
-// The local tier is unused whenever t is not up.
-func (s *Service) trackNode(ctx context.Context, t *nodeTracker, base *redis.Options) {
-	c := redis.NewClient(s.trackerOptions(t, base))
+// run keeps t's node tracked until ctx ends, a session at a time. The
+// tier is unused whenever t is not up.
+func (t *tracker) run(ctx context.Context, base *redis.Options) {
+	c := redis.NewClient(t.options(base))
 	defer func() {
 		_ = c.Close()
 		t.stop()
@@ -208,12 +209,12 @@ func (s *Service) trackNode(ctx context.Context, t *nodeTracker, base *redis.Opt
 		stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
 		err := ps.Subscribe(ctx, trackingChannel)
 		if err == nil {
-			err = s.receiveInvalidations(ctx, t, ps)
+			err = t.receive(ctx, ps)
 		}
 		stop()
 		_ = ps.Close() // takes t down, if it was up
-		if errors.Is(err, errNoTracking) {
-			s.localOff(err)
+		if errors.Is(err, ErrNoTracking) {
+			t.lt.Off(err)
 			return
 		}
 		select {
@@ -223,10 +224,9 @@ func (s *Service) trackNode(ctx context.Context, t *nodeTracker, base *redis.Opt
 	}
 }
 
-// receiveInvalidations applies the invalidations arriving on ps until it
-// fails.
-func (s *Service) receiveInvalidations(ctx context.Context, t *nodeTracker, ps *redis.PubSub) error {
-	lt := s.local
+// receive applies the invalidations arriving on ps until it fails.
+func (t *tracker) receive(ctx context.Context, ps *redis.PubSub) error {
+	lt := t.lt
 	pinged := false // a PING is unanswered
 	for {
 		msg, err := ps.ReceiveTimeout(ctx, trackingPing)
@@ -252,34 +252,18 @@ func (s *Service) receiveInvalidations(ctx context.Context, t *nodeTracker, ps *
 				lt.clear()
 			}
 			for _, k := range m.PayloadSlice {
-				s.invalidateLocal(k)
+				lt.invalidateKey(k)
 			}
 			if m.Payload != "" {
-				s.invalidateLocal(m.Payload)
+				lt.invalidateKey(m.Payload)
 			}
 		}
 	}
 }
 
-// invalidateLocal drops the copies of the Redis key k.
-func (s *Service) invalidateLocal(k string) {
-	if key, ok := strings.CutPrefix(k, s.prefix); ok {
-		s.local.invalidate(key)
+// invalidateKey drops the copies of the Redis key k.
+func (lt *Tier) invalidateKey(k string) {
+	if name, ok := strings.CutPrefix(k, lt.prefix); ok {
+		lt.Invalidate(name)
 	}
 }
-
-// localOff switches the local tier off for good, saying why once.
-func (s *Service) localOff(err error) {
-	if s.local.off.Swap(true) {
-		return
-	}
-	s.local.clear()
-	s.log.Warn("redisservice: local cache tier off: Cache reads Redis on every call", "reason", err.Error())
-}
-
-// LocalCacheActive reports whether [Cache]'s local tier is in use now:
-// [Options.LocalCacheEntries] is set, the server tracks keys, and every
-// node is tracked on a live connection. It is false for a short while
-// after [New], while a tracking connection reconnects, and after a
-// redirection until the nodes are listed again (README "Local tier").
-func (s *Service) LocalCacheActive() bool { return s.local != nil && s.local.usable() }
