@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -87,10 +86,11 @@ func userSessionsKey(uid string) string { return "user-sessions:" + uid }
 // CreatedAt or LastActivity is set to now; times are stored with
 // millisecond precision. data.Values are stored beside the seven fields,
 // each exactly as given. With [Options.SessionMaxLifetime] the session
-// also ends at CreatedAt plus that lifetime, however active it is. A user
-// with more than [Options.MaxSessionsPerUser] live sessions loses the ones
-// closest to expiring; index entries of sessions that are gone never
-// count. An invalid id or empty key fails with [ErrInvalidKey]; an empty
+// also ends at CreatedAt plus that lifetime, however active it is, and
+// its index entry is kept until that end. A user with more than
+// [Options.MaxSessionsPerUser] live sessions loses the ones whose entries
+// end first (at the absolute end, else at the idle expiry); index
+// entries of sessions that are gone never count. An invalid id or empty key fails with [ErrInvalidKey]; an empty
 // data.UserID, a string field or Values key that is not valid UTF-8, a
 // Values key that is a reserved name (the seven fields', "idleTimeoutMs",
 // "expiresAtMs") or a Values entry that is not valid JSON with
@@ -112,6 +112,16 @@ func (s *Service) CreateSession(ctx context.Context, id string, data SessionData
 	if err := checkTTL(ttl); err != nil {
 		return invalid(op, sessionDisplayKey, err)
 	}
+	_, _, err = s.createSession(ctx, op, id, data, ttl, s.opts.SessionMaxLifetime)
+	return err
+}
+
+// createSession is CreateSession with the absolute lifetime given
+// (0: none), for a caller that has checked id, data.UserID and ttl. It
+// returns the bytes stored and the TTL the key got. A session with an
+// absolute end is indexed at that end, not at its idle expiry: no touch
+// can slide it past its index entry, so a touch need not write the index.
+func (s *Service) createSession(ctx context.Context, op, id string, data SessionData, ttl, lifetime time.Duration) ([]byte, time.Duration, error) {
 	now := s.opts.Now()
 	if data.CreatedAt.IsZero() {
 		data.CreatedAt = now
@@ -121,26 +131,30 @@ func (s *Service) CreateSession(ctx context.Context, id string, data SessionData
 	}
 	var expiresAtMS int64
 	life := ttl
-	if max := s.opts.SessionMaxLifetime; max > 0 {
-		end := data.CreatedAt.Add(max)
+	if lifetime > 0 {
+		end := data.CreatedAt.Add(lifetime)
 		expiresAtMS = end.UnixMilli()
 		if left := end.Sub(now); left < life {
 			life = left
 		}
 		if life < time.Millisecond {
-			return invalid(op, sessionDisplayKey, fmt.Errorf("%w: CreatedAt is older than SessionMaxLifetime", ErrInvalidArgument))
+			return nil, 0, invalid(op, sessionDisplayKey, fmt.Errorf("%w: CreatedAt is older than the session's lifetime", ErrInvalidArgument))
 		}
 	}
 	b, err := encodeSession(data, ttl.Milliseconds(), expiresAtMS)
 	if err != nil {
-		return invalid(op, sessionDisplayKey, err)
+		return nil, 0, invalid(op, sessionDisplayKey, err)
 	}
 	if _, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (string, error) {
 		return s.rdb.Set(ctx, s.key(sessionKey(id)), b, life).Result()
 	}); err != nil {
-		return err
+		return nil, 0, err
 	}
-	return s.indexSession(ctx, op, data.UserID, id, now.Add(life))
+	expiry := now.Add(life)
+	if expiresAtMS > 0 {
+		expiry = time.UnixMilli(expiresAtMS)
+	}
+	return b, life, s.indexSession(ctx, op, data.UserID, id, expiry)
 }
 
 // sessionIndexScript keeps a user's session index: it records sessions'
@@ -344,10 +358,8 @@ func (s *Service) decodeSession(ctx context.Context, op string, raw []byte) (ses
 // now, whichever comes first. The touch script applies the same rule.
 func (s *Service) sessionEnded(doc *sessionDoc, data SessionData) bool {
 	now := s.opts.Now()
-	if v, ok := doc.get(fieldExpiresAt); ok {
-		if end, err := strconv.ParseInt(string(v), 10, 64); err == nil && end > 0 && end <= now.UnixMilli() {
-			return true
-		}
+	if end := doc.end(); !end.IsZero() && end.UnixMilli() <= now.UnixMilli() {
+		return true
 	}
 	life := s.opts.SessionMaxLifetime
 	return life > 0 && !data.CreatedAt.IsZero() && data.CreatedAt.UnixMilli()+life.Milliseconds() <= now.UnixMilli()
@@ -390,7 +402,19 @@ func (s *Service) joinIndex(ctx context.Context, op, id, uid string) error {
 //
 // KEYS[1]: the session. ARGV: lastActivity (toISOString), now (unix ms),
 // maximum lifetime (ms, 0: none).
-var sessionTouchScript = redis.NewScript(`
+var sessionTouchScript = redis.NewScript(sessionTouchHead + sessionTouchWrite + `
+return {1, uid or '', ttl}
+`)
+
+// sessionTouchHead begins the scripts that touch a session
+// (sessionTouchScript, sessionLoadScript). It reads KEYS[1] into raw
+// (returning 0 when it is missing), finds the members it needs (uid and
+// created as stored; la, where the lastActivity value lies; close and n,
+// where the object ends and how many members it has), works out the TTL
+// a touch gives (ttl; <= 0: keep the key's) and deletes a session past
+// its absolute end (returning 0). ARGV[2]: now (unix ms); ARGV[3]: the
+// maximum lifetime (ms, 0: none).
+const sessionTouchHead = `
 local raw = redis.call('GET', KEYS[1])
 if not raw then
 	return 0
@@ -551,6 +575,12 @@ if stop > 0 then
 		ttl = left
 	end
 end
+`
+
+// sessionTouchWrite ends a touch: it sets the lastActivity value in raw
+// to ARGV[1] (adding the member when there is none) and writes the
+// result, doc, back with the TTL ttl (keeping the key's when ttl <= 0).
+const sessionTouchWrite = `
 local stamp = '"' .. ARGV[1] .. '"'
 local doc
 if la then
@@ -565,8 +595,7 @@ if ttl > 0 then
 else
 	redis.call('SET', KEYS[1], doc, 'KEEPTTL')
 end
-return {1, uid or '', ttl}
-`)
+`
 
 // UpdateSessionActivity sets the session's LastActivity to now and
 // slides its expiry: the session lives for its own idle TTL (the ttl it

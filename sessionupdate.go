@@ -157,16 +157,17 @@ func (s *Service) RenewSessionID(ctx context.Context, id string) (_ string, _ bo
 			return "", false, err
 		}
 		uid := ""
+		var end time.Time
 		if doc, err := parseSessionDoc(raw); err == nil {
 			if data, err := doc.data(); err == nil && s.sessionEnded(&doc, data) {
 				_, err := s.delSessions(ctx, op, []string{id})
 				return "", false, err
 			}
-			uid = doc.userID()
+			uid, end = doc.userID(), doc.end()
 		}
 		// 1 and 2: the new key, then its index entry (without it
 		// log-out-everywhere would miss the new id).
-		if err := r.write(ctx, raw, ttl, uid); err != nil {
+		if err := r.write(ctx, raw, ttl, uid, end); err != nil {
 			return "", false, err
 		}
 		// 3: the old key, if nobody changed or destroyed it meanwhile.
@@ -204,9 +205,11 @@ type renewal struct {
 }
 
 // write stores raw under the new id with ttl (0: none) and adds the id
-// to uid's index (unless uid is empty or ttl 0). The first write makes
-// the id (SET NX); later ones overwrite it with the bytes read anew.
-func (r *renewal) write(ctx context.Context, raw []byte, ttl time.Duration, uid string) error {
+// to uid's index (unless uid is empty or ttl 0), at the session's
+// absolute end when it has one (end), as createSession does. The first
+// write makes the id (SET NX); later ones overwrite it with the bytes
+// read anew.
+func (r *renewal) write(ctx context.Context, raw []byte, ttl time.Duration, uid string, end time.Time) error {
 	s := r.s
 	if r.id != "" {
 		if _, err := call(s, ctx, r.op, sessionDisplayKey, func(ctx context.Context) (string, error) {
@@ -249,8 +252,12 @@ func (r *renewal) write(ctx context.Context, raw []byte, ttl time.Duration, uid 
 	r.indexed = uid
 	// Until the old id is deleted it is indexed too: they count once
 	// against the cap, lest the one session evict itself.
-	expiry := map[string]time.Time{r.id: s.opts.Now().Add(ttl)}
-	_, err := s.indexSessions(ctx, r.op, uid, expiry, s.opts.MaxSessionsPerUser+1)
+	expiry := s.opts.Now().Add(ttl)
+	if !end.IsZero() {
+		expiry = end
+	}
+	expiries := map[string]time.Time{r.id: expiry}
+	_, err := s.indexSessions(ctx, r.op, uid, expiries, s.opts.MaxSessionsPerUser+1)
 	return err
 }
 
