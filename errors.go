@@ -51,6 +51,12 @@ var (
 	// and later calls return an error matching it without loading.
 	ErrNotFound = errors.New("redisservice: not found")
 
+	// ErrNoSession is returned by the [SessionManager] calls that need
+	// the request's session (Put, RenewID) when it has none: no cookie,
+	// an unknown or ended session, one that could not be loaded, or one
+	// logged out. A session begins with [SessionManager.Login].
+	ErrNoSession = errors.New("redisservice: no session")
+
 	// ErrDecode reports a stored value that does not decode into the
 	// destination (bad JSON or a type mismatch). The wrapped error says why.
 	ErrDecode = errors.New("redisservice: stored value does not decode")

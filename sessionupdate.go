@@ -49,6 +49,14 @@ func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*Session
 	case fn == nil:
 		return false, invalid(op, sessionDisplayKey, fmt.Errorf("%w: nil fn", ErrInvalidArgument))
 	}
+	return s.updateSession(ctx, op, id, nil, fn)
+}
+
+// updateSession is UpdateSession for a caller that has checked id and
+// fn. When known is not nil, the first attempt takes it for the stored
+// bytes instead of reading them (one round trip less when they have not
+// changed since).
+func (s *Service) updateSession(ctx context.Context, op, id string, known []byte, fn func(*SessionData) error) (bool, error) {
 	ctx, done, err := s.begin(ctx)
 	if err != nil {
 		return false, s.fail(ctx, op, sessionDisplayKey, err)
@@ -58,9 +66,14 @@ func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*Session
 		if err := s.pauseBeforeRetry(ctx, op, attempt); err != nil {
 			return false, err
 		}
-		raw, found, err := s.readSession(ctx, op, id)
-		if !found {
-			return false, err
+		raw := known
+		known = nil
+		if raw == nil {
+			var found bool
+			raw, found, err = s.readSession(ctx, op, id)
+			if !found {
+				return false, err
+			}
 		}
 		doc, old, err := s.decodeSession(ctx, op, raw)
 		if err != nil {
