@@ -15,15 +15,25 @@ import (
 // touches it as sessionTouchScript does: one round trip whether or not
 // it touches. A session past its absolute end is deleted. It returns 0
 // for a missing or ended session, else {the stored bytes (after the
-// touch), the PTTL in ms (-1: none), 1 when it touched, else 0}.
+// touch), the TTL in ms (-1: none; 0: not read), 1 when it touched,
+// else 0}. The TTL of a session it did not touch is read only when the
+// caller needs it: for a session of the original service (no
+// idleTimeoutMs), and with ARGV[5] = 1.
 //
 // KEYS[1]: the session. ARGV: lastActivity for a touch (toISOString),
-// now (unix ms), maximum lifetime (ms, 0: none), touch interval (ms).
+// now (unix ms), maximum lifetime (ms, 0: none), touch interval (ms),
+// 1 to read the TTL of every session (else 0).
 var sessionLoadScript = redis.NewScript(sessionTouchHead + `
 if la then
 	local at = millis(sub(raw, la[1], la[2]))
 	if at and tonumber(ARGV[2]) - at < tonumber(ARGV[4]) then
-		return {raw, redis.call('PTTL', KEYS[1]), 0}
+		if idle then
+			ttl = 0
+			if ARGV[5] == '1' then
+				ttl = redis.call('PTTL', KEYS[1])
+			end
+		end
+		return {raw, ttl, 0}
 	end
 end
 ` + sessionTouchWrite + `
@@ -37,7 +47,7 @@ return {doc, ttl, 1}
 type loadedSession struct {
 	raw     []byte // the stored bytes, after the touch
 	data    SessionData
-	ttl     time.Duration // left; -1: none
+	ttl     time.Duration // left; -1: none; 0: not read (see sessionLoadScript)
 	touched bool          // lastActivity and the idle expiry moved
 }
 
@@ -63,9 +73,13 @@ func (s *Service) loadSession(ctx context.Context, op, id string, touchEvery, li
 		return loadedSession{}, false, invalid(op, sessionDisplayKey, err)
 	}
 	stamp = stamp[1 : len(stamp)-1]
+	legacy := 0
+	if s.opts.LegacySessions {
+		legacy = 1 // every session is indexed with its TTL, as GetSession does
+	}
 	reply, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (any, error) {
 		reply, err := sessionLoadScript.Run(ctx, s.rdb, []string{s.key(sessionKey(id))},
-			stamp, now.UnixMilli(), lifetime.Milliseconds(), touchEvery.Milliseconds()).Result()
+			stamp, now.UnixMilli(), lifetime.Milliseconds(), touchEvery.Milliseconds(), legacy).Result()
 		var rerr redis.Error
 		if errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "ERR stored session") {
 			err = fmt.Errorf("%w: %w", ErrDecode, err) // the script refused what GetSession cannot decode either
@@ -102,6 +116,8 @@ func (s *Service) loadSession(ctx context.Context, op, id string, touchEvery, li
 	if ttl < 0 {
 		ls.ttl = -1
 	}
+	// A TTL not read (0) is one nothing below needs: a session of this
+	// package, not touched, without LegacySessions.
 	if (s.opts.LegacySessions || doc.legacy() || (ls.touched && doc.end().IsZero())) && data.UserID != "" && ls.ttl > 0 {
 		return ls, true, s.indexSession(ctx, op, data.UserID, id, now.Add(ls.ttl))
 	}

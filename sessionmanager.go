@@ -235,11 +235,9 @@ func (m *SessionManager) load(r *http.Request) *sessionState {
 		return st
 	}
 	st.id, st.data, st.raw = st.cookieID, ls.data, ls.raw
-	if ls.ttl > 0 {
+	if ls.touched && ls.ttl > 0 && !m.cfg.BrowserSessionCookie {
 		st.expires = m.s.opts.Now().Add(ls.ttl)
-		if ls.touched && !m.cfg.BrowserSessionCookie {
-			st.cookie = cookieSet // the deadline moved
-		}
+		st.cookie = cookieSet // the deadline moved
 	}
 	return st
 }

@@ -205,6 +205,15 @@ func TestSessionCommandsPerRequest(t *testing.T) {
 		now := a.clock.now().UTC().Format(isoMillis)
 		storeRaw(t, b, "legacy-1", `{"userId":"u3","email":"","role":"","createdAt":"`+now+`","lastActivity":"`+now+`","ip":"","userAgent":""}`, time.Hour)
 		count("a session of the original service", 2, "GET", "/noop", a.with("legacy-1"), "")
+		count("a session of the original service, again", 2, "GET", "/noop", a.with("legacy-1"), "")
+
+		// Under LegacySessions every request indexes its session, as
+		// GetSession does.
+		legacy := newSessionApp(t, b, Options{LegacySessions: true}, SessionConfig{InsecureCookie: true})
+		id = legacy.login("u4", "")
+		before := rt.n.Load()
+		legacy.do("GET", "/noop", legacy.with(id), "")
+		assert.Equal(t, int64(2), rt.n.Load()-before, "commands for a request under LegacySessions")
 	})
 }
 

@@ -27,6 +27,8 @@ import (
 // without a carried session).
 func (m *SessionManager) Login(ctx context.Context, data SessionData) (err error) {
 	const op = "login"
+	ctx, scope := m.s.tel.begin(ctx, op, sessionDisplayKey)
+	defer scope.end(ctx, &err)
 	st, err := m.begin(ctx, op)
 	if err != nil {
 		return err
@@ -73,8 +75,11 @@ func (m *SessionManager) Login(ctx context.Context, data SessionData) (err error
 // destroy fails (Redis down), Logout returns the error and changes nothing, the cookie
 // included: the session is still alive, so the user should not be told it ended. Two round
 // trips (none without a session).
-func (m *SessionManager) Logout(ctx context.Context) error {
-	st, err := m.begin(ctx, "logout")
+func (m *SessionManager) Logout(ctx context.Context) (err error) {
+	const op = "logout"
+	ctx, scope := m.s.tel.begin(ctx, op, sessionDisplayKey)
+	defer scope.end(ctx, &err)
+	st, err := m.begin(ctx, op)
 	if err != nil {
 		return err
 	}
@@ -96,8 +101,10 @@ func (m *SessionManager) Logout(ctx context.Context) error {
 // destroyed meanwhile. When the renewal fails part-way with the new id alive, the request
 // moves to it, the old id is destroyed, and only if that fails too is the error returned. Five
 // round trips.
-func (m *SessionManager) RenewID(ctx context.Context) error {
+func (m *SessionManager) RenewID(ctx context.Context) (err error) {
 	const op = "renewid"
+	ctx, scope := m.s.tel.begin(ctx, op, sessionDisplayKey)
+	defer scope.end(ctx, &err)
 	st, err := m.begin(ctx, op)
 	if err != nil {
 		return err
@@ -106,8 +113,8 @@ func (m *SessionManager) RenewID(ctx context.Context) error {
 	if st.id == "" {
 		return invalid(op, sessionDisplayKey, ErrNoSession)
 	}
-	old := st.id
-	newID, ok, err := m.s.RenewSessionID(ctx, old)
+	old, before := st.id, m.s.opts.Now()
+	newID, ttl, ok, err := m.s.renewSessionID(ctx, op, old)
 	switch {
 	case !ok && err == nil:
 		st.clear()
@@ -115,7 +122,10 @@ func (m *SessionManager) RenewID(ctx context.Context) error {
 	case !ok:
 		return err
 	}
-	st.id, st.cookie = newID, cookieSet
+	st.id, st.cookie, st.expires = newID, cookieSet, time.Time{}
+	if ttl > 0 {
+		st.expires = before.Add(ttl) // the new key's TTL counts from after before
+	}
 	if err != nil {
 		if _, derr := m.s.DestroySession(ctx, old); derr != nil {
 			return err

@@ -154,34 +154,41 @@ func (s *Service) RenewSessionID(ctx context.Context, id string) (_ string, _ bo
 	if !validSessionID(id) {
 		return "", false, invalid(op, sessionDisplayKey, ErrInvalidKey)
 	}
+	newID, _, ok, err := s.renewSessionID(ctx, op, id)
+	return newID, ok, err
+}
+
+// renewSessionID is RenewSessionID for a valid id. It also returns the
+// TTL the new key got (0: none), when it returns the new id.
+func (s *Service) renewSessionID(ctx context.Context, op, id string) (string, time.Duration, bool, error) {
 	ctx, done, err := s.begin(ctx)
 	if err != nil {
-		return "", false, s.fail(ctx, op, sessionDisplayKey, err)
+		return "", 0, false, s.fail(ctx, op, sessionDisplayKey, err)
 	}
 	defer done()
 	r := renewal{s: s, op: op}
 	defer r.abandon(ctx)
 	for attempt := range sessionAttempts {
 		if err := s.pauseBeforeRetry(ctx, op, attempt); err != nil {
-			return "", false, err
+			return "", 0, false, err
 		}
 		raw, ttl, found, err := s.readSessionTTL(ctx, op, id)
 		if !found {
-			return "", false, err
+			return "", 0, false, err
 		}
 		uid := ""
 		var end time.Time
 		if doc, err := parseSessionDoc(raw); err == nil {
 			if data, err := doc.data(); err == nil && s.sessionEnded(&doc, data) {
 				_, err := s.delSessions(ctx, op, []string{id})
-				return "", false, err
+				return "", 0, false, err
 			}
 			uid, end = doc.userID(), doc.end()
 		}
 		// 1 and 2: the new key, then its index entry (without it
 		// log-out-everywhere would miss the new id).
 		if err := r.write(ctx, raw, ttl, uid, end); err != nil {
-			return "", false, err
+			return "", 0, false, err
 		}
 		// 3: the old key, if nobody changed or destroyed it meanwhile.
 		status, err := s.compareAndDelete(ctx, op, id, raw)
@@ -189,9 +196,9 @@ func (s *Service) RenewSessionID(ctx context.Context, id string) (_ string, _ bo
 		case err != nil:
 			// The delete may have run (a reply lost to a timeout): the
 			// new key is all that is sure to hold the session, so keep it.
-			return r.keep(), true, err
+			return r.keep(), ttl, true, err
 		case status == casMissing:
-			return "", false, nil
+			return "", 0, false, nil
 		case status == casChanged:
 			continue
 		}
@@ -202,9 +209,9 @@ func (s *Service) RenewSessionID(ctx context.Context, id string) (_ string, _ bo
 				return s.rdb.ZRem(ctx, s.key(userSessionsKey(uid)), id).Result()
 			})
 		}
-		return newID, true, err
+		return newID, ttl, true, err
 	}
-	return "", false, invalid(op, sessionDisplayKey, ErrConflict) // the old session is as others left it
+	return "", 0, false, invalid(op, sessionDisplayKey, ErrConflict) // the old session is as others left it
 }
 
 // renewal is the new id of one RenewSessionID call, kept across its
