@@ -1,9 +1,8 @@
 // Command httpserver is a small point-of-sale API built on redisservice:
 // a cached product list invalidated on update, rate-limited endpoints with
 // the RateLimit headers, cookie sessions (a SessionManager) with a cart
-// and log-out-everywhere, a health
-// endpoint, OpenTelemetry metrics served for Prometheus at /metrics, and
-// graceful shutdown on SIGINT or SIGTERM.
+// and log-out-everywhere, a health endpoint, OpenTelemetry metrics served
+// for Prometheus at /metrics, and graceful shutdown on SIGINT or SIGTERM.
 //
 // With REDIS_URL unset it runs against an embedded miniredis. ADDR sets
 // the listen address (default 127.0.0.1:8080).
