@@ -604,10 +604,21 @@ func TestSessionManagerMisuse(t *testing.T) {
 	require.True(t, ok)
 	assert.Equal(t, map[string]json.RawMessage{"a": json.RawMessage("1")}, me.Values)
 
+	// A handler that panics saves nothing.
+	panicky := m.LoadAndSave(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		require.NoError(t, m.Put(r.Context(), "p", 1))
+		panic("boom")
+	}))
+	req := httptest.NewRequest("POST", "/", nil)
+	req.Header.Set("Cookie", a.with(c.Value))
+	assert.Panics(t, func() { panicky.ServeHTTP(httptest.NewRecorder(), req) })
+	me, _ = a.me(c.Value)
+	assert.NotContains(t, me.Values, "p", "a panicking handler's change")
+
 	// Nested LoadAndSave: the outer one loads and saves.
 	nested := httptest.NewServer(m.LoadAndSave(m.LoadAndSave(a.mux)))
 	t.Cleanup(nested.Close)
-	req, err := http.NewRequest("POST", nested.URL+"/put/b", strings.NewReader("2"))
+	req, err = http.NewRequest("POST", nested.URL+"/put/b", strings.NewReader("2"))
 	require.NoError(t, err)
 	req.Header.Set("Cookie", a.with(c.Value))
 	resp, err = nested.Client().Do(req)
