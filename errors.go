@@ -59,6 +59,12 @@ var (
 	// the caller's own ctx ending, and a remembered [ErrNotFound].
 	ErrLoad = errors.New("redisservice: load failed")
 
+	// ErrNoSession is returned by the [SessionManager] calls that need
+	// the request's session (Put, RenewID) when it has none: no cookie,
+	// an unknown or ended session, one that could not be loaded, or one
+	// logged out. A session begins with [SessionManager.Login].
+	ErrNoSession = errors.New("redisservice: no session")
+
 	// ErrDecode reports a stored value that does not decode into the
 	// destination (bad JSON or a type mismatch). The wrapped error says why.
 	ErrDecode = errors.New("redisservice: stored value does not decode")

@@ -49,6 +49,27 @@ func (s *Service) CreateSession(ctx context.Context, id string, data SessionData
 	if err := checkTTL(ttl); err != nil {
 		return invalid(op, sessionDisplayKey, err)
 	}
+	p, err := s.prepareSession(op, data, ttl, s.opts.SessionMaxLifetime)
+	if err != nil {
+		return err
+	}
+	return s.storeSession(ctx, op, id, p)
+}
+
+// preparedSession is a new session, encoded and ready to store.
+type preparedSession struct {
+	data    SessionData   // as given, CreatedAt and LastActivity filled in
+	raw     []byte        // the stored bytes
+	life    time.Duration // the key's TTL: the idle timeout, or less when the absolute end is nearer
+	indexAt time.Time     // its index entry's expiry
+}
+
+// prepareSession checks and encodes a new session (data.UserID and ttl
+// already checked) with the absolute lifetime given (0: none), without
+// asking Redis. A session with an absolute end is indexed at that end,
+// not at its idle expiry: no touch can slide it past its index entry, so
+// a touch need not write the index.
+func (s *Service) prepareSession(op string, data SessionData, ttl, lifetime time.Duration) (preparedSession, error) {
 	now := s.opts.Now()
 	if data.CreatedAt.IsZero() {
 		data.CreatedAt = now
@@ -58,26 +79,36 @@ func (s *Service) CreateSession(ctx context.Context, id string, data SessionData
 	}
 	var expiresAtMS int64
 	life := ttl
-	if max := s.opts.SessionMaxLifetime; max > 0 {
-		end := data.CreatedAt.Add(max)
+	if lifetime > 0 {
+		end := data.CreatedAt.Add(lifetime)
 		expiresAtMS = end.UnixMilli()
 		if left := end.Sub(now); left < life {
 			life = left
 		}
 		if life < time.Millisecond {
-			return invalid(op, sessionDisplayKey, fmt.Errorf("%w: CreatedAt is older than SessionMaxLifetime", ErrInvalidArgument))
+			return preparedSession{}, invalid(op, sessionDisplayKey, fmt.Errorf("%w: CreatedAt is older than the session's lifetime", ErrInvalidArgument))
 		}
 	}
 	b, err := encodeSession(data, ttl.Milliseconds(), expiresAtMS)
 	if err != nil {
-		return invalid(op, sessionDisplayKey, err)
+		return preparedSession{}, invalid(op, sessionDisplayKey, err)
 	}
+	p := preparedSession{data: data, raw: b, life: life, indexAt: now.Add(life)}
+	if expiresAtMS > 0 {
+		p.indexAt = time.UnixMilli(expiresAtMS)
+	}
+	return p, nil
+}
+
+// storeSession writes a prepared session under id, then indexes it: two
+// round trips (more when the index is over the cap).
+func (s *Service) storeSession(ctx context.Context, op, id string, p preparedSession) error {
 	if _, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (string, error) {
-		return s.rdb.Set(ctx, s.key(sessionKey(id)), b, life).Result()
+		return s.rdb.Set(ctx, s.key(sessionKey(id)), p.raw, p.life).Result()
 	}); err != nil {
 		return err
 	}
-	return s.indexSession(ctx, op, data.UserID, id, now.Add(life))
+	return s.indexSession(ctx, op, p.data.UserID, id, p.indexAt)
 }
 
 // GetSession returns the session stored under id, with every stored field

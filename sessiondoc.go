@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -149,6 +150,17 @@ func (d *sessionDoc) userID() string {
 		return uid
 	}
 	return ""
+}
+
+// end returns the stored absolute end (expiresAtMs), or the zero Time
+// when there is none.
+func (d *sessionDoc) end() time.Time {
+	if v, ok := d.get(fieldExpiresAt); ok {
+		if ms, err := strconv.ParseInt(string(v), 10, 64); err == nil && ms > 0 {
+			return time.UnixMilli(ms)
+		}
+	}
+	return time.Time{}
 }
 
 // legacy reports whether the session was written by the original service,

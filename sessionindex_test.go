@@ -184,3 +184,31 @@ func (h afterHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 func (h afterHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
 }
+
+// A session with an absolute end is indexed at that end, also under a
+// new id, so that touches, which slide only the session's key, can never
+// carry it past its index entry.
+func TestIndexEntryAtAbsoluteEnd(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		clock := &fixedClock{t: time.Now().Truncate(time.Millisecond)}
+		s := b.service(t, Options{Now: clock.now, SessionMaxLifetime: 2 * time.Hour})
+		ctx := ctxT(t)
+		idx := b.raw("user-sessions:u1")
+		end := float64(clock.now().Add(2 * time.Hour).UnixMilli())
+		id := newSession(t, s, "u1", 30*time.Minute)
+		assert.Equal(t, end, b.client.ZScore(ctx, idx, id).Val(), "CreateSession: index score; want the absolute end")
+
+		newID, ok, err := s.RenewSessionID(ctx, id)
+		require.NoError(t, err)
+		require.True(t, ok)
+		assert.Equal(t, end, b.client.ZScore(ctx, idx, newID).Val(), "RenewSessionID: index score; want the absolute end")
+		d := b.client.PTTL(ctx, idx).Val()
+		assert.True(t, d > 119*time.Minute && d <= 2*time.Hour, "index PTTL = %v; want that of the absolute end", d)
+
+		// Without an absolute end, the entry ends with the idle expiry.
+		plain := b.service(t, Options{Now: clock.now})
+		other := newSession(t, plain, "u2", 30*time.Minute)
+		assert.Equal(t, float64(clock.now().Add(30*time.Minute).UnixMilli()), b.client.ZScore(ctx, b.raw("user-sessions:u2"), other).Val(), "index score without an absolute end")
+	})
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -135,10 +134,8 @@ func (s *Service) decodeSession(ctx context.Context, op string, raw []byte) (ses
 // now, whichever comes first. The touch script applies the same rule.
 func (s *Service) sessionEnded(doc *sessionDoc, data SessionData) bool {
 	now := s.opts.Now()
-	if v, ok := doc.get(fieldExpiresAt); ok {
-		if end, err := strconv.ParseInt(string(v), 10, 64); err == nil && end > 0 && end <= now.UnixMilli() {
-			return true
-		}
+	if end := doc.end(); !end.IsZero() && end.UnixMilli() <= now.UnixMilli() {
+		return true
 	}
 	life := s.opts.SessionMaxLifetime
 	return life > 0 && !data.CreatedAt.IsZero() && data.CreatedAt.UnixMilli()+life.Milliseconds() <= now.UnixMilli()

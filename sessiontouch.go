@@ -75,7 +75,19 @@ func (s *Service) UpdateSessionActivity(ctx context.Context, id string) (_ bool,
 //
 // KEYS[1]: the session. ARGV: lastActivity (toISOString), now (unix ms),
 // maximum lifetime (ms, 0: none).
-var sessionTouchScript = redis.NewScript(`
+var sessionTouchScript = redis.NewScript(sessionTouchHead + sessionTouchWrite + `
+return {1, uid or '', ttl}
+`)
+
+// sessionTouchHead begins the scripts that touch a session
+// (sessionTouchScript, sessionLoadScript). It reads KEYS[1] into raw
+// (returning 0 when it is missing), finds the members it needs (uid and
+// created as stored; la, where the lastActivity value lies; close and n,
+// where the object ends and how many members it has), works out the TTL
+// a touch gives (ttl; <= 0: keep the key's) and deletes a session past
+// its absolute end (returning 0). ARGV[2]: now (unix ms); ARGV[3]: the
+// maximum lifetime (ms, 0: none).
+const sessionTouchHead = `
 local raw = redis.call('GET', KEYS[1])
 if not raw then
 	return 0
@@ -236,6 +248,12 @@ if stop > 0 then
 		ttl = left
 	end
 end
+`
+
+// sessionTouchWrite ends a touch: it sets the lastActivity value in raw
+// to ARGV[1] (adding the member when there is none) and writes the
+// result, doc, back with the TTL ttl (keeping the key's when ttl <= 0).
+const sessionTouchWrite = `
 local stamp = '"' .. ARGV[1] .. '"'
 local doc
 if la then
@@ -250,5 +268,4 @@ if ttl > 0 then
 else
 	redis.call('SET', KEYS[1], doc, 'KEEPTTL')
 end
-return {1, uid or '', ttl}
-`)
+`

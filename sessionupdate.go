@@ -49,6 +49,14 @@ func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*Session
 	case fn == nil:
 		return false, invalid(op, sessionDisplayKey, fmt.Errorf("%w: nil fn", ErrInvalidArgument))
 	}
+	return s.updateSession(ctx, op, id, nil, fn)
+}
+
+// updateSession is UpdateSession for a caller that has checked id and
+// fn. When known is not nil, the first attempt takes it for the stored
+// bytes instead of reading them (one round trip less when they have not
+// changed since).
+func (s *Service) updateSession(ctx context.Context, op, id string, known []byte, fn func(*SessionData) error) (bool, error) {
 	ctx, done, err := s.begin(ctx)
 	if err != nil {
 		return false, s.fail(ctx, op, sessionDisplayKey, err)
@@ -58,9 +66,14 @@ func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*Session
 		if err := s.pauseBeforeRetry(ctx, op, attempt); err != nil {
 			return false, err
 		}
-		raw, found, err := s.readSession(ctx, op, id)
-		if !found {
-			return false, err
+		raw := known
+		known = nil
+		if raw == nil {
+			var found bool
+			raw, found, err = s.readSession(ctx, op, id)
+			if !found {
+				return false, err
+			}
 		}
 		doc, old, err := s.decodeSession(ctx, op, raw)
 		if err != nil {
@@ -141,33 +154,41 @@ func (s *Service) RenewSessionID(ctx context.Context, id string) (_ string, _ bo
 	if !validSessionID(id) {
 		return "", false, invalid(op, sessionDisplayKey, ErrInvalidKey)
 	}
+	newID, _, ok, err := s.renewSessionID(ctx, op, id)
+	return newID, ok, err
+}
+
+// renewSessionID is RenewSessionID for a valid id. It also returns the
+// TTL the new key got (0: none), when it returns the new id.
+func (s *Service) renewSessionID(ctx context.Context, op, id string) (string, time.Duration, bool, error) {
 	ctx, done, err := s.begin(ctx)
 	if err != nil {
-		return "", false, s.fail(ctx, op, sessionDisplayKey, err)
+		return "", 0, false, s.fail(ctx, op, sessionDisplayKey, err)
 	}
 	defer done()
 	r := renewal{s: s, op: op}
 	defer r.abandon(ctx)
 	for attempt := range sessionAttempts {
 		if err := s.pauseBeforeRetry(ctx, op, attempt); err != nil {
-			return "", false, err
+			return "", 0, false, err
 		}
 		raw, ttl, found, err := s.readSessionTTL(ctx, op, id)
 		if !found {
-			return "", false, err
+			return "", 0, false, err
 		}
 		uid := ""
+		var end time.Time
 		if doc, err := parseSessionDoc(raw); err == nil {
 			if data, err := doc.data(); err == nil && s.sessionEnded(&doc, data) {
 				_, err := s.delSessions(ctx, op, []string{id})
-				return "", false, err
+				return "", 0, false, err
 			}
-			uid = doc.userID()
+			uid, end = doc.userID(), doc.end()
 		}
 		// 1 and 2: the new key, then its index entry (without it
 		// log-out-everywhere would miss the new id).
-		if err := r.write(ctx, raw, ttl, uid); err != nil {
-			return "", false, err
+		if err := r.write(ctx, raw, ttl, uid, end); err != nil {
+			return "", 0, false, err
 		}
 		// 3: the old key, if nobody changed or destroyed it meanwhile.
 		status, err := s.compareAndDelete(ctx, op, id, raw)
@@ -175,9 +196,9 @@ func (s *Service) RenewSessionID(ctx context.Context, id string) (_ string, _ bo
 		case err != nil:
 			// The delete may have run (a reply lost to a timeout): the
 			// new key is all that is sure to hold the session, so keep it.
-			return r.keep(), true, err
+			return r.keep(), ttl, true, err
 		case status == casMissing:
-			return "", false, nil
+			return "", 0, false, nil
 		case status == casChanged:
 			continue
 		}
@@ -186,9 +207,9 @@ func (s *Service) RenewSessionID(ctx context.Context, id string) (_ string, _ bo
 		if uid != "" {
 			err = s.unindexSessions(ctx, op, uid, []string{id})
 		}
-		return newID, true, err
+		return newID, ttl, true, err
 	}
-	return "", false, invalid(op, sessionDisplayKey, ErrConflict) // the old session is as others left it
+	return "", 0, false, invalid(op, sessionDisplayKey, ErrConflict) // the old session is as others left it
 }
 
 // renewal is the new id of one RenewSessionID call, kept across its
@@ -202,9 +223,11 @@ type renewal struct {
 }
 
 // write stores raw under the new id with ttl (0: none) and adds the id
-// to uid's index (unless uid is empty or ttl 0). The first write makes
-// the id (SET NX); later ones overwrite it with the bytes read anew.
-func (r *renewal) write(ctx context.Context, raw []byte, ttl time.Duration, uid string) error {
+// to uid's index (unless uid is empty or ttl 0), at the session's
+// absolute end when it has one (end), as createSession does. The first
+// write makes the id (SET NX); later ones overwrite it with the bytes
+// read anew.
+func (r *renewal) write(ctx context.Context, raw []byte, ttl time.Duration, uid string, end time.Time) error {
 	s := r.s
 	if r.id != "" {
 		if _, err := call(s, ctx, r.op, sessionDisplayKey, func(ctx context.Context) (string, error) {
@@ -247,8 +270,12 @@ func (r *renewal) write(ctx context.Context, raw []byte, ttl time.Duration, uid 
 	r.indexed = uid
 	// Until the old id is deleted it is indexed too: they count once
 	// against the cap, lest the one session evict itself.
-	expiry := map[string]time.Time{r.id: s.opts.Now().Add(ttl)}
-	_, err := s.indexSessions(ctx, r.op, uid, expiry, s.opts.MaxSessionsPerUser+1)
+	expiry := s.opts.Now().Add(ttl)
+	if !end.IsZero() {
+		expiry = end
+	}
+	expiries := map[string]time.Time{r.id: expiry}
+	_, err := s.indexSessions(ctx, r.op, uid, expiries, s.opts.MaxSessionsPerUser+1)
 	return err
 }
 

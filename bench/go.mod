@@ -3,8 +3,11 @@ module github.com/vevurn/redisservice/bench
 go 1.26.0
 
 require (
+	github.com/alexedwards/scs/redisstore v0.0.0-20251002162104-209de6e426de
+	github.com/alexedwards/scs/v2 v2.9.0
 	github.com/go-redis/cache/v9 v9.0.0
 	github.com/go-redis/redis_rate/v10 v10.0.1
+	github.com/gomodule/redigo v1.8.0
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/vevurn/redisservice v0.0.0
 	go.opentelemetry.io/otel/metric v1.47.0
@@ -32,6 +35,7 @@ require (
 require (
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/klauspost/compress v1.13.6 // indirect
+	github.com/vevurn/redisservice/scsstore v0.0.0
 	github.com/vmihailenco/go-tinylfu v0.2.2 // indirect
 	github.com/vmihailenco/msgpack/v5 v5.3.4
 	github.com/vmihailenco/tagparser/v2 v2.0.0 // indirect
@@ -41,3 +45,5 @@ require (
 )
 
 replace github.com/vevurn/redisservice => ../
+
+replace github.com/vevurn/redisservice/scsstore => ../scsstore

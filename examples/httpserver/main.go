@@ -1,8 +1,8 @@
 // Command httpserver is a small point-of-sale API built on redisservice:
 // a cached product list invalidated on update, rate-limited endpoints with
-// the RateLimit headers, cookie sessions with log-out-everywhere, a health
-// endpoint, OpenTelemetry metrics served for Prometheus at /metrics, and
-// graceful shutdown on SIGINT or SIGTERM.
+// the RateLimit headers, cookie sessions (a SessionManager) with a cart
+// and log-out-everywhere, a health endpoint, OpenTelemetry metrics served
+// for Prometheus at /metrics, and graceful shutdown on SIGINT or SIGTERM.
 //
 // With REDIS_URL unset it runs against an embedded miniredis. ADDR sets
 // the listen address (default 127.0.0.1:8080).
@@ -10,6 +10,7 @@
 //	cd examples/httpserver && go run .   # a module of its own
 //	curl -i -c jar -d '{"email":"ada@example.com","password":"espresso"}' localhost:8080/login
 //	curl -i -b jar localhost:8080/products
+//	curl -i -b jar -X POST localhost:8080/cart/A-1
 //	curl -s localhost:8080/metrics | grep redisservice
 package main
 
@@ -70,9 +71,13 @@ func run() error {
 	if addr == "" {
 		addr = "127.0.0.1:8080"
 	}
+	api, err := newServer(svc, newCatalog())
+	if err != nil {
+		return err
+	}
 	srv := &http.Server{
 		Addr:              addr,
-		Handler:           withMetrics(newServer(svc, newCatalog()), metrics),
+		Handler:           withMetrics(api, metrics),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	errc := make(chan error, 1)

@@ -21,7 +21,9 @@ func TestMetrics(t *testing.T) {
 	svc, err := redisservice.New(redisservice.Options{URL: "redis://" + mr.Addr(), KeyPrefix: "pos:", MeterProvider: mp})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = svc.Close() })
-	ts := httptest.NewServer(withMetrics(newServer(svc, newCatalog()), metrics))
+	api, err := newServer(svc, newCatalog())
+	require.NoError(t, err)
+	ts := httptest.NewServer(withMetrics(api, metrics))
 	t.Cleanup(ts.Close)
 
 	c := newClient(t)

@@ -3,11 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"log/slog"
-	"net"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,10 +14,8 @@ import (
 )
 
 const (
-	sessionCookie = "pos_session"
-	sessionTTL    = 30 * time.Minute
-	productsKey   = "products:all"
-	productsTTL   = 5 * time.Minute
+	productsKey = "products:all"
+	productsTTL = 5 * time.Minute
 )
 
 // Product is an item on sale.
@@ -66,28 +63,40 @@ var users = map[string]struct{ password, userID, role string }{
 }
 
 type server struct {
-	svc     *redisservice.Service
-	catalog *catalog
+	svc      *redisservice.Service
+	sessions *redisservice.SessionManager
+	catalog  *catalog
 }
 
 // newServer returns the API's handler.
-func newServer(svc *redisservice.Service, c *catalog) http.Handler {
-	s := &server{svc: svc, catalog: c}
+func newServer(svc *redisservice.Service, c *catalog) (http.Handler, error) {
+	sessions, err := svc.SessionManager(redisservice.SessionConfig{
+		CookieName:  "pos_session",
+		IdleTimeout: 30 * time.Minute,
+		// This example serves plain HTTP. Behind TLS, leave Secure on.
+		InsecureCookie: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s := &server{svc: svc, sessions: sessions, catalog: c}
 	api := http.NewServeMux()
 	api.HandleFunc("GET /products", s.listProducts)
 	api.Handle("PUT /products/{sku}", s.requireSession(http.HandlerFunc(s.putProduct)))
 	api.Handle("GET /me", s.requireSession(http.HandlerFunc(s.me)))
+	api.Handle("POST /cart/{sku}", s.requireSession(http.HandlerFunc(s.addToCart)))
 	api.HandleFunc("POST /logout", s.logout)
 	api.Handle("POST /logout-all", s.requireSession(http.HandlerFunc(s.logoutAll)))
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /healthz", svc.HealthHandler())
-	// Logins get a much smaller budget than the rest of the API.
+	// Logins get a much smaller budget than the rest of the API. The rate
+	// limit comes first, so that a refused request costs no session read.
 	mux.Handle("POST /login", svc.RateLimitMiddleware(redisservice.RateLimitConfig{
 		Name: "login", Limit: 5, Window: time.Minute,
-	})(http.HandlerFunc(s.login)))
-	mux.Handle("/", svc.RateLimitMiddleware(redisservice.RateLimitConfig{Limit: 100, Window: time.Minute})(api))
-	return mux
+	})(sessions.LoadAndSave(http.HandlerFunc(s.login))))
+	mux.Handle("/", svc.RateLimitMiddleware(redisservice.RateLimitConfig{Limit: 100, Window: time.Minute})(sessions.LoadAndSave(api)))
+	return mux, nil
 }
 
 func (s *server) listProducts(w http.ResponseWriter, r *http.Request) {
@@ -125,83 +134,86 @@ func (s *server) login(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusUnauthorized, "wrong email or password")
 		return
 	}
-	id, err := redisservice.NewSessionID()
+	// A new session under a new id, with the client's IP and User-Agent;
+	// any session the request carried is destroyed.
+	err := s.sessions.Login(r.Context(), redisservice.SessionData{UserID: u.userID, Email: in.Email, Role: u.role})
 	if err != nil {
-		httpError(w, http.StatusInternalServerError, "no session")
-		return
-	}
-	now := time.Now()
-	data := redisservice.SessionData{
-		UserID: u.userID, Email: in.Email, Role: u.role, CreatedAt: now, LastActivity: now,
-		IP: remoteIP(r), UserAgent: r.UserAgent(),
-	}
-	if err := s.svc.CreateSession(r.Context(), id, data, sessionTTL); err != nil {
 		// Without Redis there are no sessions: say so rather than pretend.
 		httpError(w, http.StatusServiceUnavailable, "sessions unavailable")
 		return
 	}
-	http.SetCookie(w, &http.Cookie{
-		Name: sessionCookie, Value: id, Path: "/", MaxAge: int(sessionTTL / time.Second),
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode,
-	})
 	writeJSON(w, http.StatusOK, map[string]string{"userId": u.userID})
 }
 
-type ctxKey struct{}
-
-// requireSession admits requests with a live session cookie and slides
-// the session's expiry.
+// requireSession admits requests with a live session.
 func (s *server) requireSession(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := r.Cookie(sessionCookie)
-		if err != nil {
+		if _, ok := s.sessions.Session(r.Context()); !ok {
+			if s.sessions.LoadErr(r.Context()) != nil {
+				httpError(w, http.StatusServiceUnavailable, "sessions unavailable")
+				return
+			}
 			httpError(w, http.StatusUnauthorized, "log in first")
 			return
 		}
-		data, found, err := s.svc.GetSession(r.Context(), c.Value)
-		switch {
-		case err != nil && !errors.Is(err, redisservice.ErrInvalidKey):
-			httpError(w, http.StatusServiceUnavailable, "sessions unavailable")
-			return
-		case !found:
-			httpError(w, http.StatusUnauthorized, "log in first")
-			return
-		}
-		_, _ = s.svc.UpdateSessionActivity(r.Context(), c.Value)
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, data)))
+		next.ServeHTTP(w, r)
 	})
 }
 
 func (s *server) me(w http.ResponseWriter, r *http.Request) {
-	data := r.Context().Value(ctxKey{}).(redisservice.SessionData)
+	data, _ := s.sessions.Session(r.Context())
 	writeJSON(w, http.StatusOK, map[string]string{"userId": data.UserID, "email": data.Email, "role": data.Role})
 }
 
-func (s *server) logout(w http.ResponseWriter, r *http.Request) {
-	if c, err := r.Cookie(sessionCookie); err == nil {
-		_, _ = s.svc.DestroySession(r.Context(), c.Value)
+// addToCart adds one of a SKU to the session's cart. Each SKU is a value
+// of its own ("cart:<sku>"): the session manager saves a request's
+// changes name by name, merged with what concurrent requests saved, so
+// requests adding different SKUs at once keep every one of them.
+func (s *server) addToCart(w http.ResponseWriter, r *http.Request) {
+	name := "cart:" + r.PathValue("sku")
+	n, _, err := redisservice.SessionValue[int](r.Context(), s.sessions, name)
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, "unreadable cart")
+		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Path: "/", MaxAge: -1, HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode})
+	if err := s.sessions.Put(r.Context(), name, n+1); err != nil {
+		httpError(w, http.StatusBadRequest, "not a SKU")
+		return
+	}
+	writeJSON(w, http.StatusOK, s.cart(r.Context()))
+}
+
+// cart returns the session's cart: quantities by SKU.
+func (s *server) cart(ctx context.Context) map[string]int {
+	data, _ := s.sessions.Session(ctx)
+	cart := map[string]int{}
+	for name, v := range data.Values {
+		if sku, ok := strings.CutPrefix(name, "cart:"); ok {
+			var n int
+			if json.Unmarshal(v, &n) == nil {
+				cart[sku] = n
+			}
+		}
+	}
+	return cart
+}
+
+func (s *server) logout(w http.ResponseWriter, r *http.Request) {
+	if err := s.sessions.Logout(r.Context()); err != nil {
+		httpError(w, http.StatusServiceUnavailable, "sessions unavailable")
+		return
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *server) logoutAll(w http.ResponseWriter, r *http.Request) {
-	data := r.Context().Value(ctxKey{}).(redisservice.SessionData)
+	data, _ := s.sessions.Session(r.Context())
 	n, err := s.svc.DestroyUserSessions(r.Context(), data.UserID)
 	if err != nil {
 		httpError(w, http.StatusServiceUnavailable, "sessions unavailable")
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]int64{"destroyed": n})
-}
-
-// remoteIP is the address the request came from, without the port.
-func remoteIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -6,7 +6,9 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
+	"reflect"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/alicebob/miniredis/v2"
@@ -23,7 +25,11 @@ func newTestServer(t *testing.T) (*httptest.Server, *catalog, *miniredis.Minired
 	}
 	t.Cleanup(func() { svc.Close() })
 	cat := newCatalog()
-	ts := httptest.NewServer(newServer(svc, cat))
+	api, err := newServer(svc, cat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(api)
 	t.Cleanup(ts.Close)
 	return ts, cat, mr
 }
@@ -122,6 +128,38 @@ func TestSessions(t *testing.T) {
 	}
 	if resp, _ := do(t, phone, "GET", ts.URL+"/me", ""); resp.StatusCode != 401 {
 		t.Errorf("GET /me after logout = %d; want 401", resp.StatusCode)
+	}
+}
+
+func TestCartKeepsConcurrentAdds(t *testing.T) {
+	ts, _, _ := newTestServer(t)
+	c := newClient(t)
+	if resp, _ := do(t, c, "POST", ts.URL+"/cart/A-1", ""); resp.StatusCode != 401 {
+		t.Errorf("POST /cart without a session = %d; want 401", resp.StatusCode)
+	}
+	login(t, ts, c)
+	do(t, c, "POST", ts.URL+"/cart/A-1", "")
+	var wg sync.WaitGroup
+	for _, sku := range []string{"B-2", "C-3", "D-4", "E-5"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Each request adds a SKU of its own; the saves merge.
+			req, _ := http.NewRequest("POST", ts.URL+"/cart/"+sku, nil)
+			resp, err := c.Do(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	_, body := do(t, c, "POST", ts.URL+"/cart/A-1", "")
+	var cart map[string]int
+	if err := json.Unmarshal([]byte(body), &cart); err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]int{"A-1": 2, "B-2": 1, "C-3": 1, "D-4": 1, "E-5": 1}; !reflect.DeepEqual(cart, want) {
+		t.Errorf("cart = %v; want %v", cart, want)
 	}
 }
 

@@ -1,0 +1,125 @@
+package redisservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// sessionLoadScript reads a session for a request and, when its
+// lastActivity is at least ARGV[4] ms old (or missing, or not a time),
+// touches it as sessionTouchScript does: one round trip whether or not
+// it touches. A session past its absolute end is deleted. It returns 0
+// for a missing or ended session, else {the stored bytes (after the
+// touch), the TTL in ms (-1: none; 0: not read), 1 when it touched,
+// else 0}. The TTL of a session it did not touch is read only when the
+// caller needs it: for a session of the original service (no
+// idleTimeoutMs), and with ARGV[5] = 1.
+//
+// KEYS[1]: the session. ARGV: lastActivity for a touch (toISOString),
+// now (unix ms), maximum lifetime (ms, 0: none), touch interval (ms),
+// 1 to read the TTL of every session (else 0).
+var sessionLoadScript = redis.NewScript(sessionTouchHead + `
+if la then
+	local at = millis(sub(raw, la[1], la[2]))
+	if at and tonumber(ARGV[2]) - at < tonumber(ARGV[4]) then
+		if idle then
+			ttl = 0
+			if ARGV[5] == '1' then
+				ttl = redis.call('PTTL', KEYS[1])
+			end
+		end
+		return {raw, ttl, 0}
+	end
+end
+` + sessionTouchWrite + `
+if ttl <= 0 then
+	ttl = redis.call('PTTL', KEYS[1])
+end
+return {doc, ttl, 1}
+`)
+
+// loadedSession is a session as a request found it.
+type loadedSession struct {
+	raw     []byte // the stored bytes, after the touch
+	data    SessionData
+	ttl     time.Duration // left; -1: none; 0: not read (see sessionLoadScript)
+	touched bool          // lastActivity and the idle expiry moved
+}
+
+// loadSession reads session id for a request, and touches it when its
+// lastActivity is at least touchEvery old, in one round trip
+// (sessionLoadScript); the session ends at CreatedAt plus lifetime at
+// the latest (0: no limit but its own). Every request's read of its
+// session goes through here.
+//
+// The user's index is written (one more round trip) only when the
+// session could otherwise outlive its entry: after a touch of a session
+// without a stored absolute end (with one, the entry lasts until that
+// end), for a session of the original service (which joins the index with
+// its remaining TTL), and for every session under LegacySessions, as
+// GetSession does. It returns the session, true and the error when only
+// that failed.
+func (s *Service) loadSession(ctx context.Context, op, id string, touchEvery, lifetime time.Duration) (_ loadedSession, _ bool, err error) {
+	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
+	defer scope.end(ctx, &err)
+	now := s.opts.Now()
+	stamp, err := appendTime(nil, fieldLastActivity, now)
+	if err != nil {
+		return loadedSession{}, false, invalid(op, sessionDisplayKey, err)
+	}
+	stamp = stamp[1 : len(stamp)-1]
+	legacy := 0
+	if s.opts.LegacySessions {
+		legacy = 1 // every session is indexed with its TTL, as GetSession does
+	}
+	reply, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (any, error) {
+		reply, err := sessionLoadScript.Run(ctx, s.rdb, []string{s.key(sessionKey(id))},
+			stamp, now.UnixMilli(), lifetime.Milliseconds(), touchEvery.Milliseconds(), legacy).Result()
+		var rerr redis.Error
+		if errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "ERR stored session") {
+			err = fmt.Errorf("%w: %w", ErrDecode, err) // the script refused what GetSession cannot decode either
+		}
+		return reply, err
+	})
+	if err != nil {
+		return loadedSession{}, false, err
+	}
+	if n, ok := reply.(int64); ok && n == 0 {
+		s.found(false) // missing or ended
+		return loadedSession{}, false, nil
+	}
+	var (
+		raw           string
+		ttl, touched  int64
+		ok1, ok2, ok3 bool
+	)
+	if r, ok := reply.([]any); ok && len(r) == 3 {
+		raw, ok1 = r[0].(string)
+		ttl, ok2 = r[1].(int64)
+		touched, ok3 = r[2].(int64)
+	}
+	if !ok1 || !ok2 || !ok3 {
+		return loadedSession{}, false, s.fail(ctx, op, sessionDisplayKey, fmt.Errorf("%w: unexpected script reply %T", ErrDecode, reply))
+	}
+	b := []byte(raw) // the decoded Values alias it
+	doc, data, err := s.decodeSession(ctx, op, b)
+	if err != nil {
+		return loadedSession{}, false, err
+	}
+	s.found(true)
+	ls := loadedSession{raw: b, data: data, ttl: time.Duration(ttl) * time.Millisecond, touched: touched == 1}
+	if ttl < 0 {
+		ls.ttl = -1
+	}
+	// A TTL not read (0) is one nothing below needs: a session of this
+	// package, not touched, without LegacySessions.
+	if (s.opts.LegacySessions || doc.legacy() || (ls.touched && doc.end().IsZero())) && data.UserID != "" && ls.ttl > 0 {
+		return ls, true, s.indexSession(ctx, op, data.UserID, id, now.Add(ls.ttl))
+	}
+	return ls, true, nil
+}
