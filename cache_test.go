@@ -13,6 +13,8 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/vevurn/redisservice/internal/flight"
 )
 
 type cachedProduct struct {
@@ -38,20 +40,15 @@ var errBoom = errors.New("boom")
 // waiting for it besides the one reading.
 func waitReaders(t testing.TB, s *Service, key string, n int) {
 	t.Helper()
-	require.Eventually(t, func() bool { return s.reads.readers(readKey{key: key}) == n }, 10*time.Second, time.Millisecond,
+	require.Eventually(t, func() bool { return readers(s, key) == n }, 10*time.Second, time.Millisecond,
 		"a read of %q in flight with %d waiters", key, n)
 }
 
 // waitWaiting waits until n callers wait for the load of k.
 func waitWaiting(t testing.TB, s *Service, k flightKey, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for s.flights.waiting(k) != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d callers wait for the load of %q; want %d", s.flights.waiting(k), k.key, n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	require.Eventually(t, func() bool { return waiting(s, k) == n }, 10*time.Second, time.Millisecond,
+		"%d callers wait for the load of %q", n, k.key)
 }
 
 func TestCacheMissThenHit(t *testing.T) {
@@ -545,7 +542,7 @@ func TestCacheLoaderGoexit(t *testing.T) {
 		select {
 		case err := <-errs:
 			require.Error(t, err, "Cache whose loader called runtime.Goexit")
-			assert.ErrorIs(t, err, errGoexit)
+			assert.ErrorIs(t, err, flight.ErrGoexit)
 			assert.Contains(t, err.Error(), `redisservice: cache "k": load: runtime.Goexit`)
 		case <-time.After(5 * time.Second):
 			t.Fatal("a caller hangs after its loader called runtime.Goexit")

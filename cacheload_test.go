@@ -49,7 +49,7 @@ func TestCacheLoaderPanicIsAnError(t *testing.T) {
 			err := <-errs
 			var pe *panicError
 			require.ErrorAs(t, err, &pe, "Cache whose loader panicked")
-			assert.Equal(t, "kaboom", pe.value)
+			assert.Equal(t, "kaboom", pe.Value)
 			assert.True(t, strings.HasPrefix(err.Error(), `redisservice: cache "k": load: panic: kaboom`), "error text %q", err)
 			assert.Contains(t, err.Error(), "cacheload_test.go", "the loader's stack is in the error")
 		}

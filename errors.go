@@ -81,8 +81,3 @@ func (e *opError) Error() string {
 func errText(err error) string { return strings.TrimPrefix(err.Error(), "redisservice: ") }
 
 func (e *opError) Unwrap() error { return e.err }
-
-// errGoexit reports a function of a flight or read group that called
-// runtime.Goexit instead of returning, as golang.org/x/sync/singleflight
-// does. The callers wrap it with the operation and key.
-var errGoexit = errors.New("runtime.Goexit was called")
