@@ -75,9 +75,6 @@ func (s *Service) dropLocal(key string) {
 	}
 }
 
-// panicError is a loader's panic, as Cache returns it inside a loadError.
-type panicError = flight.PanicError
-
 // guarded returns fn turned into a load that never panics: a panic in fn
 // becomes an error that every caller waiting for the load gets, and a
 // log line, since none may be waiting.

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+
+	"github.com/vevurn/redisservice/internal/flight"
 )
 
 // Sentinel errors. Test for them with [errors.Is]: the errors returned by
@@ -81,3 +83,6 @@ func (e *opError) Error() string {
 func errText(err error) string { return strings.TrimPrefix(err.Error(), "redisservice: ") }
 
 func (e *opError) Unwrap() error { return e.err }
+
+// panicError is a Cache loader's panic, returned inside a loadError.
+type panicError = flight.PanicError
