@@ -150,6 +150,6 @@ func TestReadGroupReaderGoexit(t *testing.T) {
 	case b := <-got:
 		assert.Equal(t, "own", b, "a waiter whose reader exited reads for itself")
 	case <-time.After(5 * time.Second):
-		t.Fatal("a waiter hangs after its reader called runtime.Goexit")
+		require.FailNow(t, "a waiter hangs after its reader called runtime.Goexit")
 	}
 }
