@@ -4,9 +4,10 @@
 // and hands its result to every caller that asks meanwhile; a
 // [ReadGroup] shares one read, run in its first caller's goroutine, among
 // the callers that ask at the same moment. As in
-// golang.org/x/sync/singleflight, a function that panics or calls
-// runtime.Goexit still answers its waiters: with a [*PanicError] or
-// [ErrGoexit], never by hanging them or re-raising the panic.
+// golang.org/x/sync/singleflight, no waiter hangs on a function that
+// panics or calls runtime.Goexit: a Group's load answers its callers with
+// a [*PanicError] or [ErrGoexit] (it never re-raises the panic), and a
+// ReadGroup's waiters read for themselves.
 package flight
 
 import (
