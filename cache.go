@@ -160,6 +160,14 @@ func notFound(key string) error {
 	return wrapOp("cache", key, ErrNotFound)
 }
 
+// flightKey names one load, and one copy in the local tier: the caller's
+// key and the type it decodes to, so that Cache[int] and Cache[string] on
+// one key never share a result.
+type flightKey struct {
+	key string
+	typ reflect.Type
+}
+
 // readKey names one shared read: the key, and what is read with it.
 type readKey struct {
 	key      string
@@ -185,7 +193,7 @@ func cacheRead[T any](ctx context.Context, s *Service, rk readKey) (T, bool, rea
 	const op = "cache"
 	var v T
 	key := rk.key
-	r, err := s.reads.get(ctx, rk, s.opts.Timeout, func(ctx context.Context, until time.Time) (readReply, error) {
+	r, err := s.reads.Get(ctx, rk, s.opts.Timeout, func(ctx context.Context, until time.Time) (readReply, error) {
 		// call fails fast while Redis is known down, also for a caller
 		// that reads again after a shared read failed.
 		return call(s, ctx, op, key, func(ctx context.Context) (readReply, error) {

@@ -14,6 +14,8 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/vevurn/redisservice/internal/flight"
 )
 
 type cachedProduct struct {
@@ -39,13 +41,13 @@ var errBoom = errors.New("boom")
 // waiting for it besides the one reading.
 func waitReaders(t testing.TB, s *Service, key string, n int) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("a read of %q in flight with %d waiters", key, n), func() bool { return s.reads.readers(readKey{key: key}) == n })
+	waitFor(t, fmt.Sprintf("a read of %q in flight with %d waiters", key, n), func() bool { return readers(s, key) == n })
 }
 
 // waitWaiting waits until n callers wait for the load of k.
 func waitWaiting(t testing.TB, s *Service, k flightKey, n int) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("%d callers waiting for the load of %q", n, k.key), func() bool { return s.flights.waiting(k) == n })
+	waitFor(t, fmt.Sprintf("%d callers waiting for the load of %q", n, k.key), func() bool { return waiting(s, k) == n })
 }
 
 func TestCacheMissThenHit(t *testing.T) {
@@ -58,28 +60,27 @@ func TestCacheMissThenHit(t *testing.T) {
 		l := &countingLoader[cachedProduct]{v: cachedProduct{SKU: "A-1", Price: 250}}
 
 		got, err := Cache(ctx, s, "product:A-1", ttl, l.load)
-		if got != l.v || err != nil || l.calls.Load() != 1 {
-			t.Fatalf("Cache(miss) = %+v, %v after %d loads; want %+v, nil after 1", got, err, l.calls.Load(), l.v)
-		}
-		if raw := b.client.Get(ctx, b.raw("product:A-1")).Val(); raw != `{"sku":"A-1","priceCents":250}` {
-			t.Errorf("stored value = %q; want the loader's value as plain JSON", raw)
-		}
-		if d := b.client.PTTL(ctx, b.raw("product:A-1")).Val(); d <= ttl-time.Second || d > ttl {
-			t.Errorf("PTTL after Cache(ttl %v) = %v; want just under %v, never more", ttl, d, ttl)
-		}
+		require.NoError(t, err, "Cache(miss)")
+		require.Equal(t, l.v, got, "Cache(miss)")
+		require.EqualValues(t, 1, l.calls.Load(), "loads after Cache(miss)")
+		assert.Equal(t, `{"sku":"A-1","priceCents":250}`, b.client.Get(ctx, b.raw("product:A-1")).Val(), "stored value: the loader's value as plain JSON")
+		d := b.client.PTTL(ctx, b.raw("product:A-1")).Val()
+		assert.Greater(t, d, ttl-time.Second, "PTTL after Cache(ttl %v): just under it", ttl)
+		assert.LessOrEqual(t, d, ttl, "PTTL after Cache(ttl %v): never more", ttl)
 		got, err = Cache(ctx, s, "product:A-1", ttl, l.load)
-		if got != l.v || err != nil || l.calls.Load() != 1 {
-			t.Errorf("Cache(hit) = %+v, %v after %d loads; want %+v, nil with no new load", got, err, l.calls.Load(), l.v)
-		}
-		if st := s.Stats(); st.Hits != 1 || st.Misses != 1 {
-			t.Errorf("Stats hits, misses = %d, %d; want 1, 1", st.Hits, st.Misses)
-		}
+		assert.NoError(t, err, "Cache(hit)")
+		assert.Equal(t, l.v, got, "Cache(hit)")
+		assert.EqualValues(t, 1, l.calls.Load(), "loads after Cache(hit): no new load")
+		st := s.Stats()
+		assert.EqualValues(t, 1, st.Hits, "Stats.Hits")
+		assert.EqualValues(t, 1, st.Misses, "Stats.Misses")
 
 		b.pass(ttl + 50*time.Millisecond)
 		b.waitFor(t, "cached value expires", func() bool { return b.client.Exists(ctx, b.raw("product:A-1")).Val() == 0 })
-		if got, err = Cache(ctx, s, "product:A-1", ttl, l.load); got != l.v || err != nil || l.calls.Load() != 2 {
-			t.Errorf("Cache after expiry = %+v, %v after %d loads; want a second load", got, err, l.calls.Load())
-		}
+		got, err = Cache(ctx, s, "product:A-1", ttl, l.load)
+		assert.NoError(t, err, "Cache after expiry")
+		assert.Equal(t, l.v, got, "Cache after expiry")
+		assert.EqualValues(t, 2, l.calls.Load(), "loads after expiry: a second load")
 	})
 }
 
@@ -105,17 +106,15 @@ func TestCacheLoadsOncePerKey(t *testing.T) {
 		waitWaiting(t, s, flightKey{key: "hot", typ: reflect.TypeFor[int]()}, callers)
 		close(release)
 		wg.Wait()
-		if n := calls.Load(); n != 1 {
-			t.Errorf("%d concurrent callers ran the loader %d times; want 1", callers, n)
-		}
+		assert.EqualValues(t, 1, calls.Load(), "loads by %d concurrent callers", callers)
 		for i := range callers {
-			if got[i] != 42 || errs[i] != nil {
-				t.Fatalf("caller %d: Cache = %d, %v; want 42, nil", i, got[i], errs[i])
-			}
+			require.NoError(t, errs[i], "caller %d", i)
+			require.Equal(t, 42, got[i], "caller %d", i)
 		}
-		if v, err := Cache(ctx, s, "hot", time.Minute, load); v != 42 || err != nil || calls.Load() != 1 {
-			t.Errorf("Cache after the shared load = %d, %v after %d loads; want a hit", v, err, calls.Load())
-		}
+		v, err := Cache(ctx, s, "hot", time.Minute, load)
+		assert.NoError(t, err, "Cache after the shared load")
+		assert.Equal(t, 42, v, "Cache after the shared load")
+		assert.EqualValues(t, 1, calls.Load(), "loads after the shared load: a hit")
 	})
 }
 
@@ -127,19 +126,12 @@ func TestCacheLoaderError(t *testing.T) {
 		l := &countingLoader[string]{v: "ignored", err: errBoom}
 		for i := 1; i <= 3; i++ {
 			v, err := Cache(ctx, s, "k", time.Minute, l.load)
-			if v != "" || !errors.Is(err, errBoom) {
-				t.Errorf("Cache with a failing loader = %q, %v; want \"\" and the loader's error", v, err)
-			}
-			if n := l.calls.Load(); n != int32(i) {
-				t.Errorf("after %d calls the loader ran %d times; want exactly once per call", i, n)
-			}
+			assert.ErrorIs(t, err, errBoom, "Cache with a failing loader")
+			assert.Empty(t, v, "Cache with a failing loader")
+			assert.EqualValues(t, i, l.calls.Load(), "loads after %d calls: exactly one per call", i)
 		}
-		if n := b.client.Exists(ctx, b.raw("k")).Val(); n != 0 {
-			t.Errorf("a failed load cached something")
-		}
-		if st := s.Stats(); st.Errors != 0 {
-			t.Errorf("Stats.Errors = %d after loader errors; want 0 (Redis did not fail)", st.Errors)
-		}
+		assert.Zero(t, b.client.Exists(ctx, b.raw("k")).Val(), "a failed load cached something")
+		assert.Zero(t, s.Stats().Errors, "Stats.Errors after loader errors (Redis did not fail)")
 
 		// Concurrent callers share one failing load.
 		var calls atomic.Int32
@@ -161,9 +153,8 @@ func TestCacheLoaderError(t *testing.T) {
 		waitWaiting(t, s, flightKey{key: "shared", typ: reflect.TypeFor[string]()}, 20)
 		close(release)
 		wg.Wait()
-		if calls.Load() != 1 || failed.Load() != 20 {
-			t.Errorf("20 callers of one failing load: %d loads, %d got its error; want 1 and 20", calls.Load(), failed.Load())
-		}
+		assert.EqualValues(t, 1, calls.Load(), "loads for 20 callers of one failing load")
+		assert.EqualValues(t, 20, failed.Load(), "callers of one failing load that got its error")
 	})
 }
 
@@ -188,17 +179,13 @@ func TestCacheInvalidArguments(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if v, err := Cache(ctx, s, c.key, c.ttl, c.load); v != "" || !errors.Is(err, c.want) {
-				t.Errorf("Cache(%q, %v) = %q, %v; want \"\", %v", c.key, c.ttl, v, err, c.want)
-			}
+			v, err := Cache(ctx, s, c.key, c.ttl, c.load)
+			assert.ErrorIs(t, err, c.want, "Cache(%q, %v)", c.key, c.ttl)
+			assert.Empty(t, v, "Cache(%q, %v)", c.key, c.ttl)
 		})
 	}
-	if n := l.calls.Load(); n != 0 {
-		t.Errorf("loader ran %d times for invalid arguments; want 0", n)
-	}
-	if keys := b.mr.Keys(); len(keys) != 0 {
-		t.Errorf("keys written for invalid arguments: %q", keys)
-	}
+	assert.Zero(t, l.calls.Load(), "loads for invalid arguments")
+	assert.Empty(t, b.mr.Keys(), "keys written for invalid arguments")
 }
 
 func TestCacheUndecodableIsAMiss(t *testing.T) {
@@ -218,19 +205,17 @@ func TestCacheUndecodableIsAMiss(t *testing.T) {
 		for _, c := range cases {
 			t.Run(c.name, func(t *testing.T) {
 				key := "bad:" + c.name
-				if err := c.store(b.raw(key)); err != nil {
-					t.Fatal(err)
-				}
+				require.NoError(t, c.store(b.raw(key)))
 				l := &countingLoader[cachedProduct]{v: cachedProduct{SKU: "B-2", Price: 400}}
-				if v, err := Cache(ctx, s, key, time.Minute, l.load); v != l.v || err != nil || l.calls.Load() != 1 {
-					t.Errorf("Cache over an undecodable value = %+v, %v after %d loads; want the loader's value, nil, 1 load", v, err, l.calls.Load())
-				}
-				if raw := b.client.Get(ctx, b.raw(key)).Val(); raw != `{"sku":"B-2","priceCents":400}` {
-					t.Errorf("stored value = %q; want it overwritten with the loaded JSON", raw)
-				}
-				if v, err := Cache(ctx, s, key, time.Minute, l.load); v != l.v || err != nil || l.calls.Load() != 1 {
-					t.Errorf("second Cache = %+v, %v after %d loads; want a hit", v, err, l.calls.Load())
-				}
+				v, err := Cache(ctx, s, key, time.Minute, l.load)
+				assert.NoError(t, err, "Cache over an undecodable value")
+				assert.Equal(t, l.v, v, "Cache over an undecodable value: the loader's value")
+				assert.EqualValues(t, 1, l.calls.Load(), "loads for Cache over an undecodable value")
+				assert.Equal(t, `{"sku":"B-2","priceCents":400}`, b.client.Get(ctx, b.raw(key)).Val(), "stored value: overwritten with the loaded JSON")
+				v, err = Cache(ctx, s, key, time.Minute, l.load)
+				assert.NoError(t, err, "second Cache")
+				assert.Equal(t, l.v, v, "second Cache")
+				assert.EqualValues(t, 1, l.calls.Load(), "loads after the second Cache: a hit")
 			})
 		}
 	})
@@ -265,22 +250,17 @@ func TestCacheCancelledCallerDoesNotFailOthers(t *testing.T) {
 	acancel()
 	select {
 	case err := <-aErr:
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("cancelled caller's Cache error = %v; want context.Canceled", err)
-		}
+		assert.ErrorIs(t, err, context.Canceled, "the cancelled caller's Cache")
 	case <-time.After(5 * time.Second):
-		t.Fatal("cancelled caller still waits for the load")
+		require.FailNow(t, "cancelled caller still waits for the load")
 	}
-	if err := lctx.Err(); err != nil {
-		t.Errorf("the shared load's ctx ended (%v) when one of two callers left; want it running", err)
-	}
+	assert.NoError(t, lctx.Err(), "the shared load's ctx ended when one of two callers left")
 	close(release)
-	if r := <-bRes; r.v != "v" || r.err != nil {
-		t.Errorf("other caller's Cache = %q, %v; want v, nil", r.v, r.err)
-	}
-	if v, _ := b.mr.Get(b.raw("k")); v != `"v"` {
-		t.Errorf("stored value = %q; want \"v\" as JSON", v)
-	}
+	br := <-bRes
+	assert.NoError(t, br.err, "the other caller's Cache")
+	assert.Equal(t, "v", br.v, "the other caller's Cache")
+	stored, _ := b.mr.Get(b.raw("k"))
+	assert.Equal(t, `"v"`, stored, "stored value")
 
 	// When every caller has gone, the load runs on, and a later caller
 	// joins it instead of starting another.
@@ -317,9 +297,9 @@ func TestCacheLoadKeepsCallerValues(t *testing.T) {
 		v, _ := lctx.Value(ctxKey{}).(string)
 		return v, nil
 	}
-	if v, err := Cache(ctx, s, "k", time.Minute, load); v != "trace-1" || err != nil {
-		t.Errorf("Cache = %q, %v; want the loader to see the caller's ctx values", v, err)
-	}
+	v, err := Cache(ctx, s, "k", time.Minute, load)
+	require.NoError(t, err)
+	assert.Equal(t, "trace-1", v, "the loader sees the caller's ctx values")
 }
 
 func TestCacheTypesDoNotShareLoads(t *testing.T) {
@@ -341,18 +321,15 @@ func TestCacheTypesDoNotShareLoads(t *testing.T) {
 	waitWaiting(t, s, flightKey{key: "k", typ: reflect.TypeFor[string]()}, 1)
 	close(release)
 	wg.Wait()
-	if gotInt != 1 || gotStr != "one" {
-		t.Errorf("Cache[int], Cache[string] on one key = %d, %q; want 1, one", gotInt, gotStr)
-	}
+	assert.Equal(t, 1, gotInt, "Cache[int] beside Cache[string] on one key")
+	assert.Equal(t, "one", gotStr, "Cache[string] beside Cache[int] on one key")
 }
 
 func TestCacheRedisDown(t *testing.T) {
 	t.Parallel()
 	mr := miniredis.RunT(t)
 	s, err := New(Options{URL: "redis://" + mr.Addr(), Timeout: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s.Close()
 	ctx := ctxT(t)
 	mr.Close()
@@ -360,59 +337,48 @@ func TestCacheRedisDown(t *testing.T) {
 	l := &countingLoader[string]{v: "fresh"}
 	start := time.Now()
 	v, err := Cache(ctx, s, "k", time.Minute, l.load)
-	if v != "fresh" || err == nil {
-		t.Fatalf("Cache with Redis down = %q, %v; want the loader's value and an error", v, err)
-	}
+	require.Error(t, err, "Cache with Redis down")
+	require.Equal(t, "fresh", v, "Cache with Redis down: the loader's value")
 	first := time.Since(start)
 	start = time.Now()
 	for range 100 {
 		v, err := Cache(ctx, s, "k", time.Minute, l.load)
-		if v != "fresh" || !errors.Is(err, ErrUnavailable) {
-			t.Fatalf("Cache with Redis known down = %q, %v; want the loader's value and ErrUnavailable", v, err)
-		}
+		require.ErrorIs(t, err, ErrUnavailable, "Cache with Redis known down")
+		require.Equal(t, "fresh", v, "Cache with Redis known down: the loader's value")
 	}
-	if took := time.Since(start); took > time.Second {
-		t.Errorf("100 Cache calls with Redis known down took %v (first call %v); want them not to wait for Redis", took, first)
-	}
-	if n := l.calls.Load(); n != 101 {
-		t.Errorf("loader ran %d times for 101 calls; want 101", n)
-	}
+	assert.LessOrEqual(t, time.Since(start), time.Second,
+		"100 Cache calls with Redis known down (first call %v): no wait for Redis", first)
+	assert.EqualValues(t, 101, l.calls.Load(), "loads for 101 calls")
 
-	if err := mr.Restart(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, mr.Restart())
 	waitFor(t, "IsConnected after Redis came back", s.IsConnected)
-	if v, err := Cache(ctx, s, "k", time.Minute, l.load); v != "fresh" || err != nil {
-		t.Errorf("Cache after Redis came back = %q, %v; want fresh, nil", v, err)
-	}
-	if raw, _ := mr.Get("k"); raw != `"fresh"` {
-		t.Errorf("stored after recovery: %q; want \"fresh\"", raw)
-	}
+	v, err = Cache(ctx, s, "k", time.Minute, l.load)
+	assert.NoError(t, err, "Cache after Redis came back")
+	assert.Equal(t, "fresh", v, "Cache after Redis came back")
+	raw, _ := mr.Get("k")
+	assert.Equal(t, `"fresh"`, raw, "stored after recovery")
 }
 
 func TestCacheStalledRedis(t *testing.T) {
 	t.Parallel()
 	s, err := New(Options{URL: "redis://" + stalledServer(t), Timeout: 200 * time.Millisecond, MaxRetries: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s.Close()
 	ctx := ctxT(t)
 	l := &countingLoader[string]{v: "fresh"}
 	start := time.Now()
 	v, err := Cache(ctx, s, "k", time.Minute, l.load)
-	if took := time.Since(start); v != "fresh" || took > 2*time.Second || !(errors.Is(err, context.DeadlineExceeded) || isTimeout(err)) {
-		t.Fatalf("Cache against a stalled Redis = %q, %v in %v; want the loader's value and a timeout within the bound", v, err, took)
-	}
+	took := time.Since(start)
+	require.True(t, errors.Is(err, context.DeadlineExceeded) || isTimeout(err), "Cache against a stalled Redis = %v; want a timeout", err)
+	require.Equal(t, "fresh", v, "Cache against a stalled Redis: the loader's value")
+	require.LessOrEqual(t, took, 2*time.Second, "Cache against a stalled Redis: within the bound")
 	start = time.Now()
 	for range 20 {
-		if v, err := Cache(ctx, s, "k", time.Minute, l.load); v != "fresh" || !errors.Is(err, ErrUnavailable) {
-			t.Fatalf("Cache with Redis known stalled = %q, %v; want fresh and ErrUnavailable", v, err)
-		}
+		v, err := Cache(ctx, s, "k", time.Minute, l.load)
+		require.ErrorIs(t, err, ErrUnavailable, "Cache with Redis known stalled")
+		require.Equal(t, "fresh", v, "Cache with Redis known stalled")
 	}
-	if took := time.Since(start); took > 500*time.Millisecond {
-		t.Errorf("20 calls after the stall was seen took %v; want no wait for the 200ms timeout", took)
-	}
+	assert.LessOrEqual(t, time.Since(start), 500*time.Millisecond, "20 calls after the stall was seen: no wait for the 200ms timeout")
 }
 
 func TestCacheAfterClose(t *testing.T) {
@@ -420,20 +386,17 @@ func TestCacheAfterClose(t *testing.T) {
 	b := newBackend(t, "miniredis")
 	s := b.service(t, Options{})
 	ctx := ctxT(t)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, s.Close())
 	l := &countingLoader[string]{v: "fresh"}
-	if v, err := Cache(ctx, s, "k", time.Minute, l.load); v != "fresh" || !errors.Is(err, ErrClosed) || l.calls.Load() != 1 {
-		t.Errorf("Cache after Close = %q, %v after %d loads; want fresh, ErrClosed, 1 load", v, err, l.calls.Load())
-	}
+	v, err := Cache(ctx, s, "k", time.Minute, l.load)
+	assert.ErrorIs(t, err, ErrClosed, "Cache after Close")
+	assert.Equal(t, "fresh", v, "Cache after Close")
+	assert.EqualValues(t, 1, l.calls.Load(), "loads for Cache after Close")
 	failing := &countingLoader[string]{err: errBoom}
-	if v, err := Cache(ctx, s, "k", time.Minute, failing.load); v != "" || !errors.Is(err, errBoom) {
-		t.Errorf("Cache after Close with a failing loader = %q, %v; want \"\" and the loader's error", v, err)
-	}
-	if keys := b.mr.Keys(); len(keys) != 0 {
-		t.Errorf("Cache after Close wrote %q", keys)
-	}
+	v, err = Cache(ctx, s, "k", time.Minute, failing.load)
+	assert.ErrorIs(t, err, errBoom, "Cache after Close with a failing loader")
+	assert.Empty(t, v, "Cache after Close with a failing loader")
+	assert.Empty(t, b.mr.Keys(), "keys written by Cache after Close")
 }
 
 func TestCacheUnencodableValue(t *testing.T) {
@@ -444,12 +407,9 @@ func TestCacheUnencodableValue(t *testing.T) {
 	ch := make(chan int)
 	l := &countingLoader[chan int]{v: ch}
 	v, err := Cache(ctx, s, "k", time.Minute, l.load)
-	if v != ch || !errors.Is(err, ErrInvalidArgument) {
-		t.Errorf("Cache of a value JSON cannot encode = %v, %v; want the loader's value and ErrInvalidArgument", v, err)
-	}
-	if keys := b.mr.Keys(); len(keys) != 0 {
-		t.Errorf("stored %q for a value JSON cannot encode", keys)
-	}
+	assert.ErrorIs(t, err, ErrInvalidArgument, "Cache of a value JSON cannot encode")
+	assert.Equal(t, ch, v, "Cache of a value JSON cannot encode: the loader's value")
+	assert.Empty(t, b.mr.Keys(), "keys stored for a value JSON cannot encode")
 }
 
 func TestCacheEndedContext(t *testing.T) {
@@ -459,12 +419,11 @@ func TestCacheEndedContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	l := &countingLoader[string]{v: "v"}
-	if v, err := Cache(ctx, s, "k", time.Minute, l.load); v != "" || !errors.Is(err, context.Canceled) || l.calls.Load() != 0 {
-		t.Errorf("Cache with a cancelled ctx = %q, %v after %d loads; want \"\", context.Canceled, no load", v, err, l.calls.Load())
-	}
-	if !s.IsConnected() {
-		t.Errorf("IsConnected = false after the caller's own cancellation")
-	}
+	v, err := Cache(ctx, s, "k", time.Minute, l.load)
+	assert.ErrorIs(t, err, context.Canceled, "Cache with a cancelled ctx")
+	assert.Empty(t, v, "Cache with a cancelled ctx")
+	assert.Zero(t, l.calls.Load(), "loads for Cache with a cancelled ctx")
+	assert.True(t, s.IsConnected(), "IsConnected after the caller's own cancellation")
 }
 
 // TestCacheSharedReadBoundedOnStall: callers that share a GET whose
@@ -535,10 +494,10 @@ func TestCacheLoaderGoexit(t *testing.T) {
 		select {
 		case err := <-errs:
 			require.Error(t, err, "Cache whose loader called runtime.Goexit")
-			assert.ErrorIs(t, err, errGoexit)
+			assert.ErrorIs(t, err, flight.ErrGoexit)
 			assert.Contains(t, err.Error(), `redisservice: cache "k": load: runtime.Goexit`)
 		case <-time.After(5 * time.Second):
-			t.Fatal("a caller hangs after its loader called runtime.Goexit")
+			require.FailNow(t, "a caller hangs after its loader called runtime.Goexit")
 		}
 	}
 	v, err := Cache(ctx, s, "k", time.Minute, func(context.Context) (int, error) { return 7, nil })

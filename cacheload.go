@@ -9,11 +9,13 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/vevurn/redisservice/internal/flight"
 )
 
 // This file is the load half of Cache: one load per key and type at a
-// time in this process (flight.go), one per fleet (fleetlock.go), the
-// background refresh of StaleWhileRevalidate, and what a load stores.
+// time in this process (internal/flight), one per fleet (fleetlock.go),
+// the background refresh of StaleWhileRevalidate, and what a load stores.
 
 // What loadAndStore does besides calling load.
 const (
@@ -22,26 +24,28 @@ const (
 	loadRefresh             // a StaleWhileRevalidate refresh: a stale value is there
 )
 
+// errReentrant is Cache's answer to a load that asks for its own key.
+var errReentrant = fmt.Errorf("%w: the loader calls Cache for the key it is loading", ErrInvalidArgument)
+
 // loadShared is Cache's miss: it starts key's load unless one is in
 // flight, and waits for it until ctx ends. mode is what the load does
 // besides calling load, if this call starts it.
 func loadShared[T any](ctx context.Context, s *Service, fk flightKey, ttl time.Duration, load func(context.Context) (T, error), co cacheOptions, mode int) (T, error) {
 	const op = "cache"
 	var zero T
-	f, err := s.flights.start(ctx, fk, s.opts.Timeout, s.guarded(fk.key, func(lctx context.Context) (any, error) {
+	// A caller without a deadline waits for the load and its store.
+	res, err := s.flights.Do(ctx, fk, s.opts.Timeout, s.guarded(fk.key, func(lctx context.Context) (any, error) {
 		return loadAndStore(lctx, s, fk.key, ttl, load, co, mode)
 	}))
 	switch {
-	case errors.Is(err, errFlightsClosed):
+	case err == flight.ErrClosed: //nolint:errorlint // the group's own refusal, unwrapped
 		return loadOnly(s.tel.leave(ctx), s, op, fk.key, load, wrapOp(op, fk.key, ErrClosed))
-	case err != nil:
-		return zero, invalid(op, fk.key, err)
+	case err == flight.ErrReentrant: //nolint:errorlint // the group's own refusal, unwrapped
+		return zero, invalid(op, fk.key, errReentrant)
 	}
-	// A caller without a deadline waits for the load and its store.
-	res, err := s.flights.wait(ctx, f, s.opts.Timeout)
 	var oerr *opError
 	if err != nil && !errors.As(err, &oerr) {
-		if errors.Is(err, errGoexit) {
+		if errors.Is(err, flight.ErrGoexit) {
 			err = wrapOp(op, fk.key, &loadError{err})
 		} else { // this caller's own ctx, or its bound: not load's failure
 			err = wrapOp(op, fk.key, err)
@@ -59,7 +63,7 @@ func loadShared[T any](ctx context.Context, s *Service, fk flightKey, ttl time.D
 // of key in the local tier go before its mark (the flight) does, so that
 // no call between the two finds a stale copy and no refresh to wait for.
 func refresh[T any](ctx context.Context, s *Service, fk flightKey, ttl time.Duration, load func(context.Context) (T, error), co cacheOptions) {
-	_, _ = s.flights.start(ctx, fk, s.opts.Timeout, s.guarded(fk.key, func(lctx context.Context) (_ any, err error) {
+	_ = s.flights.Start(ctx, fk, s.opts.Timeout, s.guarded(fk.key, func(lctx context.Context) (_ any, err error) {
 		defer s.dropLocal(fk.key)
 		lctx, scope := s.tel.begin(lctx, "cache.refresh", fk.key) // a span and count of its own
 		defer scope.end(lctx, &err)
@@ -81,7 +85,7 @@ func (s *Service) guarded(key string, fn func(context.Context) (any, error)) fun
 	return func(ctx context.Context) (v any, err error) {
 		defer func() {
 			if r := recover(); r != nil {
-				p := newPanicError(r)
+				p := flight.NewPanicError(r)
 				s.logPanic(ctx, p)
 				v, err = nil, wrapOp("cache", key, &loadError{p})
 			}
@@ -99,8 +103,8 @@ func (s *Service) logPanic(ctx context.Context, p *panicError) {
 		return
 	}
 	s.log.LogAttrs(ctx, slog.LevelError, "redisservice: cache loader panicked",
-		slog.String("panic", fmt.Sprint(p.value)),
-		slog.String("stack", string(p.stack)),
+		slog.String("panic", fmt.Sprint(p.Value)),
+		slog.String("stack", string(p.Stack)),
 		slog.Uint64("suppressed", suppressed))
 }
 

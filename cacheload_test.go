@@ -49,7 +49,7 @@ func TestCacheLoaderPanicIsAnError(t *testing.T) {
 			err := <-errs
 			var pe *panicError
 			require.ErrorAs(t, err, &pe, "Cache whose loader panicked")
-			assert.Equal(t, "kaboom", pe.value)
+			assert.Equal(t, "kaboom", pe.Value)
 			assert.True(t, strings.HasPrefix(err.Error(), `redisservice: cache "k": load: panic: kaboom`), "error text %q", err)
 			assert.Contains(t, err.Error(), "cacheload_test.go", "the loader's stack is in the error")
 		}
@@ -153,7 +153,7 @@ func TestCacheLoaderCallsCacheOnItsOwnKey(t *testing.T) {
 			require.NoError(t, r.err)
 			assert.Equal(t, "outer", r.v)
 		case <-time.After(10 * time.Second):
-			t.Fatal("a loader that calls Cache on its own key waits for itself")
+			require.FailNow(t, "a loader that calls Cache on its own key waits for itself")
 		}
 		assert.ErrorIs(t, inner, ErrInvalidArgument, "the loader's own call of Cache on its key")
 		v, err := Cache(ctx, s, "k", time.Minute, func(context.Context) (string, error) { return "later", nil })
@@ -279,7 +279,7 @@ func TestCloseCancelsLoads(t *testing.T) {
 		case err := <-waitErr:
 			assert.ErrorIs(t, err, context.Canceled, "the caller of a load that Close cancelled")
 		case <-time.After(10 * time.Second):
-			t.Fatal("the caller of a load still waits after Close")
+			require.FailNow(t, "the caller of a load still waits after Close")
 		}
 
 		// A loader that ignores its context: Close waits Timeout for it.

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+
+	"github.com/vevurn/redisservice/internal/flight"
 )
 
 // Sentinel errors. Test for them with [errors.Is]: the errors returned by
@@ -95,7 +97,5 @@ func errText(err error) string { return strings.TrimPrefix(err.Error(), "redisse
 
 func (e *opError) Unwrap() error { return e.err }
 
-// errGoexit reports a function of a flight or read group that called
-// runtime.Goexit instead of returning, as golang.org/x/sync/singleflight
-// does. The callers wrap it with the operation and key.
-var errGoexit = errors.New("runtime.Goexit was called")
+// panicError is a Cache loader's panic, returned inside a loadError.
+type panicError = flight.PanicError

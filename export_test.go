@@ -17,43 +17,21 @@ import (
 // keyOf returns the flight key of key read as a T.
 func keyOf[T any](key string) flightKey { return flightKey{key: key, typ: reflect.TypeFor[T]()} }
 
-// waiting returns how many callers wait for k's load.
-func (g *flightGroup) waiting(k flightKey) int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if f, ok := g.calls[k]; ok {
-		return f.waiters
-	}
-	return 0
-}
+// waiting returns how many callers wait for k's load in s, or -1 when
+// no load of k is in flight.
+func waiting(s *Service, k flightKey) int { return s.flights.Waiters(k) }
 
 // loading reports whether a load of k is in flight in s: the mark that
 // keeps a second one from starting.
-func loading(s *Service, k flightKey) bool {
-	s.flights.mu.Lock()
-	defer s.flights.mu.Unlock()
-	_, ok := s.flights.calls[k]
-	return ok
-}
+func loading(s *Service, k flightKey) bool { return s.flights.Waiters(k) >= 0 }
 
 // onForget makes s call fn as each load's mark is cleared, before its
 // callers wake. fn runs in the load's goroutine.
-func onForget(s *Service, fn func(flightKey)) {
-	s.flights.mu.Lock()
-	defer s.flights.mu.Unlock()
-	s.flights.forgot = fn
-}
+func onForget(s *Service, fn func(flightKey)) { s.flights.OnForget(fn) }
 
-// readers returns how many callers wait for the read of key in flight,
-// or -1 when none is in flight.
-func (g *readGroup[K, V]) readers(key K) int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if r, ok := g.reads[key]; ok {
-		return r.waiters
-	}
-	return -1
-}
+// readers returns how many callers wait for the read of key in flight
+// in s besides its reader, or -1 when none is in flight.
+func readers(s *Service, key string) int { return s.reads.Waiters(readKey{key: key}) }
 
 // localHas reports whether the local tier holds a live copy of key as a
 // T, whether or not the tier is usable now.

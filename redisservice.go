@@ -11,6 +11,7 @@ import (
 
 	"github.com/vevurn/redisservice/internal/breaker"
 	"github.com/vevurn/redisservice/internal/deadline"
+	"github.com/vevurn/redisservice/internal/flight"
 	"github.com/vevurn/redisservice/internal/localtier"
 )
 
@@ -38,12 +39,12 @@ type Service struct {
 
 	stats     counters
 	logGate   logGate
-	flights   flightGroup                   // Cache's loads in progress
-	reads     readGroup[readKey, readReply] // Cache's reads in progress
-	local     *localtier.Tier               // Cache's in-process tier; nil unless Options.LocalCacheEntries > 0
-	nodeOpts  *redis.Options                // the Service's own copy of a single node's options, for the tier's trackers; nil for a cluster or failover client passed in
-	deadlines *deadline.Bounder             // bounds calls without a deadline of their own
-	tel       *telemetry                    // nil unless Options.MeterProvider or TracerProvider is set
+	flights   flight.Group[flightKey]              // Cache's loads in progress
+	reads     flight.ReadGroup[readKey, readReply] // Cache's reads in progress
+	local     *localtier.Tier                      // Cache's in-process tier; nil unless Options.LocalCacheEntries > 0
+	nodeOpts  *redis.Options                       // the Service's own copy of a single node's options, for the tier's trackers; nil for a cluster or failover client passed in
+	deadlines *deadline.Bounder                    // bounds calls without a deadline of their own
+	tel       *telemetry                           // nil unless Options.MeterProvider or TracerProvider is set
 }
 
 // New validates opts and returns a Service. It does not touch the
@@ -198,7 +199,9 @@ func (s *Service) Close() error {
 	s.bgMu.Lock() // goBackground checks closed under bgMu: no goroutine starts after this
 	s.bgCancel()
 	s.bgMu.Unlock()
-	s.flights.close(s.opts.Timeout)
+	fctx, fcancel := context.WithTimeout(context.Background(), s.opts.Timeout)
+	_ = s.flights.Close(fctx) // a load that ignores its cancelled ctx is not waited for past Timeout
+	fcancel()
 	s.bg.Wait()
 	if s.local != nil {
 		s.local.Close()

@@ -1,47 +1,51 @@
-package redisservice
+package flight
 
 import (
 	"context"
 	"sync"
 	"time"
 
-	ctxdeadline "github.com/vevurn/redisservice/internal/deadline" // get has a local deadline
+	ctxdeadline "github.com/vevurn/redisservice/internal/deadline" // Get has a local deadline
 )
 
-// readGroup shares one read (a GET, or a GET with its PTTL) among the callers that read the same key at
+// A ReadGroup shares one read among the callers that read the same key at
 // the same moment, so that a hot key costs one round trip per burst
-// instead of one per caller. Unlike flightGroup the read runs in the
-// first caller's goroutine: a hit must stay as cheap as one GET. The zero
-// value is ready to use.
-type readGroup[K comparable, V any] struct {
+// instead of one per caller. Unlike a [Group], the read runs in the first
+// caller's goroutine and on its ctx: a hit must stay as cheap as one
+// read. A ReadGroup is safe for concurrent use. The zero value is ready
+// to use.
+type ReadGroup[K comparable, V any] struct {
 	mu    sync.Mutex // guards reads and every read's waiters
 	reads map[K]*read[V]
 }
 
-// read is one GET in progress.
+// read is one read in progress.
 type read[V any] struct {
 	done     chan struct{} // closed once v, err and ended are set
 	v        V
 	err      error
 	ended    bool      // the reader's ctx had ended when err came: err is the reader's, not Redis's
 	deadline time.Time // by when the reader gets its answer
-	waiters  int       // callers sharing this read; guarded by readGroup.mu
+	waiters  int       // callers sharing this read; guarded by ReadGroup.mu
 }
 
-// get returns fn's result for key, calling fn unless a read of key is in
+// Get returns fn's result for key, calling fn unless a read of key is in
 // flight, in which case it waits for that one. The value is shared:
 // callers must not modify what it points to.
 //
 // Each caller gets its answer by its own deadline: ctx's, or timeout from
-// the moment it called get. A caller that would otherwise wait past it,
+// the moment it called Get. A caller that would otherwise wait past it,
 // for a read bound by a later deadline, stops waiting with
 // context.DeadlineExceeded; so does one whose ctx ends, with ctx.Err().
 // When the shared read failed because its reader's ctx ended, a waiter
 // whose ctx is live reads for itself, until its own deadline and no
 // later: fn's until is then that deadline, and the zero time when fn
-// runs for the first caller, bound by its ctx as usual. The errors of get
+// runs for the first caller, bound by its ctx as usual. The errors of Get
 // itself are context errors, unwrapped; fn's are returned as they are.
-func (g *readGroup[K, V]) get(ctx context.Context, key K, timeout time.Duration, fn func(ctx context.Context, until time.Time) (V, error)) (V, error) {
+// A panic in fn, or runtime.Goexit, goes on up its caller's goroutine;
+// its waiters read for themselves as above, or get [ErrGoexit] when their
+// own ctx has ended too.
+func (g *ReadGroup[K, V]) Get(ctx context.Context, key K, timeout time.Duration, fn func(ctx context.Context, until time.Time) (V, error)) (V, error) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = time.Now().Add(timeout)
@@ -64,7 +68,7 @@ func (g *readGroup[K, V]) get(ctx context.Context, key K, timeout time.Duration,
 		if !returned {
 			// fn panicked or called runtime.Goexit: there is no reply, and
 			// the waiters read for themselves.
-			r.err, r.ended = errGoexit, true
+			r.err, r.ended = ErrGoexit, true
 		}
 		g.mu.Lock()
 		delete(g.reads, key)
@@ -102,4 +106,16 @@ func (r *read[V]) wait(ctx context.Context, deadline time.Time, fn func(context.
 		return zero, context.DeadlineExceeded
 	}
 	return fn(ctx, deadline)
+}
+
+// Waiters returns how many callers wait for the read of key in flight
+// besides its reader, or -1 when no read of key is in flight. It is there
+// for tests that wait for callers to line up.
+func (g *ReadGroup[K, V]) Waiters(key K) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if r, ok := g.reads[key]; ok {
+		return r.waiters
+	}
+	return -1
 }

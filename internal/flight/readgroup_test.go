@@ -1,8 +1,7 @@
-package redisservice
+package flight
 
 import (
 	"context"
-	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -14,9 +13,10 @@ import (
 )
 
 // waitForWaiters polls until a read of key is in flight with n waiters.
-func waitForWaiters(t testing.TB, g *readGroup[string, []byte], key string, n int) {
+func waitForWaiters(t testing.TB, g *ReadGroup[string, []byte], key string, n int) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("a read of %q with %d waiters", key, n), func() bool { return g.readers(key) == n })
+	require.Eventually(t, func() bool { return g.Waiters(key) == n }, 20*time.Second, time.Millisecond,
+		"a read of %q with %d waiters", key, n)
 }
 
 // reply returns a read function that answers b.
@@ -26,7 +26,7 @@ func reply(b string) func(context.Context, time.Time) ([]byte, error) {
 
 func TestReadGroupSharesOneRead(t *testing.T) {
 	t.Parallel()
-	var g readGroup[string, []byte]
+	var g ReadGroup[string, []byte]
 	var calls atomic.Int32
 	release := make(chan struct{})
 	fn := func(context.Context, time.Time) ([]byte, error) {
@@ -37,10 +37,10 @@ func TestReadGroupSharesOneRead(t *testing.T) {
 	const callers = 20
 	var wg sync.WaitGroup
 	results := make([]string, callers)
-	wg.Go(func() { b, _ := g.get(context.Background(), "k", time.Minute, fn); results[0] = string(b) })
+	wg.Go(func() { b, _ := g.Get(context.Background(), "k", time.Minute, fn); results[0] = string(b) })
 	waitForWaiters(t, &g, "k", 0)
 	for i := 1; i < callers; i++ {
-		wg.Go(func() { b, _ := g.get(context.Background(), "k", time.Minute, fn); results[i] = string(b) })
+		wg.Go(func() { b, _ := g.Get(context.Background(), "k", time.Minute, fn); results[i] = string(b) })
 	}
 	waitForWaiters(t, &g, "k", callers-1)
 	close(release)
@@ -49,19 +49,19 @@ func TestReadGroupSharesOneRead(t *testing.T) {
 	for i, r := range results {
 		assert.Equal(t, "v", r, "caller %d", i)
 	}
-	b, err := g.get(context.Background(), "k", time.Minute, reply("w"))
+	b, err := g.Get(context.Background(), "k", time.Minute, reply("w"))
 	require.NoError(t, err)
 	assert.Equal(t, "w", string(b), "a read after the shared one reads afresh")
-	assert.Equal(t, -1, g.readers("k"), "no read left in flight")
+	assert.Equal(t, -1, g.Waiters("k"), "no read left in flight")
 }
 
 func TestReadGroupLeaderCancelled(t *testing.T) {
 	t.Parallel()
-	var g readGroup[string, []byte]
+	var g ReadGroup[string, []byte]
 	leaderCtx, cancel := context.WithCancel(context.Background())
 	leaderErr := make(chan error, 1)
 	go func() {
-		_, err := g.get(leaderCtx, "k", time.Minute, func(ctx context.Context, until time.Time) ([]byte, error) {
+		_, err := g.Get(leaderCtx, "k", time.Minute, func(ctx context.Context, until time.Time) ([]byte, error) {
 			assert.True(t, until.IsZero(), "the first reader's fn is bound by its ctx alone")
 			<-ctx.Done()
 			return nil, ctx.Err()
@@ -80,7 +80,7 @@ func TestReadGroupLeaderCancelled(t *testing.T) {
 	go func() {
 		var until time.Time
 		start := time.Now()
-		b, err := g.get(context.Background(), "k", timeout, func(_ context.Context, u time.Time) ([]byte, error) {
+		b, err := g.Get(context.Background(), "k", timeout, func(_ context.Context, u time.Time) ([]byte, error) {
 			until = u
 			return []byte("own"), nil
 		})
@@ -101,26 +101,26 @@ func TestReadGroupLeaderCancelled(t *testing.T) {
 
 func TestReadGroupWaiterBound(t *testing.T) {
 	t.Parallel()
-	var g readGroup[string, []byte]
+	var g ReadGroup[string, []byte]
 	release := make(chan struct{})
 	var wg sync.WaitGroup
 	// The reader may take a minute; a waiter with a 100ms bound does not
 	// wait for it.
 	wg.Go(func() {
-		_, _ = g.get(context.Background(), "k", time.Minute, func(context.Context, time.Time) ([]byte, error) {
+		_, _ = g.Get(context.Background(), "k", time.Minute, func(context.Context, time.Time) ([]byte, error) {
 			<-release
 			return []byte("late"), nil
 		})
 	})
 	waitForWaiters(t, &g, "k", 0)
 	start := time.Now()
-	_, err := g.get(context.Background(), "k", 100*time.Millisecond, reply("unused"))
+	_, err := g.Get(context.Background(), "k", 100*time.Millisecond, reply("unused"))
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.Less(t, time.Since(start), time.Second, "a waiter's wait past its own bound")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	_, err = g.get(ctx, "k", time.Minute, reply("unused"))
+	_, err = g.Get(ctx, "k", time.Minute, reply("unused"))
 	assert.ErrorIs(t, err, context.DeadlineExceeded, "a waiter whose ctx ends")
 	close(release)
 	wg.Wait()
@@ -128,10 +128,10 @@ func TestReadGroupWaiterBound(t *testing.T) {
 
 func TestReadGroupReaderGoexit(t *testing.T) {
 	t.Parallel()
-	var g readGroup[string, []byte]
+	var g ReadGroup[string, []byte]
 	release := make(chan struct{})
 	go func() {
-		_, _ = g.get(context.Background(), "k", time.Minute, func(context.Context, time.Time) ([]byte, error) {
+		_, _ = g.Get(context.Background(), "k", time.Minute, func(context.Context, time.Time) ([]byte, error) {
 			<-release
 			runtime.Goexit()
 			return nil, nil
@@ -140,7 +140,7 @@ func TestReadGroupReaderGoexit(t *testing.T) {
 	waitForWaiters(t, &g, "k", 0)
 	got := make(chan string, 1)
 	go func() {
-		b, err := g.get(context.Background(), "k", time.Minute, reply("own"))
+		b, err := g.Get(context.Background(), "k", time.Minute, reply("own"))
 		assert.NoError(t, err)
 		got <- string(b)
 	}()
@@ -150,6 +150,6 @@ func TestReadGroupReaderGoexit(t *testing.T) {
 	case b := <-got:
 		assert.Equal(t, "own", b, "a waiter whose reader exited reads for itself")
 	case <-time.After(5 * time.Second):
-		t.Fatal("a waiter hangs after its reader called runtime.Goexit")
+		require.FailNow(t, "a waiter hangs after its reader called runtime.Goexit")
 	}
 }
