@@ -1,0 +1,265 @@
+package redisservice
+
+import "github.com/redis/go-redis/v9"
+
+// The GCRA scripts. [Service.AllowN] and [Service.AllowAll] decide with
+// gcraScript; when AllowAll's keys span cluster slots, gcraRefundScript
+// gives back what a slot's keys reserved if another slot denied. Both
+// start with gcraReadLua, so that they read the state one way.
+
+// gcraReadLua is the Lua the GCRA scripts share. clock returns the
+// server's TIME in µs since 2017 (whole, exact in a double), and its
+// seconds and microseconds. distance returns the TAT of a field's value
+// as µs from now: 0 for a full bucket, and for a value that is not a
+// plausible TAT (missing, garbage, NaN, more than a second past the
+// bucket's size offset), so that nothing written there turns a limit off.
+// A value is "<W> <R>": the TIME of its write and the TAT's distance from
+// it, in µs, so that the arithmetic handles amounts of a bucket's size,
+// not of the date; one number is an earlier version's TAT, in seconds
+// since 2017.
+const gcraReadLua = `
+local function clock()
+	local t = redis.call('TIME')
+	return (t[1] - 1483228800) * 1000000 + t[2], tonumber(t[1]), tonumber(t[2])
+end
+local function distance(v, now, offset)
+	if type(v) ~= 'string' then
+		return 0
+	end
+	local w, r = string.match(v, '^(%S+) (%S+)$')
+	w, r = tonumber(w), tonumber(r)
+	local tat
+	if w and r then
+		tat = r - (now - w)
+	else
+		tat = (tonumber(v) or 0) * 1000000 - now
+	end
+	if tat ~= tat or tat < 0 or tat > offset + 1000000 then
+		return 0
+	end
+	return tat
+end
+`
+
+// gcraScript decides n tokens under several GCRA limits of one or more
+// keys (one cluster slot), on the server's clock, all or nothing. Each
+// key is a hash holding a limit's TAT in field "<rate>/<period s>/<burst>"
+// (see gcraReadLua); a foreign value at a key is replaced. Only an allowed
+// call with n > 0 writes: every TAT moves by n emission intervals. Within
+// a millionth of a token (plus 5e-15 of the bucket, for rounding) of
+// fitting counts as fitting, so that a full bucket's exact count is not
+// lost to rounding.
+//
+// Field "exp" records a hash's expiry (µs since 2017). While every TAT is
+// before it and the hash has a TTL, an allowed call writes its TATs
+// alone; otherwise the expiry is set to twice the longest refill time.
+//
+// With a token (AllowAll across slots), an allowed call also records in
+// each hash, in field "r:<token>", what it took: the record's expiry,
+// then per limit its field, the TAT it wrote, the amount, the limit's
+// given-back total "g:<field>" and its size offset (all µs), for
+// gcraRefundScript; the hash lives at least keep ms. A call that finds
+// its record ran already (it was sent again): it takes nothing more and
+// reports the state.
+//
+// ARGV: n, token ("" for none), keep (ms), then per key the number of its
+// limits and their rate, period (seconds) and burst. It returns {allowed,
+// remaining, retry after (µs), reset after (µs), index of the tightest
+// limit (0-based), TIME seconds, TIME µs}, durations capped at 2^53 µs.
+var gcraScript = redis.NewScript(gcraLua)
+
+// gcraArgs is gcraScript as command arguments.
+var gcraArgs = scriptArgs(gcraScript, gcraLua)
+
+// gcraLua is the source of gcraScript, for EVAL after NOSCRIPT.
+const gcraLua = gcraReadLua + `
+local n, token, keep = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local now, sec, usec = clock()
+if token ~= '' and type(redis.pcall('HGET', KEYS[1], 'r:' .. token)) == 'string' then
+	n, token = 0, ''
+end
+local field, ei, offset, lo, hi = {}, {}, {}, {}, {}
+local a = 4
+for k = 1, #KEYS do
+	lo[k] = #field + 1
+	for _ = 1, tonumber(ARGV[a]) do
+		local m = #field + 1
+		field[m] = ARGV[a + 1] .. '/' .. ARGV[a + 2] .. '/' .. ARGV[a + 3]
+		ei[m] = ARGV[a + 2] * 1000000 / ARGV[a + 1]
+		offset[m] = ei[m] * ARGV[a + 3]
+		a = a + 3
+	end
+	hi[k] = #field
+	a = a + 1
+end
+local allowed, best, remaining, retry, reset = 1, 1, -1, 0, 0
+local new, given, expv, latest, refill = {}, {}, {}, {}, {}
+for k = 1, #KEYS do
+	local c = hi[k] - lo[k] + 1
+	local get = {'HMGET', KEYS[k]}
+	for i = 1, c do
+		get[i + 2] = field[lo[k] + i - 1]
+	end
+	get[c + 3] = 'exp'
+	if token ~= '' then
+		for i = 1, c do
+			get[c + 3 + i] = 'g:' .. field[lo[k] + i - 1]
+		end
+	end
+	local vals = redis.pcall(unpack(get))
+	if vals.err then
+		redis.call('DEL', KEYS[k])
+		vals = {}
+	end
+	expv[k], latest[k], refill[k] = vals[c + 1], 0, 0
+	for i = 1, c do
+		local m = lo[k] + i - 1
+		if offset[m] > refill[k] then refill[k] = offset[m] end
+		local tat = distance(vals[i], now, offset[m])
+		new[m] = tat + ei[m] * n
+		if token ~= '' then
+			given[m] = tonumber(vals[c + 1 + i]) or 0
+		end
+		if new[m] > latest[k] then latest[k] = new[m] end
+		-- diff: how long ago the request fitted (negative: how long until).
+		local diff = offset[m] - new[m] + ei[m] * 0.000001 + offset[m] * 5e-15
+		if diff < 0 then
+			if allowed == 1 or -diff > retry then
+				best, retry, reset = m, -diff, tat
+			end
+			allowed = 0
+		elseif allowed == 1 then
+			local left = math.floor(diff / ei[m])
+			if remaining < 0 or left < remaining or (left == remaining and new[m] > reset) then
+				best, remaining, reset = m, left, new[m]
+			end
+		end
+	end
+end
+if allowed == 1 and n > 0 then
+	for k = 1, #KEYS do
+		local key = KEYS[k]
+		local set = {'HSET', key}
+		for m = lo[k], hi[k] do
+			set[#set + 1] = field[m]
+			set[#set + 1] = string.format('%.17g %.17g', now, new[m])
+		end
+		local exp = tonumber(expv[k])
+		-- Past twice the longest refill a Duration holds, exp is not ours.
+		local setexp = exp == nil or exp ~= exp or now + latest[k] > exp or exp > now + 4e16
+		if not setexp and redis.call('PTTL', key) < 0 then
+			setexp = true
+		end
+		if setexp then
+			exp = now + 2 * refill[k]
+			set[#set + 1] = 'exp'
+			set[#set + 1] = string.format('%.17g', exp)
+		end
+		if token ~= '' then
+			-- Records whose call ended without removing them are dropped
+			-- once a second at most, when there are many.
+			if redis.call('HLEN', key) > 128 and (tonumber(redis.call('HGET', key, 'r:')) or 0) < now then
+				local all = redis.call('HGETALL', key)
+				for i = 1, #all, 2 do
+					if string.sub(all[i], 1, 2) == 'r:' and (tonumber(string.match(all[i + 1], '^%S+')) or 0) < now then
+						redis.call('HDEL', key, all[i])
+					end
+				end
+				set[#set + 1] = 'r:'
+				set[#set + 1] = string.format('%.17g', now + 1000000)
+			end
+			local rec = {string.format('%.17g %.17g', now + keep * 1000, now)}
+			for m = lo[k], hi[k] do
+				rec[#rec + 1] = string.format('%s %.17g %.17g %.17g %.17g', field[m], now + new[m], ei[m] * n, given[m], offset[m])
+			end
+			set[#set + 1] = 'r:' .. token
+			set[#set + 1] = table.concat(rec, ' ')
+		end
+		redis.call(unpack(set))
+		if setexp then
+			redis.call('PEXPIRE', key, string.format('%.0f', math.min(math.ceil(2 * refill[k] / 1000), 9223372036854)))
+		end
+	end
+end
+if allowed == 0 then
+	remaining = 0
+end
+local cap = 9007199254740992
+return {allowed, remaining, math.min(math.ceil(retry), cap), math.min(math.ceil(reset), cap), best - 1, sec, usec}
+`
+
+// gcraRefundScript gives back what gcraScript took under token ARGV[1]
+// from each key, as its record there says, and removes the record. A
+// limit gets back the part of the amount that has not come back by
+// itself yet: the TAT is a queue drained in order at one µs per µs, so
+// the reserved amount, which ended at the TAT it wrote, is drained from
+// the far end only once everything before it is; anything given back
+// since from that limit (by any call: "g:<field>" grows by each amount
+// given back) may have been before it, and is counted as such. What is
+// given back is therefore never more than what is still there, so no
+// call admits more than a limit allows; it is exact while no other call
+// gives back tokens of that limit. Without a record, nothing is given
+// back: the call never took (denied, or not run), already gave back, or
+// the state was reset.
+//
+// With keep > 0 (ms; ARGV[2]) the reservation's outcome was unknown and
+// its script may still arrive: each key then keeps an empty record, so
+// that a late gcraScript finds it and takes nothing; it lasts keep ms.
+// Sent again, it gives back nothing more. It returns 1.
+var gcraRefundScript = redis.NewScript(gcraRefundLua)
+
+// gcraRefundArgs is gcraRefundScript as command arguments.
+var gcraRefundArgs = scriptArgs(gcraRefundScript, gcraRefundLua)
+
+// gcraRefundLua is the source of gcraRefundScript.
+const gcraRefundLua = gcraReadLua + `
+local now = clock()
+local f, keep = 'r:' .. ARGV[1], tonumber(ARGV[2])
+for k = 1, #KEYS do
+	local key = KEYS[k]
+	local rec = redis.pcall('HGET', key, f)
+	if type(rec) == 'string' then
+		local w = {}
+		for x in string.gmatch(rec, '%S+') do
+			w[#w + 1] = x
+		end
+		local t0 = tonumber(w[2])
+		for j = 3, #w - 4, 5 do
+			local fld, e0, amt, c0, offset = w[j], tonumber(w[j + 1]), tonumber(w[j + 2]), tonumber(w[j + 3]), tonumber(w[j + 4])
+			if t0 and e0 and amt and c0 and offset then
+				local v = redis.call('HMGET', key, fld, 'g:' .. fld)
+				local tat = distance(v[1], now, offset)
+				local given = tonumber(v[2]) or 0
+				-- The amount drains from max(t0, its start less what was
+				-- given back since) at the earliest.
+				local back = math.min(amt - math.max(0, now - math.max(t0, e0 - amt - (given - c0))), tat)
+				if given >= c0 and back > 0 then
+					redis.call('HSET', key, fld, string.format('%.17g %.17g', now, tat - back), 'g:' .. fld, string.format('%.17g', given + back))
+				end
+			end
+		end
+	end
+	if keep > 0 and type(rec) ~= 'table' then
+		redis.call('HSET', key, f, string.format('%.17g', now + keep * 1000))
+		if redis.call('PTTL', key) < 0 then
+			redis.call('PEXPIRE', key, keep)
+		end
+	elseif type(rec) == 'string' then
+		redis.call('HDEL', key, f)
+		-- A hash of full buckets is no hash: drop it, and the denial
+		-- leaves nothing behind.
+		local all, full = redis.call('HGETALL', key), true
+		for i = 1, #all, 2 do
+			local p = string.sub(all[i], 1, 2)
+			if all[i] ~= 'exp' and p ~= 'g:' and (p == 'r:' or distance(all[i + 1], now, math.huge) > 0) then
+				full = false
+				break
+			end
+		end
+		if full then
+			redis.call('DEL', key)
+		end
+	end
+end
+return 1
+`
