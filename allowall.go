@@ -37,15 +37,15 @@ const maxRecordKeep = time.Hour
 // (give them a common hash tag, such as "{login}"), it is one script in
 // one round trip, atomic. Across slots it takes two round trips, to each
 // slot's node in parallel: the first takes the tokens in each slot that
-// has room for them, recording what it took under a random token; then,
-// if every slot allowed, the records are dropped, and otherwise each slot
-// gives back what it took. Until then, a few milliseconds, other callers
-// see those tokens taken (and may be denied for it); no caller is ever
-// admitted beyond a limit. A reply lost on the way is made up for by
+// has room for them, recording what it took under a random token; the
+// second drops the records if every slot took, and otherwise gives back
+// what the slots took. Meanwhile, a few milliseconds, other callers see
+// those tokens taken (and may be denied for want of them); no caller is
+// ever admitted beyond a limit. A reply lost on the way is made up for by
 // sending the script again, which the record makes safe. When Redis
 // cannot say whether a slot took, the call fails and gives back what may
 // have been taken, waiting up to [Options.Timeout] past ctx for it.
-// README "Rate limits" and docs/rate-limits.md have the details.
+// docs/rate-limits.md ("Several keys") has the details.
 func (s *Service) AllowAll(ctx context.Context, n int, limits ...KeyLimit) (RateLimitResult, error) {
 	return s.allowAllIn(ctx, n, limits, nil)
 }
@@ -198,12 +198,12 @@ func (s *Service) allowAll(ctx context.Context, key string, n int, limits []KeyL
 // reserveAll decides groups in different slots in two steps. Each group's
 // script takes n tokens if all its limits have room, recording what it
 // took under a token of this call. If every group took, the records are
-// dropped; otherwise each group that took, or that may have (no reply),
-// gives back with gcraRefundScript what the part of it that has not come
-// back by itself. The scripts are safe to send again (go-redis does after
-// a lost reply): the record tells a reservation that ran already. Both
-// second steps are bounded by Options.Timeout even when ctx has ended,
-// since tokens left taken would deny other callers.
+// dropped; otherwise every group that took, or may have (no reply), gives
+// back with gcraRefundScript what has not come back by itself. The
+// scripts are safe to send again (go-redis does after a lost reply): the
+// record tells a reservation that ran already. The second step is bounded
+// by Options.Timeout even when ctx has ended, since tokens left taken
+// would deny other callers.
 func (s *Service) reserveAll(ctx context.Context, key string, limits []KeyLimit, groups []*gcraGroup, replies []gcraReply) (RateLimitResult, error) {
 	token := newWriteToken()
 	keep := min(time.Duration(writeTokenKeep(ctx))*time.Millisecond+s.opts.Timeout, maxRecordKeep).Milliseconds()

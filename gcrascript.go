@@ -42,25 +42,22 @@ end
 `
 
 // gcraScript decides n tokens under several GCRA limits of one or more
-// keys (one cluster slot), on the server's clock, all or nothing. Each
-// key is a hash holding a limit's TAT in field "<rate>/<period s>/<burst>"
+// keys (one cluster slot), on the server's clock, all or nothing. Each key
+// is a hash holding a limit's TAT in field "<rate>/<period s>/<burst>"
 // (see gcraReadLua); a foreign value at a key is replaced. Only an allowed
 // call with n > 0 writes: every TAT moves by n emission intervals. Within
 // a millionth of a token (plus 5e-15 of the bucket, for rounding) of
 // fitting counts as fitting, so that a full bucket's exact count is not
-// lost to rounding.
-//
-// Field "exp" records a hash's expiry (µs since 2017). While every TAT is
-// before it and the hash has a TTL, an allowed call writes its TATs
-// alone; otherwise the expiry is set to twice the longest refill time.
+// lost to rounding. Field "exp" records a hash's expiry (µs since 2017):
+// while every TAT is before it and the hash has a TTL, an allowed call
+// writes its TATs alone; otherwise it sets twice the longest refill time.
 //
 // With a token (AllowAll across slots), an allowed call also records in
-// each hash, in field "r:<token>", what it took: the record's expiry,
-// then per limit its field, the TAT it wrote, the amount, the limit's
-// given-back total "g:<field>" and its size offset (all µs), for
-// gcraRefundScript; the hash lives at least keep ms. A call that finds
-// its record ran already (it was sent again): it takes nothing more and
-// reports the state.
+// each hash, in field "r:<token>", its expiry (keep ms away) and time,
+// then per limit the field, the TAT written, the amount, the limit's
+// given-back total "g:<field>" and its size (µs), for gcraRefundScript. A
+// call that finds its record ran already (it was sent again): it takes
+// nothing more and reports the state.
 //
 // ARGV: n, token ("" for none), keep (ms), then per key the number of its
 // limits and their rate, period (seconds) and burst. It returns {allowed,
@@ -189,23 +186,21 @@ return {allowed, remaining, math.min(math.ceil(retry), cap), math.min(math.ceil(
 `
 
 // gcraRefundScript gives back what gcraScript took under token ARGV[1]
-// from each key, as its record there says, and removes the record. A
-// limit gets back the part of the amount that has not come back by
-// itself yet: the TAT is a queue drained in order at one µs per µs, so
-// the reserved amount, which ended at the TAT it wrote, is drained from
-// the far end only once everything before it is; anything given back
-// since from that limit (by any call: "g:<field>" grows by each amount
-// given back) may have been before it, and is counted as such. What is
-// given back is therefore never more than what is still there, so no
-// call admits more than a limit allows; it is exact while no other call
-// gives back tokens of that limit. Without a record, nothing is given
-// back: the call never took (denied, or not run), already gave back, or
-// the state was reset.
+// from each key, as its record there says, and deletes the record. A TAT
+// is a queue drained at one µs per µs; the reserved amount drains once
+// what was ahead of it has, and not before it was taken. What others gave
+// back since ("g:<field>" grows by each amount given back) may all have
+// been ahead of it, so it may have drained from max(its time, its start
+// less that) on: the rest is given back. That is never more than is still
+// there, so no call admits more than a limit allows, and exact while no
+// other call gives back tokens of the limit. Without a record nothing is
+// given back: the call never took (denied, or not run yet), gave back
+// already, or the state was reset. A hash left with full buckets alone is
+// deleted.
 //
-// With keep > 0 (ms; ARGV[2]) the reservation's outcome was unknown and
-// its script may still arrive: each key then keeps an empty record, so
-// that a late gcraScript finds it and takes nothing; it lasts keep ms.
-// Sent again, it gives back nothing more. It returns 1.
+// With keep > 0 (ms; ARGV[2]) the reservation's outcome was unknown, and
+// it may still run: each key then keeps an empty record for keep ms, so
+// that a late gcraScript finds it and takes nothing. It returns 1.
 var gcraRefundScript = redis.NewScript(gcraRefundLua)
 
 // gcraRefundArgs is gcraRefundScript as command arguments.
