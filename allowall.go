@@ -121,15 +121,17 @@ func (s *Service) gcraGroups(n int, limits []KeyLimit, slotOf func(string) uint1
 		key   string
 		which []int
 	}
-	var buckets []*bucket
-	byKey := make(map[string]*bucket, len(limits))
+	buckets := make([]bucket, 0, len(limits))
 	for i, kl := range limits {
-		b := byKey[kl.Key]
-		if b == nil {
-			b = &bucket{key: kl.Key}
-			byKey[kl.Key] = b
-			buckets = append(buckets, b)
+		// A linear search: a call names a few keys.
+		j := 0
+		for j < len(buckets) && buckets[j].key != kl.Key {
+			j++
 		}
+		if j == len(buckets) {
+			buckets = append(buckets, bucket{key: kl.Key})
+		}
+		b := &buckets[j]
 		dup := false
 		for _, w := range b.which {
 			dup = dup || sameBucket(limits[w].Limit, kl.Limit)

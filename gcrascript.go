@@ -75,80 +75,77 @@ local now, sec, usec = clock()
 if token ~= '' and type(redis.pcall('HGET', KEYS[1], 'r:' .. token)) == 'string' then
 	n, token = 0, ''
 end
-local field, ei, offset, lo, hi = {}, {}, {}, {}, {}
-local a = 4
-for k = 1, #KEYS do
-	lo[k] = #field + 1
-	for _ = 1, tonumber(ARGV[a]) do
-		local m = #field + 1
-		field[m] = ARGV[a + 1] .. '/' .. ARGV[a + 2] .. '/' .. ARGV[a + 3]
-		ei[m] = ARGV[a + 2] * 1000000 / ARGV[a + 1]
-		offset[m] = ei[m] * ARGV[a + 3]
-		a = a + 3
-	end
-	hi[k] = #field
-	a = a + 1
-end
 local allowed, best, remaining, retry, reset = 1, 1, -1, 0, 0
-local new, given, expv, latest, refill = {}, {}, {}, {}, {}
+-- Per key: its HSET, and its expiry field, latest TAT and refill time.
+local sets, meta, recs = {}, {}, {}
+local a, m = 4, 0
 for k = 1, #KEYS do
-	local c = hi[k] - lo[k] + 1
+	local c = tonumber(ARGV[a])
 	local get = {'HMGET', KEYS[k]}
 	for i = 1, c do
-		get[i + 2] = field[lo[k] + i - 1]
+		local j = a + 3 * i - 2
+		get[i + 2] = ARGV[j] .. '/' .. ARGV[j + 1] .. '/' .. ARGV[j + 2]
 	end
 	get[c + 3] = 'exp'
 	if token ~= '' then
 		for i = 1, c do
-			get[c + 3 + i] = 'g:' .. field[lo[k] + i - 1]
+			get[c + 3 + i] = 'g:' .. get[i + 2]
 		end
+		recs[k] = {string.format('%.17g %.17g', now + keep * 1000, now)}
 	end
 	local vals = redis.pcall(unpack(get))
 	if vals.err then
 		redis.call('DEL', KEYS[k])
 		vals = {}
 	end
-	expv[k], latest[k], refill[k] = vals[c + 1], 0, 0
+	local set = {'HSET', KEYS[k]}
+	local latest, refill = 0, 0
 	for i = 1, c do
-		local m = lo[k] + i - 1
-		if offset[m] > refill[k] then refill[k] = offset[m] end
-		local tat = distance(vals[i], now, offset[m])
-		new[m] = tat + ei[m] * n
+		local j = a + 3 * i - 2
+		m = m + 1
+		local ei = ARGV[j + 1] * 1000000 / ARGV[j]
+		local offset = ei * ARGV[j + 2]
+		if offset > refill then refill = offset end
+		local tat = distance(vals[i], now, offset)
+		local new = tat + ei * n
+		if new > latest then latest = new end
+		set[2 * i + 1] = get[i + 2]
+		set[2 * i + 2] = new
 		if token ~= '' then
-			given[m] = tonumber(vals[c + 1 + i]) or 0
+			recs[k][i + 1] = string.format('%s %.17g %.17g %.17g %.17g', get[i + 2], now + new, ei * n, tonumber(vals[c + 1 + i]) or 0, offset)
 		end
-		if new[m] > latest[k] then latest[k] = new[m] end
 		-- diff: how long ago the request fitted (negative: how long until).
-		local diff = offset[m] - new[m] + ei[m] * 0.000001 + offset[m] * 5e-15
+		local diff = offset - new + ei * 0.000001 + offset * 5e-15
 		if diff < 0 then
 			if allowed == 1 or -diff > retry then
 				best, retry, reset = m, -diff, tat
 			end
 			allowed = 0
 		elseif allowed == 1 then
-			local left = math.floor(diff / ei[m])
-			if remaining < 0 or left < remaining or (left == remaining and new[m] > reset) then
-				best, remaining, reset = m, left, new[m]
+			local left = math.floor(diff / ei)
+			if remaining < 0 or left < remaining or (left == remaining and new > reset) then
+				best, remaining, reset = m, left, new
 			end
 		end
 	end
+	sets[k] = set
+	meta[3 * k - 2], meta[3 * k - 1], meta[3 * k] = vals[c + 1], latest, refill
+	a = a + 3 * c + 1
 end
 if allowed == 1 and n > 0 then
 	for k = 1, #KEYS do
-		local key = KEYS[k]
-		local set = {'HSET', key}
-		for m = lo[k], hi[k] do
-			set[#set + 1] = field[m]
-			set[#set + 1] = string.format('%.17g %.17g', now, new[m])
+		local key, set = KEYS[k], sets[k]
+		for i = 4, #set, 2 do
+			set[i] = string.format('%.17g %.17g', now, set[i])
 		end
-		local exp = tonumber(expv[k])
+		local exp, latest, refill = tonumber(meta[3 * k - 2]), meta[3 * k - 1], meta[3 * k]
 		-- Past twice the longest refill a Duration holds, exp is not ours.
-		local setexp = exp == nil or exp ~= exp or now + latest[k] > exp or exp > now + 4e16
+		local setexp = exp == nil or exp ~= exp or now + latest > exp or exp > now + 4e16
 		if not setexp and redis.call('PTTL', key) < 0 then
 			setexp = true
 		end
 		if setexp then
-			exp = now + 2 * refill[k]
+			exp = now + 2 * refill
 			set[#set + 1] = 'exp'
 			set[#set + 1] = string.format('%.17g', exp)
 		end
@@ -165,16 +162,12 @@ if allowed == 1 and n > 0 then
 				set[#set + 1] = 'r:'
 				set[#set + 1] = string.format('%.17g', now + 1000000)
 			end
-			local rec = {string.format('%.17g %.17g', now + keep * 1000, now)}
-			for m = lo[k], hi[k] do
-				rec[#rec + 1] = string.format('%s %.17g %.17g %.17g %.17g', field[m], now + new[m], ei[m] * n, given[m], offset[m])
-			end
 			set[#set + 1] = 'r:' .. token
-			set[#set + 1] = table.concat(rec, ' ')
+			set[#set + 1] = table.concat(recs[k], ' ')
 		end
 		redis.call(unpack(set))
 		if setexp then
-			redis.call('PEXPIRE', key, string.format('%.0f', math.min(math.ceil(2 * refill[k] / 1000), 9223372036854)))
+			redis.call('PEXPIRE', key, string.format('%.0f', math.min(math.ceil(2 * refill / 1000), 9223372036854)))
 		end
 	end
 end
