@@ -207,6 +207,9 @@ func (s *Service) allowAll(ctx context.Context, key string, n int, limits []KeyL
 // by Options.Timeout even when ctx has ended, since tokens left taken
 // would deny other callers.
 func (s *Service) reserveAll(ctx context.Context, key string, limits []KeyLimit, groups []*gcraGroup, replies []gcraReply) (RateLimitResult, error) {
+	if err := ctx.Err(); err != nil {
+		return RateLimitResult{}, err // nothing sent, nothing to give back
+	}
 	token := newWriteToken()
 	keep := min(time.Duration(writeTokenKeep(ctx))*time.Millisecond+s.opts.Timeout, maxRecordKeep).Milliseconds()
 	for _, g := range groups {

@@ -289,6 +289,11 @@ func TestAllowAllWhenRedisCannotBeAsked(t *testing.T) {
 			assert.WithinDuration(t, time.Now().Add(want.ResetAfter), r.ResetAt, time.Second)
 			r.ResetAt = time.Time{}
 			assert.Equal(t, want, r, "AllowN's fallback for the same limits")
+
+			require.NoError(t, s.Close())
+			r, err = s.AllowAll(ctxT(t), 1, limits...)
+			require.ErrorIs(t, err, ErrClosed)
+			assert.Equal(t, !failClosed, r.Allowed)
 		})
 	}
 }
@@ -541,6 +546,27 @@ func TestAllowAllKeysShareABucketWithAllowN(t *testing.T) {
 			v, err := b.client.HGet(ctx, b.raw("gcra:"+key), field).Result()
 			require.NoError(t, err, "field %s of gcra:%s", field, key)
 			assert.Regexp(t, `^\d+ \d+(\.\d+)?$`, v)
+		}
+	})
+}
+
+// TestAllowAllWithAnEndedContext: a ctx that ended before the call sends
+// nothing, so there is nothing to give back and no mark to leave.
+func TestAllowAllWithAnEndedContext(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		for name, allow := range allowAllPaths(b, s) {
+			ctx, cancel := context.WithCancel(ctxT(t))
+			cancel()
+			ip, user := KeyLimit{"{ip}" + name, PerHour(5)}, KeyLimit{"{user}" + name, PerHour(5)}
+			r, err := allow(ctx, 1, ip, user)
+			require.ErrorIs(t, err, context.Canceled, name)
+			assert.True(t, r.Allowed, "%s: the fallback", name)
+			for _, k := range []string{ip.Key, user.Key} {
+				assert.Zero(t, b.client.Exists(ctxT(t), b.raw(gcraPrefix+k)).Val(), "%s: gcra:%s written", name, k)
+			}
 		}
 	})
 }

@@ -15,12 +15,12 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-var updateGolden = flag.Bool("update", false, "rewrite the golden files in testdata")
+var updateHeaders = flag.Bool("update-headers", false, "rewrite testdata/ratelimit-headers.golden")
 
 // TestRateLimitHeadersGolden: every header field and body that each
 // HeaderVersion sends, for a fixed window and for GCRA limits, allowed and
 // denied, on a server whose clock stands still. The golden file is
-// testdata/ratelimit-headers.golden (go test -run HeadersGolden -update
+// testdata/ratelimit-headers.golden (go test -run HeadersGolden -update-headers
 // rewrites it).
 func TestRateLimitHeadersGolden(t *testing.T) {
 	t.Parallel()
@@ -59,12 +59,12 @@ func TestRateLimitHeadersGolden(t *testing.T) {
 		}
 	}
 	golden := filepath.Join("testdata", "ratelimit-headers.golden")
-	if *updateGolden {
+	if *updateHeaders {
 		require.NoError(t, os.WriteFile(golden, []byte(out.String()), 0o644))
 	}
 	want, err := os.ReadFile(golden)
-	require.NoError(t, err, "go test -run HeadersGolden -update writes it")
-	assert.Equal(t, string(want), out.String(), "headers and bodies (go test -run HeadersGolden -update rewrites %s)", golden)
+	require.NoError(t, err, "go test -run HeadersGolden -update-headers writes it")
+	assert.Equal(t, string(want), out.String(), "headers and bodies (go test -run HeadersGolden -update-headers rewrites %s)", golden)
 }
 
 // TestRateLimitMiddlewareXRateLimitWhenRedisIsDown: failing closed, the
