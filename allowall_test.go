@@ -260,7 +260,7 @@ func TestAllowAllInvalidArguments(t *testing.T) {
 		{"zero limit", 1, []KeyLimit{ok, {Key: "j"}}, ErrInvalidArgument},
 		{"zero rate", 1, []KeyLimit{ok, {"j", PerSecond(0)}}, ErrInvalidArgument},
 		{"sub-millisecond period", 1, []KeyLimit{ok, {"j", Limit{Rate: 1, Period: time.Microsecond}}}, ErrInvalidTTL},
-		{"huge burst", 1, []KeyLimit{ok, {"j", Limit{Rate: 1 << 41, Period: time.Hour}}}, ErrInvalidArgument},
+		{"huge burst", 1, []KeyLimit{ok, {"j", Limit{Rate: shl(41), Period: time.Hour}}}, ErrInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

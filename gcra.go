@@ -90,7 +90,7 @@ func (l Limit) check() error {
 		return fmt.Errorf("%w: limit period %v (want >= 1ms)", ErrInvalidTTL, l.Period)
 	case l.Burst < 0:
 		return fmt.Errorf("%w: limit burst %d < 0", ErrInvalidArgument, l.Burst)
-	case l.burst() > maxBurst:
+	case int64(l.burst()) > maxBurst:
 		return fmt.Errorf("%w: limit %v: burst above 2^40", ErrInvalidArgument, l.name())
 	case float64(l.burst())*float64(l.Period)/float64(l.Rate) > math.MaxInt64:
 		return fmt.Errorf("%w: limit %v: a full burst takes longer than a Duration holds", ErrInvalidArgument, l.name())

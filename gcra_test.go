@@ -436,13 +436,16 @@ func TestAllowNHighRatesKeepTheBurst(t *testing.T) {
 // sent, instead of answering with a Remaining of MinInt64.
 func TestLimitsThatOverflowAreRefused(t *testing.T) {
 	t.Parallel()
+	if strconv.IntSize < 64 {
+		t.Skip("limits this large need a 64-bit int")
+	}
 	b := newBackend(t, "miniredis")
 	s := b.service(t, Options{})
 	ctx := ctxT(t)
 	for name, l := range map[string]Limit{
-		"MaxInt64 rate":       {Rate: math.MaxInt64, Period: time.Second},
-		"PerSecond(MaxInt64)": PerSecond(math.MaxInt64),
-		"huge burst":          {Rate: 1 << 41, Period: time.Hour},
+		"MaxInt64 rate":       {Rate: math.MaxInt, Period: time.Second},
+		"PerSecond(MaxInt64)": PerSecond(math.MaxInt),
+		"huge burst":          {Rate: shl(41), Period: time.Hour},
 	} {
 		t.Run(name, func(t *testing.T) {
 			r, err := s.AllowN(ctx, "k", 1, l)
@@ -452,8 +455,8 @@ func TestLimitsThatOverflowAreRefused(t *testing.T) {
 	}
 	assert.Empty(t, b.mr.Keys(), "invalid calls wrote")
 	for _, l := range []Limit{
-		{Rate: 1_000_000_000, Period: time.Second, Burst: 1 << 40},
-		{Rate: math.MaxInt64, Period: time.Second, Burst: 10},
+		{Rate: 1_000_000_000, Period: time.Second, Burst: shl(40)},
+		{Rate: math.MaxInt, Period: time.Second, Burst: 10},
 		PerSecond(1 << 30), // a gigabyte a second, counted in bytes
 	} {
 		r, err := s.AllowN(ctx, "k:"+l.name(), 3, l)
@@ -537,3 +540,7 @@ func TestAllowNNeverLetsATokenThroughEarly(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, r.Allowed, "after the whole interval")
 }
+
+// shl returns 1<<n, computed when the test runs, so that the tests
+// compile where an int has 32 bits.
+func shl(n int) int { return 1 << n }
