@@ -162,6 +162,35 @@ func ExampleService_AllowN() {
 	// cost 0: allowed=true remaining=0 retry-after=0s
 }
 
+func ExampleService_AllowAll() {
+	svc, cleanup := newExampleService()
+	defer cleanup()
+	ctx := context.Background()
+
+	// Logins limited per client IP and per user, together: an attempt
+	// denied by either limit takes nothing from the other.
+	ips, _ := redisservice.NewClientIPResolver(nil, "", 0) // as the middleware's
+	req := httptest.NewRequest(http.MethodPost, "/login", nil)
+	req.RemoteAddr = "203.0.113.7:56722"
+	perIP := redisservice.KeyLimit{Key: "login-ip:" + ips.Key(req), Limit: redisservice.PerHour(20)}
+	for _, user := range []string{"ada", "ada", "ada", "bob"} {
+		perUser := redisservice.KeyLimit{Key: "login-user:" + user, Limit: redisservice.PerMinute(2)}
+		r, err := svc.AllowAll(ctx, 1, perIP, perUser)
+		if err != nil {
+			fmt.Println(err) // Redis down: r.Allowed is true unless Options.RateLimitFailClosed
+		}
+		fmt.Printf("%s: allowed=%v remaining=%d\n", user, r.Allowed, r.Remaining)
+	}
+	r, _ := svc.AllowN(ctx, perIP.Key, 0, perIP.Limit)
+	fmt.Println("logins left for", ips.ClientIP(req), r.Remaining)
+	// Output:
+	// ada: allowed=true remaining=1
+	// ada: allowed=true remaining=0
+	// ada: allowed=false remaining=0
+	// bob: allowed=true remaining=1
+	// logins left for 203.0.113.7 17
+}
+
 func ExampleService_RateLimitMiddleware() {
 	svc, cleanup := newExampleService()
 	defer cleanup()

@@ -98,119 +98,6 @@ func (l Limit) check() error {
 	return nil
 }
 
-// gcraScript decides n tokens for one key under several GCRA limits, on
-// the server's clock, all or nothing. Each limit's theoretical arrival
-// time (TAT) is field "<rate>/<period s>/<burst>" of one hash (one key,
-// one cluster slot). A foreign value at the key is replaced, and a field
-// that is not a plausible TAT counts as a full bucket, so that nothing
-// written there turns the limit off. Only an allowed call with n > 0
-// writes: every TAT moves by n emission intervals.
-//
-// A field holds "<W> <R>": the TIME of its write in µs since 2017 (whole,
-// exact in a double) and the TAT's distance from it in µs, so the
-// arithmetic handles amounts of a bucket's size, not of the date, and
-// stays exact at any rate; one number is an earlier version's TAT, in
-// seconds since 2017. Within a millionth of a token (plus 5e-15 of the
-// bucket, for rounding) of fitting counts as fitting, so that a full
-// bucket's exact count is not lost to rounding.
-//
-// Field "exp" records the hash's expiry (µs since 2017). While every TAT
-// is before it and the hash has a TTL, an allowed call writes its TATs
-// alone; otherwise the expiry is set to twice the longest refill time.
-//
-// KEYS[1]: the hash. ARGV[1]: n; then rate, period (seconds), burst per
-// limit. It returns {allowed, remaining, retry after (µs), reset after
-// (µs), index of the tightest limit (0-based), TIME seconds, TIME µs},
-// durations capped at 2^53 µs (about 285 years).
-var gcraScript = redis.NewScript(gcraLua)
-
-// gcraArgs is gcraScript as command arguments.
-var gcraArgs = scriptArgs(gcraScript, gcraLua)
-
-// gcraLua is the source of gcraScript, for EVAL after NOSCRIPT.
-const gcraLua = `
-local n = tonumber(ARGV[1])
-local t = redis.call('TIME')
-local now = (t[1] - 1483228800) * 1000000 + t[2]
-local count = (#ARGV - 1) / 3
-local get = {'HMGET', KEYS[1]}
-for i = 1, count do
-	local j = 3 * i - 1
-	get[i + 2] = ARGV[j] .. '/' .. ARGV[j + 1] .. '/' .. ARGV[j + 2]
-end
-get[count + 3] = 'exp'
-local vals = redis.pcall(unpack(get))
-if vals.err then
-	redis.call('DEL', KEYS[1])
-	vals = {}
-end
-local set = {'HSET', KEYS[1]}
-local allowed, best, remaining, retry, reset = 1, 1, -1, 0, 0
-local latest, refill = 0, 0
-for i = 1, count do
-	local j = 3 * i - 1
-	local ei = ARGV[j + 1] * 1000000 / ARGV[j]
-	local offset = ei * ARGV[j + 2]
-	if offset > refill then refill = offset end
-	-- tat: the TAT in µs from now.
-	local tat, v = 0, vals[i]
-	if type(v) == 'string' then
-		local w, r = string.match(v, '^(%S+) (%S+)$')
-		w, r = tonumber(w), tonumber(r)
-		if w and r then
-			tat = r - (now - w)
-		else
-			tat = (tonumber(v) or 0) * 1000000 - now
-		end
-		if tat ~= tat or tat < 0 or tat > offset + 1000000 then
-			tat = 0
-		end
-	end
-	local new = tat + ei * n
-	if new > latest then latest = new end
-	set[2 * i + 1] = get[i + 2]
-	set[2 * i + 2] = new
-	-- diff: how long ago the request fitted (negative: how long until).
-	local diff = offset - new + ei * 0.000001 + offset * 5e-15
-	if diff < 0 then
-		if allowed == 1 or -diff > retry then
-			best, retry, reset = i, -diff, tat
-		end
-		allowed = 0
-	elseif allowed == 1 then
-		local left = math.floor(diff / ei)
-		if remaining < 0 or left < remaining or (left == remaining and new > reset) then
-			best, remaining, reset = i, left, new
-		end
-	end
-end
-if allowed == 1 and n > 0 then
-	for i = 1, count do
-		set[2 * i + 2] = string.format('%.17g %.17g', now, set[2 * i + 2])
-	end
-	local exp = tonumber(vals[count + 1])
-	-- Past twice the longest refill a Duration holds, exp is not ours.
-	local setexp = exp == nil or exp ~= exp or now + latest > exp or exp > now + 4e16
-	if not setexp and redis.call('PTTL', KEYS[1]) < 0 then
-		setexp = true
-	end
-	if setexp then
-		exp = now + 2 * refill
-		set[#set + 1] = 'exp'
-		set[#set + 1] = string.format('%.17g', exp)
-	end
-	redis.call(unpack(set))
-	if setexp then
-		redis.call('PEXPIRE', KEYS[1], string.format('%.0f', math.min(math.ceil(2 * refill / 1000), 9223372036854)))
-	end
-end
-if allowed == 0 then
-	remaining = 0
-end
-local cap = 9007199254740992
-return {allowed, remaining, math.min(math.ceil(retry), cap), math.min(math.ceil(reset), cap), best - 1, tonumber(t[1]), tonumber(t[2])}
-`
-
 // AllowN asks for n tokens for key under every limit given, atomically,
 // in one round trip (on a cluster too): allowed only when each limit has
 // room for n, and then n is taken from all of them; a denied request takes
@@ -248,16 +135,16 @@ func (s *Service) allowN(ctx context.Context, key string, n int, limits []Limit)
 	if err := checkAllowArgs(key, n, limits); err != nil {
 		return RateLimitResult{}, 0, invalid(op, key, err)
 	}
-	args := make([]any, 1, 1+3*len(limits))
-	args[0] = n
+	args := make([]any, 4, 4+3*len(limits))
+	args[0], args[1], args[2], args[3] = n, "", 0, len(limits)
 	for _, l := range limits {
 		args = append(args, l.Rate, l.Period.Seconds(), l.burst())
 	}
-	var reply [7]int64
+	var reply gcraReply
 	_, err := call(s, ctx, op, key, func(ctx context.Context) (struct{}, error) {
 		err := s.runOnce(ctx, gcraArgs, s.gcraKey(key), reply[:], args...)
-		if err == nil && (reply[4] < 0 || reply[4] >= int64(len(limits))) {
-			err = fmt.Errorf("%w: script reply names limit %d of %d", ErrDecode, reply[4], len(limits))
+		if err == nil {
+			err = reply.check(len(limits))
 		}
 		return struct{}{}, err
 	})
@@ -265,20 +152,45 @@ func (s *Service) allowN(ctx context.Context, key string, n int, limits []Limit)
 		r, i := s.allowFallback(n, limits)
 		return r, i, err
 	}
-	i := int(reply[4])
-	reset := time.Duration(reply[3]) * time.Microsecond
-	r := RateLimitResult{
-		Allowed:    reply[0] == 1,
-		Limit:      limits[i].burst(),
-		Remaining:  int(reply[1]),
-		ResetAt:    time.Unix(reply[5], reply[6]*int64(time.Microsecond)).Add(reset),
-		ResetAfter: reset,
-	}
-	if !r.Allowed {
-		r.RetryAfter = max(time.Duration(reply[2])*time.Microsecond, time.Microsecond)
-	}
+	i := reply.index()
+	r := reply.result(limits[i])
 	s.tel.rateLimited(ctx, r.Allowed, false)
 	return r, i, nil
+}
+
+// gcraReply is gcraScript's reply (see there).
+type gcraReply [7]int64
+
+// check reports a reply that names none of the script's limits of
+// which there were count.
+func (r *gcraReply) check(count int) error {
+	if r[4] < 0 || r[4] >= int64(count) {
+		return fmt.Errorf("%w: script reply names limit %d of %d", ErrDecode, r[4], count)
+	}
+	return nil
+}
+
+// allowed reports whether the reply allows the request.
+func (r *gcraReply) allowed() bool { return r[0] == 1 }
+
+// index is the position, among the script's limits, of the one the reply
+// describes.
+func (r *gcraReply) index() int { return int(r[4]) }
+
+// result is the reply as a RateLimitResult, which describes l.
+func (r *gcraReply) result(l Limit) RateLimitResult {
+	reset := time.Duration(r[3]) * time.Microsecond
+	res := RateLimitResult{
+		Allowed:    r.allowed(),
+		Limit:      l.burst(),
+		Remaining:  int(r[1]),
+		ResetAt:    time.Unix(r[5], r[6]*int64(time.Microsecond)).Add(reset),
+		ResetAfter: reset,
+	}
+	if !res.Allowed {
+		res.RetryAfter = max(time.Duration(r[2])*time.Microsecond, time.Microsecond)
+	}
+	return res
 }
 
 // checkAllowArgs validates the arguments of AllowN.

@@ -31,6 +31,15 @@ const (
 	// every limit as `"<name>";q=<quota>;w=<seconds>` and RateLimit
 	// describing the tightest as `"<name>";r=<remaining>;t=<seconds>`.
 	HeadersDraft11
+
+	// HeadersXRateLimit sends the fields GitHub's API and ulule/limiter
+	// send, which many clients and dashboards parse: X-RateLimit-Limit,
+	// X-RateLimit-Remaining and X-RateLimit-Reset for the tightest limit.
+	// X-RateLimit-Reset is a time, not a duration: the Unix time in whole
+	// seconds (rounded up) at which that limit is full again, on the Redis
+	// server's clock, as GitHub and ulule/limiter send it. No field lists
+	// the limits.
+	HeadersXRateLimit
 )
 
 // RateLimitConfig configures [Service.RateLimitMiddleware]. Either Limit
@@ -67,7 +76,8 @@ type RateLimitConfig struct {
 	// API client. It appears in error messages (and in logs and spans with
 	// [Options.TraceKeys]): hash secrets such as API tokens first. The
 	// default, and the fallback when Key returns "", is the client IP (see
-	// TrustedProxies), or for IPv6 its network (see IPv6Prefix).
+	// TrustedProxies, or ClientIP), or for IPv6 its network (see
+	// IPv6Prefix).
 	Key func(*http.Request) string
 
 	// Name separates this limit's buckets from other limits' when several
@@ -91,7 +101,9 @@ type RateLimitConfig struct {
 	// value is [HeadersDraft6], the fields sent before this option existed;
 	// [HeadersDraft11] sends the current draft's structured fields, in
 	// which a GCRA limit is named "<Rate>/<Period>" (e.g. "10/1s"), with
-	// "+<Burst>" when its burst is not its rate ("10/1s+20").
+	// "+<Burst>" when its burst is not its rate ("10/1s+20");
+	// [HeadersXRateLimit] sends X-RateLimit-Limit, -Remaining and -Reset.
+	// Every version sends Retry-After with a 429 or 503.
 	HeaderVersion HeaderVersion
 
 	// TrustedProxies lists the reverse proxies and load balancers whose
@@ -113,6 +125,13 @@ type RateLimitConfig struct {
 	// to X-Forwarded-For but passes a client's Forwarded header on cannot
 	// be fooled.
 	ForwardedHeader string
+
+	// ClientIP, when set, finds the client IP that requests are keyed on
+	// by default (see Key), in place of TrustedProxies, ForwardedHeader
+	// and IPv6Prefix, which must then be unset. Give handlers the same
+	// resolver, so that they see the clients the middleware counts. The
+	// default, nil, builds one from those three fields.
+	ClientIP *ClientIPResolver
 
 	// Denied, when set, writes the response to a request over the limit
 	// instead of the default 429 with a JSON body. The RateLimit-* and
@@ -147,16 +166,21 @@ type RateLimitConfig struct {
 // work (cfg.Limit <= 0 or cfg.Window below one millisecond without
 // Limits, Limit or Window set with Limits, an invalid limit, Cost without
 // Limits, IPv6Prefix outside 0 to 128, an unknown HeaderVersion, an
-// invalid trusted proxy prefix): those are programming errors, found at
-// start-up rather than on the first request.
+// invalid trusted proxy prefix, ClientIP with the fields it replaces):
+// those are programming errors, found at start-up rather than on the
+// first request.
 func (s *Service) RateLimitMiddleware(cfg RateLimitConfig) func(http.Handler) http.Handler {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		panic("redisservice: RateLimitMiddleware: " + err.Error())
 	}
-	ips, err := clientip.New(cfg.TrustedProxies, cfg.ForwardedHeader, cfg.IPv6Prefix)
-	if err != nil {
-		panic("redisservice: RateLimitMiddleware: cfg." + err.Error())
+	ips := cfg.ClientIP
+	if ips == nil {
+		r, err := clientip.New(cfg.TrustedProxies, cfg.ForwardedHeader, cfg.IPv6Prefix)
+		if err != nil {
+			panic("redisservice: RateLimitMiddleware: cfg." + err.Error())
+		}
+		ips = &ClientIPResolver{r: r}
 	}
 	window := cfg.Window.Truncate(time.Millisecond)
 	hdr := cfg.headers(window)
@@ -243,8 +267,11 @@ func (c RateLimitConfig) validate() error {
 			return fmt.Errorf("cfg.Limits[%d]: %w", i, err)
 		}
 	}
-	if c.HeaderVersion != HeadersDraft6 && c.HeaderVersion != HeadersDraft11 {
+	if c.HeaderVersion < HeadersDraft6 || c.HeaderVersion > HeadersXRateLimit {
 		return fmt.Errorf("cfg.HeaderVersion %d unknown", c.HeaderVersion)
+	}
+	if c.ClientIP != nil && (c.TrustedProxies != nil || c.ForwardedHeader != "" || c.IPv6Prefix != 0) {
+		return errors.New("cfg.ClientIP with TrustedProxies, ForwardedHeader or IPv6Prefix: give them to NewClientIPResolver")
 	}
 	return nil
 }
@@ -273,6 +300,9 @@ func (c RateLimitConfig) headers(window time.Duration) rateHeaders {
 		}
 	}
 	h := rateHeaders{version: c.HeaderVersion}
+	if c.HeaderVersion == HeadersXRateLimit {
+		return h
+	}
 	items := make([]string, len(policies))
 	for i, p := range policies {
 		w := strconv.FormatInt(ceilSeconds(p.window), 10)
@@ -290,15 +320,29 @@ func (c RateLimitConfig) headers(window time.Duration) rateHeaders {
 
 // set writes the fields for res, which describes limit i.
 func (h rateHeaders) set(hd http.Header, res RateLimitResult, i int) {
-	reset := strconv.FormatInt(ceilSeconds(res.ResetAfter), 10)
-	hd.Set("RateLimit-Policy", h.policy)
-	if h.version == HeadersDraft11 {
-		hd.Set("RateLimit", h.names[i]+";r="+strconv.Itoa(res.Remaining)+";t="+reset)
-		return
+	switch h.version {
+	case HeadersXRateLimit:
+		hd.Set("X-RateLimit-Limit", strconv.Itoa(res.Limit))
+		hd.Set("X-RateLimit-Remaining", strconv.Itoa(res.Remaining))
+		hd.Set("X-RateLimit-Reset", strconv.FormatInt(unixCeil(res.ResetAt), 10))
+	case HeadersDraft11:
+		hd.Set("RateLimit-Policy", h.policy)
+		hd.Set("RateLimit", h.names[i]+";r="+strconv.Itoa(res.Remaining)+";t="+strconv.FormatInt(ceilSeconds(res.ResetAfter), 10))
+	default:
+		hd.Set("RateLimit-Policy", h.policy)
+		hd.Set("RateLimit-Limit", strconv.Itoa(res.Limit))
+		hd.Set("RateLimit-Remaining", strconv.Itoa(res.Remaining))
+		hd.Set("RateLimit-Reset", strconv.FormatInt(ceilSeconds(res.ResetAfter), 10))
 	}
-	hd.Set("RateLimit-Limit", strconv.Itoa(res.Limit))
-	hd.Set("RateLimit-Remaining", strconv.Itoa(res.Remaining))
-	hd.Set("RateLimit-Reset", reset)
+}
+
+// unixCeil returns t as a Unix time in whole seconds, rounded up.
+func unixCeil(t time.Time) int64 {
+	secs := t.Unix()
+	if t.Nanosecond() > 0 {
+		secs++
+	}
+	return secs
 }
 
 // sfString returns s as a structured-field string (RFC 8941): quoted,

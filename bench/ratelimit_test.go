@@ -13,9 +13,11 @@ import (
 
 // BenchmarkRateLimit compares Service.CheckRateLimit (fixed window) with a
 // naive INCR, then EXPIRE on the first hit, with redis_rate/v10 (GCRA in
-// Lua), and with Service.AllowN (GCRA) under one limit ("allown") and two
-// limits decided together ("allown2"), all on one identifier with limits
-// never reached, at 1 and 64 callers. It reports round trips per check.
+// Lua), with Service.AllowN (GCRA) under one limit ("allown") and two
+// limits decided together ("allown2"), and with Service.AllowAll over two
+// keys, a limit each ("allowall2": a login per IP and per user, one script
+// on a single node), all with limits never reached, at 1 and 64 callers.
+// It reports round trips per check.
 func BenchmarkRateLimit(b *testing.B) {
 	s := newService(b, redisservice.Options{})
 	rdb := s.Client()
@@ -48,6 +50,11 @@ func BenchmarkRateLimit(b *testing.B) {
 		}},
 		{"allown", func() error { return allow(s.AllowN(ctx, "bench:rl:gcra", 1, gcraLimit)) }},
 		{"allown2", func() error { return allow(s.AllowN(ctx, "bench:rl:gcra2", 1, gcraLimit, gcraLimit2)) }},
+		{"allowall2", func() error {
+			return allow(s.AllowAll(ctx, 1,
+				redisservice.KeyLimit{Key: "bench:rl:ip", Limit: gcraLimit},
+				redisservice.KeyLimit{Key: "bench:rl:user", Limit: gcraLimit2}))
+		}},
 	}
 	for _, callers := range []int{1, 64} {
 		for _, impl := range impls {
