@@ -15,6 +15,9 @@ import (
 // that no server runs in this process. It is not parallel: AllocsPerRun
 // counts every allocation in the process.
 func TestCheckRateLimitAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts vary under -race (sync.Pool drops items at random); .ci/run runs this test without it")
+	}
 	b := newBackend(t, "redis")
 	s := b.service(t, Options{})
 	ctx := context.Background()
@@ -30,13 +33,25 @@ func TestCheckRateLimitAllocations(t *testing.T) {
 		name string
 		ctx  context.Context
 	}{{"Background", ctx}, {"request", reqCtx}} {
-		bare := testing.AllocsPerRun(200, func() {
+		// The fewest of five measures: a goroutine of another test's
+		// Service (a PING, a tracker) can allocate during one, never take
+		// allocations away.
+		bare, service := fewestAllocs(func() {
 			_, _ = b.client.EvalSha(c.ctx, sha, []string{key}, time.Hour.Milliseconds()).Slice()
-		})
-		service := testing.AllocsPerRun(200, func() {
+		}), fewestAllocs(func() {
 			_, _ = s.CheckRateLimit(c.ctx, "allocs", time.Hour, limit)
 		})
 		t.Logf("%s ctx: allocations per call: bare EVALSHA %.1f, CheckRateLimit %.1f", c.name, bare, service)
 		assert.LessOrEqual(t, service, bare+2, "%s ctx: CheckRateLimit allocations beyond a bare EVALSHA", c.name)
 	}
+}
+
+// fewestAllocs is the fewest allocations per run of fn over five measures
+// of 200 runs.
+func fewestAllocs(fn func()) float64 {
+	fewest := testing.AllocsPerRun(200, fn)
+	for range 4 {
+		fewest = min(fewest, testing.AllocsPerRun(200, fn))
+	}
+	return fewest
 }
