@@ -44,10 +44,11 @@ func (s *Service) Set(ctx context.Context, key string, value any, opts ...SetOpt
 // reservedKey reports whether the caller's key k lies in a namespace the
 // Service keeps for its own keys: sessions ("session:<id>", the key the
 // original service uses), their per-user index, rate-limit counters, GCRA
-// state and the sessions of the scsstore module's default store. A
-// feature that stores keys of its own adds its prefix here.
+// state, the sessions of the scsstore module's default store, and locks
+// with their fencing counters. A feature that stores keys of its own adds
+// its prefix here.
 func reservedKey(k string) bool {
-	for _, p := range [...]string{"session:", "user-sessions:", "ratelimit:", gcraPrefix, scsSessionPrefix} {
+	for _, p := range [...]string{"session:", "user-sessions:", "ratelimit:", gcraPrefix, scsSessionPrefix, lockPrefix} {
 		if strings.HasPrefix(k, p) {
 			return true
 		}
