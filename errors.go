@@ -14,7 +14,7 @@ var (
 	// URL-unreserved set, or a key or pattern that a write or delete may
 	// not touch: one in the namespaces the Service keeps for its own keys
 	// ("session:", "user-sessions:", "ratelimit:", "gcra:",
-	// "scs:session:", "lock:"), unless [Options.AllowReservedKeys].
+	// "scs:session:", "lock:", "idem:"), unless [Options.AllowReservedKeys].
 	// Nothing is written.
 	ErrInvalidKey = errors.New("redisservice: invalid key")
 

@@ -44,11 +44,11 @@ func (s *Service) Set(ctx context.Context, key string, value any, opts ...SetOpt
 // reservedKey reports whether the caller's key k lies in a namespace the
 // Service keeps for its own keys: sessions ("session:<id>", the key the
 // original service uses), their per-user index, rate-limit counters, GCRA
-// state, the sessions of the scsstore module's default store, and locks
-// with their fencing counters. A feature that stores keys of its own adds
+// state, the sessions of the scsstore module's default store, locks with
+// their fencing counters, and Idempotency-Key records. A feature that stores keys of its own adds
 // its prefix here.
 func reservedKey(k string) bool {
-	for _, p := range [...]string{"session:", "user-sessions:", "ratelimit:", gcraPrefix, scsSessionPrefix, lockPrefix} {
+	for _, p := range [...]string{"session:", "user-sessions:", "ratelimit:", gcraPrefix, scsSessionPrefix, lockPrefix, idemPrefix} {
 		if strings.HasPrefix(k, p) {
 			return true
 		}
