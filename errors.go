@@ -16,8 +16,8 @@ var (
 	// URL-unreserved set, or a key or pattern that a write or delete may
 	// not touch: one in the namespaces the Service keeps for its own keys
 	// ("session:", "user-sessions:", "ratelimit:", "gcra:",
-	// "scs:session:"), unless [Options.AllowReservedKeys]. Nothing is
-	// written.
+	// "scs:session:", "lock:", "idem:"), unless [Options.AllowReservedKeys].
+	// Nothing is written.
 	ErrInvalidKey = errors.New("redisservice: invalid key")
 
 	// ErrInvalidTTL reports a negative TTL, a positive TTL below one
@@ -70,6 +70,15 @@ var (
 	// ErrDecode reports a stored value that does not decode into the
 	// destination (bad JSON or a type mismatch). The wrapped error says why.
 	ErrDecode = errors.New("redisservice: stored value does not decode")
+
+	// ErrLockHeld is returned by [Service.TryLock] when another holder
+	// has the lock. Nothing was changed.
+	ErrLockHeld = errors.New("redisservice: lock held by another holder")
+
+	// ErrLockLost is returned by [Lock.Refresh] and [Lock.Unlock] when
+	// another holder took the key after this lock expired. The other
+	// holder's lock is left as it is.
+	ErrLockLost = errors.New("redisservice: lock lost to another holder")
 )
 
 // opError is the error of one call: the operation and the caller's key

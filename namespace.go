@@ -28,6 +28,12 @@ const (
 	// scsSessionPrefix is scsstore.DefaultPrefix: the scs sessions that
 	// module's default store keeps through [Service.Run].
 	scsSessionPrefix = "scs:session:"
+
+	// lockPrefix starts the keys of locks and of their fencing counters.
+	lockPrefix = "lock:"
+
+	// idemPrefix starts the keys of Idempotency-Key records.
+	idemPrefix = "idem:"
 )
 
 // sessionDisplayKey stands for a session's key in errors and logs: a
@@ -37,9 +43,10 @@ const sessionDisplayKey = sessionPrefix + "<redacted>"
 // reservedKey reports whether the caller's key k lies in a namespace the
 // Service keeps for its own keys: sessions ("session:<id>", the key the
 // original service uses), their per-user index, rate-limit counters, GCRA
-// state and the sessions of the scsstore module's default store.
+// state, the sessions of the scsstore module's default store, locks with
+// their fencing counters, and Idempotency-Key records.
 func reservedKey(k string) bool {
-	for _, p := range [...]string{sessionPrefix, userSessionsPrefix, rateLimitPrefix, gcraPrefix, scsSessionPrefix} {
+	for _, p := range [...]string{sessionPrefix, userSessionsPrefix, rateLimitPrefix, gcraPrefix, scsSessionPrefix, lockPrefix, idemPrefix} {
 		if strings.HasPrefix(k, p) {
 			return true
 		}

@@ -49,6 +49,18 @@ const (
 	decisionFailClosed = "fail_closed" // Redis gave no answer; denied (Options.RateLimitFailClosed)
 )
 
+// Outcomes of a request under IdempotencyMiddleware: the values of
+// redisservice.idempotency.outcome.
+const (
+	idemStored      = "stored"      // the handler ran; its response is kept
+	idemReplayed    = "replayed"    // a stored response was replayed
+	idemConflict    = "conflict"    // 409: the same request is in flight
+	idemMismatch    = "mismatch"    // 422: the key was used with another request
+	idemFreed       = "freed"       // a 5xx, a panic or an unfinished handler: the key is freed
+	idemFailOpen    = "fail_open"   // Redis gave no answer; run unprotected (FailOpen)
+	idemUnavailable = "unavailable" // Redis gave no answer; answered 503
+)
+
 // telemetry holds a Service's instruments and tracer. A nil *telemetry
 // records nothing; so does a nil instrument or tracer in it.
 type telemetry struct {
@@ -58,11 +70,13 @@ type telemetry struct {
 	duration   metric.Float64Histogram
 	cache      metric.Int64Counter
 	ratelimit  metric.Int64Counter
+	idem       metric.Int64Counter
 	pool       metric.Registration // the pool gauges' callback, unregistered by Close
 
 	ops       sync.Map                      // op string -> *opTelemetry
 	results   map[string][]metric.AddOption // by cache result; read-only after newTelemetry
 	decisions map[string][]metric.AddOption // by rate-limit decision; read-only after newTelemetry
+	idemOuts  map[string][]metric.AddOption // by idempotency outcome; read-only after newTelemetry
 }
 
 // opTelemetry is what one op records with, built once per op so that a
@@ -90,8 +104,9 @@ func newTelemetry(opts Options, rdb redis.UniversalClient) (*telemetry, error) {
 	}
 	t.results = attributeOptions("redisservice.cache.result", cacheHit, cacheLocalHit, cacheMiss, cacheStale, cacheNotFound)
 	t.decisions = attributeOptions("redisservice.ratelimit.decision", decisionAllowed, decisionDenied, decisionFailOpen, decisionFailClosed)
+	t.idemOuts = attributeOptions("redisservice.idempotency.outcome", idemStored, idemReplayed, idemConflict, idemMismatch, idemFreed, idemFailOpen, idemUnavailable)
 	m := opts.MeterProvider.Meter(instrumentationName)
-	var errs [11]error
+	var errs [12]error
 	var (
 		conns                         metric.Int64ObservableUpDownCounter
 		hits, misses, timeouts, stale metric.Int64ObservableCounter
@@ -110,6 +125,9 @@ func newTelemetry(opts Options, rdb redis.UniversalClient) (*telemetry, error) {
 	t.ratelimit, errs[3] = m.Int64Counter("redisservice.ratelimit.decisions",
 		metric.WithDescription("Rate-limit decisions (allowed, denied, fail_open, fail_closed)."),
 		metric.WithUnit("{decision}"))
+	t.idem, errs[11] = m.Int64Counter("redisservice.idempotency.requests",
+		metric.WithDescription("Requests with an Idempotency-Key by outcome (stored, replayed, conflict, mismatch, freed, fail_open, unavailable)."),
+		metric.WithUnit("{request}"))
 	// An up-down counter rather than a gauge, as OpenTelemetry's
 	// db.client.connection.count: Services sharing a provider then add up
 	// their pools instead of the last one hiding the others.
@@ -357,6 +375,14 @@ func (t *telemetry) rateLimited(ctx context.Context, allowed, fallback bool) {
 		d = decisionDenied
 	}
 	t.ratelimit.Add(orBackground(ctx), 1, t.decisions[d]...)
+}
+
+// idempotency counts one request with an Idempotency-Key by outcome.
+func (t *telemetry) idempotency(ctx context.Context, outcome string) {
+	if t == nil || t.idem == nil {
+		return
+	}
+	t.idem.Add(orBackground(ctx), 1, t.idemOuts[outcome]...)
 }
 
 // attributeOptions returns, by value, the options that carry the

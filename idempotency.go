@@ -1,0 +1,508 @@
+package redisservice
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// IdempotencyConfig configures [Service.IdempotencyMiddleware]. The zero
+// value is usable; every default is documented on its field.
+type IdempotencyConfig struct {
+	// Header is the request header that carries the key. The default is
+	// "Idempotency-Key".
+	Header string
+
+	// TTL is how long a response is kept and replayed. The default is
+	// 24 hours.
+	TTL time.Duration
+
+	// Methods are the methods the middleware covers; others pass through
+	// untouched. The default is POST and PATCH.
+	Methods []string
+
+	// Required answers a covered request without the header 400. By
+	// default such a request runs unprotected.
+	Required bool
+
+	// Scope returns the client a request comes from (a user id, an API
+	// key), so that one client's key never replays another's response.
+	// nil, or "", is one space for all.
+	Scope func(*http.Request) string
+
+	// MaxBodyBytes is the largest request body accepted with a key; a
+	// larger one is answered 413. The default is 1 MiB.
+	MaxBodyBytes int64
+
+	// FailOpen runs the handler without protection when Redis cannot be
+	// asked. By default the request is answered 503 with Retry-After.
+	FailOpen bool
+
+	lease time.Duration // the in-flight mark's lease; zero: idemLease
+}
+
+const (
+	idemLease        = 30 * time.Second // the in-flight mark's default lease
+	idemMaxBody      = 1 << 20          // MaxBodyBytes' default
+	idemMaxKey       = 256              // the longest key accepted, in bytes
+	idemReplayHeader = "Idempotent-Replayed"
+)
+
+// IdempotencyMiddleware returns middleware that makes covered requests
+// (POST and PATCH by default) carrying an Idempotency-Key
+// (draft-ietf-httpapi-idempotency-key-header-07: a structured-field
+// string, or a bare token) run at most once, across every instance that
+// shares the Redis. The first request runs; its status, headers (but
+// hop-by-hop ones and Set-Cookie) and body are kept for TTL, and a retry
+// with the same key and the same request (method, path and query, and the
+// SHA-256 of the body) gets them replayed byte for byte, with
+// "Idempotent-Replayed: true", without running the handler. The same key
+// with another request is answered 422, while the first still runs 409, a
+// malformed key (or a missing one with Required) 400, a body over
+// MaxBodyBytes 413: each with an RFC 9457 problem+json body.
+//
+// A 5xx response, a panic (which goes on after the key is freed) or a
+// handler that did not return is not kept: the key is freed, and a retry
+// runs again. The in-flight mark is a 30 s lease, renewed while the
+// handler runs, so a dead instance's mark expires. A request costs one
+// round trip to claim its key (or read the stored response) and one to
+// store the response. When Redis cannot be asked, the request is answered
+// 503 with Retry-After, or with FailOpen runs unprotected. It panics, when
+// called, on a negative TTL or MaxBodyBytes. Detail: docs/idempotency-and-locks.md.
+func (s *Service) IdempotencyMiddleware(cfg IdempotencyConfig) func(http.Handler) http.Handler {
+	cfg = cfg.withDefaults()
+	if cfg.TTL < time.Millisecond || cfg.MaxBodyBytes < 0 || cfg.lease < 3*time.Millisecond {
+		panic(fmt.Sprintf("redisservice: IdempotencyMiddleware: TTL %v (want >= 1ms) or MaxBodyBytes %d < 0", cfg.TTL, cfg.MaxBodyBytes))
+	}
+	methods := make(map[string]bool, len(cfg.Methods))
+	for _, m := range cfg.Methods {
+		methods[strings.ToUpper(m)] = true
+	}
+	return func(next http.Handler) http.Handler {
+		return &idemHandler{s: s, cfg: cfg, methods: methods, next: next}
+	}
+}
+
+// withDefaults returns a copy of c with unset fields filled in.
+func (c IdempotencyConfig) withDefaults() IdempotencyConfig {
+	if c.Header == "" {
+		c.Header = "Idempotency-Key"
+	}
+	if c.TTL == 0 {
+		c.TTL = 24 * time.Hour
+	}
+	if len(c.Methods) == 0 {
+		c.Methods = []string{http.MethodPost, http.MethodPatch}
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = idemMaxBody
+	}
+	if c.lease == 0 {
+		c.lease = idemLease
+	}
+	return c
+}
+
+// idemHandler is the handler IdempotencyMiddleware wraps around next.
+type idemHandler struct {
+	s       *Service
+	cfg     IdempotencyConfig
+	methods map[string]bool // read-only
+	next    http.Handler
+}
+
+func (h *idemHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.methods[r.Method] {
+		h.next.ServeHTTP(w, r)
+		return
+	}
+	values := r.Header.Values(h.cfg.Header)
+	if len(values) == 0 {
+		if h.cfg.Required {
+			writeProblem(w, http.StatusBadRequest, "this request needs an "+h.cfg.Header+" header")
+			return
+		}
+		h.next.ServeHTTP(w, r)
+		return
+	}
+	key, ok := parseIdemKey(values)
+	if !ok {
+		writeProblem(w, http.StatusBadRequest, "the "+h.cfg.Header+" header is not one string of at most 256 printable characters")
+		return
+	}
+	if r.ContentLength > h.cfg.MaxBodyBytes {
+		writeProblem(w, http.StatusRequestEntityTooLarge, "the request body is larger than this endpoint accepts with an "+h.cfg.Header)
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, h.cfg.MaxBodyBytes+1))
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, "the request body could not be read")
+		return
+	}
+	if int64(len(body)) > h.cfg.MaxBodyBytes {
+		writeProblem(w, http.StatusRequestEntityTooLarge, "the request body is larger than this endpoint accepts with an "+h.cfg.Header)
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+
+	scope := ""
+	if h.cfg.Scope != nil {
+		scope = h.cfg.Scope(r)
+	}
+	rec := idemRecord{
+		s:     h.s,
+		key:   key,
+		id:    idemPrefix + strconv.Itoa(len(scope)) + ":" + scope + ":" + key,
+		fp:    fingerprint(r, body),
+		owner: ownerID(),
+	}
+	ctx := r.Context()
+	code, stored, err := rec.claim(ctx, h.cfg.lease)
+	switch {
+	case err != nil && h.cfg.FailOpen:
+		h.s.tel.idempotency(ctx, idemFailOpen)
+		h.next.ServeHTTP(w, r)
+	case err != nil:
+		h.s.tel.idempotency(ctx, idemUnavailable)
+		w.Header().Set("Retry-After", "1")
+		writeProblem(w, http.StatusServiceUnavailable, "the "+h.cfg.Header+" store is unavailable; try again later")
+	case code == claimReplay:
+		if replay(w, stored) {
+			h.s.tel.idempotency(ctx, idemReplayed)
+			return
+		}
+		// A record that does not decode is no one's response: free it.
+		rec.free(ctx, "D"+rec.fp+stored)
+		writeProblem(w, http.StatusConflict, "the stored response for this "+h.cfg.Header+" was unreadable and is dropped; retry")
+	case code == claimConflict:
+		h.s.tel.idempotency(ctx, idemConflict)
+		writeProblem(w, http.StatusConflict, "a request with this "+h.cfg.Header+" is still being processed")
+	case code == claimMismatch:
+		h.s.tel.idempotency(ctx, idemMismatch)
+		writeProblem(w, http.StatusUnprocessableEntity, "this "+h.cfg.Header+" was used with a different request")
+	default:
+		h.run(w, r, &rec)
+	}
+}
+
+// run runs the handler for a claimed key, renewing the lease meanwhile,
+// and stores its response, or frees the key.
+func (h *idemHandler) run(w http.ResponseWriter, r *http.Request, rec *idemRecord) {
+	cw := &captureWriter{ResponseWriter: w}
+	stop := rec.keepLease(h.cfg.lease)
+	finished := false
+	defer func() {
+		stop()
+		// The request's ctx may have ended with its client; the record
+		// must still be stored or freed.
+		ctx := context.WithoutCancel(r.Context())
+		if finished && cw.status() < 500 {
+			if rec.store(ctx, cw.encode(), h.cfg.TTL) == nil {
+				h.s.tel.idempotency(ctx, idemStored)
+			}
+			return
+		}
+		// A panic goes on after this, as net/http expects.
+		rec.free(ctx, rec.running())
+		h.s.tel.idempotency(ctx, idemFreed)
+	}()
+	h.next.ServeHTTP(cw, r)
+	finished = true
+}
+
+// parseIdemKey returns the key of the header's values: one value, a
+// structured-field string or a bare token, of 1 to idemMaxKey printable
+// ASCII characters.
+func parseIdemKey(values []string) (string, bool) {
+	if len(values) != 1 {
+		return "", false
+	}
+	v := strings.TrimSpace(values[0])
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		var b strings.Builder
+		for i := 1; i < len(v)-1; i++ {
+			c := v[i]
+			switch {
+			case c == '\\' && i+2 < len(v) && (v[i+1] == '"' || v[i+1] == '\\'):
+				i++
+				c = v[i]
+			case c == '\\' || c == '"':
+				return "", false
+			}
+			b.WriteByte(c)
+		}
+		v = b.String()
+	} else if strings.ContainsAny(v, "\"\\") {
+		return "", false
+	}
+	if v == "" || len(v) > idemMaxKey {
+		return "", false
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < 0x20 || v[i] > 0x7e {
+			return "", false
+		}
+	}
+	return v, true
+}
+
+// fingerprint is the hex SHA-256 of what makes a request the same
+// request: its method, target (path and query) and body.
+func fingerprint(r *http.Request, body []byte) string {
+	h := sha256.New()
+	io.WriteString(h, r.Method)
+	h.Write([]byte{0})
+	io.WriteString(h, r.URL.RequestURI())
+	h.Write([]byte{0})
+	h.Write(body)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// problem is an RFC 9457 problem details object.
+type problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail"`
+}
+
+// writeProblem answers with code and a problem+json body saying why.
+func writeProblem(w http.ResponseWriter, code int, detail string) {
+	h := w.Header()
+	h.Set("Content-Type", "application/problem+json")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(problem{Type: "about:blank", Title: http.StatusText(code), Status: code, Detail: detail})
+}
+
+// Claim results: what the claim script found at a key.
+const (
+	claimClaimed  = 1 // the key was free: the caller runs the handler
+	claimConflict = 2 // the same request is in flight
+	claimMismatch = 3 // another request holds the key
+	claimReplay   = 4 // the same request's response is stored
+)
+
+// idemRecord is one request's record: "R<fp><owner>" while it runs (a
+// lease), "D<fp><response>" once its response is stored.
+type idemRecord struct {
+	s     *Service
+	key   string // the Idempotency-Key, for errors and logs
+	id    string // the record's key, before the prefix
+	fp    string // the request's fingerprint, 64 hex digits
+	owner string // this request's owner id
+}
+
+// running is the record's value while this request runs.
+func (rec *idemRecord) running() string { return "R" + rec.fp + rec.owner }
+
+// claim takes the key for this request with a lease, or reports what
+// holds it: one round trip. With claimReplay it returns the stored
+// response.
+func (rec *idemRecord) claim(ctx context.Context, lease time.Duration) (int64, string, error) {
+	const op = "idempotency"
+	s := rec.s
+	reply, err := call(s, ctx, op, rec.key, func(ctx context.Context) ([]any, error) {
+		return idemClaimScript.Run(ctx, s.rdb, []string{s.key(rec.id)}, rec.fp, rec.owner, lease.Milliseconds()).Slice()
+	})
+	if err != nil {
+		return 0, "", err
+	}
+	code, ok := reply[0].(int64)
+	if !ok || code < claimClaimed || code > claimReplay || (code == claimReplay && len(reply) < 2) {
+		return 0, "", s.fail(ctx, op, rec.key, fmt.Errorf("%w: idempotency claim reply %v", ErrDecode, reply[0]))
+	}
+	if code == claimReplay {
+		stored, _ := reply[1].(string)
+		return code, stored, nil
+	}
+	return code, "", nil
+}
+
+// store keeps the response for ttl, if this request still holds the key:
+// one round trip.
+func (rec *idemRecord) store(ctx context.Context, response string, ttl time.Duration) error {
+	const op = "idempotency"
+	s := rec.s
+	n, err := call(s, ctx, op, rec.key, func(ctx context.Context) (int64, error) {
+		return idemStoreScript.Run(ctx, s.rdb, []string{s.key(rec.id)}, rec.fp, rec.owner, response, ttl.Milliseconds()).Int64()
+	})
+	if err == nil && n != 1 {
+		err = s.fail(ctx, op, rec.key, errors.New("redisservice: the in-flight lease expired before the response was stored"))
+	}
+	return err
+}
+
+// free deletes the record if it still holds value.
+func (rec *idemRecord) free(ctx context.Context, value string) {
+	s := rec.s
+	_, _ = call(s, ctx, "idempotency", rec.key, func(ctx context.Context) (int64, error) {
+		return idemFreeScript.Run(ctx, s.rdb, []string{s.key(rec.id)}, value).Int64()
+	})
+}
+
+// keepLease renews the lease every third of it until the returned
+// function is called; that function returns once renewals have stopped.
+func (rec *idemRecord) keepLease(lease time.Duration) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	s := rec.s
+	wg.Go(func() {
+		t := time.NewTicker(lease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			_, _ = call(s, context.Background(), "idempotency", rec.key, func(ctx context.Context) (int64, error) {
+				return idemRenewScript.Run(ctx, s.rdb, []string{s.key(rec.id)}, rec.running(), lease.Milliseconds()).Int64()
+			})
+		}
+	})
+	return func() {
+		close(done)
+		wg.Wait()
+	}
+}
+
+// idemClaimScript claims KEYS[1] for the request of fingerprint ARGV[1]
+// and owner ARGV[2] with a lease of ARGV[3] ms. A claim re-sent after a
+// lost reply finds its own mark and is claimed again. It returns
+// {claimClaimed}, {claimConflict}, {claimMismatch} or {claimReplay,
+// response}.
+var idemClaimScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], 'R' .. ARGV[1] .. ARGV[2], 'PX', ARGV[3])
+  return {1}
+end
+if string.sub(v, 2, 65) ~= ARGV[1] then
+  return {3}
+end
+local kind = string.sub(v, 1, 1)
+if kind == 'D' then
+  return {4, string.sub(v, 66)}
+end
+if v == 'R' .. ARGV[1] .. ARGV[2] then
+  return {1}
+end
+return {2}
+`)
+
+// idemStoreScript replaces this request's mark at KEYS[1] (fingerprint
+// ARGV[1], owner ARGV[2]) with its response ARGV[3] for ARGV[4] ms. It
+// returns 1 when stored (or stored already: a re-sent store), else 0.
+var idemStoreScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v == 'R' .. ARGV[1] .. ARGV[2] then
+  redis.call('SET', KEYS[1], 'D' .. ARGV[1] .. ARGV[3], 'PX', ARGV[4])
+  return 1
+end
+if v == 'D' .. ARGV[1] .. ARGV[3] then
+  return 1
+end
+return 0
+`)
+
+// idemFreeScript deletes KEYS[1] if it holds ARGV[1].
+var idemFreeScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`)
+
+// idemRenewScript sets KEYS[1]'s TTL to ARGV[2] ms if it holds ARGV[1].
+var idemRenewScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+`)
+
+// captureWriter passes a response through and keeps a copy of it.
+type captureWriter struct {
+	http.ResponseWriter
+	code   int         // 0 until WriteHeader
+	header http.Header // the headers as they were sent
+	body   bytes.Buffer
+}
+
+func (c *captureWriter) WriteHeader(code int) {
+	if c.code == 0 && code >= 200 {
+		c.code = code
+		c.header = c.ResponseWriter.Header().Clone()
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *captureWriter) Write(b []byte) (int, error) {
+	if c.code == 0 {
+		c.WriteHeader(http.StatusOK)
+	}
+	c.body.Write(b)
+	return c.ResponseWriter.Write(b)
+}
+
+// Unwrap lets [http.ResponseController] reach the connection's writer.
+func (c *captureWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+// status is the response's status: 200 when the handler wrote nothing.
+func (c *captureWriter) status() int {
+	if c.code == 0 {
+		return http.StatusOK
+	}
+	return c.code
+}
+
+// storedResponse is the head of a stored response; the body follows it
+// after a newline (JSON holds none unescaped).
+type storedResponse struct {
+	Status int         `json:"s"`
+	Header http.Header `json:"h,omitempty"`
+}
+
+// encode returns the response as stored: its head, a newline, its body.
+func (c *captureWriter) encode() string {
+	header := c.header
+	if header == nil {
+		header = c.ResponseWriter.Header().Clone()
+	}
+	for _, h := range []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding",
+		"Upgrade", "Te", "Trailer", "Proxy-Authenticate", "Proxy-Authorization", "Set-Cookie"} {
+		header.Del(h)
+	}
+	head, _ := json.Marshal(storedResponse{Status: c.status(), Header: header})
+	return string(head) + "\n" + c.body.String()
+}
+
+// replay writes a stored response, and reports whether it decoded.
+func replay(w http.ResponseWriter, stored string) bool {
+	head, body, ok := strings.Cut(stored, "\n")
+	var sr storedResponse
+	if !ok || json.Unmarshal([]byte(head), &sr) != nil || sr.Status < 100 || sr.Status > 999 {
+		return false
+	}
+	h := w.Header()
+	for k, v := range sr.Header {
+		h[k] = v
+	}
+	h.Set(idemReplayHeader, "true")
+	w.WriteHeader(sr.Status)
+	_, _ = io.WriteString(w, body)
+	return true
+}
