@@ -110,7 +110,5 @@ func randomHex(t testing.TB, n int) string {
 func ctxT(t testing.TB) context.Context {
 	t.Helper()
 	heldLogs.ShowOnFailure(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
+	return testredis.Context(t)
 }

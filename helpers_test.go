@@ -265,13 +265,7 @@ func (w *syncWriter) Write(p []byte) (int, error) {
 func closedPort(t testing.TB) string {
 	t.Helper()
 	heldLogs.ShowOnFailure(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	return testredis.ClosedAddr(t)
 }
 
 // newService returns a Service made with opts, closed at cleanup.
