@@ -2,28 +2,27 @@ package redisservice
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"os"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/vevurn/redisservice/internal/testredis"
 )
 
-// The behaviour tests run against every backend named here: miniredis
-// always, a real redis-server when REDIS_TEST_URL is set, and a real Redis
-// Cluster when REDIS_TEST_CLUSTER lists its nodes ("host:port,host:port").
-// scripts/redis-test-servers starts both and prints the variables.
+// The behaviour tests run against every backend of internal/testredis:
+// miniredis always, a real redis-server when REDIS_TEST_URL is set, and a
+// real Redis Cluster when REDIS_TEST_CLUSTER lists its nodes.
 const (
-	envTestURL     = "REDIS_TEST_URL"
-	envTestCluster = "REDIS_TEST_CLUSTER"
+	envTestURL     = testredis.EnvURL
+	envTestCluster = testredis.EnvCluster
 )
 
-// backend is one Redis that a behaviour test runs against.
+// backend is one Redis that a behaviour test runs on: a testredis.Backend
+// with the short field names the tests of this package use.
 type backend struct {
+	tb     *testredis.Backend // nil for a backend a test built itself
 	name   string
 	mr     *miniredis.Miniredis  // nil on a real server
 	client redis.UniversalClient // unprefixed client of the test's own
@@ -38,7 +37,7 @@ func (b *backend) real() bool { return b.mr == nil }
 // servers skip, saying how to enable them, when their variable is unset.
 func forEachBackend(t *testing.T, fn func(t *testing.T, b *backend)) {
 	t.Helper()
-	for _, name := range []string{"miniredis", "redis", "cluster"} {
+	for _, name := range testredis.Names {
 		t.Run(name, func(t *testing.T) {
 			fn(t, newBackend(t, name))
 		})
@@ -50,47 +49,8 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, b *backend)) {
 func newBackend(t testing.TB, name string) *backend {
 	t.Helper()
 	heldLogs.ShowOnFailure(t)
-	b := &backend{name: name, prefix: "rstest:" + randomHex(t, 6) + ":"}
-	switch name {
-	case "miniredis":
-		b.mr = miniredis.RunT(t)
-		b.now = time.Now().Truncate(time.Millisecond)
-		b.mr.SetTime(b.now)
-		b.client = redis.NewClient(&redis.Options{Addr: b.mr.Addr(), ContextTimeoutEnabled: true})
-	case "redis":
-		url := os.Getenv(envTestURL)
-		if url == "" {
-			t.Skipf("no real Redis: set %s (scripts/redis-test-servers start prints it)", envTestURL)
-		}
-		opts, err := redis.ParseURL(url)
-		if err != nil {
-			t.Fatalf("%s: %v", envTestURL, err)
-		}
-		opts.ContextTimeoutEnabled = true
-		b.client = redis.NewClient(opts)
-	case "cluster":
-		addrs := os.Getenv(envTestCluster)
-		if addrs == "" {
-			t.Skipf("no real Redis Cluster: set %s (scripts/redis-test-servers start prints it)", envTestCluster)
-		}
-		b.client = redis.NewClusterClient(&redis.ClusterOptions{
-			Addrs:                 strings.Split(addrs, ","),
-			ContextTimeoutEnabled: true,
-		})
-	default:
-		t.Fatalf("unknown backend %q", name)
-	}
-	t.Cleanup(func() {
-		if b.real() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if err := deleteByPrefix(ctx, b.client, b.prefix); err != nil {
-				t.Errorf("cleanup of %s*: %v", b.prefix, err)
-			}
-		}
-		_ = b.client.Close()
-	})
-	return b
+	tb := testredis.New(t, name, "rstest:")
+	return &backend{tb: tb, name: tb.Name, mr: tb.Miniredis, client: tb.Client, prefix: tb.Prefix, now: tb.Now()}
 }
 
 // service returns a Service over b with the test's key prefix. It is
@@ -111,13 +71,12 @@ func (b *backend) service(t testing.TB, opts Options) *Service {
 // pass lets d go by: on miniredis it moves TTLs and TIME forward at once;
 // on a real server it sleeps. Check its effect with waitFor, not at once.
 func (b *backend) pass(d time.Duration) {
-	if b.real() {
+	if b.tb == nil {
 		time.Sleep(d)
 		return
 	}
-	b.mr.FastForward(d)
-	b.now = b.now.Add(d)
-	b.mr.SetTime(b.now)
+	b.tb.Pass(d)
+	b.now = b.tb.Now()
 }
 
 // waitFor polls cond until it holds: up to waitDeadline on a real
@@ -125,13 +84,11 @@ func (b *backend) pass(d time.Duration) {
 // miniredis, where time moves only with pass.
 func (b *backend) waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitDeadline)
-	for !cond() {
-		if !b.real() || time.Now().After(deadline) {
-			t.Fatalf("%s: condition never held", what)
-		}
-		time.Sleep(5 * time.Millisecond)
+	if b.tb == nil {
+		testredis.WaitFor(t, what, cond)
+		return
 	}
+	b.tb.WaitFor(t, what, cond)
 }
 
 // raw returns key as stored, with the test's prefix.
@@ -140,35 +97,18 @@ func (b *backend) raw(key string) string { return b.prefix + key }
 // deleteByPrefix removes every key starting with prefix, on every master
 // of a cluster.
 func deleteByPrefix(ctx context.Context, c redis.UniversalClient, prefix string) error {
-	del := func(ctx context.Context, n redis.UniversalClient) error {
-		iter := n.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			if err := n.Del(ctx, iter.Val()).Err(); err != nil {
-				return err
-			}
-		}
-		return iter.Err()
-	}
-	if cc, ok := c.(*redis.ClusterClient); ok {
-		return cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return del(ctx, n) })
-	}
-	return del(ctx, c)
+	return testredis.DeleteByPrefix(ctx, c, prefix)
 }
 
+// randomHex returns n random bytes in hex.
 func randomHex(t testing.TB, n int) string {
 	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b)
+	return testredis.RandomHex(t, n)
 }
 
 // ctxT returns a context that ends with the test.
 func ctxT(t testing.TB) context.Context {
 	t.Helper()
 	heldLogs.ShowOnFailure(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
+	return testredis.Context(t)
 }

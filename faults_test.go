@@ -27,7 +27,6 @@ import (
 
 func TestRedisDownAtStart(t *testing.T) {
 	t.Parallel()
-	startRedisServer(t) // only to skip where redis-server is missing, like the other fault tests
 	port := freePort(t) // nothing listens here
 	s, err := New(Options{URL: "redis://:pw-down-at-start@127.0.0.1:" + strconv.Itoa(port), Timeout: 500 * time.Millisecond})
 	if err != nil {

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -65,10 +64,7 @@ func TestHealth(t *testing.T) {
 
 func TestHealthHandlerDown(t *testing.T) {
 	t.Parallel()
-	mr := miniredis.RunT(t)
-	s := newService(t, Options{URL: "redis://:hunter2@" + mr.Addr(), Timeout: 500 * time.Millisecond})
-	mr.RequireAuth("hunter2")
-	mr.Close()
+	s := newService(t, Options{URL: "redis://:hunter2@" + closedPort(t), Timeout: 500 * time.Millisecond})
 	rec := httptest.NewRecorder()
 	s.HealthHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
 	assert.Equal(t, http.StatusServiceUnavailable, rec.Code)
@@ -101,13 +97,12 @@ func TestStatsCountHitsAndMisses(t *testing.T) {
 func TestHealthHandlerHidesTheCause(t *testing.T) {
 	t.Parallel()
 	srv := startRedisServer(t, "--requirepass", "right-pw")
-	refused := startRedisServer(t)
-	refused.kill()
+	refused := closedPort(t)
 	for _, c := range []struct {
 		name, url string
 		detail    []string // in the log line, never in the body
 	}{
-		{"refused", refused.url(), []string{"connection refused", refused.addr()}},
+		{"refused", "redis://" + refused, []string{"connection refused", refused}},
 		{"wrong password", "redis://:wrong-pw@" + srv.addr(), []string{"WRONGPASS"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/vevurn/redisservice/internal/testredis"
 )
 
 // redisServer is a redis-server process of one test's own, on a free
@@ -162,21 +164,13 @@ func (r *redisServer) signal(sig syscall.Signal) {
 
 // waitDeadline is how long waitFor polls: long enough that only a
 // condition that never comes true fails, however loaded the machine.
-const waitDeadline = 20 * time.Second
+const waitDeadline = testredis.WaitDeadline
 
 // waitFor polls cond until it holds, and fails the test when it still
-// does not after waitDeadline. Wait with it for what another goroutine,
-// process or server does, rather than sleep for a time that a loaded
-// machine may overrun.
+// does not after waitDeadline (testredis.WaitFor).
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitDeadline)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not so after %v", what, waitDeadline)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testredis.WaitFor(t, what, cond)
 }
 
 // within fails the test when fn takes longer than d.
@@ -271,13 +265,7 @@ func (w *syncWriter) Write(p []byte) (int, error) {
 func closedPort(t testing.TB) string {
 	t.Helper()
 	heldLogs.ShowOnFailure(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	return testredis.ClosedAddr(t)
 }
 
 // newService returns a Service made with opts, closed at cleanup.

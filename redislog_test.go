@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -97,9 +96,7 @@ func TestSlogLoggerInGoRedis(t *testing.T) {
 	redis.SetLogger(SlogLogger(jsonLogger(&buf)))
 	t.Cleanup(func() { redis.SetLogger(heldLogs) }) // what TestMain installed
 
-	mr := miniredis.RunT(t)
-	addr := mr.Addr()
-	mr.Close()
+	addr := closedPort(t)
 	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: 3, DialerRetries: 1, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { _ = c.Close() })
 	for range 5 {

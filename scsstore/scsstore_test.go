@@ -2,138 +2,59 @@ package scsstore_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
-	"os"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/alexedwards/scs/v2"
-	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/vevurn/redisservice"
+	"github.com/vevurn/redisservice/internal/testredis"
 	"github.com/vevurn/redisservice/scsstore"
 )
 
-// The tests run on miniredis always, on a real redis-server when
-// REDIS_TEST_URL is set and on a real Redis Cluster when REDIS_TEST_CLUSTER
-// lists its nodes, as the redisservice tests do
-// (scripts/redis-test-servers start prints both).
-const (
-	envTestURL     = "REDIS_TEST_URL"
-	envTestCluster = "REDIS_TEST_CLUSTER"
-)
-
-// backend is one Redis a test runs on, with a Service whose key prefix is
-// the test's own.
+// backend is one Redis a test runs on (internal/testredis: miniredis
+// always, a real redis-server and a real Redis Cluster when their
+// variables are set), with a Service whose key prefix is the test's own.
 type backend struct {
-	name   string
-	mr     *miniredis.Miniredis  // nil on a real server
-	client redis.UniversalClient // unprefixed
-	prefix string
-	svc    *redisservice.Service
+	*testredis.Backend
+	svc *redisservice.Service
 }
 
+// forEachBackend runs fn as a parallel subtest per backend.
 func forEachBackend(t *testing.T, fn func(t *testing.T, b *backend)) {
 	t.Helper()
-	for _, name := range []string{"miniredis", "redis", "cluster"} {
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			fn(t, newBackend(t, name))
-		})
-	}
-}
-
-func newBackend(t testing.TB, name string) *backend {
-	t.Helper()
-	b := &backend{name: name, prefix: "scstest:" + randomHex(t) + ":"}
-	switch name {
-	case "miniredis":
-		b.mr = miniredis.RunT(t)
-		b.client = redis.NewClient(&redis.Options{Addr: b.mr.Addr(), ContextTimeoutEnabled: true})
-	case "redis":
-		url := os.Getenv(envTestURL)
-		if url == "" {
-			t.Skipf("no real Redis: set %s (scripts/redis-test-servers start prints it)", envTestURL)
-		}
-		opts, err := redis.ParseURL(url)
-		require.NoError(t, err, envTestURL)
-		opts.ContextTimeoutEnabled = true
-		b.client = redis.NewClient(opts)
-	case "cluster":
-		addrs := os.Getenv(envTestCluster)
-		if addrs == "" {
-			t.Skipf("no real Redis Cluster: set %s (scripts/redis-test-servers start prints it)", envTestCluster)
-		}
-		b.client = redis.NewClusterClient(&redis.ClusterOptions{
-			Addrs:                 strings.Split(addrs, ","),
-			ContextTimeoutEnabled: true,
-		})
-	default:
-		t.Fatalf("unknown backend %q", name)
-	}
-	svc, err := redisservice.New(redisservice.Options{Client: b.client, KeyPrefix: b.prefix})
-	require.NoError(t, err)
-	b.svc = svc
-	t.Cleanup(func() {
-		_ = svc.Close()
-		if b.mr == nil {
-			b.deleteOwnKeys(t)
-		}
-		_ = b.client.Close()
+	testredis.ForEach(t, "scstest:", func(t *testing.T, tb *testredis.Backend) {
+		t.Parallel()
+		fn(t, withService(t, tb))
 	})
-	return b
 }
 
-// deleteOwnKeys removes the keys under the test's prefix from every master.
-func (b *backend) deleteOwnKeys(t testing.TB) {
+// withService gives tb a Service over its client and prefix, closed at
+// cleanup.
+func withService(t testing.TB, tb *testredis.Backend) *backend {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	del := func(ctx context.Context, c redis.UniversalClient) error {
-		iter := c.Scan(ctx, 0, redisservice.EscapePattern(b.prefix)+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			c.Del(ctx, iter.Val())
-		}
-		return iter.Err()
-	}
-	if c, ok := b.client.(*redis.ClusterClient); ok {
-		assert.NoError(t, c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return del(ctx, n) }))
-		return
-	}
-	assert.NoError(t, del(ctx, b.client))
+	svc, err := redisservice.New(redisservice.Options{Client: tb.Client, KeyPrefix: tb.Prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = svc.Close() })
+	return &backend{Backend: tb, svc: svc}
 }
 
 // pttl returns the time to live of the session token as stored.
 func (b *backend) pttl(t testing.TB, token string) time.Duration {
 	t.Helper()
-	d, err := b.client.PTTL(context.Background(), b.prefix+scsstore.DefaultPrefix+token).Result()
+	d, err := b.Client.PTTL(context.Background(), b.Raw(scsstore.DefaultPrefix+token)).Result()
 	require.NoError(t, err)
 	return d
 }
 
-func randomHex(t testing.TB) string {
-	t.Helper()
-	buf := make([]byte, 8)
-	_, err := rand.Read(buf)
-	require.NoError(t, err)
-	return hex.EncodeToString(buf)
-}
-
-func ctxT(t testing.TB) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
+func ctxT(t testing.TB) context.Context { return testredis.Context(t) }
 
 // TestLoadAndSave runs scs's own middleware on the store: a counter kept in
 // the session survives between requests of one client, its cookie's token
@@ -224,11 +145,8 @@ func TestExpiry(t *testing.T) {
 		assert.True(t, found)
 		assert.Equal(t, []byte("data"), got)
 
-		if b.mr != nil {
-			b.mr.FastForward(2001 * time.Millisecond)
-		} else {
-			require.Eventually(t, func() bool { return b.pttl(t, "tok") == -2 }, 20*time.Second, 20*time.Millisecond)
-		}
+		b.Pass(2001 * time.Millisecond)
+		b.WaitFor(t, "the session expired", func() bool { return b.pttl(t, "tok") == -2 })
 		got, found, err = st.FindCtx(ctx, "tok")
 		require.NoError(t, err)
 		assert.False(t, found, "FindCtx after the expiry")
@@ -298,25 +216,25 @@ func TestAll(t *testing.T) {
 		want := make(map[string][]byte)
 		masters := make(map[string]bool)
 		for i := range 60 {
-			tok := fmt.Sprintf("tok-%d-%s", i, randomHex(t))
+			tok := fmt.Sprintf("tok-%d-%s", i, testredis.RandomHex(t, 8))
 			// Encoded as scs encodes a session, so that its Iterate can read them.
 			data, err := scs.GobCodec{}.Encode(time.Now().Add(time.Minute), map[string]any{"i": i})
 			require.NoError(t, err)
 			want[tok] = data
 			require.NoError(t, st.CommitCtx(ctx, tok, want[tok], time.Now().Add(time.Minute)))
-			if c, ok := b.client.(*redis.ClusterClient); ok {
-				n, err := c.MasterForKey(ctx, b.prefix+scsstore.DefaultPrefix+tok)
+			if c, ok := b.Client.(*redis.ClusterClient); ok {
+				n, err := c.MasterForKey(ctx, b.Prefix+scsstore.DefaultPrefix+tok)
 				require.NoError(t, err)
 				masters[n.Options().Addr] = true
 			}
 		}
-		if b.name == "cluster" {
+		if b.Name == "cluster" {
 			require.Len(t, masters, 3, "the sessions are spread over every master")
 		}
 		require.NoError(t, other.CommitCtx(ctx, "elsewhere", []byte("x"), time.Now().Add(time.Minute)))
 		// A key of the same name outside the Service's prefix is not ours.
-		require.NoError(t, b.client.Set(ctx, scsstore.DefaultPrefix+"foreign", "x", time.Minute).Err())
-		t.Cleanup(func() { b.client.Del(context.Background(), scsstore.DefaultPrefix+"foreign") })
+		require.NoError(t, b.Client.Set(ctx, scsstore.DefaultPrefix+"foreign", "x", time.Minute).Err())
+		t.Cleanup(func() { b.Client.Del(context.Background(), scsstore.DefaultPrefix+"foreign") })
 
 		got, err := st.All()
 		require.NoError(t, err)
@@ -340,7 +258,7 @@ func TestErrors(t *testing.T) {
 	const token = "secret-token-value"
 	t.Run("closed", func(t *testing.T) {
 		t.Parallel()
-		b := newBackend(t, "miniredis")
+		b := withService(t, testredis.New(t, "miniredis", "scstest:"))
 		st := scsstore.New(b.svc)
 		require.NoError(t, b.svc.Close())
 		_, found, err := st.FindCtx(ctxT(t), token)
@@ -356,9 +274,7 @@ func TestErrors(t *testing.T) {
 	})
 	t.Run("unreachable", func(t *testing.T) {
 		t.Parallel()
-		mr := miniredis.RunT(t)
-		addr := mr.Addr()
-		mr.Close()
+		addr := testredis.ClosedAddr(t)
 		svc, err := redisservice.New(redisservice.Options{URL: "redis://" + addr, Timeout: 300 * time.Millisecond})
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = svc.Close() })

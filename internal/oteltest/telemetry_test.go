@@ -25,7 +25,7 @@ import (
 // observed is a Service on miniredis with an SDK meter and tracer whose
 // output the test reads.
 type observed struct {
-	mr     *miniredis.Miniredis
+	mr     *miniredis.Miniredis // nil when opts.URL named a server
 	svc    *redisservice.Service
 	reader *sdkmetric.ManualReader
 	spans  *tracetest.SpanRecorder
@@ -34,17 +34,19 @@ type observed struct {
 }
 
 // newObserved starts miniredis and a Service over it with both providers;
-// opts may set more options.
+// opts may set more options, and a URL of its own instead of miniredis.
 func newObserved(t testing.TB, opts redisservice.Options) *observed {
 	t.Helper()
 	o := &observed{
-		mr:     miniredis.RunT(t),
 		reader: sdkmetric.NewManualReader(),
 		spans:  tracetest.NewSpanRecorder(),
 	}
 	o.tp = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(o.spans))
 	o.mp = sdkmetric.NewMeterProvider(sdkmetric.WithReader(o.reader))
-	opts.URL = "redis://" + o.mr.Addr()
+	if opts.URL == "" {
+		o.mr = miniredis.RunT(t)
+		opts.URL = "redis://" + o.mr.Addr()
+	}
 	opts.MeterProvider = o.mp
 	opts.TracerProvider = o.tp
 	if opts.Timeout == 0 {
@@ -220,7 +222,8 @@ func TestCacheResults(t *testing.T) {
 func TestRateLimitDecisions(t *testing.T) {
 	t.Parallel()
 	o := newObserved(t, redisservice.Options{Timeout: 300 * time.Millisecond, MaxRetries: -1})
-	closed := newObserved(t, redisservice.Options{Timeout: 300 * time.Millisecond, MaxRetries: -1, RateLimitFailClosed: true})
+	// closed shares o's server, which goes before closed's first call.
+	closed := newObserved(t, redisservice.Options{URL: "redis://" + o.mr.Addr(), Timeout: 300 * time.Millisecond, MaxRetries: -1, RateLimitFailClosed: true})
 	ctx := ctxT(t)
 	for _, want := range []bool{true, false} {
 		r, err := o.svc.CheckRateLimit(ctx, "ip", time.Minute, 1)
@@ -228,7 +231,6 @@ func TestRateLimitDecisions(t *testing.T) {
 		require.Equal(t, want, r.Allowed)
 	}
 	o.mr.Close()
-	closed.mr.Close()
 	r, err := o.svc.CheckRateLimit(ctx, "ip", time.Minute, 1)
 	require.Error(t, err)
 	require.True(t, r.Allowed, "fails open")
