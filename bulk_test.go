@@ -24,42 +24,30 @@ func TestBulk(t *testing.T) {
 			values[k] = i
 			keys = append(keys, k)
 		}
-		if err := s.MSet(ctx, values); err != nil {
-			t.Fatalf("MSet: %v", err)
-		}
+		require.NoError(t, s.MSet(ctx, values), "MSet")
 		got, err := s.MGet(ctx, append(keys, "bulk:missing")...)
-		if err != nil || len(got) != len(keys) {
-			t.Fatalf("MGet = %d keys, %v; want %d, nil", len(got), err, len(keys))
-		}
-		if _, ok := got["bulk:missing"]; ok {
-			t.Errorf("MGet returned a missing key")
-		}
-		if got[keys[7]] != "7" {
-			t.Errorf("MGet[%q] = %q; want 7", keys[7], got[keys[7]])
-		}
+		require.NoError(t, err, "MGet")
+		require.Len(t, got, len(keys), "MGet")
+		assert.NotContains(t, got, "bulk:missing", "MGet returned a missing key")
+		assert.Equal(t, "7", got[keys[7]], "MGet[%q]", keys[7])
 
-		if err := s.MSet(ctx, map[string]any{"t1": "a", "t2": "b"}, WithTTL(200*time.Millisecond)); err != nil {
-			t.Fatalf("MSet with TTL: %v", err)
-		}
+		require.NoError(t, s.MSet(ctx, map[string]any{"t1": "a", "t2": "b"}, WithTTL(200*time.Millisecond)), "MSet with TTL")
 		for _, k := range []string{"t1", "t2"} {
-			if d, _ := s.TTL(ctx, k); d <= 0 || d > 200*time.Millisecond {
-				t.Errorf("TTL(%s) after MSet(WithTTL(200ms)) = %v", k, d)
-			}
+			d, _ := s.TTL(ctx, k)
+			assert.True(t, d > 0 && d <= 200*time.Millisecond, "TTL(%s) after MSet(WithTTL(200ms)) = %v", k, d)
 		}
 
 		n, err := s.Del(ctx, append(keys, "bulk:missing")...)
-		if n != int64(len(keys)) || err != nil {
-			t.Errorf("Del = %d, %v; want %d, nil", n, err, len(keys))
-		}
-		if m, err := s.MGet(ctx); m == nil || len(m) != 0 || err != nil {
-			t.Errorf("MGet() = %v, %v; want empty map", m, err)
-		}
-		if n, err := s.Del(ctx); n != 0 || err != nil {
-			t.Errorf("Del() = %d, %v; want 0, nil", n, err)
-		}
-		if err := s.MSet(ctx, nil); err != nil {
-			t.Errorf("MSet(nil) = %v; want nil", err)
-		}
+		assert.NoError(t, err, "Del")
+		assert.Equal(t, int64(len(keys)), n, "Del")
+		m, err := s.MGet(ctx)
+		assert.NoError(t, err, "MGet()")
+		assert.NotNil(t, m, "MGet(); want empty map")
+		assert.Empty(t, m, "MGet(); want empty map")
+		n, err = s.Del(ctx)
+		assert.NoError(t, err, "Del()")
+		assert.Zero(t, n, "Del()")
+		assert.NoError(t, s.MSet(ctx, nil), "MSet(nil)")
 	})
 }
 

@@ -29,72 +29,62 @@ func TestRedisDownAtStart(t *testing.T) {
 	t.Parallel()
 	port := freePort(t) // nothing listens here
 	s, err := New(Options{URL: "redis://:pw-down-at-start@127.0.0.1:" + strconv.Itoa(port), Timeout: 500 * time.Millisecond})
-	if err != nil {
-		t.Fatalf("New with Redis down = %v; want nil (New does not dial)", err)
-	}
+	require.NoError(t, err, "New with Redis down; want nil (New does not dial)")
 	defer s.Close()
 	ctx := context.Background()
 	bound := 2 * time.Second
 
 	within(t, bound, "Connect", func() {
-		if err := s.Connect(ctx); err == nil {
-			t.Error("Connect with Redis down = nil")
-		}
+		assert.Error(t, s.Connect(ctx), "Connect with Redis down")
 	})
-	if s.IsConnected() {
-		t.Error("IsConnected after a failed Connect = true")
-	}
+	assert.False(t, s.IsConnected(), "IsConnected after a failed Connect")
 	within(t, bound, "Get", func() {
-		if v, found, err := s.Get(ctx, "k"); v != "" || found || err == nil {
-			t.Errorf("Get = %q, %v, %v; want the miss fallback and an error", v, found, err)
-		}
+		v, found, err := s.Get(ctx, "k")
+		assert.Error(t, err, "Get; want the miss fallback and an error")
+		assert.False(t, found, "Get; want the miss fallback and an error")
+		assert.Empty(t, v, "Get; want the miss fallback and an error")
 	})
 	within(t, bound, "Set", func() {
-		if ok, err := s.Set(ctx, "k", "v"); ok || err == nil {
-			t.Errorf("Set = %v, %v; want false and an error", ok, err)
-		}
+		ok, err := s.Set(ctx, "k", "v")
+		assert.Error(t, err, "Set; want false and an error")
+		assert.False(t, ok, "Set; want false and an error")
 	})
 	within(t, bound, "HGetAll", func() {
-		if m, err := s.HGetAll(ctx, "k"); m == nil || len(m) != 0 || err == nil {
-			t.Errorf("HGetAll = %#v, %v; want an empty map and an error", m, err)
-		}
+		m, err := s.HGetAll(ctx, "k")
+		assert.Error(t, err, "HGetAll; want an empty map and an error")
+		assert.NotNil(t, m, "HGetAll; want an empty map and an error")
+		assert.Empty(t, m, "HGetAll; want an empty map and an error")
 	})
 	within(t, bound, "MGet", func() {
-		if m, err := s.MGet(ctx, "a", "b"); m == nil || len(m) != 0 || err == nil {
-			t.Errorf("MGet = %#v, %v; want an empty map and an error", m, err)
-		}
+		m, err := s.MGet(ctx, "a", "b")
+		assert.Error(t, err, "MGet; want an empty map and an error")
+		assert.NotNil(t, m, "MGet; want an empty map and an error")
+		assert.Empty(t, m, "MGet; want an empty map and an error")
 	})
 	within(t, bound, "CheckRateLimit", func() {
-		if r, err := s.CheckRateLimit(ctx, "ip", time.Minute, 10); !r.Allowed || err == nil {
-			t.Errorf("CheckRateLimit = %+v, %v; want allowed (fail open) and an error", r, err)
-		}
+		r, err := s.CheckRateLimit(ctx, "ip", time.Minute, 10)
+		assert.Error(t, err, "CheckRateLimit; want allowed (fail open) and an error")
+		assert.True(t, r.Allowed, "CheckRateLimit = %+v; want allowed (fail open) and an error", r)
 	})
 	within(t, bound, "Cache", func() {
 		v, err := Cache(ctx, s, "products", time.Minute, func(context.Context) (string, error) { return "from db", nil })
-		if v != "from db" || err == nil {
-			t.Errorf("Cache = %q, %v; want the loader's value and an error", v, err)
-		}
+		assert.Error(t, err, "Cache; want the loader's value and an error")
+		assert.Equal(t, "from db", v, "Cache; want the loader's value and an error")
 	})
 	within(t, bound, "HealthCheck", func() {
-		if err := s.HealthCheck(ctx); err == nil {
-			t.Error("HealthCheck with Redis down = nil")
-		}
+		assert.Error(t, s.HealthCheck(ctx), "HealthCheck with Redis down")
 	})
-	if st := s.Stats(); st.Errors == 0 || st.Fallbacks == 0 || st.Connected {
-		t.Errorf("Stats = %+v; want errors and fallbacks counted, not connected", st)
-	}
+	st := s.Stats()
+	assert.True(t, st.Errors != 0 && st.Fallbacks != 0 && !st.Connected,
+		"Stats = %+v; want errors and fallbacks counted, not connected", st)
 }
 
 func TestRedisKilledDuringLoadAndRestarted(t *testing.T) {
 	t.Parallel()
 	srv := startRedisServer(t)
 	s, err := New(Options{URL: srv.url(), Timeout: 300 * time.Millisecond, PoolSize: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Connect(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
+	require.NoError(t, s.Connect(context.Background()))
 
 	var calls, failures atomic.Int64
 	var wg sync.WaitGroup
@@ -114,9 +104,9 @@ func TestRedisKilledDuringLoadAndRestarted(t *testing.T) {
 				start := time.Now()
 				_, err1 := s.Set(ctx, key, i, WithTTL(time.Minute))
 				_, _, err2 := s.Get(ctx, key)
-				if took := time.Since(start); took > 6*time.Second { // 10x two calls' Timeout
-					t.Errorf("a Set+Get pair took %v during the outage; want it bounded", took)
-				}
+				// Not require: this is not the test's goroutine.
+				assert.LessOrEqual(t, time.Since(start), 6*time.Second, // 10x two calls' Timeout
+					"a Set+Get pair took too long during the outage; want it bounded")
 				calls.Add(2)
 				if err1 != nil || err2 != nil {
 					failures.Add(1)
@@ -126,23 +116,16 @@ func TestRedisKilledDuringLoadAndRestarted(t *testing.T) {
 	}
 	time.Sleep(300 * time.Millisecond)
 	srv.kill()
-	down := time.Now().Add(10 * time.Second)
-	for s.IsConnected() {
-		if time.Now().After(down) {
-			t.Error("IsConnected still true 10s after Redis was killed under load")
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	assert.Eventually(t, func() bool { return !s.IsConnected() }, 10*time.Second, 10*time.Millisecond,
+		"IsConnected still true 10s after Redis was killed under load")
 	time.Sleep(300 * time.Millisecond)
 	srv.start() // same port, empty dataset
 	time.Sleep(700 * time.Millisecond)
 	close(stop)
 	wg.Wait()
 
-	if failures.Load() == 0 || s.Stats().Errors == 0 {
-		t.Errorf("%d calls, %d failing pairs, Stats %+v; want the outage seen and counted", calls.Load(), failures.Load(), s.Stats())
-	}
+	assert.True(t, failures.Load() != 0 && s.Stats().Errors != 0,
+		"%d calls, %d failing pairs, Stats %+v; want the outage seen and counted", calls.Load(), failures.Load(), s.Stats())
 	// Recovery without a new Service.
 	deadline := time.Now().Add(waitDeadline)
 	for {
@@ -151,16 +134,15 @@ func TestRedisKilledDuringLoadAndRestarted(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no recovery within %v after the restart: %v", waitDeadline, err)
+			require.Failf(t, "no recovery", "no recovery within %v after the restart: %v", waitDeadline, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if v, found, err := s.Get(context.Background(), "after"); v != "v" || !found || err != nil {
-		t.Errorf("Get after recovery = %q, %v, %v", v, found, err)
-	}
-	if err := s.Close(); err != nil {
-		t.Errorf("Close = %v", err)
-	}
+	v, found, err := s.Get(context.Background(), "after")
+	assert.NoError(t, err, "Get after recovery")
+	assert.True(t, found, "Get after recovery")
+	assert.Equal(t, "v", v, "Get after recovery")
+	assert.NoError(t, s.Close(), "Close")
 }
 
 func TestStalledServer(t *testing.T) {
@@ -217,14 +199,10 @@ func TestPoolExhaustedAndCancelledMidCall(t *testing.T) {
 	t.Parallel()
 	srv := startRedisServer(t)
 	s, err := New(Options{URL: srv.url(), PoolSize: 1, PoolTimeout: 100 * time.Millisecond, Timeout: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s.Close()
 	ctx := context.Background()
-	if err := s.Connect(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, s.Connect(ctx))
 	// Hold the only connection of the pool in a BLPOP that ends when the
 	// test pushes to its key, however long the Gets below take.
 	held := make(chan struct{})
@@ -235,32 +213,24 @@ func TestPoolExhaustedAndCancelledMidCall(t *testing.T) {
 	deadline := time.Now().Add(2 * time.Second)
 	for s.Client().PoolStats().IdleConns != 0 || s.Client().PoolStats().TotalConns == 0 {
 		if time.Now().After(deadline) {
-			t.Fatal("the slow command never took the connection")
+			require.Fail(t, "the slow command never took the connection")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	_, _, err = s.Get(ctx, "k")
-	if !errors.Is(err, redis.ErrPoolTimeout) {
-		t.Errorf("Get with the pool exhausted = %v; want redis.ErrPoolTimeout", err)
-	}
+	assert.ErrorIs(t, err, redis.ErrPoolTimeout, "Get with the pool exhausted")
 
 	cctx, cancel := context.WithCancel(ctx)
 	time.AfterFunc(50*time.Millisecond, cancel)
-	if _, _, err := s.Get(cctx, "k"); !errors.Is(err, context.Canceled) {
-		t.Errorf("Get cancelled while waiting = %v; want context.Canceled", err)
-	}
+	_, _, err = s.Get(cctx, "k")
+	assert.ErrorIs(t, err, context.Canceled, "Get cancelled while waiting")
 	release := redis.NewClient(&redis.Options{Addr: srv.addr()})
 	defer release.Close()
-	if err := release.LPush(ctx, "held", "done").Err(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, release.LPush(ctx, "held", "done").Err())
 	<-held
-	if _, err := s.Set(ctx, "k", "v"); err != nil {
-		t.Errorf("Set after the pool freed up = %v; want the pool intact", err)
-	}
-	if !s.IsConnected() {
-		t.Errorf("IsConnected = false after a cancelled call and a pool timeout; Redis was up")
-	}
+	_, err = s.Set(ctx, "k", "v")
+	assert.NoError(t, err, "Set after the pool freed up; want the pool intact")
+	assert.True(t, s.IsConnected(), "IsConnected after a cancelled call and a pool timeout; Redis was up")
 }
 
 func TestClusterWithAMasterDown(t *testing.T) {
@@ -273,9 +243,8 @@ func TestClusterWithAMasterDown(t *testing.T) {
 		addrs[i] = nodes[i].addr()
 	}
 	create := exec.Command("redis-cli", append(append([]string{"--cluster", "create"}, addrs...), "--cluster-replicas", "0", "--cluster-yes")...)
-	if out, err := create.CombinedOutput(); err != nil {
-		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
-	}
+	out, err := create.CombinedOutput()
+	require.NoError(t, err, "redis-cli --cluster create: %s", out)
 	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, ContextTimeoutEnabled: true,
 		MaxRetries: 1, DialTimeout: 200 * time.Millisecond, ReadTimeout: 300 * time.Millisecond})
 	t.Cleanup(func() { cc.Close() })
@@ -288,27 +257,22 @@ func TestClusterWithAMasterDown(t *testing.T) {
 		return nil
 	}) != nil || len(cc.ClusterShards(ctx).Val()) != 3 {
 		if time.Now().After(deadline) {
-			t.Fatal("cluster never reached cluster_state:ok")
+			require.Fail(t, "cluster never reached cluster_state:ok")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	s, err := New(Options{Client: cc, Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s.Close()
 	keys := make([]string, 60)
 	for i := range keys {
 		keys[i] = fmt.Sprintf("k%d", i)
-		if _, err := s.Set(ctx, keys[i], i); err != nil {
-			t.Fatalf("Set(%s) before the fault: %v", keys[i], err)
-		}
+		_, err := s.Set(ctx, keys[i], i)
+		require.NoError(t, err, "Set(%s) before the fault", keys[i])
 	}
 	// Stop the master that owns k0.
 	owner, err := cc.MasterForKey(ctx, "k0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	victim := owner.Options().Addr
 	for _, n := range nodes {
 		if n.addr() == victim {
@@ -321,29 +285,24 @@ func TestClusterWithAMasterDown(t *testing.T) {
 		for _, k := range keys {
 			start := time.Now()
 			_, found, err := s.Get(ctx, k)
-			if took := time.Since(start); took > 5*time.Second {
-				t.Errorf("Get(%s) took %v; want failure or success within the bound", k, took)
-			}
+			took := time.Since(start)
+			assert.LessOrEqual(t, took, 5*time.Second, "Get(%s); want failure or success within the bound", k)
 			switch {
 			case err == nil && found:
 				ok++
 			case err != nil:
 				failed++
 			default:
-				t.Errorf("Get(%s) = not found, nil error; a live key vanished", k)
+				assert.Fail(t, "a live key vanished", "Get(%s) = not found, nil error", k)
 			}
 		}
 	})
-	if ok == 0 || failed == 0 || ok+failed != len(keys) {
-		t.Errorf("with one of 3 masters down: %d Gets ok, %d failed; want both, the failures on the stopped master's slots", ok, failed)
-	}
-	if _, _, err := s.Get(ctx, "k0"); err == nil {
-		t.Errorf("Get(k0) on the stopped master = nil error")
-	}
+	assert.True(t, ok != 0 && failed != 0 && ok+failed == len(keys),
+		"with one of 3 masters down: %d Gets ok, %d failed; want both, the failures on the stopped master's slots", ok, failed)
+	_, _, err = s.Get(ctx, "k0")
+	assert.Error(t, err, "Get(k0) on the stopped master")
 	within(t, 3*time.Second, "HealthCheck with one master down", func() {
-		if err := s.HealthCheck(ctx); err == nil {
-			t.Error("HealthCheck with one of 3 masters down = nil; want an error")
-		}
+		assert.Error(t, s.HealthCheck(ctx), "HealthCheck with one of 3 masters down; want an error")
 	})
 }
 
@@ -357,9 +316,7 @@ func TestNoPasswordInErrorsLogsOrStats(t *testing.T) {
 		Timeout: 300 * time.Millisecond,
 		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s.Close()
 	ctx := context.Background()
 	var errs []error
@@ -373,19 +330,16 @@ func TestNoPasswordInErrorsLogsOrStats(t *testing.T) {
 	_, err = Cache(ctx, s, "k", time.Minute, func(context.Context) (int, error) { return 1, nil })
 	errs = append(errs, err)
 	for _, err := range errs {
-		if err == nil || strings.Contains(err.Error(), password) || strings.Contains(fmt.Sprintf("%+v", err), password) {
-			t.Errorf("error %v: want an error without the password", err)
+		if assert.Error(t, err, "want an error without the password") {
+			assert.NotContains(t, err.Error(), password, "error: want an error without the password")
+			assert.NotContains(t, fmt.Sprintf("%+v", err), password, "verbose error: want it without the password")
 		}
 	}
-	if strings.Contains(logs.String(), password) || !strings.Contains(logs.String(), "redis call failed") {
-		t.Errorf("logs %q: want failures logged without the password", logs.String())
-	}
+	assert.NotContains(t, logs.String(), password, "logs: want failures logged without the password")
+	assert.Contains(t, logs.String(), "redis call failed", "logs: want failures logged without the password")
 	rec := httptest.NewRecorder()
 	s.HealthHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
-	if body := rec.Body.String(); rec.Code != http.StatusServiceUnavailable || strings.Contains(body, password) {
-		t.Errorf("HealthHandler = %d %q; want 503 without the password", rec.Code, body)
-	}
-	if st := fmt.Sprintf("%+v", s.Stats()); strings.Contains(st, password) {
-		t.Errorf("Stats %s holds the password", st)
-	}
+	assert.Equal(t, http.StatusServiceUnavailable, rec.Code, "HealthHandler; want 503 without the password")
+	assert.NotContains(t, rec.Body.String(), password, "HealthHandler; want 503 without the password")
+	assert.NotContains(t, fmt.Sprintf("%+v", s.Stats()), password, "Stats holds the password")
 }

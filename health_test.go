@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"log/slog"
 	"maps"
 	"net/http"
@@ -24,19 +23,13 @@ func TestFlushAll(t *testing.T) {
 	s := b.service(t, Options{})
 	ctx := ctxT(t)
 	mustSet(t, s, "k", "v")
-	if err := s.FlushAll(ctx); !errors.Is(err, ErrFlushDisabled) {
-		t.Errorf("FlushAll without AllowFlushAll = %v; want ErrFlushDisabled", err)
-	}
-	if ok, _ := s.Exists(ctx, "k"); !ok {
-		t.Fatalf("refused FlushAll deleted keys")
-	}
+	assert.ErrorIs(t, s.FlushAll(ctx), ErrFlushDisabled, "FlushAll without AllowFlushAll")
+	ok, _ := s.Exists(ctx, "k")
+	require.True(t, ok, "refused FlushAll deleted keys")
 	s2 := b.service(t, Options{AllowFlushAll: true})
-	if err := s2.FlushAll(ctx); err != nil {
-		t.Fatalf("FlushAll = %v", err)
-	}
-	if ok, _ := s.Exists(ctx, "k"); ok {
-		t.Errorf("key survived FlushAll")
-	}
+	require.NoError(t, s2.FlushAll(ctx), "FlushAll")
+	ok, _ = s.Exists(ctx, "k")
+	assert.False(t, ok, "key survived FlushAll")
 }
 
 func TestHealth(t *testing.T) {
@@ -83,12 +76,9 @@ func TestStatsCountHitsAndMisses(t *testing.T) {
 	s.Get(ctx, "b")
 	s.MGet(ctx, "a", "b", "c")
 	st := s.Stats()
-	if st.Hits != 2 || st.Misses != 3 || st.Errors != 0 || !st.Connected {
-		t.Errorf("Stats = %+v; want 2 hits, 3 misses, 0 errors, connected", st)
-	}
-	if st.Pool.TotalConns == 0 {
-		t.Errorf("Stats.Pool = %+v; want the pool's figures", st.Pool)
-	}
+	assert.True(t, st.Hits == 2 && st.Misses == 3 && st.Errors == 0 && st.Connected,
+		"Stats = %+v; want 2 hits, 3 misses, 0 errors, connected", st)
+	assert.NotZero(t, st.Pool.TotalConns, "Stats.Pool = %+v; want the pool's figures", st.Pool)
 }
 
 // TestHealthHandlerHidesTheCause: the 503 body says only that Redis is

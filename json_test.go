@@ -1,10 +1,11 @@
 package redisservice
 
 import (
-	"errors"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 type product struct {
@@ -19,19 +20,20 @@ func TestJSON(t *testing.T) {
 		s := b.service(t, Options{})
 		ctx := ctxT(t)
 		in := product{SKU: "A-1", Price: 250, Tags: []string{"hot"}}
-		if ok, err := s.SetJSON(ctx, "p", in, WithTTL(time.Minute)); !ok || err != nil {
-			t.Fatalf("SetJSON = %v, %v", ok, err)
-		}
-		if raw := b.client.Get(ctx, b.raw("p")).Val(); raw != `{"sku":"A-1","price":250,"tags":["hot"]}` {
-			t.Errorf("stored JSON = %s; want plain JSON text", raw)
-		}
+		ok, err := s.SetJSON(ctx, "p", in, WithTTL(time.Minute))
+		require.NoError(t, err, "SetJSON")
+		require.True(t, ok, "SetJSON")
+		assert.Equal(t, `{"sku":"A-1","price":250,"tags":["hot"]}`, b.client.Get(ctx, b.raw("p")).Val(),
+			"stored JSON; want plain JSON text")
 		var out product
-		if ok, err := s.GetJSON(ctx, "p", &out); !ok || err != nil || out.SKU != in.SKU || out.Price != in.Price {
-			t.Errorf("GetJSON = %v, %v, %+v; want true, nil, %+v", ok, err, out, in)
-		}
-		if ok, err := s.GetJSON(ctx, "missing", &out); ok || err != nil {
-			t.Errorf("GetJSON(missing) = %v, %v; want false, nil", ok, err)
-		}
+		ok, err = s.GetJSON(ctx, "p", &out)
+		assert.NoError(t, err, "GetJSON")
+		assert.True(t, ok, "GetJSON")
+		assert.Equal(t, in.SKU, out.SKU, "GetJSON SKU")
+		assert.Equal(t, in.Price, out.Price, "GetJSON Price")
+		ok, err = s.GetJSON(ctx, "missing", &out)
+		assert.NoError(t, err, "GetJSON(missing)")
+		assert.False(t, ok, "GetJSON(missing)")
 
 		b.client.Set(ctx, b.raw("bad"), "{not json", 0)
 		b.client.Set(ctx, b.raw("str"), `"a string"`, 0)
@@ -41,16 +43,14 @@ func TestJSON(t *testing.T) {
 			want error
 		}{{"bad", ErrDecode}, {"str", ErrDecode}} {
 			var p product
-			if ok, err := s.GetJSON(ctx, tt.key, &p); ok || !errors.Is(err, tt.want) {
-				t.Errorf("GetJSON(%q) = %v, %v; want false, %v", tt.key, ok, err, tt.want)
-			}
+			ok, err := s.GetJSON(ctx, tt.key, &p)
+			assert.ErrorIs(t, err, tt.want, "GetJSON(%q)", tt.key)
+			assert.False(t, ok, "GetJSON(%q)", tt.key)
 		}
 		var p product
-		if ok, err := s.GetJSON(ctx, "hash", &p); ok || err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
-			t.Errorf("GetJSON(hash) = %v, %v; want false, WRONGTYPE error", ok, err)
-		}
-		if !s.IsConnected() {
-			t.Errorf("IsConnected() = false after decode and WRONGTYPE errors; want true")
-		}
+		ok, err = s.GetJSON(ctx, "hash", &p)
+		assert.ErrorContains(t, err, "WRONGTYPE", "GetJSON(hash)")
+		assert.False(t, ok, "GetJSON(hash)")
+		assert.True(t, s.IsConnected(), "IsConnected() after decode and WRONGTYPE errors")
 	})
 }

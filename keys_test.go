@@ -2,10 +2,12 @@ package redisservice
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestSetGet(t *testing.T) {
@@ -15,18 +17,16 @@ func TestSetGet(t *testing.T) {
 		ctx := ctxT(t)
 
 		mustSet(t, s, "k", "v1")
-		if v, found, err := s.Get(ctx, "k"); v != "v1" || !found || err != nil {
-			t.Errorf("Get(k) = %q, %v, %v; want v1, true, nil", v, found, err)
-		}
-		if v, found, err := s.Get(ctx, "missing"); v != "" || found || err != nil {
-			t.Errorf("Get(missing) = %q, %v, %v; want \"\", false, nil", v, found, err)
-		}
-		if got := b.client.Get(ctx, b.raw("k")).Val(); got != "v1" {
-			t.Errorf("raw GET of prefixed key = %q; want v1 (KeyPrefix not applied?)", got)
-		}
-		if n := b.client.Exists(ctx, "k").Val(); n != 0 {
-			t.Errorf("unprefixed key exists; KeyPrefix leaked")
-		}
+		v, found, err := s.Get(ctx, "k")
+		assert.NoError(t, err, "Get(k)")
+		assert.True(t, found, "Get(k)")
+		assert.Equal(t, "v1", v, "Get(k)")
+		v, found, err = s.Get(ctx, "missing")
+		assert.NoError(t, err, "Get(missing)")
+		assert.False(t, found, "Get(missing)")
+		assert.Empty(t, v, "Get(missing)")
+		assert.Equal(t, "v1", b.client.Get(ctx, b.raw("k")).Val(), "raw GET of prefixed key (KeyPrefix not applied?)")
+		assert.Zero(t, b.client.Exists(ctx, "k").Val(), "unprefixed key exists; KeyPrefix leaked")
 
 		steps := []struct {
 			name  string
@@ -45,19 +45,17 @@ func TestSetGet(t *testing.T) {
 		}
 		for _, st := range steps {
 			ok, err := s.Set(ctx, st.key, st.value, st.opts...)
-			if ok != st.want || err != nil {
-				t.Errorf("%s: Set(%q) = %v, %v; want %v, nil", st.name, st.key, ok, err, st.want)
-			}
-			if got, _, _ := s.Get(ctx, st.key); got != st.after {
-				t.Errorf("%s: Get(%q) = %q; want %q", st.name, st.key, got, st.after)
-			}
+			assert.NoError(t, err, "%s: Set(%q)", st.name, st.key)
+			assert.Equal(t, st.want, ok, "%s: Set(%q)", st.name, st.key)
+			got, _, _ := s.Get(ctx, st.key)
+			assert.Equal(t, st.after, got, "%s: Get(%q)", st.name, st.key)
 		}
-		if ok, err := s.Exists(ctx, "k"); !ok || err != nil {
-			t.Errorf("Exists(k) = %v, %v; want true, nil", ok, err)
-		}
-		if ok, err := s.Exists(ctx, "missing"); ok || err != nil {
-			t.Errorf("Exists(missing) = %v, %v; want false, nil", ok, err)
-		}
+		ok, err := s.Exists(ctx, "k")
+		assert.NoError(t, err, "Exists(k)")
+		assert.True(t, ok, "Exists(k)")
+		ok, err = s.Exists(ctx, "missing")
+		assert.NoError(t, err, "Exists(missing)")
+		assert.False(t, ok, "Exists(missing)")
 	})
 }
 
@@ -69,27 +67,24 @@ func TestSetTTL(t *testing.T) {
 
 		// 2.5s: the key outlives the calls up to b.pass below, however
 		// loaded the machine.
-		if _, err := s.Set(ctx, "short", "v", WithTTL(2500*time.Millisecond)); err != nil {
-			t.Fatal(err)
-		}
-		if d, err := s.TTL(ctx, "short"); err != nil || d <= 1500*time.Millisecond || d > 2500*time.Millisecond {
-			t.Errorf("TTL(short) = %v, %v; want about 2.5s", d, err)
-		}
+		_, err := s.Set(ctx, "short", "v", WithTTL(2500*time.Millisecond))
+		require.NoError(t, err)
+		d, err := s.TTL(ctx, "short")
+		assert.NoError(t, err, "TTL(short)")
+		assert.True(t, d > 1500*time.Millisecond && d <= 2500*time.Millisecond, "TTL(short) = %v; want about 2.5s", d)
 		mustSet(t, s, "forever", "v")
-		if d, err := s.TTL(ctx, "forever"); d != NoExpiry || err != nil {
-			t.Errorf("TTL(forever) = %v, %v; want NoExpiry", d, err)
-		}
-		if d, err := s.TTL(ctx, "missing"); d != KeyMissing || err != nil {
-			t.Errorf("TTL(missing) = %v, %v; want KeyMissing", d, err)
-		}
+		d, err = s.TTL(ctx, "forever")
+		assert.NoError(t, err, "TTL(forever)")
+		assert.Equal(t, NoExpiry, d, "TTL(forever)")
+		d, err = s.TTL(ctx, "missing")
+		assert.NoError(t, err, "TTL(missing)")
+		assert.Equal(t, KeyMissing, d, "TTL(missing)")
 
 		// KeepTTL keeps it; a plain Set clears it.
-		if _, err := s.Set(ctx, "short", "v2", KeepTTL()); err != nil {
-			t.Fatal(err)
-		}
-		if d, _ := s.TTL(ctx, "short"); d <= 0 {
-			t.Errorf("after KeepTTL, TTL = %v; want the old TTL kept", d)
-		}
+		_, err = s.Set(ctx, "short", "v2", KeepTTL())
+		require.NoError(t, err)
+		d, _ = s.TTL(ctx, "short")
+		assert.Positive(t, d, "after KeepTTL, TTL; want the old TTL kept")
 		b.pass(2500 * time.Millisecond)
 		b.waitFor(t, "short key expires", func() bool {
 			_, found, err := s.Get(ctx, "short")
@@ -131,19 +126,12 @@ func TestInvalidInputWritesNothing(t *testing.T) {
 			{"GetJSON non-pointer dst", func() error { var v struct{}; _, err := s.GetJSON(ctx, "k", v); return err }, ErrInvalidArgument},
 		}
 		for _, tt := range tests {
-			if err := tt.call(); !errors.Is(err, tt.want) {
-				t.Errorf("%s: error = %v; want %v", tt.name, err, tt.want)
-			}
+			assert.ErrorIs(t, tt.call(), tt.want, tt.name)
 		}
-		if v, _ := b.client.Get(ctx, b.raw("k")).Result(); v != "old" {
-			t.Errorf("after invalid calls k = %q; want old", v)
-		}
-		if d := b.client.PTTL(ctx, b.raw("k")).Val(); d != -1 {
-			t.Errorf("after invalid calls PTTL(k) = %v; want no TTL", d)
-		}
-		if n := b.client.Exists(ctx, b.raw("k2"), b.raw("")).Val(); n != 0 {
-			t.Errorf("invalid MSet wrote %d keys", n)
-		}
+		v, _ := b.client.Get(ctx, b.raw("k")).Result()
+		assert.Equal(t, "old", v, "after invalid calls k")
+		assert.Equal(t, time.Duration(-1), b.client.PTTL(ctx, b.raw("k")).Val(), "after invalid calls PTTL(k); want no TTL")
+		assert.Zero(t, b.client.Exists(ctx, b.raw("k2"), b.raw("")).Val(), "invalid MSet wrote keys")
 
 		empty := []struct {
 			name string
@@ -161,9 +149,7 @@ func TestInvalidInputWritesNothing(t *testing.T) {
 			{"HDel", func() error { _, err := s.HDel(ctx, "", "f"); return err }},
 		}
 		for _, tt := range empty {
-			if err := tt.call(); !errors.Is(err, ErrInvalidKey) {
-				t.Errorf("%s(\"\") error = %v; want ErrInvalidKey", tt.name, err)
-			}
+			assert.ErrorIs(t, tt.call(), ErrInvalidKey, "%s(\"\")", tt.name)
 		}
 	})
 }
@@ -175,18 +161,18 @@ func TestExpire(t *testing.T) {
 		ctx := ctxT(t)
 		mustSet(t, s, "k", "v")
 		// 2.9s: 900ms of slack, and below the 3s of a rounded-up EXPIRE.
-		if ok, err := s.Expire(ctx, "k", 2900*time.Millisecond); !ok || err != nil {
-			t.Fatalf("Expire(k) = %v, %v; want true, nil", ok, err)
-		}
-		if d, _ := s.TTL(ctx, "k"); d <= 2*time.Second || d > 2900*time.Millisecond {
-			t.Errorf("TTL after Expire(2.9s) = %v; want about 2.9s (milliseconds kept)", d)
-		}
-		if ok, err := s.Expire(ctx, "missing", time.Second); ok || err != nil {
-			t.Errorf("Expire(missing) = %v, %v; want false, nil", ok, err)
-		}
-		if ok, err := s.Expire(ctx, "k", 100*time.Millisecond); !ok || err != nil {
-			t.Fatalf("Expire(k, 100ms) = %v, %v", ok, err)
-		}
+		ok, err := s.Expire(ctx, "k", 2900*time.Millisecond)
+		require.NoError(t, err, "Expire(k)")
+		require.True(t, ok, "Expire(k)")
+		d, _ := s.TTL(ctx, "k")
+		assert.True(t, d > 2*time.Second && d <= 2900*time.Millisecond,
+			"TTL after Expire(2.9s) = %v; want about 2.9s (milliseconds kept)", d)
+		ok, err = s.Expire(ctx, "missing", time.Second)
+		assert.NoError(t, err, "Expire(missing)")
+		assert.False(t, ok, "Expire(missing)")
+		ok, err = s.Expire(ctx, "k", 100*time.Millisecond)
+		require.NoError(t, err, "Expire(k, 100ms)")
+		require.True(t, ok, "Expire(k, 100ms)")
 		b.pass(150 * time.Millisecond)
 		b.waitFor(t, "k expires", func() bool {
 			ok, err := s.Exists(ctx, "k")
@@ -197,9 +183,9 @@ func TestExpire(t *testing.T) {
 
 func mustSet(t testing.TB, s *Service, key string, value any) {
 	t.Helper()
-	if ok, err := s.Set(context.Background(), key, value); !ok || err != nil {
-		t.Fatalf("Set(%q) = %v, %v", key, ok, err)
-	}
+	ok, err := s.Set(context.Background(), key, value)
+	require.NoError(t, err, "Set(%q)", key)
+	require.True(t, ok, "Set(%q)", key)
 }
 
 func TestLargeValues(t *testing.T) {
@@ -208,19 +194,20 @@ func TestLargeValues(t *testing.T) {
 		s := b.service(t, Options{})
 		ctx := ctxT(t)
 		big := strings.Repeat("0123456789abcdef", 5<<20/16) // 5 MiB
-		if _, err := s.Set(ctx, "big", big, WithTTL(time.Minute)); err != nil {
-			t.Fatalf("Set(5 MiB) = %v", err)
-		}
-		if v, found, err := s.Get(ctx, "big"); len(v) != len(big) || v != big || !found || err != nil {
-			t.Errorf("Get(5 MiB) = %d bytes, %v, %v; want the value back", len(v), found, err)
-		}
+		_, err := s.Set(ctx, "big", big, WithTTL(time.Minute))
+		require.NoError(t, err, "Set(5 MiB)")
+		// Not assert.Equal: a failure would print 5 MiB twice.
+		v, found, err := s.Get(ctx, "big")
+		assert.NoError(t, err, "Get(5 MiB)")
+		assert.True(t, found, "Get(5 MiB)")
+		assert.True(t, len(v) == len(big) && v == big, "Get(5 MiB) = %d bytes; want the value back", len(v))
 		in := map[string][]string{"lines": strings.Split(big[:3<<20], "f")}
-		if _, err := s.SetJSON(ctx, "bigjson", in, WithTTL(time.Minute)); err != nil {
-			t.Fatalf("SetJSON(3 MiB) = %v", err)
-		}
+		_, err = s.SetJSON(ctx, "bigjson", in, WithTTL(time.Minute))
+		require.NoError(t, err, "SetJSON(3 MiB)")
 		var out map[string][]string
-		if found, err := s.GetJSON(ctx, "bigjson", &out); !found || err != nil || len(out["lines"]) != len(in["lines"]) {
-			t.Errorf("GetJSON(3 MiB) = %d lines, %v, %v; want %d", len(out["lines"]), found, err, len(in["lines"]))
-		}
+		found, err = s.GetJSON(ctx, "bigjson", &out)
+		assert.NoError(t, err, "GetJSON(3 MiB)")
+		assert.True(t, found, "GetJSON(3 MiB)")
+		assert.Equal(t, len(in["lines"]), len(out["lines"]), "GetJSON(3 MiB) lines")
 	})
 }

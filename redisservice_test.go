@@ -44,30 +44,24 @@ func TestNewURL(t *testing.T) {
 			if tt.wantErr {
 				if err == nil {
 					s.Close()
-					t.Fatalf("New(%q) = nil error; want one", tt.url)
 				}
-				if !errors.Is(err, ErrInvalidArgument) {
-					t.Errorf("New(%q) error %v; want ErrInvalidArgument", tt.url, err)
-				}
+				require.Error(t, err, "New(%q)", tt.url)
+				assert.ErrorIs(t, err, ErrInvalidArgument, "New(%q)", tt.url)
 				for _, secret := range []string{"s3cret", "s3c", "ret@"} {
-					if strings.Contains(tt.url, secret) && strings.Contains(err.Error(), secret) {
-						t.Errorf("New(%q) error %q contains the password", tt.url, err)
+					if strings.Contains(tt.url, secret) {
+						assert.NotContains(t, err.Error(), secret, "New(%q) error contains the password", tt.url)
 					}
 				}
 				return
 			}
-			if err != nil {
-				t.Fatalf("New(%q): %v", tt.url, err)
-			}
+			require.NoError(t, err, "New(%q)", tt.url)
 			defer s.Close()
 			o := s.rdb.(*redis.Client).Options()
-			if o.Addr != tt.addr || o.DB != tt.db || (o.TLSConfig != nil) != tt.tls {
-				t.Errorf("New(%q) dials %s db %d tls %v; want %s db %d tls %v",
-					tt.url, o.Addr, o.DB, o.TLSConfig != nil, tt.addr, tt.db, tt.tls)
-			}
-			if !o.ContextTimeoutEnabled {
-				t.Errorf("New(%q): ContextTimeoutEnabled is off; caller deadlines would not reach the socket", tt.url)
-			}
+			assert.Equal(t, tt.addr, o.Addr, "New(%q) address", tt.url)
+			assert.Equal(t, tt.db, o.DB, "New(%q) db", tt.url)
+			assert.Equal(t, tt.tls, o.TLSConfig != nil, "New(%q) tls", tt.url)
+			assert.True(t, o.ContextTimeoutEnabled,
+				"New(%q): ContextTimeoutEnabled is off; caller deadlines would not reach the socket", tt.url)
 		})
 	}
 }
@@ -75,23 +69,17 @@ func TestNewURL(t *testing.T) {
 func TestNewURLFromEnvironment(t *testing.T) {
 	t.Setenv("REDIS_URL", "redis://127.0.0.1:7777/2")
 	s, err := New(Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s.Close()
-	if o := s.rdb.(*redis.Client).Options(); o.Addr != "127.0.0.1:7777" || o.DB != 2 {
-		t.Errorf("New with $REDIS_URL dials %s db %d; want 127.0.0.1:7777 db 2", o.Addr, o.DB)
-	}
+	o := s.rdb.(*redis.Client).Options()
+	assert.Equal(t, "127.0.0.1:7777", o.Addr, "New with $REDIS_URL address")
+	assert.Equal(t, 2, o.DB, "New with $REDIS_URL db")
 
 	t.Setenv("REDIS_URL", "")
 	s2, err := New(Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s2.Close()
-	if got := s2.rdb.(*redis.Client).Options().Addr; got != "localhost:6379" {
-		t.Errorf("New without URL dials %s; want localhost:6379", got)
-	}
+	assert.Equal(t, "localhost:6379", s2.rdb.(*redis.Client).Options().Addr, "New without URL")
 }
 
 func TestNewRejectsBadOptions(t *testing.T) {
@@ -103,11 +91,9 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		"negative lifetime": {SessionMaxLifetime: -time.Hour},
 	} {
 		t.Run(name, func(t *testing.T) {
-			if s, err := New(o); !errors.Is(err, ErrInvalidArgument) {
-				if s != nil {
-					s.Close()
-				}
-				t.Errorf("New(%+v) error = %v; want ErrInvalidArgument", o, err)
+			s, err := New(o)
+			if !assert.ErrorIs(t, err, ErrInvalidArgument, "New(%+v)", o) && s != nil {
+				s.Close()
 			}
 		})
 	}
@@ -116,9 +102,7 @@ func TestNewRejectsBadOptions(t *testing.T) {
 func TestNewDoesNotTouchTheNetwork(t *testing.T) {
 	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer ln.Close()
 	accepted := make(chan struct{}, 1)
 	go func() {
@@ -128,13 +112,11 @@ func TestNewDoesNotTouchTheNetwork(t *testing.T) {
 		}
 	}()
 	s, err := New(Options{URL: "redis://" + ln.Addr().String()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s.Close()
 	select {
 	case <-accepted:
-		t.Fatal("New dialled Redis")
+		require.Fail(t, "New dialled Redis")
 	case <-time.After(50 * time.Millisecond):
 	}
 }
@@ -143,17 +125,11 @@ func TestClose(t *testing.T) {
 	t.Parallel()
 	mr := miniredis.RunT(t)
 	s, err := New(Options{URL: "redis://" + mr.Addr()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	ctx := context.Background()
 	mustSet(t, s, "k", "v")
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close = %v", err)
-	}
-	if err := s.Close(); err != nil {
-		t.Errorf("second Close = %v; want nil", err)
-	}
+	require.NoError(t, s.Close(), "Close")
+	assert.NoError(t, s.Close(), "second Close")
 	checks := []struct {
 		name string
 		call func() error
@@ -180,13 +156,9 @@ func TestClose(t *testing.T) {
 		}},
 	}
 	for _, c := range checks {
-		if err := c.call(); !errors.Is(err, ErrClosed) {
-			t.Errorf("%s after Close: error = %v; want ErrClosed", c.name, err)
-		}
+		assert.ErrorIs(t, c.call(), ErrClosed, "%s after Close", c.name)
 	}
-	if s.IsConnected() {
-		t.Errorf("IsConnected after Close = true")
-	}
+	assert.False(t, s.IsConnected(), "IsConnected after Close")
 }
 
 // wantFallback returns err, or an error of its own when the value was not
@@ -202,15 +174,9 @@ func TestCloseLeavesCallersClient(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, "miniredis")
 	s := b.service(t, Options{})
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.client.Ping(context.Background()).Err(); err != nil {
-		t.Errorf("caller's client after Service.Close: %v; want it still open", err)
-	}
-	if s.Client() != b.client {
-		t.Errorf("Client() is not the client passed in")
-	}
+	require.NoError(t, s.Close())
+	assert.NoError(t, b.client.Ping(context.Background()).Err(), "caller's client after Service.Close; want it still open")
+	assert.True(t, s.Client() == b.client, "Client() is not the client passed in")
 }
 
 func TestIsConnectedFollowsRedis(t *testing.T) {
@@ -222,49 +188,37 @@ func TestIsConnectedFollowsRedis(t *testing.T) {
 		Timeout: 300 * time.Millisecond,
 		Logger:  slog.New(slog.NewTextHandler(logs, nil)),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s.Close()
 	ctx := context.Background()
 	// Connect within a deadline of its own: a loaded machine may take
 	// longer than Timeout for a first dial.
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := s.Connect(cctx); err != nil || !s.IsConnected() {
-		t.Fatalf("Connect = %v, IsConnected = %v", err, s.IsConnected())
-	}
+	require.NoError(t, s.Connect(cctx), "Connect")
+	require.True(t, s.IsConnected(), "IsConnected after Connect")
 	mr.Close()
 	start := time.Now()
 	for range 20 {
-		if v, found, err := s.Get(ctx, "k"); v != "" || found || err == nil {
-			t.Fatalf("Get with Redis down = %q, %v, %v; want fallback and error", v, found, err)
-		}
+		v, found, err := s.Get(ctx, "k")
+		require.Error(t, err, "Get with Redis down; want fallback and error")
+		require.False(t, found, "Get with Redis down; want fallback and error")
+		require.Empty(t, v, "Get with Redis down; want fallback and error")
 	}
-	if s.IsConnected() {
-		t.Fatalf("IsConnected = true with Redis down")
-	}
+	require.False(t, s.IsConnected(), "IsConnected with Redis down")
 	st := s.Stats()
-	if st.Errors < 20 || st.Fallbacks < 20 {
-		t.Errorf("Stats = %+v; want >= 20 errors and fallbacks", st)
-	}
+	assert.True(t, st.Errors >= 20 && st.Fallbacks >= 20, "Stats = %+v; want >= 20 errors and fallbacks", st)
 	lines := strings.Count(logs.String(), "op=get")
-	if maxLines := 1 + int(time.Since(start)/time.Second); lines > maxLines || uint64(lines)+st.LogsSuppressed != 20 {
-		t.Errorf("logged %d of 20 get failures (%d suppressed) in %v; want at most %d, the rest counted",
-			lines, st.LogsSuppressed, time.Since(start), maxLines)
-	}
+	elapsed := time.Since(start)
+	maxLines := 1 + int(elapsed/time.Second)
+	assert.True(t, lines <= maxLines && uint64(lines)+st.LogsSuppressed == 20,
+		"logged %d of 20 get failures (%d suppressed) in %v; want at most %d, the rest counted",
+		lines, st.LogsSuppressed, elapsed, maxLines)
 
-	if err := mr.Restart(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, mr.Restart())
 	// No other call: IsConnected must find out by itself.
-	deadline := time.Now().Add(5 * time.Second)
-	for !s.IsConnected() {
-		if time.Now().After(deadline) {
-			t.Fatal("IsConnected did not recover after Redis came back")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	require.Eventually(t, s.IsConnected, 5*time.Second, 50*time.Millisecond,
+		"IsConnected did not recover after Redis came back")
 }
 
 func TestContextErrorsStayReachable(t *testing.T) {
@@ -273,50 +227,41 @@ func TestContextErrorsStayReachable(t *testing.T) {
 	s := b.service(t, Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, _, err := s.Get(ctx, "k"); !errors.Is(err, context.Canceled) {
-		t.Errorf("Get with cancelled ctx = %v; want context.Canceled", err)
-	}
+	_, _, err := s.Get(ctx, "k")
+	assert.ErrorIs(t, err, context.Canceled, "Get with cancelled ctx")
 	dctx, dcancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer dcancel()
-	if _, err := s.Set(dctx, "k", "v"); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Set with expired ctx = %v; want context.DeadlineExceeded", err)
-	}
-	if !s.IsConnected() {
-		t.Errorf("IsConnected = false after the caller's own cancellation; want true")
-	}
+	_, err = s.Set(dctx, "k", "v")
+	assert.ErrorIs(t, err, context.DeadlineExceeded, "Set with expired ctx")
+	assert.True(t, s.IsConnected(), "IsConnected after the caller's own cancellation")
 }
 
 func TestEveryCallIsBounded(t *testing.T) {
 	t.Parallel()
 	addr := stalledServer(t)
 	s, err := New(Options{URL: "redis://" + addr, Timeout: 200 * time.Millisecond, MaxRetries: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s.Close()
 
 	start := time.Now()
 	_, _, err = s.Get(context.Background(), "k")
-	if took := time.Since(start); err == nil || took > 2*time.Second {
-		t.Errorf("Get against a stalled server took %v, err %v; want an error within the Timeout bound", took, err)
-	}
-	if !errors.Is(err, context.DeadlineExceeded) && !isTimeout(err) {
-		t.Errorf("Get against a stalled server: %v; want a deadline or timeout error", err)
-	}
+	took := time.Since(start)
+	assert.Error(t, err, "Get against a stalled server; want an error within the Timeout bound")
+	assert.LessOrEqual(t, took, 2*time.Second, "Get against a stalled server; want an error within the Timeout bound")
+	assert.True(t, errors.Is(err, context.DeadlineExceeded) || isTimeout(err),
+		"Get against a stalled server: %v; want a deadline or timeout error", err)
 
 	// A caller's shorter deadline reaches the socket.
 	s2, err := New(Options{URL: "redis://" + addr, Timeout: 10 * time.Second, MaxRetries: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s2.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	start = time.Now()
 	_, err = s2.Set(ctx, "k", "v")
-	if took := time.Since(start); took > time.Second || !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Set with a 100ms deadline took %v, err %v; want DeadlineExceeded in about 100ms", took, err)
-	}
+	took = time.Since(start)
+	assert.ErrorIs(t, err, context.DeadlineExceeded, "Set with a 100ms deadline")
+	assert.LessOrEqual(t, took, time.Second, "Set with a 100ms deadline; want DeadlineExceeded in about 100ms")
 }
 
 func TestLogsNeverHoldValues(t *testing.T) {

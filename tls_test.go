@@ -12,9 +12,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // TestTLS runs against a real redis-server listening only on TLS, with a
@@ -25,19 +27,15 @@ func TestTLS(t *testing.T) {
 	ctx := ctxT(t)
 
 	s, err := New(Options{URL: "rediss://:s3cret-pw@" + addr, TLSConfig: &tls.Config{RootCAs: roots}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s.Close()
-	if err := s.Connect(ctx); err != nil {
-		t.Fatalf("Connect over TLS: %v", err)
-	}
-	if _, err := s.Set(ctx, "tls:k", "v", WithTTL(time.Minute)); err != nil {
-		t.Fatalf("Set over TLS: %v", err)
-	}
-	if v, found, err := s.Get(ctx, "tls:k"); v != "v" || !found || err != nil {
-		t.Errorf("Get over TLS = %q, %v, %v; want v, true, nil", v, found, err)
-	}
+	require.NoError(t, s.Connect(ctx), "Connect over TLS")
+	_, err = s.Set(ctx, "tls:k", "v", WithTTL(time.Minute))
+	require.NoError(t, err, "Set over TLS")
+	v, found, err := s.Get(ctx, "tls:k")
+	assert.NoError(t, err, "Get over TLS")
+	assert.True(t, found, "Get over TLS")
+	assert.Equal(t, "v", v, "Get over TLS")
 
 	failing := []struct {
 		name      string
@@ -53,20 +51,13 @@ func TestTLS(t *testing.T) {
 			tt.opts.Timeout = time.Second
 			tt.opts.MaxRetries = -1
 			s, err := New(tt.opts)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			defer s.Close()
 			err = s.Connect(ctx)
-			if err == nil {
-				t.Fatal("Connect succeeded; want an error")
-			}
-			if strings.Contains(err.Error(), "s3cret-pw") || strings.Contains(err.Error(), "wrong-pw") {
-				t.Errorf("Connect error %q contains the password", err)
-			}
-			if got := s.IsConnected(); got != tt.connected {
-				t.Errorf("IsConnected after %v = %v; want %v", err, got, tt.connected)
-			}
+			require.Error(t, err, "Connect succeeded; want an error")
+			assert.NotContains(t, err.Error(), "s3cret-pw", "Connect error contains the password")
+			assert.NotContains(t, err.Error(), "wrong-pw", "Connect error contains the password")
+			assert.Equal(t, tt.connected, s.IsConnected(), "IsConnected after %v", err)
 		})
 	}
 }
@@ -79,12 +70,8 @@ func startTLSRedis(t *testing.T, password string) (string, *x509.CertPool) {
 	dir := t.TempDir()
 	certPEM, keyPEM := selfSignedCert(t)
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(certFile, certPEM, 0o600))
+	require.NoError(t, os.WriteFile(keyFile, keyPEM, 0o600))
 	// The TLS port is the one the helper waits on; plain TCP is off.
 	srv := startRedisServer(t, "--tls-port", "PORT", "--port", "0",
 		"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-ca-cert-file", certFile,
@@ -97,9 +84,7 @@ func startTLSRedis(t *testing.T, password string) (string, *x509.CertPool) {
 func selfSignedCert(t testing.TB) (certPEM, keyPEM []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
 		Subject:               pkix.Name{CommonName: "127.0.0.1"},
@@ -112,13 +97,9 @@ func selfSignedCert(t testing.TB) (certPEM, keyPEM []byte) {
 		IsCA:                  true,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
 }

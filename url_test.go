@@ -1,7 +1,6 @@
 package redisservice
 
 import (
-	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -59,9 +58,7 @@ func FuzzNewURLRedaction(f *testing.F) {
 			s.Close()
 			return
 		}
-		if !errors.Is(err, ErrInvalidArgument) {
-			t.Fatalf("New(%q) = %v; want ErrInvalidArgument", raw, err)
-		}
+		require.ErrorIs(t, err, ErrInvalidArgument, "New(%q)", raw)
 		public := "redis://" + user + ":@" + host + "\n" + errMalformedUserinfo + "\n" + ErrInvalidArgument.Error()
 		if s, err := New(Options{URL: "redis://" + user + ":@" + host, Logger: quiet}); err != nil {
 			public += "\n" + err.Error()
@@ -71,9 +68,9 @@ func FuzzNewURLRedaction(f *testing.F) {
 		msg := err.Error()
 		for i := range len(password) {
 			for j := i + 4; j <= len(password); j++ {
-				if q := password[i:j]; strings.Contains(msg, q) && !strings.Contains(public, q) {
-					t.Fatalf("New(%q) error %q holds %q of the password", raw, msg, q)
-				}
+				q := password[i:j]
+				require.False(t, strings.Contains(msg, q) && !strings.Contains(public, q),
+					"New(%q) error %q holds %q of the password", raw, msg, q)
 			}
 		}
 	})
