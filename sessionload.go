@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/vevurn/redisservice/internal/localtier"
 )
 
 // sessionLoadScript reads a session for a request and, when its
@@ -51,6 +52,15 @@ type loadedSession struct {
 	touched bool          // lastActivity and the idle expiry moved
 }
 
+// tierSession is a session as the local tier holds it, keyed by its key
+// without the prefix (sessionKey): a type of its own, so that no Cache
+// entry of the same key is ever taken for it.
+type tierSession struct {
+	raw  []byte // the stored bytes, for the save's check-and-set
+	data SessionData
+	end  time.Time // the stored absolute end; zero: none
+}
+
 // loadSession reads session id for a request, and touches it when its
 // lastActivity is at least touchEvery old, in one round trip
 // (sessionLoadScript); the session ends at CreatedAt plus lifetime at
@@ -64,22 +74,62 @@ type loadedSession struct {
 // its remaining TTL), and for every session under LegacySessions, as
 // GetSession does. It returns the session, true and the error when only
 // that failed.
+//
+// With the local tier in use, a session whose lastActivity is less than
+// touchEvery old (no touch due) comes from the tier when it holds it: no
+// round trip. A read that did not touch leaves its session there; any
+// write of the key (a touch, a save, a revocation, an expiry) drops it.
 func (s *Service) loadSession(ctx context.Context, op, id string, touchEvery, lifetime time.Duration) (_ loadedSession, _ bool, err error) {
 	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
 	defer scope.end(ctx, &err)
 	now := s.opts.Now()
+	lt := s.local
+	if s.closed.Load() || touchEvery <= 0 {
+		lt = nil
+	}
+	if lt != nil {
+		if c, _, ok := localtier.Get[*tierSession](lt, sessionKey(id), time.Now().UnixNano()); ok && c.fresh(now, touchEvery, lifetime) {
+			s.found(true)
+			return loadedSession{raw: c.raw, data: c.data}, true, nil
+		}
+	}
 	stamp, err := appendTime(nil, fieldLastActivity, now)
 	if err != nil {
 		return loadedSession{}, false, invalid(op, sessionDisplayKey, err)
 	}
 	stamp = stamp[1 : len(stamp)-1]
 	legacy := 0
-	if s.opts.LegacySessions {
-		legacy = 1 // every session is indexed with its TTL, as GetSession does
+	if s.opts.LegacySessions || lt != nil {
+		legacy = 1 // every session is indexed with its TTL, as GetSession does; the tier needs the TTL
 	}
+	var (
+		ticket localtier.Ticket
+		start  = time.Now()
+	)
 	reply, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (any, error) {
-		reply, err := sessionLoadScript.Run(ctx, s.rdb, []string{s.key(sessionKey(id))},
-			stamp, now.UnixMilli(), lifetime.Milliseconds(), touchEvery.Milliseconds(), legacy).Result()
+		keys := []string{s.key(sessionKey(id))}
+		args := []any{stamp, now.UnixMilli(), lifetime.Milliseconds(), touchEvery.Milliseconds(), legacy}
+		var (
+			reply any
+			err   error
+			node  *redis.Client
+		)
+		if lt != nil {
+			// Before the read: an invalidation meanwhile keeps its value out.
+			ticket, node = s.localTicket(ctx, sessionKey(id))
+		}
+		if node != nil {
+			// On a cluster, the read goes to the master whose tracking the
+			// ticket checks.
+			reply, err = sessionLoadScript.Run(ctx, node, keys, args...).Result()
+			if err != nil && isRedirect(err) {
+				lt.RaiseDoubt()
+				ticket, node = localtier.Ticket{}, nil
+			}
+		}
+		if node == nil {
+			reply, err = sessionLoadScript.Run(ctx, s.rdb, keys, args...).Result()
+		}
 		var rerr redis.Error
 		if errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "ERR stored session") {
 			err = fmt.Errorf("%w: %w", ErrDecode, err) // the script refused what GetSession cannot decode either
@@ -116,10 +166,27 @@ func (s *Service) loadSession(ctx context.Context, op, id string, touchEvery, li
 	if ttl < 0 {
 		ls.ttl = -1
 	}
+	if lt != nil && !ls.touched && ttl != 0 {
+		// A touch wrote the key: its invalidation would void the ticket.
+		localtier.Put(lt, sessionKey(id), ticket, &tierSession{raw: b, data: data, end: doc.end()}, len(b), start, ls.ttl, 0)
+	}
 	// A TTL not read (0) is one nothing below needs: a session of this
 	// package, not touched, without LegacySessions.
 	if (s.opts.LegacySessions || doc.legacy() || (ls.touched && doc.end().IsZero())) && data.UserID != "" && ls.ttl > 0 {
 		return ls, true, s.indexSession(ctx, op, data.UserID, id, now.Add(ls.ttl))
 	}
 	return ls, true, nil
+}
+
+// fresh reports whether c may be served at now without asking Redis: no
+// touch is due (its lastActivity is less than touchEvery old), and neither
+// lifetime past CreatedAt nor its stored end has come.
+func (c *tierSession) fresh(now time.Time, touchEvery, lifetime time.Duration) bool {
+	if c.data.LastActivity.IsZero() || now.Sub(c.data.LastActivity) >= touchEvery {
+		return false
+	}
+	if lifetime > 0 && !now.Before(c.data.CreatedAt.Add(lifetime)) {
+		return false
+	}
+	return c.end.IsZero() || now.Before(c.end)
 }
