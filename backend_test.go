@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // The behaviour tests run against every backend named here: miniredis
@@ -63,9 +66,7 @@ func newBackend(t testing.TB, name string) *backend {
 			t.Skipf("no real Redis: set %s (scripts/redis-test-servers start prints it)", envTestURL)
 		}
 		opts, err := redis.ParseURL(url)
-		if err != nil {
-			t.Fatalf("%s: %v", envTestURL, err)
-		}
+		require.NoError(t, err, "%s", envTestURL)
 		opts.ContextTimeoutEnabled = true
 		b.client = redis.NewClient(opts)
 	case "cluster":
@@ -78,15 +79,14 @@ func newBackend(t testing.TB, name string) *backend {
 			ContextTimeoutEnabled: true,
 		})
 	default:
-		t.Fatalf("unknown backend %q", name)
+		require.FailNow(t, fmt.Sprintf("unknown backend %q", name))
 	}
 	t.Cleanup(func() {
 		if b.real() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			if err := deleteByPrefix(ctx, b.client, b.prefix); err != nil {
-				t.Errorf("cleanup of %s*: %v", b.prefix, err)
-			}
+			err := deleteByPrefix(ctx, b.client, b.prefix)
+			assert.NoError(t, err, "cleanup of %s*", b.prefix)
 		}
 		_ = b.client.Close()
 	})
@@ -101,9 +101,7 @@ func (b *backend) service(t testing.TB, opts Options) *Service {
 	opts.Client = b.client
 	opts.KeyPrefix = b.prefix + opts.KeyPrefix
 	s, err := New(opts)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
+	require.NoError(t, err, "New")
 	t.Cleanup(func() { _ = s.Close() })
 	return s
 }
@@ -127,9 +125,7 @@ func (b *backend) waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(waitDeadline)
 	for !cond() {
-		if !b.real() || time.Now().After(deadline) {
-			t.Fatalf("%s: condition never held", what)
-		}
+		require.False(t, !b.real() || time.Now().After(deadline), "%s: condition never held", what)
 		time.Sleep(5 * time.Millisecond)
 	}
 }
@@ -158,9 +154,8 @@ func deleteByPrefix(ctx context.Context, c redis.UniversalClient, prefix string)
 func randomHex(t testing.TB, n int) string {
 	t.Helper()
 	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
+	_, err := rand.Read(b)
+	require.NoError(t, err)
 	return hex.EncodeToString(b)
 }
 
