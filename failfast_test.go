@@ -118,9 +118,7 @@ func TestStalledServerFailsFast(t *testing.T) {
 //	go test -run '^$' -bench GetRefusedPort -benchtime 2000x -count 6 . 2>/dev/null
 func BenchmarkGetRefusedPort(b *testing.B) {
 	s, err := New(Options{URL: "redis://127.0.0.1:" + strconv.Itoa(freePort(b)), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
+	require.NoError(b, err)
 	b.Cleanup(func() { s.Close() })
 	ctx := context.Background()
 	for b.Loop() {

@@ -225,9 +225,8 @@ func (r testServer) kill(t testing.TB) {
 // replica of the master promoted meanwhile.
 func (r testServer) restart(t testing.TB) {
 	t.Helper()
-	if out, err := exec.Command("redis-server", r.conf).CombinedOutput(); err != nil {
-		t.Errorf("restarting %s from %s: %v\n%s", r.addr, r.conf, err, out)
-	}
+	out, err := exec.Command("redis-server", r.conf).CombinedOutput()
+	assert.NoError(t, err, "restarting %s from %s: %v\n%s", r.addr, r.conf, err, out)
 }
 
 // waitSentinelHealthy waits until every sentinel names the same master,
@@ -246,7 +245,7 @@ func waitSentinelHealthy(t testing.TB, sentinels []string, password, name string
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("the Sentinel setup is not healthy after %v: %s", recoveryBound, why)
+	require.FailNow(t, fmt.Sprintf("the Sentinel setup is not healthy after %v: %s", recoveryBound, why))
 	return ""
 }
 
@@ -306,7 +305,7 @@ func waitClusterHealthy(t testing.TB, cc *redis.ClusterClient) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("the cluster is not healthy after %v: %s", recoveryBound, why)
+	require.FailNow(t, fmt.Sprintf("the cluster is not healthy after %v: %s", recoveryBound, why))
 }
 
 // clusterProblem says what keeps the cluster from being ready to fail a

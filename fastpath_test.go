@@ -10,6 +10,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // cscInvalidationBound is how soon a write by another client must be
@@ -28,9 +30,7 @@ func TestAutoPipelineConcurrentCallers(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			prefix := "rstest:" + randomHex(t, 6) + ":"
 			s := dialled(t, url, Options{AutoPipeline: true, KeyPrefix: prefix})
-			if _, ok := s.hot.(*redis.AutoPipeliner); !ok {
-				t.Fatalf("hot client is %T; want *redis.AutoPipeliner", s.hot)
-			}
+			require.IsType(t, (*redis.AutoPipeliner)(nil), s.hot, "hot client is %T; want *redis.AutoPipeliner", s.hot)
 			t.Cleanup(func() {
 				if name != "miniredis" {
 					_ = deleteByPrefix(ctxT(t), s.rdb, prefix)
@@ -58,20 +58,14 @@ func TestAutoPipelineConcurrentCallers(t *testing.T) {
 			wg.Wait()
 			close(errs)
 			for err := range errs {
-				t.Error(err)
+				assert.NoError(t, err)
 			}
-			if err := s.HSet(ctx, "h", "f", "x"); err != nil {
-				t.Fatalf("HSet: %v", err)
-			}
-			if m, err := s.HGetAll(ctx, "h"); err != nil || m["f"] != "x" {
-				t.Errorf("HGetAll(h) = %v, %v; want map[f:x], nil", m, err)
-			}
-			if err := s.Close(); err != nil {
-				t.Fatalf("Close: %v", err)
-			}
-			if _, _, err := s.Get(ctx, "k0"); !errors.Is(err, ErrClosed) {
-				t.Errorf("Get after Close: err = %v; want ErrClosed", err)
-			}
+			require.NoError(t, s.HSet(ctx, "h", "f", "x"), "HSet")
+			m, err := s.HGetAll(ctx, "h")
+			assert.False(t, err != nil || m["f"] != "x", "HGetAll(h) = %v, %v; want map[f:x], nil", m, err)
+			require.NoError(t, s.Close(), "Close")
+			_, _, err = s.Get(ctx, "k0")
+			assert.ErrorIs(t, err, ErrClosed, "Get after Close")
 		})
 	}
 }
@@ -93,12 +87,10 @@ func TestClientSideCacheOptions(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.opts.URL = tt.url
 			s, err := New(tt.opts)
-			if !errors.Is(err, ErrInvalidArgument) {
-				if s != nil {
-					_ = s.Close()
-				}
-				t.Fatalf("New(%+v) err = %v; want ErrInvalidArgument", tt.opts, err)
+			if !errors.Is(err, ErrInvalidArgument) && s != nil {
+				_ = s.Close()
 			}
+			require.ErrorIs(t, err, ErrInvalidArgument, "New(%+v)", tt.opts)
 		})
 	}
 }
@@ -115,43 +107,33 @@ func TestClientSideCacheSeesOtherWriters(t *testing.T) {
 	b := newBackend(t, "redis") // the other writer, and cleanup of b.prefix
 	s := dialled(t, url, Options{ClientSideCache: true, KeyPrefix: b.prefix, ClientSideCacheMaxStaleness: time.Minute})
 	c, ok := s.rdb.(*redis.Client)
-	if !ok {
-		t.Fatalf("client is %T; want *redis.Client", s.rdb)
-	}
+	require.True(t, ok, "client is %T; want *redis.Client", s.rdb)
 	ctx := ctxT(t)
-	if _, err := s.Set(ctx, "hot", "v0"); err != nil {
-		t.Fatalf("Set: %v", err)
-	}
+	_, err := s.Set(ctx, "hot", "v0")
+	require.NoError(t, err, "Set")
 	for round := 1; round <= 5; round++ {
 		// Warm the cache: the first read fetches, the next ones must hit.
 		want := fmt.Sprintf("v%d", round-1)
 		before := c.CSCStats().Hits
 		for range 3 {
-			if got, _, err := s.Get(ctx, "hot"); got != want || err != nil {
-				t.Fatalf("round %d: Get(hot) = %q, %v; want %q, nil", round, got, err, want)
-			}
+			got, _, err := s.Get(ctx, "hot")
+			require.False(t, got != want || err != nil, "round %d: Get(hot) = %q, %v; want %q, nil", round, got, err, want)
 		}
-		if hits := c.CSCStats().Hits - before; hits < 2 {
-			t.Fatalf("round %d: %d cache hits in 3 reads of a hot key; want >= 2", round, hits)
-		}
+		hits := c.CSCStats().Hits - before
+		require.False(t, hits < 2, "round %d: %d cache hits in 3 reads of a hot key; want >= 2", round, hits)
 
 		want = fmt.Sprintf("v%d", round)
-		if err := b.client.Set(ctx, b.raw("hot"), want, 0).Err(); err != nil {
-			t.Fatalf("other client's SET: %v", err)
-		}
+		require.NoError(t, b.client.Set(ctx, b.raw("hot"), want, 0).Err(), "other client's SET")
+
 		start := time.Now()
 		for {
 			got, _, err := s.Get(ctx, "hot")
-			if err != nil {
-				t.Fatalf("Get(hot): %v", err)
-			}
+			require.NoError(t, err, "Get(hot)")
 			if got == want {
 				break
 			}
-			if d := time.Since(start); d > cscInvalidationBound {
-				t.Fatalf("round %d: Get(hot) = %q %v after another client wrote %q; want it within %v",
-					round, got, d, want, cscInvalidationBound)
-			}
+			d := time.Since(start)
+			require.False(t, d > cscInvalidationBound, "round %d: Get(hot) = %q %v after another client wrote %q; want it within %v", round, got, d, want, cscInvalidationBound)
 			time.Sleep(100 * time.Microsecond)
 		}
 		t.Logf("round %d: other client's write seen after %v", round, time.Since(start))

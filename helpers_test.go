@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/vevurn/redisservice/internal/testredis"
 )
@@ -46,9 +48,7 @@ func startRedisServer(t testing.TB, args ...string) *redisServer {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("redis-server is not installed; .ci/run installs it")
-		}
+		require.False(t, os.Getenv("CI") != "", "redis-server is not installed; .ci/run installs it")
 		t.Skip("redis-server is not installed (apt-get install redis-server); skipping a test that needs its own server")
 	}
 	srv := &redisServer{t: t, bin: bin, port: freePort(t), args: args, dir: t.TempDir()}
@@ -74,9 +74,7 @@ func (r *redisServer) start() {
 		args = append(args, a)
 	}
 	cmd := exec.Command(r.bin, args...)
-	if err := cmd.Start(); err != nil {
-		r.t.Fatalf("redis-server: %v", err)
-	}
+	require.NoError(r.t, cmd.Start(), "redis-server")
 	r.mu.Lock()
 	r.cmd = cmd
 	r.mu.Unlock()
@@ -87,9 +85,7 @@ func (r *redisServer) start() {
 			c.Close()
 			return
 		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("redis-server did not listen on %s", r.addr())
-		}
+		require.False(r.t, time.Now().After(deadline), "redis-server did not listen on %s", r.addr())
 		time.Sleep(10 * time.Millisecond)
 	}
 }
@@ -135,7 +131,7 @@ func freePort(t testing.TB) int {
 			return p
 		}
 	}
-	t.Fatal("no free loopback port")
+	require.FailNow(t, "no free loopback port")
 	return 0
 }
 
@@ -178,9 +174,8 @@ func within(t testing.TB, d time.Duration, what string, fn func()) {
 	t.Helper()
 	start := time.Now()
 	fn()
-	if took := time.Since(start); took > d {
-		t.Errorf("%s took %v; want at most %v", what, took, d)
-	}
+	took := time.Since(start)
+	assert.False(t, took > d, "%s took %v; want at most %v", what, took, d)
 }
 
 // stall makes srv sleep for d in DEBUG SLEEP, from a connection of its
@@ -191,14 +186,11 @@ func stall(t testing.TB, srv *redisServer, d time.Duration) {
 	t.Helper()
 	stalled := stallProbe(t, srv.addr())
 	c, err := net.Dial("tcp", srv.addr())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	secs := strconv.FormatFloat(d.Seconds(), 'f', 3, 64)
-	if _, err := fmt.Fprintf(c, "*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$%d\r\n%s\r\n", len(secs), secs); err != nil {
-		t.Fatal(err)
-	}
+	_, err = fmt.Fprintf(c, "*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$%d\r\n%s\r\n", len(secs), secs)
+	require.NoError(t, err)
 	stalled()
 }
 
@@ -207,9 +199,7 @@ func stalledServer(t testing.TB) string {
 	t.Helper()
 	heldLogs.ShowOnFailure(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var conns []net.Conn
@@ -273,9 +263,7 @@ func newService(t testing.TB, opts Options) *Service {
 	t.Helper()
 	heldLogs.ShowOnFailure(t)
 	s, err := New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
 	return s
 }
@@ -288,9 +276,7 @@ func stallProbe(t testing.TB, addr string) func() {
 	t.Helper()
 	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { c.Close() })
-	if err := c.Ping(context.Background()).Err(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.Ping(context.Background()).Err())
 	ping := func(d time.Duration) error {
 		ctx, cancel := context.WithTimeout(context.Background(), d)
 		defer cancel()
@@ -305,7 +291,7 @@ func stallProbe(t testing.TB, addr string) func() {
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
-		t.Fatalf("server %s never stalled", addr)
+		require.FailNow(t, fmt.Sprintf("server %s never stalled", addr))
 	}
 }
 

@@ -31,9 +31,7 @@ func fillKeys(t testing.TB, c redis.UniversalClient, keys []string) {
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatalf("writing %d keys: %v", len(keys), err)
-	}
+	require.NoError(t, err, "writing %d keys", len(keys))
 }
 
 // scanAll returns the keys matching match, sorted, from every master.
@@ -56,9 +54,7 @@ func scanAll(t testing.TB, c redis.UniversalClient, match string) []string {
 	} else {
 		err = scan(ctxT(t), c)
 	}
-	if err != nil {
-		t.Fatalf("SCAN %q: %v", match, err)
-	}
+	require.NoError(t, err, "SCAN %q", match)
 	slices.Sort(out)
 	return slices.Compact(out)
 }
@@ -88,24 +84,17 @@ func TestInvalidatePattern(t *testing.T) {
 				}
 				return err
 			})
-			if err != nil || masters.Load() < 3 || empty.Load() != 0 {
-				t.Fatalf("keys over %d masters, %d without any (%v); want some on each of >= 3", masters.Load(), empty.Load(), err)
-			}
+			require.False(t, err != nil || masters.Load() < 3 || empty.Load() != 0, "keys over %d masters, %d without any (%v); want some on each of >= 3", masters.Load(), empty.Load(), err)
 		}
 
 		got, err := s.InvalidatePattern(ctx, "product:*")
-		if got != n || err != nil {
-			t.Errorf("InvalidatePattern(product:*) = %d, %v; want %d, nil", got, err, n)
-		}
-		if left := scanAll(t, b.client, b.prefix+"*"); !slices.Equal(left, sorted(others)) {
-			t.Errorf("%d keys left, first %q; want only %q", len(left), left[:min(len(left), 5)], sorted(others))
-		}
-		if got, err := s.InvalidatePattern(ctx, "product:*"); got != 0 || err != nil {
-			t.Errorf("second InvalidatePattern = %d, %v; want 0, nil", got, err)
-		}
-		if got, err := s.InvalidatePattern(ctx, "order:1"); got != 1 || err != nil {
-			t.Errorf("InvalidatePattern(order:1) = %d, %v; want 1, nil", got, err)
-		}
+		assert.False(t, got != n || err != nil, "InvalidatePattern(product:*) = %d, %v; want %d, nil", got, err, n)
+		left := scanAll(t, b.client, b.prefix+"*")
+		assert.True(t, slices.Equal(left, sorted(others)), "%d keys left, first %q; want only %q", len(left), left[:min(len(left), 5)], sorted(others))
+		again, err := s.InvalidatePattern(ctx, "product:*")
+		assert.False(t, again != 0 || err != nil, "second InvalidatePattern = %d, %v; want 0, nil", again, err)
+		order, err := s.InvalidatePattern(ctx, "order:1")
+		assert.False(t, order != 1 || err != nil, "InvalidatePattern(order:1) = %d, %v; want 1, nil", order, err)
 	})
 }
 
@@ -165,9 +154,8 @@ func TestInvalidatePatternCommands(t *testing.T) {
 		log.cmds = nil
 		log.mu.Unlock()
 
-		if got, err := s.InvalidatePattern(ctxT(t), "k*"); got != n || err != nil {
-			t.Fatalf("InvalidatePattern = %d, %v; want %d, nil", got, err, n)
-		}
+		got, err := s.InvalidatePattern(ctxT(t), "k*")
+		require.False(t, got != n || err != nil, "InvalidatePattern = %d, %v; want %d, nil", got, err, n)
 		var scans, unlinked int
 		log.mu.Lock()
 		defer log.mu.Unlock()
@@ -177,22 +165,16 @@ func TestInvalidatePatternCommands(t *testing.T) {
 			case "scan":
 				scans++
 				want := []any{"scan", nil, "match", b.prefix + "c:k*", "count", int64(scanCount)}
-				if len(c) != len(want) || c[2] != want[2] || c[3] != want[3] || c[4] != want[4] || c[5] != want[5] {
-					t.Errorf("sent %v; want SCAN cursor MATCH %s COUNT %d", c, want[3], scanCount)
-				}
+				assert.False(t, len(c) != len(want) || c[2] != want[2] || c[3] != want[3] || c[4] != want[4] || c[5] != want[5], "sent %v; want SCAN cursor MATCH %s COUNT %d", c, want[3], scanCount)
 			case "unlink":
 				keys := len(c) - 1
 				unlinked += keys
-				if keys > unlinkBatch || (b.name == "cluster" && keys != 1) {
-					t.Errorf("UNLINK of %d keys; want at most %d (1 on a cluster)", keys, unlinkBatch)
-				}
+				assert.False(t, keys > unlinkBatch || (b.name == "cluster" && keys != 1), "UNLINK of %d keys; want at most %d (1 on a cluster)", keys, unlinkBatch)
 			case "keys", "del", "flushall", "flushdb":
-				t.Errorf("sent %v; want SCAN and UNLINK only", c)
+				assert.Fail(t, "unexpected command", "sent %v; want SCAN and UNLINK only", c)
 			}
 		}
-		if scans == 0 || unlinked != n {
-			t.Errorf("sent %d SCANs and UNLINKed %d keys; want SCANs and %d keys", scans, unlinked, n)
-		}
+		assert.False(t, scans == 0 || unlinked != n, "sent %d SCANs and UNLINKed %d keys; want SCANs and %d keys", scans, unlinked, n)
 	})
 }
 
@@ -207,12 +189,10 @@ func TestInvalidatePatternEscapesPrefix(t *testing.T) {
 		// Each decoy matches the prefix read as a glob, not as text.
 		decoys := []string{b.raw(`pZxx:k1`), b.raw(`px?\:k1`), b.raw(`p*[x]?\\:k1`)}
 		fillKeys(t, b.client, decoys)
-		if got, err := s.InvalidatePattern(ctx, "k*"); got != 2 || err != nil {
-			t.Errorf("InvalidatePattern(k*) with prefix %q = %d, %v; want 2, nil", prefix, got, err)
-		}
-		if left := scanAll(t, b.client, b.prefix+"*"); !slices.Equal(left, sorted(decoys)) {
-			t.Errorf("keys left = %q; want the decoys %q", left, sorted(decoys))
-		}
+		got, err := s.InvalidatePattern(ctx, "k*")
+		assert.False(t, got != 2 || err != nil, "InvalidatePattern(k*) with prefix %q = %d, %v; want 2, nil", prefix, got, err)
+		left := scanAll(t, b.client, b.prefix+"*")
+		assert.True(t, slices.Equal(left, sorted(decoys)), "keys left = %q; want the decoys %q", left, sorted(decoys))
 	})
 }
 
@@ -252,18 +232,15 @@ func TestInvalidatePatternOddPatterns(t *testing.T) {
 				}
 				fillKeys(t, b.client, raw)
 				got, err := s.InvalidatePattern(ctx, sub+c.pattern)
-				if got != int64(len(c.deleted)) || err != nil {
-					t.Errorf("InvalidatePattern(%q) = %d, %v; want %d, nil", c.pattern, got, err, len(c.deleted))
-				}
+				assert.False(t, got != int64(len(c.deleted)) || err != nil, "InvalidatePattern(%q) = %d, %v; want %d, nil", c.pattern, got, err, len(c.deleted))
 				var want []string
 				for _, k := range raw {
 					if !slices.Contains(c.deleted, strings.TrimPrefix(k, b.raw(sub))) {
 						want = append(want, k)
 					}
 				}
-				if left := scanAll(t, b.client, EscapePattern(b.raw(sub))+"*"); !slices.Equal(left, sorted(want)) {
-					t.Errorf("after InvalidatePattern(%q) keys left = %q; want %q", c.pattern, left, sorted(want))
-				}
+				left := scanAll(t, b.client, EscapePattern(b.raw(sub))+"*")
+				assert.True(t, slices.Equal(left, sorted(want)), "after InvalidatePattern(%q) keys left = %q; want %q", c.pattern, left, sorted(want))
 			})
 		}
 	})
@@ -275,29 +252,20 @@ func TestInvalidatePatternErrors(t *testing.T) {
 	s := b.service(t, Options{})
 	ctx := ctxT(t)
 	mustSet(t, s, "k", "v")
-	if n, err := s.InvalidatePattern(ctx, ""); n != 0 || !errors.Is(err, ErrInvalidKey) {
-		t.Errorf("InvalidatePattern(\"\") = %d, %v; want 0, ErrInvalidKey", n, err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := s.InvalidatePattern(ctx, "*"); n != 0 || !errors.Is(err, ErrClosed) {
-		t.Errorf("InvalidatePattern after Close = %d, %v; want 0, ErrClosed", n, err)
-	}
-	if !b.mr.Exists(b.raw("k")) {
-		t.Errorf("key deleted by a refused InvalidatePattern")
-	}
+	n, err := s.InvalidatePattern(ctx, "")
+	assert.False(t, n != 0 || !errors.Is(err, ErrInvalidKey), "InvalidatePattern(\"\") = %d, %v; want 0, ErrInvalidKey", n, err)
+	require.NoError(t, s.Close())
+	n, err = s.InvalidatePattern(ctx, "*")
+	assert.False(t, n != 0 || !errors.Is(err, ErrClosed), "InvalidatePattern after Close = %d, %v; want 0, ErrClosed", n, err)
+	assert.True(t, b.mr.Exists(b.raw("k")), "key deleted by a refused InvalidatePattern")
 
 	down, err := New(Options{URL: "redis://" + stalledServer(t), Timeout: 200 * time.Millisecond, MaxRetries: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer down.Close()
 	start := time.Now()
-	n, err := down.InvalidatePattern(ctx, "*")
-	if took := time.Since(start); n != 0 || err == nil || took > 2*time.Second {
-		t.Errorf("InvalidatePattern against a stalled server = %d, %v in %v; want 0 and an error within the bound", n, err, took)
-	}
+	n, err = down.InvalidatePattern(ctx, "*")
+	took := time.Since(start)
+	assert.False(t, n != 0 || err == nil || took > 2*time.Second, "InvalidatePattern against a stalled server = %d, %v in %v; want 0 and an error within the bound", n, err, took)
 }
 
 // literalOf decodes a pattern made only of literal bytes and backslash
@@ -358,9 +326,8 @@ func FuzzEscapePattern(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, in string) {
 		esc := EscapePattern(in)
-		if lit, ok := literalOf(esc); !ok || lit != in {
-			t.Fatalf("EscapePattern(%q) = %q, which reads as %q, %v; want the literal input", in, esc, lit, ok)
-		}
+		lit, ok := literalOf(esc)
+		require.False(t, !ok || lit != in, "EscapePattern(%q) = %q, which reads as %q, %v; want the literal input", in, esc, lit, ok)
 		if s == nil || len(in) > 512 {
 			return
 		}
@@ -370,16 +337,13 @@ func FuzzEscapePattern(f *testing.F) {
 		for _, d := range decoys {
 			values["u:"+d] = 1
 		}
-		if err := s.MSet(ctx, values, WithTTL(time.Minute)); err != nil {
-			t.Fatal(err)
-		}
-		if n, err := s.InvalidatePattern(ctx, "u:"+esc); n != 1 || err != nil {
-			t.Errorf("InvalidatePattern(%q) = %d, %v; want 1, nil", "u:"+esc, n, err)
-		}
+		require.NoError(t, s.MSet(ctx, values, WithTTL(time.Minute)))
+		n, err := s.InvalidatePattern(ctx, "u:"+esc)
+		assert.False(t, n != 1 || err != nil, "InvalidatePattern(%q) = %d, %v; want 1, nil", "u:"+esc, n, err)
+
 		for _, d := range decoys {
-			if ok, err := s.Exists(ctx, "u:"+d); !ok || err != nil {
-				t.Errorf("pattern %q for %q deleted %q too", esc, in, d)
-			}
+			ok, err := s.Exists(ctx, "u:"+d)
+			assert.False(t, !ok || err != nil, "pattern %q for %q deleted %q too", esc, in, d)
 			_, _ = s.Del(ctx, "u:"+d)
 		}
 	})
@@ -465,21 +429,16 @@ func TestInvalidatePatternPartialFailure(t *testing.T) {
 				return iter.Err()
 			})
 			addrs := slices.Sorted(maps.Keys(perMaster))
-			if err != nil || len(addrs) < 3 || perMaster[addrs[0]] == 0 {
-				t.Fatalf("keys per master %v, %v; want some on each of >= 3", perMaster, err)
-			}
+			require.False(t, err != nil || len(addrs) < 3 || perMaster[addrs[0]] == 0, "keys per master %v, %v; want some on each of >= 3", perMaster, err)
 			victim.Store(addrs[0])
 			onVictim := perMaster[addrs[0]]
 			want = n - onVictim
 		}
 		got, err := s.InvalidatePattern(ctx, "k*")
-		if got != want || !errors.Is(err, errInjected) {
-			t.Errorf("InvalidatePattern with a failing node = %d, %v; want %d deleted and the error", got, err, want)
-		}
+		assert.False(t, got != want || !errors.Is(err, errInjected), "InvalidatePattern with a failing node = %d, %v; want %d deleted and the error", got, err, want)
 		victim.Store("") // heal the node for the checks and the cleanup
-		if left := len(scanAll(t, b.client, b.prefix+"*")); int64(left) != n-want {
-			t.Errorf("%d keys left; want %d: the count must be exactly what was deleted", left, n-want)
-		}
+		left := len(scanAll(t, b.client, b.prefix+"*"))
+		assert.False(t, int64(left) != n-want, "%d keys left; want %d: the count must be exactly what was deleted", left, n-want)
 	})
 }
 

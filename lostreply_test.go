@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -214,7 +216,7 @@ func lossyClient(t testing.TB, b *backend, l *lostReplies) redis.UniversalClient
 	case "sentinel":
 		c = newSentinelClient(t, l.dial)
 	default:
-		t.Fatalf("lossyClient: unknown backend %q", b.name)
+		require.FailNow(t, fmt.Sprintf("lossyClient: unknown backend %q", b.name))
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
@@ -261,9 +263,8 @@ func forEachLossyBackend(t *testing.T, fn func(t *testing.T, b *backend, l *lost
 		t.Cleanup(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			if err := deleteByPrefix(ctx, b.client, b.prefix); err != nil {
-				t.Errorf("cleanup of %s*: %v", b.prefix, err)
-			}
+			err := deleteByPrefix(ctx, b.client, b.prefix)
+			assert.NoError(t, err, "cleanup of %s*", b.prefix)
 			_ = b.client.Close()
 		})
 		run(t, b)

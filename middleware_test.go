@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // limited wraps a handler that counts its calls in the middleware.
@@ -48,47 +49,33 @@ func TestRateLimitMiddleware(t *testing.T) {
 
 		for i, wantRemaining := range []string{"1", "0"} {
 			rec := serve(h, "203.0.113.7:40000")
-			if rec.Code != http.StatusOK {
-				t.Fatalf("request %d: status %d; want 200", i+1, rec.Code)
-			}
+			require.False(t, rec.Code != http.StatusOK, "request %d: status %d; want 200", i+1, rec.Code)
 			hd := rec.Header()
-			if hd.Get("RateLimit-Limit") != "2" || hd.Get("RateLimit-Remaining") != wantRemaining ||
-				!resetOK(hd.Get("RateLimit-Reset")) || hd.Get("RateLimit-Policy") != "2;w=2" {
-				t.Errorf("request %d headers %v; want RateLimit-Limit 2, -Remaining %s, -Reset 2, -Policy 2;w=2", i+1, hd, wantRemaining)
-			}
-			if hd.Get("Retry-After") != "" {
-				t.Errorf("request %d: Retry-After %q on an allowed request", i+1, hd.Get("Retry-After"))
-			}
+			assert.False(t, hd.Get("RateLimit-Limit") != "2" || hd.Get("RateLimit-Remaining") != wantRemaining ||
+				!resetOK(hd.Get("RateLimit-Reset")) || hd.Get("RateLimit-Policy") != "2;w=2", "request %d headers %v; want RateLimit-Limit 2, -Remaining %s, -Reset 2, -Policy 2;w=2", i+1, hd, wantRemaining)
+			assert.False(t, hd.Get("Retry-After") != "", "request %d: Retry-After %q on an allowed request", i+1, hd.Get("Retry-After"))
 		}
 
 		// Same client, another port: same bucket, over the limit.
 		rec := serve(h, "203.0.113.7:40001")
-		if rec.Code != http.StatusTooManyRequests {
-			t.Fatalf("third request: status %d; want 429", rec.Code)
-		}
+		require.False(t, rec.Code != http.StatusTooManyRequests, "third request: status %d; want 429", rec.Code)
 		hd := rec.Header()
-		if !resetOK(hd.Get("Retry-After")) || hd.Get("RateLimit-Remaining") != "0" || !resetOK(hd.Get("RateLimit-Reset")) {
-			t.Errorf("429 headers %v; want Retry-After 2, RateLimit-Remaining 0, RateLimit-Reset 2", hd)
-		}
-		if ct := hd.Get("Content-Type"); ct != "application/json" {
-			t.Errorf("429 Content-Type %q; want application/json", ct)
-		}
+		assert.False(t, !resetOK(hd.Get("Retry-After")) || hd.Get("RateLimit-Remaining") != "0" || !resetOK(hd.Get("RateLimit-Reset")), "429 headers %v; want Retry-After 2, RateLimit-Remaining 0, RateLimit-Reset 2", hd)
+		ct := hd.Get("Content-Type")
+		assert.False(t, ct != "application/json", "429 Content-Type %q; want application/json", ct)
 		var body struct {
 			Error      string `json:"error"`
 			RetryAfter int64  `json:"retryAfter"`
 		}
-		if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || body.Error == "" ||
-			strconv.FormatInt(body.RetryAfter, 10) != hd.Get("Retry-After") {
-			t.Errorf("429 body %q (%v); want JSON with error and retryAfter = Retry-After", rec.Body, err)
-		}
-		if n := calls.Load(); n != 2 {
-			t.Errorf("next handler ran %d times; want 2 (not for the denied request)", n)
-		}
+		err := json.Unmarshal(rec.Body.Bytes(), &body)
+		assert.False(t, err != nil || body.Error == "" ||
+			strconv.FormatInt(body.RetryAfter, 10) != hd.Get("Retry-After"), "429 body %q (%v); want JSON with error and retryAfter = Retry-After", rec.Body, err)
+		n := calls.Load()
+		assert.False(t, n != 2, "next handler ran %d times; want 2 (not for the denied request)", n)
 
 		// Another client has its own bucket.
-		if rec := serve(h, "198.51.100.9:1234"); rec.Code != http.StatusOK {
-			t.Errorf("other client: status %d; want 200", rec.Code)
-		}
+		rec = serve(h, "198.51.100.9:1234")
+		assert.False(t, rec.Code != http.StatusOK, "other client: status %d; want 200", rec.Code)
 	})
 }
 
@@ -110,9 +97,8 @@ func TestRateLimitMiddlewareResetRoundsUp(t *testing.T) {
 		h, _ := limited(s, RateLimitConfig{Limit: 1, Window: tt.window})
 		serve(h, "192.0.2.1:1")
 		rec := serve(h, "192.0.2.1:1")
-		if got, ra := rec.Header().Get("RateLimit-Reset"), rec.Header().Get("Retry-After"); got != tt.want || ra != tt.want {
-			t.Errorf("window %v: RateLimit-Reset %q, Retry-After %q; want %q", tt.window, got, ra, tt.want)
-		}
+		got, ra := rec.Header().Get("RateLimit-Reset"), rec.Header().Get("Retry-After")
+		assert.False(t, got != tt.want || ra != tt.want, "window %v: RateLimit-Reset %q, Retry-After %q; want %q", tt.window, got, ra, tt.want)
 	}
 }
 
@@ -124,28 +110,20 @@ func TestRateLimitMiddlewareKeyAndName(t *testing.T) {
 	users, _ := limited(s, RateLimitConfig{Limit: 1, Window: time.Minute, Key: byUser, Name: "users"})
 	other, _ := limited(s, RateLimitConfig{Limit: 1, Window: time.Minute, Key: byUser, Name: "exports"})
 
-	if rec := serve(users, "192.0.2.1:1", "X-User", "ada"); rec.Code != http.StatusOK {
-		t.Fatalf("ada first: %d; want 200", rec.Code)
-	}
-	if rec := serve(users, "192.0.2.2:1", "X-User", "ada"); rec.Code != http.StatusTooManyRequests {
-		t.Errorf("ada again from another IP: %d; want 429 (keyed on the user)", rec.Code)
-	}
-	if rec := serve(users, "192.0.2.1:1", "X-User", "bob"); rec.Code != http.StatusOK {
-		t.Errorf("bob from ada's IP: %d; want 200", rec.Code)
-	}
-	if rec := serve(other, "192.0.2.1:1", "X-User", "ada"); rec.Code != http.StatusOK {
-		t.Errorf("ada under another Name: %d; want 200 (own buckets)", rec.Code)
-	}
-	if !b.mr.Exists(b.raw("ratelimit:users:ada")) {
-		t.Errorf("no counter at ratelimit:users:ada; keys %v", b.mr.Keys())
-	}
+	rec := serve(users, "192.0.2.1:1", "X-User", "ada")
+	require.False(t, rec.Code != http.StatusOK, "ada first: %d; want 200", rec.Code)
+	rec = serve(users, "192.0.2.2:1", "X-User", "ada")
+	assert.False(t, rec.Code != http.StatusTooManyRequests, "ada again from another IP: %d; want 429 (keyed on the user)", rec.Code)
+	rec = serve(users, "192.0.2.1:1", "X-User", "bob")
+	assert.False(t, rec.Code != http.StatusOK, "bob from ada's IP: %d; want 200", rec.Code)
+	rec = serve(other, "192.0.2.1:1", "X-User", "ada")
+	assert.False(t, rec.Code != http.StatusOK, "ada under another Name: %d; want 200 (own buckets)", rec.Code)
+	assert.True(t, b.mr.Exists(b.raw("ratelimit:users:ada")), "no counter at ratelimit:users:ada; keys %v", b.mr.Keys())
 	// Key returning "" falls back to the client IP rather than exempting.
-	if rec := serve(users, "192.0.2.3:1"); rec.Code != http.StatusOK {
-		t.Errorf("anonymous first: %d; want 200", rec.Code)
-	}
-	if rec := serve(users, "192.0.2.3:2"); rec.Code != http.StatusTooManyRequests {
-		t.Errorf("anonymous again from the same IP: %d; want 429", rec.Code)
-	}
+	rec = serve(users, "192.0.2.3:1")
+	assert.False(t, rec.Code != http.StatusOK, "anonymous first: %d; want 200", rec.Code)
+	rec = serve(users, "192.0.2.3:2")
+	assert.False(t, rec.Code != http.StatusTooManyRequests, "anonymous again from the same IP: %d; want 429", rec.Code)
 }
 
 func TestRateLimitMiddlewareDefaultNameSeparatesLimits(t *testing.T) {
@@ -155,12 +133,9 @@ func TestRateLimitMiddlewareDefaultNameSeparatesLimits(t *testing.T) {
 	perMinute, _ := limited(s, RateLimitConfig{Limit: 1, Window: time.Minute})
 	perHour, _ := limited(s, RateLimitConfig{Limit: 1, Window: time.Hour})
 	serve(perMinute, "192.0.2.1:1")
-	if rec := serve(perHour, "192.0.2.1:1"); rec.Code != http.StatusOK {
-		t.Errorf("a second limit with its own window: %d; want 200 (own bucket)", rec.Code)
-	}
-	if !b.mr.Exists(b.raw("ratelimit:1/1m0s:192.0.2.1")) || !b.mr.Exists(b.raw("ratelimit:1/1h0m0s:192.0.2.1")) {
-		t.Errorf("keys %v; want ratelimit:1/1m0s:192.0.2.1 and ratelimit:1/1h0m0s:192.0.2.1", b.mr.Keys())
-	}
+	rec := serve(perHour, "192.0.2.1:1")
+	assert.False(t, rec.Code != http.StatusOK, "a second limit with its own window: %d; want 200 (own bucket)", rec.Code)
+	assert.False(t, !b.mr.Exists(b.raw("ratelimit:1/1m0s:192.0.2.1")) || !b.mr.Exists(b.raw("ratelimit:1/1h0m0s:192.0.2.1")), "keys %v; want ratelimit:1/1m0s:192.0.2.1 and ratelimit:1/1h0m0s:192.0.2.1", b.mr.Keys())
 }
 
 func TestRateLimitMiddlewareDenied(t *testing.T) {
@@ -174,12 +149,8 @@ func TestRateLimitMiddlewareDenied(t *testing.T) {
 	h, calls := limited(s, RateLimitConfig{Limit: 1, Window: 10 * time.Second, Denied: denied})
 	serve(h, "192.0.2.1:1")
 	rec := serve(h, "192.0.2.1:1")
-	if rec.Code != http.StatusTeapot || rec.Body.String() != "slow down" || rec.Header().Get("Retry-After") != "10" {
-		t.Errorf("denied: %d %q Retry-After %q; want the Denied handler's 418 with Retry-After 10", rec.Code, rec.Body, rec.Header().Get("Retry-After"))
-	}
-	if calls.Load() != 1 {
-		t.Errorf("next ran %d times; want 1", calls.Load())
-	}
+	assert.False(t, rec.Code != http.StatusTeapot || rec.Body.String() != "slow down" || rec.Header().Get("Retry-After") != "10", "denied: %d %q Retry-After %q; want the Denied handler's 418 with Retry-After 10", rec.Code, rec.Body, rec.Header().Get("Retry-After"))
+	assert.False(t, calls.Load() != 1, "next ran %d times; want 1", calls.Load())
 }
 
 func TestRateLimitMiddlewareWhenRedisIsDown(t *testing.T) {
@@ -193,31 +164,21 @@ func TestRateLimitMiddlewareWhenRedisIsDown(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			s, err := New(Options{URL: "redis://" + addr, Timeout: 300 * time.Millisecond, RateLimitFailClosed: failClosed})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			defer s.Close()
 			var seen atomic.Value
 			h, calls := limited(s, RateLimitConfig{Limit: 5, Window: 30 * time.Second,
 				OnError: func(_ *http.Request, err error) { seen.Store(err) }})
 			rec := serve(h, "192.0.2.1:1")
-			if err, _ := seen.Load().(error); err == nil {
-				t.Errorf("OnError not called")
-			}
-			if rec.Header().Get("RateLimit-Limit") != "5" {
-				t.Errorf("headers %v; want RateLimit-Limit 5 even when Redis is down", rec.Header())
-			}
+			seenErr, _ := seen.Load().(error)
+			assert.Error(t, seenErr, "OnError not called")
+			assert.False(t, rec.Header().Get("RateLimit-Limit") != "5", "headers %v; want RateLimit-Limit 5 even when Redis is down", rec.Header())
 			if !failClosed {
-				if rec.Code != http.StatusOK || calls.Load() != 1 {
-					t.Errorf("fail open: status %d, next ran %d times; want 200 and 1", rec.Code, calls.Load())
-				}
+				assert.False(t, rec.Code != http.StatusOK || calls.Load() != 1, "fail open: status %d, next ran %d times; want 200 and 1", rec.Code, calls.Load())
 				return
 			}
-			if rec.Code != http.StatusServiceUnavailable || calls.Load() != 0 || rec.Header().Get("Retry-After") != "30" ||
-				rec.Header().Get("Content-Type") != "application/json" {
-				t.Errorf("fail closed: status %d, next ran %d times, headers %v; want 503 JSON with Retry-After 30, next not run",
-					rec.Code, calls.Load(), rec.Header())
-			}
+			assert.False(t, rec.Code != http.StatusServiceUnavailable || calls.Load() != 0 || rec.Header().Get("Retry-After") != "30" ||
+				rec.Header().Get("Content-Type") != "application/json", "fail closed: status %d, next ran %d times, headers %v; want 503 JSON with Retry-After 30, next not run", rec.Code, calls.Load(), rec.Header())
 		})
 	}
 }
@@ -241,9 +202,7 @@ func TestRateLimitMiddlewareInvalidConfigPanics(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			defer func() {
 				msg, _ := recover().(string)
-				if !strings.HasPrefix(msg, "redisservice: RateLimitMiddleware: ") || !strings.Contains(msg, tt.want) {
-					t.Errorf("RateLimitMiddleware(%+v) panic %q; want one prefixed \"redisservice: RateLimitMiddleware: \" naming %q", tt.cfg, msg, tt.want)
-				}
+				assert.False(t, !strings.HasPrefix(msg, "redisservice: RateLimitMiddleware: ") || !strings.Contains(msg, tt.want), "RateLimitMiddleware(%+v) panic %q; want one prefixed \"redisservice: RateLimitMiddleware: \" naming %q", tt.cfg, msg, tt.want)
 			}()
 			s.RateLimitMiddleware(tt.cfg)
 		})
@@ -298,17 +257,15 @@ func TestRateLimitMiddlewareIgnoresSpoofedHeaders(t *testing.T) {
 			b := newBackend(t, "miniredis")
 			s := b.service(t, Options{})
 			h, _ := limited(s, RateLimitConfig{Limit: 1, Window: time.Minute, TrustedProxies: trusted})
-			if rec := serve(h, "203.0.113.7:1000"); rec.Code != http.StatusOK {
-				t.Fatalf("first request: %d; want 200", rec.Code)
-			}
+			first := serve(h, "203.0.113.7:1000")
+			require.False(t, first.Code != http.StatusOK, "first request: %d; want 200", first.Code)
+
 			for _, sp := range spoofs {
-				if rec := serve(h, "203.0.113.7:1001", sp.headers...); rec.Code != http.StatusTooManyRequests {
-					t.Errorf("spoofed %s: status %d; want 429 (same bucket as the client's address)", sp.name, rec.Code)
-				}
+				rec := serve(h, "203.0.113.7:1001", sp.headers...)
+				assert.False(t, rec.Code != http.StatusTooManyRequests, "spoofed %s: status %d; want 429 (same bucket as the client's address)", sp.name, rec.Code)
 			}
-			if keys := b.mr.Keys(); len(keys) != 1 {
-				t.Errorf("counters %v; want one, for 203.0.113.7", keys)
-			}
+			keys := b.mr.Keys()
+			assert.False(t, len(keys) != 1, "counters %v; want one, for 203.0.113.7", keys)
 		})
 	}
 }

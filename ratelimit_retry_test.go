@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -91,9 +92,7 @@ func checkScriptNotRetried(t *testing.T, b *backend, p *stallProxies, s *Service
 		if err == nil {
 			break
 		}
-		if try == 5 {
-			t.Fatalf("CheckRateLimit without a stall: %v", err)
-		}
+		require.False(t, try == 5, "CheckRateLimit without a stall: %v", err)
 	}
 	sent := p.scripts.Load()
 
@@ -105,28 +104,19 @@ func checkScriptNotRetried(t *testing.T, b *backend, p *stallProxies, s *Service
 	start := time.Now()
 	r, err := s.CheckRateLimit(callCtx, id, time.Minute, 10)
 	took := time.Since(start)
-	if err == nil || !isTimeout(err) {
-		t.Fatalf("CheckRateLimit with the reply held back = %+v, %v; want a timeout error", r, err)
-	}
-	if !r.Allowed {
-		t.Errorf("CheckRateLimit with the reply held back = %+v; want the fail-open result", r)
-	}
-	if took >= stallFor {
-		t.Errorf("CheckRateLimit took %v; want it to give up at the %v read timeout", took, stallReadTimeout)
-	}
-	if n := p.scripts.Load() - sent; n != 1 {
-		t.Errorf("script sent %d times for one CheckRateLimit; want 1", n)
-	}
-	if n, err := b.client.Get(ctx, b.raw("ratelimit:"+id)).Int(); err != nil || n != 1 {
-		t.Errorf("counter after one timed-out CheckRateLimit = %d, %v; want 1", n, err)
-	}
+	require.False(t, err == nil || !isTimeout(err), "CheckRateLimit with the reply held back = %+v, %v; want a timeout error", r, err)
+	assert.True(t, r.Allowed, "CheckRateLimit with the reply held back = %+v; want the fail-open result", r)
+	assert.False(t, took >= stallFor, "CheckRateLimit took %v; want it to give up at the %v read timeout", took, stallReadTimeout)
+	n := p.scripts.Load() - sent
+	assert.False(t, n != 1, "script sent %d times for one CheckRateLimit; want 1", n)
+	count, err := b.client.Get(ctx, b.raw("ratelimit:"+id)).Int()
+	assert.False(t, err != nil || count != 1, "counter after one timed-out CheckRateLimit = %d, %v; want 1", count, err)
 
 	// The limiter works again, on a fresh connection, as soon as the
 	// background PING has seen Redis answer (calls fail fast until then).
 	require.Eventually(t, s.IsConnected, waitDeadline, time.Millisecond, "IsConnected after the stall")
-	if r, err := s.CheckRateLimit(ctx, id, time.Minute, 10); err != nil || r.Remaining != 8 {
-		t.Errorf("CheckRateLimit after the stall = %+v, %v; want Remaining 8", r, err)
-	}
+	r, err = s.CheckRateLimit(ctx, id, time.Minute, 10)
+	assert.False(t, err != nil || r.Remaining != 8, "CheckRateLimit after the stall = %+v, %v; want Remaining 8", r, err)
 }
 
 func TestRateLimitScriptIsNotRetriedOnAStalledServer(t *testing.T) {
@@ -146,9 +136,8 @@ func TestRateLimitScriptIsNotRetriedOnAStalledServer(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := s.CheckRateLimit(ctx, "warm", time.Minute, 10); err != nil {
-				t.Errorf("CheckRateLimit before the stall: %v", err)
-			}
+			_, err := s.CheckRateLimit(ctx, "warm", time.Minute, 10)
+			assert.NoError(t, err, "CheckRateLimit before the stall")
 		}()
 	}
 	wg.Wait()
@@ -165,19 +154,13 @@ func TestRateLimitScriptIsNotRetriedOnAStalledServer(t *testing.T) {
 	r, err := s.CheckRateLimit(callCtx, "stalled", time.Minute, 10)
 	// 2s: four read timeouts, and short of the 2.5s that waiting for the
 	// server (or retrying behind it) takes.
-	if took := time.Since(start); err == nil || !isTimeout(err) || took > 4*stallReadTimeout {
-		t.Errorf("CheckRateLimit on a stalled server = %+v, %v after %v; want a timeout error after about %v", r, err, took, stallReadTimeout)
-	}
-	if err := <-slept; err != nil {
-		t.Fatalf("DEBUG SLEEP: %v", err)
-	}
+	took := time.Since(start)
+	assert.False(t, err == nil || !isTimeout(err) || took > 4*stallReadTimeout, "CheckRateLimit on a stalled server = %+v, %v after %v; want a timeout error after about %v", r, err, took, stallReadTimeout)
+	require.NoError(t, <-slept, "DEBUG SLEEP")
 	// Whatever was queued has run once the server answers again.
-	if err := direct.Ping(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := direct.Get(ctx, "ratelimit:stalled").Int(); err != nil || n != 1 {
-		t.Errorf("counter after one timed-out CheckRateLimit = %d, %v; want 1", n, err)
-	}
+	require.NoError(t, direct.Ping(ctx).Err())
+	n, err := direct.Get(ctx, "ratelimit:stalled").Int()
+	assert.False(t, err != nil || n != 1, "counter after one timed-out CheckRateLimit = %d, %v; want 1", n, err)
 }
 
 // TestStallMakesGoRedisRetry shows that the proxy above provokes a retry
@@ -192,14 +175,11 @@ func TestStallMakesGoRedisRetry(t *testing.T) {
 	defer c.Close()
 	ctx := ctxT(t)
 	keys := []string{b.raw("ratelimit:plain")}
-	if err := rateLimitScript.Run(ctx, c, keys, 60000).Err(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, rateLimitScript.Run(ctx, c, keys, 60000).Err())
 	p.arm(stallFor)
 	_ = rateLimitScript.Run(ctx, c, keys, 60000).Err()
-	if n, _ := b.client.Get(ctx, keys[0]).Int(); n != 3 {
-		t.Errorf("counter after two plain script calls, one retried = %d; want 3", n)
-	}
+	n, _ := b.client.Get(ctx, keys[0]).Int()
+	assert.False(t, n != 3, "counter after two plain script calls, one retried = %d; want 3", n)
 }
 
 // stallURL returns a redis:// URL for b's server through p.
@@ -209,9 +189,7 @@ func stallURL(t testing.TB, b *backend, p *stallProxies) string {
 		return "redis://" + p.listen(t, b.mr.Addr())
 	}
 	u, err := url.Parse(os.Getenv(envTestURL))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	u.Host = p.listen(t, u.Host)
 	return u.String()
 }
@@ -256,10 +234,10 @@ func (p *stallProxies) listen(t testing.TB, target string) string {
 		return a
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Errorf("proxy listen: %v", err)
+	if !assert.NoError(t, err, "proxy listen") {
 		return ""
 	}
+
 	p.addrs[target] = ln.Addr().String()
 	p.closers = append(p.closers, ln)
 	p.wg.Add(1)

@@ -20,9 +20,7 @@ func (b *backend) serverTime(t testing.TB) time.Time {
 		return b.now
 	}
 	now, err := b.client.Time(ctxT(t)).Result()
-	if err != nil {
-		t.Fatalf("TIME: %v", err)
-	}
+	require.NoError(t, err, "TIME")
 	return now
 }
 
@@ -42,56 +40,38 @@ func TestCheckRateLimit(t *testing.T) {
 		var first RateLimitResult
 		for i := 1; i <= limit; i++ {
 			r, err := s.CheckRateLimit(ctx, "user-1", window, limit)
-			if err != nil {
-				t.Fatalf("CheckRateLimit #%d: %v", i, err)
-			}
-			if !r.Allowed || r.Limit != limit || r.Remaining != limit-i || r.RetryAfter != 0 {
-				t.Fatalf("CheckRateLimit #%d = %+v; want allowed, Limit %d, Remaining %d, RetryAfter 0", i, r, limit, limit-i)
-			}
-			if r.ResetAfter <= 0 || r.ResetAfter > window {
-				t.Errorf("CheckRateLimit #%d ResetAfter = %v; want in (0, %v]", i, r.ResetAfter, window)
-			}
+			require.NoError(t, err, "CheckRateLimit #%d", i)
+			require.False(t, !r.Allowed || r.Limit != limit || r.Remaining != limit-i || r.RetryAfter != 0, "CheckRateLimit #%d = %+v; want allowed, Limit %d, Remaining %d, RetryAfter 0", i, r, limit, limit-i)
+			assert.False(t, r.ResetAfter <= 0 || r.ResetAfter > window, "CheckRateLimit #%d ResetAfter = %v; want in (0, %v]", i, r.ResetAfter, window)
 			if i == 1 {
 				first = r
-			} else if d := r.ResetAt.Sub(first.ResetAt); d < -time.Millisecond || d > time.Millisecond {
-				t.Errorf("CheckRateLimit #%d ResetAt = %v; want the window's end %v", i, r.ResetAt, first.ResetAt)
+			} else {
+				d := r.ResetAt.Sub(first.ResetAt)
+				assert.False(t, d < -time.Millisecond || d > time.Millisecond, "CheckRateLimit #%d ResetAt = %v; want the window's end %v", i, r.ResetAt, first.ResetAt)
 			}
 		}
 		after := b.serverTime(t)
-		if start := first.ResetAt.Add(-window); start.Before(before.Add(-time.Millisecond)) || start.After(after.Add(time.Millisecond)) {
-			t.Errorf("window start ResetAt-window = %v; want between %v and %v (server TIME around the first call)", start, before, after)
-		}
+		start := first.ResetAt.Add(-window)
+		assert.False(t, start.Before(before.Add(-time.Millisecond)) || start.After(after.Add(time.Millisecond)), "window start ResetAt-window = %v; want between %v and %v (server TIME around the first call)", start, before, after)
 
 		denied, err := s.CheckRateLimit(ctx, "user-1", window, limit)
-		if err != nil {
-			t.Fatalf("CheckRateLimit over the limit: %v", err)
-		}
-		if denied.Allowed || denied.Remaining != 0 || denied.RetryAfter <= 0 || denied.RetryAfter > window || denied.RetryAfter != denied.ResetAfter {
-			t.Errorf("CheckRateLimit over the limit = %+v; want denied, Remaining 0, 0 < RetryAfter = ResetAfter <= %v", denied, window)
-		}
+		require.NoError(t, err, "CheckRateLimit over the limit")
+		assert.False(t, denied.Allowed || denied.Remaining != 0 || denied.RetryAfter <= 0 || denied.RetryAfter > window || denied.RetryAfter != denied.ResetAfter, "CheckRateLimit over the limit = %+v; want denied, Remaining 0, 0 < RetryAfter = ResetAfter <= %v", denied, window)
 		pttl, err := b.client.PTTL(ctx, raw).Result()
-		if err != nil || pttl <= 0 || pttl > window {
-			t.Errorf("PTTL(%q) = %v, %v; want in (0, %v]", raw, pttl, err, window)
-		}
-		if n, err := b.client.Get(ctx, raw).Int(); err != nil || n != limit+1 {
-			t.Errorf("counter = %d, %v; want %d (denied requests are counted)", n, err, limit+1)
-		}
+		assert.False(t, err != nil || pttl <= 0 || pttl > window, "PTTL(%q) = %v, %v; want in (0, %v]", raw, pttl, err, window)
+		n, err := b.client.Get(ctx, raw).Int()
+		assert.False(t, err != nil || n != limit+1, "counter = %d, %v; want %d (denied requests are counted)", n, err, limit+1)
 
 		// Another identifier has its own window.
-		if r, err := s.CheckRateLimit(ctx, "user-2", window, limit); err != nil || !r.Allowed || r.Remaining != limit-1 {
-			t.Errorf("CheckRateLimit(user-2) = %+v, %v; want allowed with Remaining %d", r, err, limit-1)
-		}
+		user2, err := s.CheckRateLimit(ctx, "user-2", window, limit)
+		assert.False(t, err != nil || !user2.Allowed || user2.Remaining != limit-1, "CheckRateLimit(user-2) = %+v, %v; want allowed with Remaining %d", user2, err, limit-1)
 
 		// A new window starts once the old one has expired.
 		b.pass(window)
 		b.waitFor(t, "counter expires", func() bool { return b.client.Exists(ctx, raw).Val() == 0 })
 		r, err := s.CheckRateLimit(ctx, "user-1", window, limit)
-		if err != nil || !r.Allowed || r.Remaining != limit-1 {
-			t.Errorf("CheckRateLimit after the window = %+v, %v; want allowed with Remaining %d", r, err, limit-1)
-		}
-		if !r.ResetAt.After(first.ResetAt) {
-			t.Errorf("new window ResetAt = %v; want after the old window's %v", r.ResetAt, first.ResetAt)
-		}
+		assert.False(t, err != nil || !r.Allowed || r.Remaining != limit-1, "CheckRateLimit after the window = %+v, %v; want allowed with Remaining %d", r, err, limit-1)
+		assert.True(t, r.ResetAt.After(first.ResetAt), "new window ResetAt = %v; want after the old window's %v", r.ResetAt, first.ResetAt)
 	})
 }
 
@@ -113,28 +93,22 @@ func TestCheckRateLimitConcurrentCallersNeverExceedTheLimit(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				r, err := s.CheckRateLimit(ctx, "burst", 10*time.Second, limit)
-				if err != nil {
-					t.Errorf("CheckRateLimit: %v", err)
+				if !assert.NoError(t, err, "CheckRateLimit") {
 					return
 				}
 				mu.Lock()
 				defer mu.Unlock()
 				if r.Allowed {
 					allowed++
-					if remaining[r.Remaining] {
-						t.Errorf("Remaining %d reported twice", r.Remaining)
-					}
+					assert.False(t, remaining[r.Remaining], "Remaining %d reported twice", r.Remaining)
 					remaining[r.Remaining] = true
 				}
 			}()
 		}
 		wg.Wait()
-		if allowed != limit {
-			t.Errorf("%d concurrent callers: %d allowed; want exactly %d", callers, allowed, limit)
-		}
-		if n, err := b.client.Get(ctx, b.raw("ratelimit:burst")).Int(); err != nil || n != callers {
-			t.Errorf("counter = %d, %v; want %d", n, err, callers)
-		}
+		assert.False(t, allowed != limit, "%d concurrent callers: %d allowed; want exactly %d", callers, allowed, limit)
+		n, err := b.client.Get(ctx, b.raw("ratelimit:burst")).Int()
+		assert.False(t, err != nil || n != callers, "counter = %d, %v; want %d", n, err, callers)
 	})
 }
 
@@ -161,20 +135,13 @@ func TestCheckRateLimitInvalidArguments(t *testing.T) {
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
 				r, err := s.CheckRateLimit(ctx, tt.id, tt.window, tt.limit)
-				if !errors.Is(err, tt.want) {
-					t.Errorf("CheckRateLimit(%q, %v, %d) error = %v; want %v", tt.id, tt.window, tt.limit, err, tt.want)
-				}
-				if r != (RateLimitResult{}) {
-					t.Errorf("CheckRateLimit(%q, %v, %d) = %+v; want the zero result (not allowed)", tt.id, tt.window, tt.limit, r)
-				}
-				if n := b.client.Exists(ctx, b.raw("ratelimit:"+tt.id)).Val(); n != 0 {
-					t.Errorf("CheckRateLimit(%q, %v, %d) wrote a counter", tt.id, tt.window, tt.limit)
-				}
+				assert.ErrorIs(t, err, tt.want, "CheckRateLimit(%q, %v, %d) error = %v; want %v", tt.id, tt.window, tt.limit, err, tt.want)
+				assert.False(t, r != (RateLimitResult{}), "CheckRateLimit(%q, %v, %d) = %+v; want the zero result (not allowed)", tt.id, tt.window, tt.limit, r)
+				n := b.client.Exists(ctx, b.raw("ratelimit:"+tt.id)).Val()
+				assert.False(t, n != 0, "CheckRateLimit(%q, %v, %d) wrote a counter", tt.id, tt.window, tt.limit)
 			})
 		}
-		if !s.IsConnected() || s.Stats().Errors != 0 {
-			t.Errorf("invalid arguments counted as Redis failures: IsConnected %v, Stats %+v", s.IsConnected(), s.Stats())
-		}
+		assert.False(t, !s.IsConnected() || s.Stats().Errors != 0, "invalid arguments counted as Redis failures: IsConnected %v, Stats %+v", s.IsConnected(), s.Stats())
 	})
 }
 
@@ -187,16 +154,11 @@ func TestCheckRateLimitGivesAStrayCounterATTL(t *testing.T) {
 		raw := b.raw("ratelimit:legacy")
 		// What the original service left behind when it died between INCR
 		// and EXPIRE: a counter that would block its client forever.
-		if err := b.client.Set(ctx, raw, 7, 0).Err(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, b.client.Set(ctx, raw, 7, 0).Err())
 		r, err := s.CheckRateLimit(ctx, "legacy", 3*time.Second, 10)
-		if err != nil || !r.Allowed || r.Remaining != 2 {
-			t.Errorf("CheckRateLimit = %+v, %v; want allowed with Remaining 2", r, err)
-		}
-		if pttl := b.client.PTTL(ctx, raw).Val(); pttl <= 0 || pttl > 3*time.Second {
-			t.Errorf("PTTL(%q) = %v; want in (0, 3s]", raw, pttl)
-		}
+		assert.False(t, err != nil || !r.Allowed || r.Remaining != 2, "CheckRateLimit = %+v, %v; want allowed with Remaining 2", r, err)
+		pttl := b.client.PTTL(ctx, raw).Val()
+		assert.False(t, pttl <= 0 || pttl > 3*time.Second, "PTTL(%q) = %v; want in (0, 3s]", raw, pttl)
 	})
 }
 
@@ -208,9 +170,7 @@ func TestCheckRateLimitMillisecondWindow(t *testing.T) {
 		ctx := ctxT(t)
 		// 1.9ms is used as 1ms: the window is never longer than asked.
 		r, err := s.CheckRateLimit(ctx, "ms", 1900*time.Microsecond, 1)
-		if err != nil || !r.Allowed || r.ResetAfter <= 0 || r.ResetAfter > time.Millisecond {
-			t.Errorf("CheckRateLimit(1.9ms) = %+v, %v; want allowed with ResetAfter in (0, 1ms]", r, err)
-		}
+		assert.False(t, err != nil || !r.Allowed || r.ResetAfter <= 0 || r.ResetAfter > time.Millisecond, "CheckRateLimit(1.9ms) = %+v, %v; want allowed with ResetAfter in (0, 1ms]", r, err)
 	})
 }
 
@@ -223,12 +183,9 @@ func TestCheckRateLimitUsesTheServerClock(t *testing.T) {
 	serverNow := time.Date(2031, 3, 4, 5, 6, 7, 123_000_000, time.UTC)
 	b.mr.SetTime(serverNow)
 	r, err := s.CheckRateLimit(ctxT(t), "clock", 90*time.Second, 5)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := serverNow.Add(90 * time.Second); !r.ResetAt.Equal(want) || r.ResetAfter != 90*time.Second {
-		t.Errorf("CheckRateLimit ResetAt, ResetAfter = %v, %v; want %v, 90s", r.ResetAt, r.ResetAfter, want)
-	}
+	require.NoError(t, err)
+	want := serverNow.Add(90 * time.Second)
+	assert.False(t, !r.ResetAt.Equal(want) || r.ResetAfter != 90*time.Second, "CheckRateLimit ResetAt, ResetAfter = %v, %v; want %v, 90s", r.ResetAt, r.ResetAfter, want)
 }
 
 func TestCheckRateLimitWhenRedisCannotBeAsked(t *testing.T) {
@@ -239,37 +196,27 @@ func TestCheckRateLimitWhenRedisCannotBeAsked(t *testing.T) {
 		t.Run(fmt.Sprintf("RateLimitFailClosed=%v", failClosed), func(t *testing.T) {
 			t.Parallel()
 			s, err := New(Options{URL: "redis://" + addr, Timeout: 500 * time.Millisecond, RateLimitFailClosed: failClosed})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			defer s.Close()
 			start := time.Now()
 			r, err := s.CheckRateLimit(context.Background(), "client", window, 10)
-			if took := time.Since(start); took > 2*time.Second {
-				t.Errorf("CheckRateLimit with Redis down took %v; want within the 500ms Timeout bound", took)
-			}
-			if err == nil {
-				t.Fatalf("CheckRateLimit with Redis down = %+v, nil error; want an error", r)
-			}
+			took := time.Since(start)
+			assert.False(t, took > 2*time.Second, "CheckRateLimit with Redis down took %v; want within the 500ms Timeout bound", took)
+			require.Error(t, err, "CheckRateLimit with Redis down = %+v, nil error; want an error", r)
 			want := RateLimitResult{Allowed: true, Limit: 10, Remaining: 9, ResetAfter: window}
 			if failClosed {
 				want = RateLimitResult{Allowed: false, Limit: 10, Remaining: 0, ResetAfter: window, RetryAfter: window}
 			}
 			got := r
 			got.ResetAt = time.Time{}
-			if got != want {
-				t.Errorf("CheckRateLimit with Redis down = %+v; want %+v", got, want)
-			}
-			if d := time.Until(r.ResetAt); d <= 0 || d > window {
-				t.Errorf("fallback ResetAt in %v; want about now + %v", d, window)
-			}
+			assert.False(t, got != want, "CheckRateLimit with Redis down = %+v; want %+v", got, want)
+			d := time.Until(r.ResetAt)
+			assert.False(t, d <= 0 || d > window, "fallback ResetAt in %v; want about now + %v", d, window)
 
 			// After Close: the same fallback, with ErrClosed.
 			_ = s.Close()
 			r, err = s.CheckRateLimit(context.Background(), "client", window, 10)
-			if !errors.Is(err, ErrClosed) || r.Allowed != !failClosed {
-				t.Errorf("CheckRateLimit after Close = %+v, %v; want Allowed %v and ErrClosed", r, err, !failClosed)
-			}
+			assert.False(t, !errors.Is(err, ErrClosed) || r.Allowed != !failClosed, "CheckRateLimit after Close = %+v, %v; want Allowed %v and ErrClosed", r, err, !failClosed)
 		})
 	}
 }
@@ -344,27 +291,20 @@ func TestCheckRateLimitRecoversFromNoScript(t *testing.T) {
 			t.Parallel()
 			srv := servers[name](t)
 			s, err := New(Options{Client: srv.client})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			defer s.Close()
 			ctx := ctxT(t)
 			sha := rateLimitScript.Hash()
 			check := func(what string, wantRemaining int) {
 				t.Helper()
 				r, err := s.CheckRateLimit(ctx, "noscript", time.Minute, 5)
-				if err != nil || !r.Allowed || r.Remaining != wantRemaining {
-					t.Fatalf("CheckRateLimit %s = %+v, %v; want allowed with Remaining %d", what, r, err, wantRemaining)
-				}
-				if ok, err := srv.client.ScriptExists(ctx, sha).Result(); err != nil || !ok[0] {
-					t.Fatalf("SCRIPT EXISTS after CheckRateLimit %s = %v, %v; want the script loaded again", what, ok, err)
-				}
+				require.False(t, err != nil || !r.Allowed || r.Remaining != wantRemaining, "CheckRateLimit %s = %+v, %v; want allowed with Remaining %d", what, r, err, wantRemaining)
+				ok, err := srv.client.ScriptExists(ctx, sha).Result()
+				require.False(t, err != nil || !ok[0], "SCRIPT EXISTS after CheckRateLimit %s = %v, %v; want the script loaded again", what, ok, err)
 			}
 			check("on a fresh server", 4)
 			check("with the script cached", 3)
-			if err := srv.client.ScriptFlush(ctx).Err(); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, srv.client.ScriptFlush(ctx).Err())
 			check("after SCRIPT FLUSH", 2)
 			if srv.restart == nil {
 				return

@@ -41,7 +41,7 @@ func TestSessionMaxLifetimeEndsOlderSessions(t *testing.T) {
 		ok, err = capped.UpdateSessionActivity(ctx, ids[2])
 		require.NoError(t, err)
 		assert.False(t, ok, "UpdateSessionActivity of a session past SessionMaxLifetime")
-		ok, err = capped.UpdateSession(ctx, ids[3], func(*SessionData) error { t.Error("fn ran for an ended session"); return nil })
+		ok, err = capped.UpdateSession(ctx, ids[3], func(*SessionData) error { assert.Fail(t, "fn ran for an ended session"); return nil })
 		require.NoError(t, err)
 		assert.False(t, ok, "UpdateSession of a session past SessionMaxLifetime")
 		newID, ok, err := capped.RenewSessionID(ctx, ids[4])

@@ -13,6 +13,7 @@ package redisservice
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -97,8 +98,7 @@ func (w *staleWatch) until(t testing.TB, d time.Duration, what string, done func
 			}
 			next = now.Add(50 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Errorf("%s: not within %v", what, d)
+		if !assert.False(t, time.Now().After(deadline), "%s: not within %v", what, d) {
 			break
 		}
 		time.Sleep(time.Millisecond) // pacing only: a busy loop would starve the tracker on 2 cores
@@ -199,7 +199,7 @@ func ownClient(t testing.TB, b *backend, name string, dial func(context.Context,
 			ContextTimeoutEnabled: true,
 		})
 	default:
-		t.Fatalf("no client of its own for %s", b.name)
+		require.FailNow(t, fmt.Sprintf("no client of its own for %s", b.name))
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	return c
