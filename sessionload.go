@@ -65,8 +65,8 @@ type loadedSession struct {
 // GetSession does. It returns the session, true and the error when only
 // that failed.
 func (s *Service) loadSession(ctx context.Context, op, id string, touchEvery, lifetime time.Duration) (_ loadedSession, _ bool, err error) {
-	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
-	defer scope.end(ctx, &err)
+	ctx, scope := s.tel.Begin(ctx, op, sessionDisplayKey)
+	defer scope.End(ctx, &err)
 	now := s.opts.Now()
 	stamp, err := appendTime(nil, fieldLastActivity, now)
 	if err != nil {

@@ -27,8 +27,8 @@ import (
 // without a carried session).
 func (m *SessionManager) Login(ctx context.Context, data SessionData) (err error) {
 	const op = "login"
-	ctx, scope := m.s.tel.begin(ctx, op, sessionDisplayKey)
-	defer scope.end(ctx, &err)
+	ctx, scope := m.s.tel.Begin(ctx, op, sessionDisplayKey)
+	defer scope.End(ctx, &err)
 	st, err := m.begin(ctx, op)
 	if err != nil {
 		return err
@@ -77,8 +77,8 @@ func (m *SessionManager) Login(ctx context.Context, data SessionData) (err error
 // trips (none without a session).
 func (m *SessionManager) Logout(ctx context.Context) (err error) {
 	const op = "logout"
-	ctx, scope := m.s.tel.begin(ctx, op, sessionDisplayKey)
-	defer scope.end(ctx, &err)
+	ctx, scope := m.s.tel.Begin(ctx, op, sessionDisplayKey)
+	defer scope.End(ctx, &err)
 	st, err := m.begin(ctx, op)
 	if err != nil {
 		return err
@@ -103,8 +103,8 @@ func (m *SessionManager) Logout(ctx context.Context) (err error) {
 // round trips.
 func (m *SessionManager) RenewID(ctx context.Context) (err error) {
 	const op = "renewid"
-	ctx, scope := m.s.tel.begin(ctx, op, sessionDisplayKey)
-	defer scope.end(ctx, &err)
+	ctx, scope := m.s.tel.Begin(ctx, op, sessionDisplayKey)
+	defer scope.End(ctx, &err)
 	st, err := m.begin(ctx, op)
 	if err != nil {
 		return err
