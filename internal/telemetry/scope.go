@@ -48,13 +48,7 @@ func (t *Telemetry) Begin(ctx context.Context, op, key string) (context.Context,
 
 func (t *Telemetry) beginScope(ctx context.Context, op, key string) (context.Context, *Scope) {
 	sc := &Scope{t: t, o: t.forOp(op)}
-	ctx = orBackground(ctx)
-	if t.tracer != nil {
-		ctx, sc.span = t.tracer.Start(ctx, sc.o.spanName, sc.o.spanStart...)
-		if sc.recording = sc.span.IsRecording(); sc.recording && t.cfg.TraceKeys {
-			sc.span.SetAttributes(attribute.String("redisservice.key", key))
-		}
-	}
+	ctx, sc.span, sc.recording = t.startSpan(ctx, sc.o, key)
 	sc.start = time.Now()
 	return context.WithValue(ctx, scopeKey{}, sc), sc
 }

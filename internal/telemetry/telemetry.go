@@ -223,16 +223,26 @@ type Call struct {
 // a nil ctx) without a tracer.
 func (t *Telemetry) Start(ctx context.Context, op, key string) (context.Context, Call) {
 	c := Call{t: t, o: t.forOp(op)}
-	ctx = orBackground(ctx)
-	if t.tracer != nil {
-		ctx, c.span = t.tracer.Start(ctx, c.o.spanName, c.o.spanStart...)
-		// A span that is not sampled gets no attributes: they would be dropped.
-		if c.recording = c.span.IsRecording(); c.recording && t.cfg.TraceKeys {
-			c.span.SetAttributes(attribute.String("redisservice.key", key))
-		}
-	}
+	ctx, c.span, c.recording = t.startSpan(ctx, c.o, key)
 	c.start = time.Now()
 	return ctx, c
+}
+
+// startSpan starts o's span on key, when there is a tracer, and returns
+// its ctx (ctx, or Background for a nil ctx, without a tracer) and
+// whether it records.
+func (t *Telemetry) startSpan(ctx context.Context, o *opTelemetry, key string) (context.Context, trace.Span, bool) {
+	ctx = orBackground(ctx)
+	if t.tracer == nil {
+		return ctx, nil, false
+	}
+	ctx, span := t.tracer.Start(ctx, o.spanName, o.spanStart...)
+	// A span that is not sampled gets no attributes: they would be dropped.
+	recording := span.IsRecording()
+	if recording && t.cfg.TraceKeys {
+		span.SetAttributes(attribute.String("redisservice.key", key))
+	}
+	return ctx, span, recording
 }
 
 // Record counts the call by the outcome of err, records its duration,
