@@ -74,7 +74,8 @@ func TestNewWithProviders(t *testing.T) {
 	require.NoError(t, err)
 	require.NotNil(t, tel)
 	defer tel.Close()
-	ctx, c := tel.Start(nil, "get", "k") //nolint:staticcheck // a nil ctx is taken
+	var nilCtx context.Context // a nil ctx is taken
+	ctx, c := tel.Start(nilCtx, "get", "k")
 	require.NotNil(t, ctx, "a nil ctx becomes Background")
 	c.Record(ctx, io.EOF)
 	c.End()
