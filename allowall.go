@@ -76,7 +76,7 @@ func (s *Service) allowAllIn(ctx context.Context, n int, limits []KeyLimit, slot
 		r, _ = s.allowFallback(n, flat)
 		return r, err
 	}
-	s.tel.rateLimited(ctx, r.Allowed, false)
+	s.tel.RateLimited(ctx, r.Allowed, false)
 	return r, nil
 }
 

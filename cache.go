@@ -41,8 +41,8 @@ import (
 // the fleet lock ([WithoutFleetLock]), the local tier and the opts.
 func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration, load func(context.Context) (T, error), opts ...CacheOption) (_ T, err error) {
 	const op = "cache"
-	ctx, scope := s.tel.begin(ctx, op, key)
-	defer scope.end(ctx, &err)
+	ctx, scope := s.tel.Begin(ctx, op, key)
+	defer scope.End(ctx, &err)
 	var zero T
 	switch {
 	case key == "":
@@ -61,7 +61,7 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 		ctx = context.Background()
 	}
 	if err := s.checkWriteKey(key); err != nil {
-		return loadOnly(s.tel.leave(ctx), s, op, key, load, invalid(op, key, err))
+		return loadOnly(s.tel.Leave(ctx), s, op, key, load, invalid(op, key, err))
 	}
 	fk := flightKey{key: key, typ: reflect.TypeFor[T]()}
 	lt := s.local
@@ -79,21 +79,21 @@ func Cache[T any](ctx context.Context, s *Service, key string, ttl time.Duration
 			localtier.Put(lt, key, reply.ticket, v, len(reply.b), reply.start, reply.pttl, co.swr)
 		}
 		if co.swr > 0 && reply.pttl >= 0 && reply.pttl <= co.swr {
-			s.tel.cacheResult(ctx, cacheStale)
+			s.tel.CacheResult(ctx, cacheStale)
 			refresh(ctx, s, fk, ttl, load, co)
 		} else {
-			s.tel.cacheResult(ctx, cacheHit)
+			s.tel.CacheResult(ctx, cacheHit)
 		}
 		return v, nil
 	case reply.notFound:
 		s.found(true)
-		s.tel.cacheResult(ctx, cacheNotFound)
+		s.tel.CacheResult(ctx, cacheNotFound)
 		return zero, notFound(key)
 	case errors.Is(readErr, ErrClosed):
-		return loadOnly(s.tel.leave(ctx), s, op, key, load, readErr)
+		return loadOnly(s.tel.Leave(ctx), s, op, key, load, readErr)
 	case readErr == nil:
 		s.found(false)
-		s.tel.cacheResult(ctx, cacheMiss)
+		s.tel.CacheResult(ctx, cacheMiss)
 	}
 	if cerr := ctx.Err(); cerr != nil {
 		if readErr == nil {
@@ -125,10 +125,10 @@ func localHit[T any](ctx context.Context, s *Service, fk flightKey, ttl time.Dur
 	}
 	s.found(true)
 	if stale {
-		s.tel.cacheResult(ctx, cacheStale)
+		s.tel.CacheResult(ctx, cacheStale)
 		refresh(ctx, s, fk, ttl, load, co)
 	} else {
-		s.tel.cacheResult(ctx, cacheLocalHit)
+		s.tel.CacheResult(ctx, cacheLocalHit)
 	}
 	return v, true
 }

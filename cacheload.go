@@ -39,7 +39,7 @@ func loadShared[T any](ctx context.Context, s *Service, fk flightKey, ttl time.D
 	}))
 	switch {
 	case err == flight.ErrClosed: //nolint:errorlint // the group's own refusal, unwrapped
-		return loadOnly(s.tel.leave(ctx), s, op, fk.key, load, wrapOp(op, fk.key, ErrClosed))
+		return loadOnly(s.tel.Leave(ctx), s, op, fk.key, load, wrapOp(op, fk.key, ErrClosed))
 	case err == flight.ErrReentrant: //nolint:errorlint // the group's own refusal, unwrapped
 		return zero, invalid(op, fk.key, errReentrant)
 	}
@@ -65,8 +65,8 @@ func loadShared[T any](ctx context.Context, s *Service, fk flightKey, ttl time.D
 func refresh[T any](ctx context.Context, s *Service, fk flightKey, ttl time.Duration, load func(context.Context) (T, error), co cacheOptions) {
 	_ = s.flights.Start(ctx, fk, s.opts.Timeout, s.guarded(fk.key, func(lctx context.Context) (_ any, err error) {
 		defer s.dropLocal(fk.key)
-		lctx, scope := s.tel.begin(lctx, "cache.refresh", fk.key) // a span and count of its own
-		defer scope.end(lctx, &err)
+		lctx, scope := s.tel.Begin(lctx, "cache.refresh", fk.key) // a span and count of its own
+		defer scope.End(lctx, &err)
 		return loadAndStore(lctx, s, fk.key, ttl, load, co, loadRecheck|loadStore|loadRefresh)
 	}))
 }
@@ -157,7 +157,7 @@ func loadAndStore[T any](ctx context.Context, s *Service, key string, ttl time.D
 			locked = got
 		}
 	}
-	v, err := load(s.tel.leave(ctx)) // the loader's own calls are not this call's round trips
+	v, err := load(s.tel.Leave(ctx)) // the loader's own calls are not this call's round trips
 	if err != nil {
 		err = wrapOp(op, key, &loadError{err})
 		if mode&loadStore != 0 && errors.Is(err, ErrNotFound) && (co.notFound > 0 || mode&loadRefresh != 0) {

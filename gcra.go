@@ -154,7 +154,7 @@ func (s *Service) allowN(ctx context.Context, key string, n int, limits []Limit)
 	}
 	i := reply.index()
 	r := reply.result(limits[i])
-	s.tel.rateLimited(ctx, r.Allowed, false)
+	s.tel.RateLimited(ctx, r.Allowed, false)
 	return r, i, nil
 }
 
@@ -238,7 +238,7 @@ func (s *Service) allowFallback(n int, limits []Limit) (RateLimitResult, int) {
 		r.RetryAfter = l.refill(n - l.burst())
 	}
 	r.ResetAt = time.Now().Add(r.ResetAfter)
-	s.tel.rateLimited(context.Background(), r.Allowed, true)
+	s.tel.RateLimited(context.Background(), r.Allowed, true)
 	return r, tightest
 }
 

@@ -20,8 +20,8 @@ func (s *Service) HealthCheck(ctx context.Context) error {
 // ping PINGs Redis (every master of a cluster), also while calls fail
 // fast: an explicit check always asks.
 func (s *Service) ping(ctx context.Context, op string) (err error) {
-	ctx, scope := s.tel.begin(ctx, op, "")
-	defer scope.end(ctx, &err)
+	ctx, scope := s.tel.Begin(ctx, op, "")
+	defer scope.End(ctx, &err)
 	_, err = try(s, ctx, op, "", func(ctx context.Context) (struct{}, error) {
 		return struct{}{}, s.pingAll(ctx)
 	})

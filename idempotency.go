@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/vevurn/redisservice/internal/telemetry"
 )
 
 // IdempotencyConfig configures [Service.IdempotencyMiddleware]. The zero
@@ -172,25 +174,25 @@ func (h *idemHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	code, stored, err := rec.claim(ctx, h.cfg.lease)
 	switch {
 	case err != nil && h.cfg.FailOpen:
-		h.s.tel.idempotency(ctx, idemFailOpen)
+		h.s.tel.Idempotency(ctx, telemetry.IdemFailOpen)
 		h.next.ServeHTTP(w, r)
 	case err != nil:
-		h.s.tel.idempotency(ctx, idemUnavailable)
+		h.s.tel.Idempotency(ctx, telemetry.IdemUnavailable)
 		w.Header().Set("Retry-After", "1")
 		writeProblem(w, http.StatusServiceUnavailable, "the "+h.cfg.Header+" store is unavailable; try again later")
 	case code == claimReplay:
 		if replay(w, stored) {
-			h.s.tel.idempotency(ctx, idemReplayed)
+			h.s.tel.Idempotency(ctx, telemetry.IdemReplayed)
 			return
 		}
 		// A record that does not decode is no one's response: free it.
 		rec.free(ctx, "D"+rec.fp+stored)
 		writeProblem(w, http.StatusConflict, "the stored response for this "+h.cfg.Header+" was unreadable and is dropped; retry")
 	case code == claimConflict:
-		h.s.tel.idempotency(ctx, idemConflict)
+		h.s.tel.Idempotency(ctx, telemetry.IdemConflict)
 		writeProblem(w, http.StatusConflict, "a request with this "+h.cfg.Header+" is still being processed")
 	case code == claimMismatch:
-		h.s.tel.idempotency(ctx, idemMismatch)
+		h.s.tel.Idempotency(ctx, telemetry.IdemMismatch)
 		writeProblem(w, http.StatusUnprocessableEntity, "this "+h.cfg.Header+" was used with a different request")
 	default:
 		h.run(w, r, &rec)
@@ -210,13 +212,13 @@ func (h *idemHandler) run(w http.ResponseWriter, r *http.Request, rec *idemRecor
 		ctx := context.WithoutCancel(r.Context())
 		if finished && cw.status() < 500 {
 			if rec.store(ctx, cw.encode(), h.cfg.TTL) == nil {
-				h.s.tel.idempotency(ctx, idemStored)
+				h.s.tel.Idempotency(ctx, telemetry.IdemStored)
 			}
 			return
 		}
 		// A panic goes on after this, as net/http expects.
 		rec.free(ctx, rec.running())
-		h.s.tel.idempotency(ctx, idemFreed)
+		h.s.tel.Idempotency(ctx, telemetry.IdemFreed)
 	}()
 	h.next.ServeHTTP(cw, r)
 	finished = true

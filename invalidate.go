@@ -42,8 +42,8 @@ const (
 // keys, then: …"): an UNLINK whose reply was lost may still have run.
 func (s *Service) InvalidatePattern(ctx context.Context, pattern string) (_ int64, err error) {
 	const op = "invalidatepattern"
-	ctx, scope := s.tel.begin(ctx, op, pattern)
-	defer scope.end(ctx, &err)
+	ctx, scope := s.tel.Begin(ctx, op, pattern)
+	defer scope.End(ctx, &err)
 	if pattern == "" {
 		return 0, invalid(op, pattern, ErrInvalidKey)
 	}

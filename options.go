@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -319,75 +318,6 @@ func (o Options) withDefaults() Options {
 		o.Now = time.Now
 	}
 	return o
-}
-
-// ignoredWithClient reports the options, set by the caller, that New would
-// ignore because o.Client is set. It runs before withDefaults, so that a
-// URL taken from $REDIS_URL does not count.
-func (o Options) ignoredWithClient() error {
-	if o.Client == nil {
-		return nil
-	}
-	var set []string
-	for _, f := range []struct {
-		name string
-		set  bool
-	}{
-		{"URL", o.URL != ""},
-		{"TLSConfig", o.TLSConfig != nil},
-		{"DialTimeout", o.DialTimeout != 0},
-		{"PoolSize", o.PoolSize != 0},
-		{"PoolTimeout", o.PoolTimeout != 0},
-		{"MaxRetries", o.MaxRetries != 0},
-		{"AutoPipeline", o.AutoPipeline},
-		{"ClientSideCache", o.ClientSideCache},
-		{"ClientSideCacheEntries", o.ClientSideCacheEntries != 0},
-		{"ClientSideCacheMaxStaleness", o.ClientSideCacheMaxStaleness != 0},
-	} {
-		if f.set {
-			set = append(set, f.name)
-		}
-	}
-	if len(set) > 0 {
-		return fmt.Errorf("%w: %s only apply to a client that New dials, not to Options.Client: set them on that client", ErrInvalidArgument, strings.Join(set, ", "))
-	}
-	return nil
-}
-
-// validate reports the first option that cannot work.
-func (o Options) validate() error {
-	if err := o.validateSentinel(); err != nil {
-		return err
-	}
-	switch {
-	case o.Timeout < 0:
-		return fmt.Errorf("%w: Timeout %v < 0", ErrInvalidArgument, o.Timeout)
-	case o.DialTimeout < 0:
-		return fmt.Errorf("%w: DialTimeout %v < 0", ErrInvalidArgument, o.DialTimeout)
-	case o.PoolTimeout < 0:
-		return fmt.Errorf("%w: PoolTimeout %v < 0", ErrInvalidArgument, o.PoolTimeout)
-	case o.PoolSize < 0:
-		return fmt.Errorf("%w: PoolSize %d < 0", ErrInvalidArgument, o.PoolSize)
-	case o.MaxRetries < -1:
-		return fmt.Errorf("%w: MaxRetries %d < -1", ErrInvalidArgument, o.MaxRetries)
-	case o.ClientSideCacheEntries < 0:
-		return fmt.Errorf("%w: ClientSideCacheEntries %d < 0", ErrInvalidArgument, o.ClientSideCacheEntries)
-	case o.ClientSideCacheMaxStaleness < 0:
-		return fmt.Errorf("%w: ClientSideCacheMaxStaleness %v < 0", ErrInvalidArgument, o.ClientSideCacheMaxStaleness)
-	case o.LocalCacheEntries < 0:
-		return fmt.Errorf("%w: LocalCacheEntries %d < 0", ErrInvalidArgument, o.LocalCacheEntries)
-	case o.LocalCacheBytes < 0:
-		return fmt.Errorf("%w: LocalCacheBytes %d < 0", ErrInvalidArgument, o.LocalCacheBytes)
-	case o.LocalCacheBytes > 0 && o.LocalCacheEntries == 0:
-		return fmt.Errorf("%w: LocalCacheBytes without LocalCacheEntries", ErrInvalidArgument)
-	case o.LocalCacheEntries > 0 && o.ClientSideCache:
-		return fmt.Errorf("%w: LocalCacheEntries with ClientSideCache: use one", ErrInvalidArgument)
-	case o.SessionMaxLifetime < 0:
-		return fmt.Errorf("%w: SessionMaxLifetime %v < 0", ErrInvalidArgument, o.SessionMaxLifetime)
-	case o.MaxSessionsPerUser < 0:
-		return fmt.Errorf("%w: MaxSessionsPerUser %d < 0", ErrInvalidArgument, o.MaxSessionsPerUser)
-	}
-	return nil
 }
 
 // SetOption is a per-call option of [Service.Set], [Service.SetJSON] and

@@ -118,7 +118,7 @@ func (s *Service) CheckRateLimit(ctx context.Context, identifier string, window 
 	} else {
 		r.RetryAfter = max(ttl, time.Millisecond)
 	}
-	s.tel.rateLimited(ctx, r.Allowed, false)
+	s.tel.RateLimited(ctx, r.Allowed, false)
 	return r, nil
 }
 
@@ -149,6 +149,6 @@ func (s *Service) rateLimitFallback(window time.Duration, limit int) RateLimitRe
 	if s.opts.RateLimitFailClosed {
 		r.Allowed, r.Remaining, r.RetryAfter = false, 0, window
 	}
-	s.tel.rateLimited(context.Background(), r.Allowed, true)
+	s.tel.RateLimited(context.Background(), r.Allowed, true)
 	return r
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/vevurn/redisservice/internal/deadline"
 	"github.com/vevurn/redisservice/internal/flight"
 	"github.com/vevurn/redisservice/internal/localtier"
+	"github.com/vevurn/redisservice/internal/telemetry"
 )
 
 // Service is the Redis layer of an application: strings, JSON, hashes,
@@ -44,7 +45,7 @@ type Service struct {
 	local     *localtier.Tier                      // Cache's in-process tier; nil unless Options.LocalCacheEntries > 0
 	nodeOpts  *redis.Options                       // the Service's own copy of a single node's options, for the tier's trackers; nil for a cluster or failover client passed in
 	deadlines *deadline.Bounder                    // bounds calls without a deadline of their own
-	tel       *telemetry                           // nil unless Options.MeterProvider or TracerProvider is set
+	tel       *telemetry.Telemetry                 // nil unless Options.MeterProvider or TracerProvider is set
 }
 
 // New validates opts and returns a Service. It does not touch the
@@ -206,7 +207,7 @@ func (s *Service) Close() error {
 	if s.local != nil {
 		s.local.Close()
 	}
-	s.tel.close()
+	s.tel.Close()
 	s.breaker.MarkDown() // starts no ping: goBackground refuses after Close
 	if s.ownClient {
 		return s.rdb.Close()

@@ -38,8 +38,8 @@ func NewSessionID() (string, error) {
 // their entries.
 func (s *Service) CreateSession(ctx context.Context, id string, data SessionData, ttl time.Duration) (err error) {
 	const op = "createsession"
-	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
-	defer scope.end(ctx, &err)
+	ctx, scope := s.tel.Begin(ctx, op, sessionDisplayKey)
+	defer scope.End(ctx, &err)
 	switch {
 	case !validSessionID(id):
 		return invalid(op, sessionDisplayKey, ErrInvalidKey)
@@ -136,8 +136,8 @@ func (s *Service) storeSession(ctx context.Context, op, id string, p preparedSes
 // the indexing fails, it returns the session, true and the error.
 func (s *Service) GetSession(ctx context.Context, id string) (_ SessionData, _ bool, err error) {
 	const op = "getsession"
-	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
-	defer scope.end(ctx, &err)
+	ctx, scope := s.tel.Begin(ctx, op, sessionDisplayKey)
+	defer scope.End(ctx, &err)
 	if !validSessionID(id) {
 		return SessionData{}, false, invalid(op, sessionDisplayKey, ErrInvalidKey)
 	}
@@ -177,8 +177,8 @@ func (s *Service) GetSession(ctx context.Context, id string) (_ SessionData, _ b
 // answer.
 func (s *Service) DestroySession(ctx context.Context, id string) (_ bool, err error) {
 	const op = "destroysession"
-	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
-	defer scope.end(ctx, &err)
+	ctx, scope := s.tel.Begin(ctx, op, sessionDisplayKey)
+	defer scope.End(ctx, &err)
 	if !validSessionID(id) {
 		return false, invalid(op, sessionDisplayKey, ErrInvalidKey)
 	}

@@ -36,8 +36,8 @@ const sessionScanCount = 500
 // fails with [ErrInvalidKey].
 func (s *Service) UserSessions(ctx context.Context, userID string) (_ map[string]SessionData, err error) {
 	const op = "usersessions"
-	ctx, scope := s.tel.begin(ctx, op, userSessionsKey(userID))
-	defer scope.end(ctx, &err)
+	ctx, scope := s.tel.Begin(ctx, op, userSessionsKey(userID))
+	defer scope.End(ctx, &err)
 	if userID == "" {
 		return map[string]SessionData{}, invalid(op, userID, ErrInvalidKey)
 	}
@@ -123,8 +123,8 @@ func (s *Service) UserSessions(ctx context.Context, userID string) (_ map[string
 // then are destroyed all the same and the error returned with the count.
 func (s *Service) DestroyUserSessions(ctx context.Context, userID string) (_ int64, err error) {
 	const op = "destroyusersessions"
-	ctx, scope := s.tel.begin(ctx, op, userSessionsKey(userID))
-	defer scope.end(ctx, &err)
+	ctx, scope := s.tel.Begin(ctx, op, userSessionsKey(userID))
+	defer scope.End(ctx, &err)
 	if userID == "" {
 		return 0, invalid(op, userID, ErrInvalidKey)
 	}

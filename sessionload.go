@@ -80,8 +80,8 @@ type tierSession struct {
 // round trip. A read that did not touch leaves its session there; any
 // write of the key (a touch, a save, a revocation, an expiry) drops it.
 func (s *Service) loadSession(ctx context.Context, op, id string, touchEvery, lifetime time.Duration) (_ loadedSession, _ bool, err error) {
-	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
-	defer scope.end(ctx, &err)
+	ctx, scope := s.tel.Begin(ctx, op, sessionDisplayKey)
+	defer scope.End(ctx, &err)
 	now := s.opts.Now()
 	lt := s.local
 	if s.closed.Load() || touchEvery <= 0 {

@@ -27,47 +27,42 @@ import (
 // without a carried session).
 func (m *SessionManager) Login(ctx context.Context, data SessionData) (err error) {
 	const op = "login"
-	ctx, scope := m.s.tel.begin(ctx, op, sessionDisplayKey)
-	defer scope.end(ctx, &err)
-	st, err := m.begin(ctx, op)
-	if err != nil {
-		return err
-	}
-	defer st.mu.Unlock()
-	if data.UserID == "" {
-		return invalid(op, sessionDisplayKey, fmt.Errorf("%w: empty UserID", ErrInvalidArgument))
-	}
-	if data.IP == "" {
-		data.IP = m.clientIP(st.req)
-	}
-	if data.UserAgent == "" {
-		data.UserAgent = st.req.UserAgent()
-	}
-	p, err := m.s.prepareSession(op, data, m.cfg.IdleTimeout, m.cfg.Lifetime)
-	if err != nil {
-		return err
-	}
-	if err := st.destroyCarried(ctx); err != nil {
-		return err
-	}
-	id, err := NewSessionID()
-	if err != nil {
-		return invalid(op, sessionDisplayKey, err)
-	}
-	if err := m.s.storeSession(ctx, op, id, p); err != nil {
-		// The key may be stored and not indexed: log-out-everywhere
-		// would miss it.
-		_, _ = m.s.delSessions(ctx, op, []string{id})
-		return err
-	}
-	_, stored, err := m.s.decodeSession(ctx, op, p.raw)
-	if err != nil {
-		return err
-	}
-	st.id, st.data, st.raw, st.changes = id, stored, p.raw, nil
-	st.expires = m.s.opts.Now().Add(p.life)
-	st.cookie = cookieSet
-	return nil
+	return m.scoped(ctx, op, func(ctx context.Context, st *sessionState) error {
+		if data.UserID == "" {
+			return invalid(op, sessionDisplayKey, fmt.Errorf("%w: empty UserID", ErrInvalidArgument))
+		}
+		if data.IP == "" {
+			data.IP = m.clientIP(st.req)
+		}
+		if data.UserAgent == "" {
+			data.UserAgent = st.req.UserAgent()
+		}
+		p, err := m.s.prepareSession(op, data, m.cfg.IdleTimeout, m.cfg.Lifetime)
+		if err != nil {
+			return err
+		}
+		if err := st.destroyCarried(ctx); err != nil {
+			return err
+		}
+		id, err := NewSessionID()
+		if err != nil {
+			return invalid(op, sessionDisplayKey, err)
+		}
+		if err := m.s.storeSession(ctx, op, id, p); err != nil {
+			// The key may be stored and not indexed: log-out-everywhere
+			// would miss it.
+			_, _ = m.s.delSessions(ctx, op, []string{id})
+			return err
+		}
+		_, stored, err := m.s.decodeSession(ctx, op, p.raw)
+		if err != nil {
+			return err
+		}
+		st.id, st.data, st.raw, st.changes = id, stored, p.raw, nil
+		st.expires = m.s.opts.Now().Add(p.life)
+		st.cookie = cookieSet
+		return nil
+	})
 }
 
 // Logout destroys the request's session and expires its cookie. A request without a session
@@ -77,21 +72,16 @@ func (m *SessionManager) Login(ctx context.Context, data SessionData) (err error
 // trips (none without a session).
 func (m *SessionManager) Logout(ctx context.Context) (err error) {
 	const op = "logout"
-	ctx, scope := m.s.tel.begin(ctx, op, sessionDisplayKey)
-	defer scope.end(ctx, &err)
-	st, err := m.begin(ctx, op)
-	if err != nil {
-		return err
-	}
-	defer st.mu.Unlock()
-	had := st.id != "" || st.carried
-	if err := st.destroyCarried(ctx); err != nil {
-		return err
-	}
-	if had {
-		st.cookie = cookieExpire
-	}
-	return nil
+	return m.scoped(ctx, op, func(ctx context.Context, st *sessionState) error {
+		had := st.id != "" || st.carried
+		if err := st.destroyCarried(ctx); err != nil {
+			return err
+		}
+		if had {
+			st.cookie = cookieExpire
+		}
+		return nil
+	})
 }
 
 // RenewID moves the request's session to a new id and sends it (against session fixation:
@@ -103,35 +93,30 @@ func (m *SessionManager) Logout(ctx context.Context) (err error) {
 // round trips.
 func (m *SessionManager) RenewID(ctx context.Context) (err error) {
 	const op = "renewid"
-	ctx, scope := m.s.tel.begin(ctx, op, sessionDisplayKey)
-	defer scope.end(ctx, &err)
-	st, err := m.begin(ctx, op)
-	if err != nil {
-		return err
-	}
-	defer st.mu.Unlock()
-	if st.id == "" {
-		return invalid(op, sessionDisplayKey, ErrNoSession)
-	}
-	old, before := st.id, m.s.opts.Now()
-	newID, ttl, ok, err := m.s.renewSessionID(ctx, op, old)
-	switch {
-	case !ok && err == nil:
-		st.clear()
-		return invalid(op, sessionDisplayKey, ErrNoSession)
-	case !ok:
-		return err
-	}
-	st.id, st.cookie, st.expires = newID, cookieSet, time.Time{}
-	if ttl > 0 {
-		st.expires = before.Add(ttl) // the new key's TTL counts from after before
-	}
-	if err != nil {
-		if _, derr := m.s.DestroySession(ctx, old); derr != nil {
+	return m.scoped(ctx, op, func(ctx context.Context, st *sessionState) error {
+		if st.id == "" {
+			return invalid(op, sessionDisplayKey, ErrNoSession)
+		}
+		old, before := st.id, m.s.opts.Now()
+		newID, ttl, ok, err := m.s.renewSessionID(ctx, op, old)
+		switch {
+		case !ok && err == nil:
+			st.clear()
+			return invalid(op, sessionDisplayKey, ErrNoSession)
+		case !ok:
 			return err
 		}
-	}
-	return nil
+		st.id, st.cookie, st.expires = newID, cookieSet, time.Time{}
+		if ttl > 0 {
+			st.expires = before.Add(ttl) // the new key's TTL counts from after before
+		}
+		if err != nil {
+			if _, derr := m.s.DestroySession(ctx, old); derr != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // Session returns the request's session with this request's changes applied, and whether
@@ -345,6 +330,19 @@ var errNotInRequest = fmt.Errorf("%w: ctx is not that of a request under LoadAnd
 // errResponseBegun is the error of a change made once the response has
 // begun: the session was saved already.
 var errResponseBegun = fmt.Errorf("%w: the response has begun and the session was saved", ErrInvalidArgument)
+
+// scoped runs fn for one call of op of the manager: inside the call's
+// telemetry scope, with the request's session state locked.
+func (m *SessionManager) scoped(ctx context.Context, op string, fn func(ctx context.Context, st *sessionState) error) (err error) {
+	ctx, scope := m.s.tel.Begin(ctx, op, sessionDisplayKey)
+	defer scope.End(ctx, &err)
+	st, err := m.begin(ctx, op)
+	if err != nil {
+		return err
+	}
+	defer st.mu.Unlock()
+	return fn(ctx, st)
+}
 
 // begin returns the request's state, locked, for op, or an error when
 // there is none or the response has begun.

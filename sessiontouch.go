@@ -25,8 +25,8 @@ import (
 // [Options.MaxSessionsPerUser] (see [Service.CreateSession]).
 func (s *Service) UpdateSessionActivity(ctx context.Context, id string) (_ bool, err error) {
 	const op = "updatesessionactivity"
-	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
-	defer scope.end(ctx, &err)
+	ctx, scope := s.tel.Begin(ctx, op, sessionDisplayKey)
+	defer scope.End(ctx, &err)
 	if !validSessionID(id) {
 		return false, invalid(op, sessionDisplayKey, ErrInvalidKey)
 	}

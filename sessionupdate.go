@@ -41,8 +41,8 @@ const sessionAttempts = 32
 // error when only that fails). The whole call is bounded by ctx's deadline, or [Options.Timeout].
 func (s *Service) UpdateSession(ctx context.Context, id string, fn func(*SessionData) error) (_ bool, err error) {
 	const op = "updatesession"
-	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
-	defer scope.end(ctx, &err)
+	ctx, scope := s.tel.Begin(ctx, op, sessionDisplayKey)
+	defer scope.End(ctx, &err)
 	switch {
 	case !validSessionID(id):
 		return false, invalid(op, sessionDisplayKey, ErrInvalidKey)
@@ -149,8 +149,8 @@ func outcomeUnknown(err error) bool {
 // fails, the result is the new id, true and the error too.
 func (s *Service) RenewSessionID(ctx context.Context, id string) (_ string, _ bool, err error) {
 	const op = "renewsessionid"
-	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
-	defer scope.end(ctx, &err)
+	ctx, scope := s.tel.Begin(ctx, op, sessionDisplayKey)
+	defer scope.End(ctx, &err)
 	if !validSessionID(id) {
 		return "", false, invalid(op, sessionDisplayKey, ErrInvalidKey)
 	}

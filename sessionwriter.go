@@ -126,8 +126,8 @@ func (st *sessionState) writeCookie(h http.Header) {
 // outcome is unknown, all of it.
 func (s *Service) saveSessionChanges(ctx context.Context, id string, known []byte, changes map[string]json.RawMessage) (err error) {
 	const op = "savesession"
-	ctx, scope := s.tel.begin(ctx, op, sessionDisplayKey)
-	defer scope.end(ctx, &err)
+	ctx, scope := s.tel.Begin(ctx, op, sessionDisplayKey)
+	defer scope.End(ctx, &err)
 	_, err = s.updateSession(ctx, op, id, known, func(d *SessionData) error {
 		for name, v := range changes {
 			if v == nil {

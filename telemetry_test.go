@@ -55,59 +55,6 @@ func TestOutcomeOf(t *testing.T) {
 	}
 }
 
-// scopedNoop is a method's scope without telemetry: begin and the
-// deferred end around nothing.
-//
-//go:noinline
-func scopedNoop(t *telemetry, ctx context.Context) (err error) {
-	ctx, scope := t.begin(ctx, "op", "k")
-	defer scope.end(ctx, &err)
-	if ctx == nil {
-		return errors.New("nil ctx")
-	}
-	return nil
-}
-
-// TestScopeWithoutTelemetry: without a provider a scope keeps ctx as it
-// is and allocates nothing.
-func TestScopeWithoutTelemetry(t *testing.T) {
-	type testKey struct{}
-	ctx := context.WithValue(context.Background(), testKey{}, 1)
-	got, scope := (*telemetry)(nil).begin(ctx, "op", "k")
-	assert.Equal(t, ctx, got, "ctx unwrapped")
-	assert.Nil(t, scope)
-	assert.Zero(t, testing.AllocsPerRun(1000, func() { _ = scopedNoop(nil, ctx) }), "allocations")
-}
-
-// unscopedNoop is scopedNoop without the scope.
-//
-//go:noinline
-func unscopedNoop(ctx context.Context) (err error) {
-	if ctx == nil {
-		return errors.New("nil ctx")
-	}
-	return nil
-}
-
-// BenchmarkScopeWithoutTelemetry is what the scope of a call of several
-// round trips costs without a provider: scope=nil against scope=none,
-// the same function without it.
-func BenchmarkScopeWithoutTelemetry(b *testing.B) {
-	ctx := context.Background()
-	b.Run("scope=none", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			_ = unscopedNoop(ctx)
-		}
-	})
-	b.Run("scope=nil", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			_ = scopedNoop(nil, ctx)
-		}
-	})
-}
-
 // TestRedact: a status description keeps no key of the call errors it
 // quotes, however they are wrapped or joined.
 func TestRedact(t *testing.T) {
@@ -182,15 +129,5 @@ func TestRedactReplies(t *testing.T) {
 		assert.NotContains(t, got, "ada@example.com", "redact(%v)", err)
 		assert.Contains(t, got, "ERR", "redact(%v)", err)
 		assert.Equal(t, err.Error(), describeErr(err, true), "with TraceKeys")
-	}
-	for reply, want := range map[string]string{
-		"WRONGTYPE Operation against a key": "WRONGTYPE",
-		"NOSCRIPT No matching script.":      "NOSCRIPT",
-		"ada@example.com is not allowed":    "redis error",
-		"user_script:1: bad":                "redis error",
-		"":                                  "redis error",
-		"CLUSTERDOWN":                       "CLUSTERDOWN",
-	} {
-		assert.Equal(t, want, replyCode(reply), "replyCode(%q)", reply)
 	}
 }
