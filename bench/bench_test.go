@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 	"github.com/vevurn/redisservice"
 )
 
@@ -42,13 +43,9 @@ func newService(tb testing.TB, opts redisservice.Options) *redisservice.Service 
 	tb.Helper()
 	opts.URL = benchURL(tb)
 	s, err := redisservice.New(opts)
-	if err != nil {
-		tb.Fatalf("New: %v", err)
-	}
+	require.NoError(tb, err, "New")
 	tb.Cleanup(func() { _ = s.Close() })
-	if err := s.Connect(context.Background()); err != nil {
-		tb.Fatalf("Connect: %v", err)
-	}
+	require.NoError(tb, s.Connect(context.Background()), "Connect")
 	return s
 }
 

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/go-redis/cache/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"github.com/vevurn/redisservice"
 )
 
@@ -42,9 +44,8 @@ func BenchmarkCacheHit(b *testing.B) {
 		for _, impl := range impls {
 			b.Run(fmt.Sprintf("callers=%d/impl=%s", callers, impl.name), func(b *testing.B) {
 				for range 3 { // fill: every timed call is a hit (the local tier's on the second read)
-					if _, err := impl.get(); err != nil {
-						b.Fatal(err)
-					}
+					_, err := impl.get()
+					require.NoError(b, err)
 					time.Sleep(5 * time.Millisecond) // the invalidation of the fill's own SET
 				}
 				runCallers(b, callers, func(int) error {
@@ -93,9 +94,9 @@ func TestCacheStampede(t *testing.T) {
 			done.Go(func() {
 				ready.Done()
 				<-gate
-				if d, err := get(key, load); err != nil || d.ID == "" {
-					t.Errorf("get(%q) = %q, %v; want the doc, nil", key, d.ID, err)
-				}
+				d, err := get(key, load)
+				assert.NoError(t, err, "get(%q)", key)
+				assert.NotEmpty(t, d.ID, "get(%q) returned no doc", key)
 			})
 		}
 		ready.Wait()
@@ -109,9 +110,7 @@ func TestCacheStampede(t *testing.T) {
 		return redisservice.Cache(ctx, s, key, time.Minute, func(context.Context) (doc, error) { return load() })
 	})
 	t.Logf("redisservice.Cache: %d callers on a cold key -> %d loader calls in %v", callers, n, took.Round(time.Millisecond))
-	if n != 1 {
-		t.Errorf("redisservice.Cache called the loader %d times for %d concurrent callers; want 1", n, callers)
-	}
+	assert.Equal(t, int64(1), n, "redisservice.Cache loader calls for %d concurrent callers", callers)
 	n, took = stampede("bench:stampede:gc", func(key string, load func() (doc, error)) (doc, error) {
 		var d doc
 		err := gc.Once(&cache.Item{Ctx: ctx, Key: key, Value: &d, TTL: time.Minute,
@@ -126,12 +125,6 @@ func TestCacheStampede(t *testing.T) {
 func newLocalService(tb testing.TB, n int) *redisservice.Service {
 	tb.Helper()
 	s := newService(tb, redisservice.Options{LocalCacheEntries: n})
-	deadline := time.Now().Add(5 * time.Second)
-	for !s.LocalCacheActive() {
-		if time.Now().After(deadline) {
-			tb.Fatal("the local tier did not come into use")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	require.Eventually(tb, s.LocalCacheActive, 5*time.Second, time.Millisecond, "the local tier did not come into use")
 	return s
 }

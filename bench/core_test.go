@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	"github.com/vevurn/redisservice"
 )
 
@@ -80,9 +81,7 @@ func pair(b *testing.B, ctxName string, svc, raw func(ctx context.Context, i int
 func BenchmarkGet(b *testing.B) {
 	s := newService(b, redisservice.Options{})
 	rdb := s.Client()
-	if err := rdb.Set(context.Background(), "bench:get", value64, 0).Err(); err != nil {
-		b.Fatal(err)
-	}
+	require.NoError(b, rdb.Set(context.Background(), "bench:get", value64, 0).Err())
 	pair(b, "",
 		func(ctx context.Context, _ int) error {
 			_, found, err := s.Get(ctx, "bench:get")
@@ -113,9 +112,8 @@ func BenchmarkSetJSON(b *testing.B) {
 	s := newService(b, redisservice.Options{})
 	rdb := s.Client()
 	d := newDoc()
-	if raw, _ := json.Marshal(d); len(raw) < 900 || len(raw) > 1300 {
-		b.Fatalf("doc is %d bytes of JSON; want about 1 KB", len(raw))
-	}
+	raw, _ := json.Marshal(d)
+	require.True(b, len(raw) >= 900 && len(raw) <= 1300, "doc is %d bytes of JSON; want about 1 KB", len(raw))
 	pair(b, "bg",
 		func(ctx context.Context, _ int) error {
 			_, err := s.SetJSON(ctx, "bench:json", d, redisservice.WithTTL(time.Minute))
@@ -133,9 +131,8 @@ func BenchmarkSetJSON(b *testing.B) {
 func BenchmarkGetJSON(b *testing.B) {
 	s := newService(b, redisservice.Options{})
 	rdb := s.Client()
-	if _, err := s.SetJSON(context.Background(), "bench:json:get", newDoc()); err != nil {
-		b.Fatal(err)
-	}
+	_, err := s.SetJSON(context.Background(), "bench:json:get", newDoc())
+	require.NoError(b, err)
 	pair(b, "bg",
 		func(ctx context.Context, _ int) error {
 			var d doc
@@ -162,9 +159,7 @@ func BenchmarkHGetAll(b *testing.B) {
 	for i := range 10 {
 		fields = append(fields, fmt.Sprintf("field%02d", i), strings.Repeat("x", 16))
 	}
-	if err := rdb.HSet(context.Background(), "bench:hash", fields...).Err(); err != nil {
-		b.Fatal(err)
-	}
+	require.NoError(b, rdb.HSet(context.Background(), "bench:hash", fields...).Err())
 	pair(b, "bg",
 		func(ctx context.Context, _ int) error {
 			m, err := s.HGetAll(ctx, "bench:hash")
@@ -218,7 +213,5 @@ func BenchmarkMSet(b *testing.B) {
 		b.ReportMetric(float64(rt.n.Load())/float64(b.N), "roundtrips/op")
 	})
 	b.StopTimer()
-	if err := rdb.Del(ctx, keys...).Err(); err != nil {
-		b.Fatal(err)
-	}
+	require.NoError(b, rdb.Del(ctx, keys...).Err())
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"testing"
 
+	"github.com/stretchr/testify/require"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -13,13 +14,9 @@ import (
 func BenchmarkDecode(b *testing.B) {
 	d := newDoc()
 	js, err := json.Marshal(d)
-	if err != nil {
-		b.Fatal(err)
-	}
+	require.NoError(b, err)
 	mp, err := msgpack.Marshal(d)
-	if err != nil {
-		b.Fatal(err)
-	}
+	require.NoError(b, err)
 	b.Run("impl=json", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"github.com/vevurn/redisservice"
 )
 
@@ -23,16 +25,12 @@ import (
 // 2000; bench/run uses 1000000 and 100000).
 func TestInvalidatePatternBeside(t *testing.T) {
 	total, matching := envInt(t, "BENCH_INVALIDATE_KEYS", 20000), envInt(t, "BENCH_INVALIDATE_MATCHING", 2000)
-	if matching > total {
-		t.Fatalf("BENCH_INVALIDATE_MATCHING %d > BENCH_INVALIDATE_KEYS %d", matching, total)
-	}
+	require.LessOrEqual(t, matching, total, "BENCH_INVALIDATE_MATCHING %d > BENCH_INVALIDATE_KEYS %d", matching, total)
 	s := newService(t, redisservice.Options{})
 	rdb := s.Client()
 	ctx := context.Background()
 	t.Cleanup(func() {
-		if err := unlinkPrefix(context.Background(), rdb, "bench:inv:"); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
+		assert.NoError(t, unlinkPrefix(context.Background(), rdb, "bench:inv:"), "cleanup")
 	})
 	fill(t, rdb, "bench:inv:other:", total-matching)
 
@@ -47,14 +45,10 @@ func TestInvalidatePatternBeside(t *testing.T) {
 	svc := getLoop(t, func() {
 		var err error
 		n, err = s.InvalidatePattern(ctx, "bench:inv:hit:*")
-		if err != nil {
-			t.Errorf("InvalidatePattern: %v", err)
-		}
+		assert.NoError(t, err, "InvalidatePattern")
 	})
 	took := time.Since(start)
-	if n != int64(matching) {
-		t.Errorf("InvalidatePattern = %d; want %d", n, matching)
-	}
+	assert.Equal(t, int64(matching), n, "InvalidatePattern")
 	checkGone(t, rdb, "bench:inv:hit:*")
 	t.Logf("InvalidatePattern %7d of %7d keys: %-12v GET beside it: %s", matching, total, took.Round(time.Millisecond), svc)
 
@@ -65,9 +59,7 @@ func TestInvalidatePatternBeside(t *testing.T) {
 		if err == nil {
 			err = rdb.Del(ctx, keys...).Err()
 		}
-		if err != nil {
-			t.Errorf("KEYS + DEL: %v", err)
-		}
+		assert.NoError(t, err, "KEYS + DEL")
 	})
 	took = time.Since(start)
 	checkGone(t, rdb, "bench:inv:hit:*")
@@ -90,36 +82,31 @@ func (l latencies) String() string {
 func getLoop(t *testing.T, work func()) latencies {
 	t.Helper()
 	opts, err := redis.ParseURL(benchURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	opts.PoolSize = 1
 	c := redis.NewClient(opts)
 	defer c.Close()
 	ctx := context.Background()
-	if err := c.Set(ctx, "bench:getloop", "x", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.Set(ctx, "bench:getloop", "x", 0).Err())
 	var stop atomic.Bool
 	var wg sync.WaitGroup
 	var ds []time.Duration
 	wg.Go(func() {
 		for !stop.Load() {
 			t0 := time.Now()
-			if err := c.Get(ctx, "bench:getloop").Err(); err != nil {
-				t.Errorf("GET beside: %v", err)
+			err := c.Get(ctx, "bench:getloop").Err()
+			d := time.Since(t0)
+			if !assert.NoError(t, err, "GET beside") {
 				return
 			}
-			ds = append(ds, time.Since(t0))
+			ds = append(ds, d)
 		}
 	})
 	time.Sleep(20 * time.Millisecond)
 	work()
 	stop.Store(true)
 	wg.Wait()
-	if len(ds) == 0 {
-		t.Fatal("GET loop made no call")
-	}
+	require.NotEmpty(t, ds, "GET loop made no call")
 	slices.Sort(ds)
 	q := func(p float64) time.Duration { return ds[min(len(ds)-1, int(p*float64(len(ds))))] }
 	return latencies{n: len(ds), p50: q(0.50), p99: q(0.99), p999: q(0.999), mx: ds[len(ds)-1]}
@@ -141,9 +128,7 @@ func fill(t *testing.T, rdb redis.UniversalClient, prefix string, n int) {
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatalf("fill %s*: %v", prefix, err)
-	}
+	require.NoError(t, err, "fill %s*", prefix)
 }
 
 // checkGone fails t when a key matches pattern.
@@ -157,12 +142,8 @@ func checkGone(t *testing.T, rdb redis.UniversalClient, pattern string) {
 			first = iter.Val()
 		}
 	}
-	if err := iter.Err(); err != nil {
-		t.Fatal(err)
-	}
-	if n > 0 {
-		t.Errorf("%d keys still match %s, e.g. %s", n, pattern, first)
-	}
+	require.NoError(t, iter.Err())
+	assert.Zero(t, n, "keys still match %s, e.g. %s", pattern, first)
 }
 
 // unlinkPrefix removes every key starting with prefix.
@@ -192,8 +173,7 @@ func envInt(t *testing.T, name string, def int) int {
 		return def
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil || n <= 0 {
-		t.Fatalf("%s=%q: want a positive integer", name, v)
-	}
+	require.NoError(t, err, "%s=%q: want a positive integer", name, v)
+	require.Positive(t, n, "%s=%q: want a positive integer", name, v)
 	return n
 }

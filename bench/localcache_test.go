@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"github.com/vevurn/redisservice"
 )
 
@@ -69,9 +71,8 @@ func TestLocalCacheMemoryPerEntry(t *testing.T) {
 	for i := range n {
 		p.Set(ctx, fmt.Sprintf("bench:local:mem:%d", i), `{"id":"x","n":1}`, time.Minute)
 	}
-	if _, err := p.Exec(ctx); err != nil {
-		t.Fatal(err)
-	}
+	_, err := p.Exec(ctx)
+	require.NoError(t, err)
 	t.Cleanup(func() {
 		p := rdb.Pipeline()
 		for i := range n {
@@ -89,17 +90,14 @@ func TestLocalCacheMemoryPerEntry(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	for i := range n {
-		if _, err := redisservice.Cache(ctx, s, fmt.Sprintf("bench:local:mem:%d", i), time.Minute, never); err != nil {
-			t.Fatal(err)
-		}
+		_, err := redisservice.Cache(ctx, s, fmt.Sprintf("bench:local:mem:%d", i), time.Minute, never)
+		require.NoError(t, err)
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	per := float64(after.HeapAlloc-before.HeapAlloc) / n
 	t.Logf("local tier: %.0f B of heap per entry (key of ~20 bytes, a struct of a string and an int)", per)
-	if per > 1024 {
-		t.Errorf("%.0f B per entry; want under 1 KiB", per)
-	}
+	assert.LessOrEqual(t, per, 1024.0, "%.0f B per entry; want under 1 KiB", per)
 }
 
 // BenchmarkCacheMiss measures a miss of a cold key at one caller: GET, the

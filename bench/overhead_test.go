@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 	"github.com/vevurn/redisservice"
 )
 
@@ -67,9 +68,7 @@ func BenchmarkOverhead(b *testing.B) {
 	rdb.AddHook(stub{})
 	b.Cleanup(func() { _ = rdb.Close() })
 	s, err := redisservice.New(redisservice.Options{Client: rdb})
-	if err != nil {
-		b.Fatal(err)
-	}
+	require.NoError(b, err)
 	b.Cleanup(func() { _ = s.Close() })
 	ops := []struct {
 		name     string

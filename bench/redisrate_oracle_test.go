@@ -84,7 +84,7 @@ func TestAllowNMatchesRedisRate(t *testing.T) {
 						t.Logf("%s: too late to stay away from boundaries on a loaded machine; starting over", what)
 						goto again
 					}
-					t.Fatalf("%s: the machine is too loaded to stay away from boundaries (%d attempts)", what, attempts)
+					require.FailNowf(t, "the machine is too loaded to stay away from boundaries", "%s (%d attempts)", what, attempts)
 				}
 
 				// A full bucket (before this request) is the one state where

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 	"github.com/vevurn/redisservice"
 )
 
@@ -31,18 +32,12 @@ func sessionIDs(b *testing.B, s *redisservice.Service, n int) []string {
 	ids := make([]string, n)
 	for i := range ids {
 		id, err := redisservice.NewSessionID()
-		if err != nil {
-			b.Fatal(err)
-		}
+		require.NoError(b, err)
 		ctx := context.Background()
-		if err := s.Client().Set(ctx, "session:"+id, sessionDoc, 30*time.Minute).Err(); err != nil {
-			b.Fatal(err)
-		}
+		require.NoError(b, s.Client().Set(ctx, "session:"+id, sessionDoc, 30*time.Minute).Err())
 		// Indexed, as CreateSession would have done.
 		z := redis.Z{Score: float64(time.Now().Add(30 * time.Minute).UnixMilli()), Member: id}
-		if err := s.Client().ZAdd(ctx, "user-sessions:bench-user", z).Err(); err != nil {
-			b.Fatal(err)
-		}
+		require.NoError(b, s.Client().ZAdd(ctx, "user-sessions:bench-user", z).Err())
 		ids[i] = id
 	}
 	b.Cleanup(func() {

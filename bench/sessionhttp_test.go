@@ -17,6 +17,8 @@ import (
 	"github.com/alexedwards/scs/redisstore"
 	"github.com/alexedwards/scs/v2"
 	redigo "github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"github.com/vevurn/redisservice"
 	"github.com/vevurn/redisservice/scsstore"
 )
@@ -97,8 +99,7 @@ func runRequests(b *testing.B, callers int, next func() *http.Request, h http.Ha
 				defer wg.Done()
 				r := next()
 				for range n / callers {
-					if err := serve(r); err != nil {
-						b.Error(err)
+					if err := serve(r); !assert.NoError(b, err) {
 						return
 					}
 				}
@@ -147,9 +148,8 @@ func loggedIn(b *testing.B, hs httpSessions, user string) *http.Request {
 			cookie = c
 		}
 	}
-	if w.Code != http.StatusOK || cookie == nil {
-		b.Fatalf("log-in: status %d, no %s cookie", w.Code, hs.cookie)
-	}
+	require.Equal(b, http.StatusOK, w.Code, "log-in: status")
+	require.NotNil(b, cookie, "log-in: no %s cookie", hs.cookie)
 	r := httptest.NewRequest("GET", "/", nil)
 	r.AddCookie(&http.Cookie{Name: cookie.Name, Value: cookie.Value})
 	return r
@@ -162,9 +162,7 @@ func managerSessions(b *testing.B, touchEvery time.Duration) httpSessions {
 	svc := newService(b, redisservice.Options{KeyPrefix: "bench:http:"})
 	svc.Client().AddHook(rt)
 	m, err := svc.SessionManager(redisservice.SessionConfig{IdleTimeout: 30 * time.Minute, Lifetime: 24 * time.Hour, TouchInterval: touchEvery})
-	if err != nil {
-		b.Fatal(err)
-	}
+	require.NoError(b, err)
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /login", func(w http.ResponseWriter, r *http.Request) {
 		u := r.FormValue("u")
@@ -292,9 +290,7 @@ func (s *commandStats) perOp(n int) float64 { return float64(s.calls()-s.before)
 // itself and a connection's set-up (HELLO, CLIENT, AUTH, SELECT, PING).
 func (s *commandStats) calls() int64 {
 	info, err := s.c.Info(context.Background(), "commandstats")
-	if err != nil {
-		s.b.Fatal(err)
-	}
+	require.NoError(s.b, err)
 	var sum int64
 	for k, v := range info {
 		name, ok := strings.CutPrefix(k, "cmdstat_")
@@ -308,9 +304,7 @@ func (s *commandStats) calls() int64 {
 		for f := range strings.SplitSeq(v, ",") {
 			if c, ok := strings.CutPrefix(f, "calls="); ok {
 				n, err := strconv.ParseInt(c, 10, 64)
-				if err != nil {
-					s.b.Fatal(err)
-				}
+				require.NoError(s.b, err)
 				sum += n
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 	"github.com/vevurn/redisservice"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -51,9 +52,7 @@ func BenchmarkTelemetry(b *testing.B) {
 		opts := redisservice.Options{Client: rdb}
 		tel.set(b, &opts)
 		s, err := redisservice.New(opts)
-		if err != nil {
-			b.Fatal(err)
-		}
+		require.NoError(b, err)
 		b.Cleanup(func() { _ = s.Close() })
 		for _, op := range []struct {
 			name string

@@ -19,6 +19,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/push"
+	"github.com/stretchr/testify/require"
 )
 
 const trackPrefix = "bench:track:"
@@ -28,9 +29,7 @@ const trackPrefix = "bench:track:"
 func trackOptions(tb testing.TB, proto int, onConnect func(context.Context, *redis.Conn) error) *redis.Options {
 	tb.Helper()
 	o, err := redis.ParseURL(benchURL(tb))
-	if err != nil {
-		tb.Fatal(err)
-	}
+	require.NoError(tb, err)
 	o.Protocol = proto
 	o.PoolSize, o.MinIdleConns, o.MaxIdleConns = 1, 0, 1
 	o.OnConnect = onConnect
@@ -113,9 +112,8 @@ func newSubscriber(tb testing.TB, bcast bool) *subscriber {
 		return cn.Do(ctx, "CLIENT", "TRACKING", "on", "REDIRECT", id, "BCAST", "PREFIX", trackPrefix).Err()
 	}))
 	ps := c.Subscribe(ctx, "__redis__:invalidate")
-	if _, err := ps.Receive(ctx); err != nil { // the subscription
-		tb.Fatal(err)
-	}
+	_, err := ps.Receive(ctx) // the subscription
+	require.NoError(tb, err)
 	sub.id = <-ids
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -179,9 +177,7 @@ func pushReader(tb testing.TB) (*redis.Client, *invalidations) {
 		return cn.Do(ctx, "CLIENT", "TRACKING", "on").Err()
 	}))
 	inv := newInvalidations()
-	if err := c.RegisterPushNotificationHandler("invalidate", pushHandler{inv}, false); err != nil {
-		tb.Fatal(err)
-	}
+	require.NoError(tb, c.RegisterPushNotificationHandler("invalidate", pushHandler{inv}, false))
 	tb.Cleanup(func() { _ = c.Close() })
 	return c, inv
 }
@@ -349,9 +345,7 @@ func setCost(b *testing.B, writer, admin *redis.Client, r int64, mode string, n,
 		}
 		_, _ = p.Exec(ctx)
 	}
-	if err := admin.ConfigResetStat(ctx).Err(); err != nil {
-		b.Fatal(err)
-	}
+	require.NoError(b, admin.ConfigResetStat(ctx).Err())
 	cpu0 := serverCPU(b, admin)
 	b.ResetTimer()
 	for ks := range slices.Chunk(keys, pipe) {
@@ -410,17 +404,13 @@ func setCost(b *testing.B, writer, admin *redis.Client, r int64, mode string, n,
 func serverCPU(tb testing.TB, c *redis.Client) time.Duration {
 	tb.Helper()
 	info, err := c.Info(context.Background(), "cpu").Result()
-	if err != nil {
-		tb.Fatal(err)
-	}
+	require.NoError(tb, err)
 	var sum float64
 	for line := range strings.SplitSeq(info, "\r\n") {
 		for _, f := range []string{"used_cpu_user:", "used_cpu_sys:"} {
 			if v, ok := strings.CutPrefix(line, f); ok {
 				x, err := strconv.ParseFloat(v, 64)
-				if err != nil {
-					tb.Fatal(err)
-				}
+				require.NoError(tb, err)
 				sum += x
 			}
 		}
@@ -432,9 +422,7 @@ func serverCPU(tb testing.TB, c *redis.Client) time.Duration {
 func setUsecPerCall(tb testing.TB, c *redis.Client) float64 {
 	tb.Helper()
 	info, err := c.Info(context.Background(), "commandstats").Result()
-	if err != nil {
-		tb.Fatal(err)
-	}
+	require.NoError(tb, err)
 	for line := range strings.SplitSeq(info, "\r\n") {
 		rest, ok := strings.CutPrefix(line, "cmdstat_set:")
 		if !ok {
@@ -443,9 +431,7 @@ func setUsecPerCall(tb testing.TB, c *redis.Client) float64 {
 		for f := range strings.SplitSeq(rest, ",") {
 			if v, ok := strings.CutPrefix(f, "usec_per_call="); ok {
 				x, err := strconv.ParseFloat(v, 64)
-				if err != nil {
-					tb.Fatal(err)
-				}
+				require.NoError(tb, err)
 				return x
 			}
 		}
