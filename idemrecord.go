@@ -1,0 +1,158 @@
+package redisservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Claim results: what the claim script found at a key.
+const (
+	claimClaimed  = 1 // the key was free: the caller runs the handler
+	claimConflict = 2 // the same request is in flight
+	claimMismatch = 3 // another request holds the key
+	claimReplay   = 4 // the same request's response is stored
+)
+
+// idemRecord is one request's record: "R<fp><owner>" while it runs (a
+// lease), "D<fp><response>" once its response is stored.
+type idemRecord struct {
+	s     *Service
+	key   string // the Idempotency-Key, for errors and logs
+	id    string // the record's key, before the prefix
+	fp    string // the request's fingerprint, 64 hex digits
+	owner string // this request's owner id
+}
+
+// running is the record's value while this request runs.
+func (rec *idemRecord) running() string { return "R" + rec.fp + rec.owner }
+
+// claim takes the key for this request with a lease, or reports what
+// holds it: one round trip. With claimReplay it returns the stored
+// response.
+func (rec *idemRecord) claim(ctx context.Context, lease time.Duration) (int64, string, error) {
+	const op = "idempotency"
+	s := rec.s
+	reply, err := call(s, ctx, op, rec.key, func(ctx context.Context) ([]any, error) {
+		return idemClaimScript.Run(ctx, s.rdb, []string{s.key(rec.id)}, rec.fp, rec.owner, lease.Milliseconds()).Slice()
+	})
+	if err != nil {
+		return 0, "", err
+	}
+	code, ok := reply[0].(int64)
+	if !ok || code < claimClaimed || code > claimReplay || (code == claimReplay && len(reply) < 2) {
+		return 0, "", s.fail(ctx, op, rec.key, fmt.Errorf("%w: idempotency claim reply %v", ErrDecode, reply[0]))
+	}
+	if code == claimReplay {
+		stored, _ := reply[1].(string)
+		return code, stored, nil
+	}
+	return code, "", nil
+}
+
+// store keeps the response for ttl, if this request still holds the key:
+// one round trip.
+func (rec *idemRecord) store(ctx context.Context, response string, ttl time.Duration) error {
+	const op = "idempotency"
+	s := rec.s
+	n, err := call(s, ctx, op, rec.key, func(ctx context.Context) (int64, error) {
+		return idemStoreScript.Run(ctx, s.rdb, []string{s.key(rec.id)}, rec.fp, rec.owner, response, ttl.Milliseconds()).Int64()
+	})
+	if err == nil && n != 1 {
+		err = s.fail(ctx, op, rec.key, errors.New("redisservice: the in-flight lease expired before the response was stored"))
+	}
+	return err
+}
+
+// free deletes the record if it still holds value.
+func (rec *idemRecord) free(ctx context.Context, value string) {
+	s := rec.s
+	_, _ = call(s, ctx, "idempotency", rec.key, func(ctx context.Context) (int64, error) {
+		return idemFreeScript.Run(ctx, s.rdb, []string{s.key(rec.id)}, value).Int64()
+	})
+}
+
+// keepLease renews the lease every third of it until the returned
+// function is called; that function returns once renewals have stopped.
+func (rec *idemRecord) keepLease(lease time.Duration) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	s := rec.s
+	wg.Go(func() {
+		t := time.NewTicker(lease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			_, _ = call(s, context.Background(), "idempotency", rec.key, func(ctx context.Context) (int64, error) {
+				return idemRenewScript.Run(ctx, s.rdb, []string{s.key(rec.id)}, rec.running(), lease.Milliseconds()).Int64()
+			})
+		}
+	})
+	return func() {
+		close(done)
+		wg.Wait()
+	}
+}
+
+// idemClaimScript claims KEYS[1] for the request of fingerprint ARGV[1]
+// and owner ARGV[2] with a lease of ARGV[3] ms. A claim re-sent after a
+// lost reply finds its own mark and is claimed again. It returns
+// {claimClaimed}, {claimConflict}, {claimMismatch} or {claimReplay,
+// response}.
+var idemClaimScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], 'R' .. ARGV[1] .. ARGV[2], 'PX', ARGV[3])
+  return {1}
+end
+if string.sub(v, 2, 65) ~= ARGV[1] then
+  return {3}
+end
+local kind = string.sub(v, 1, 1)
+if kind == 'D' then
+  return {4, string.sub(v, 66)}
+end
+if v == 'R' .. ARGV[1] .. ARGV[2] then
+  return {1}
+end
+return {2}
+`)
+
+// idemStoreScript replaces this request's mark at KEYS[1] (fingerprint
+// ARGV[1], owner ARGV[2]) with its response ARGV[3] for ARGV[4] ms. It
+// returns 1 when stored (or stored already: a re-sent store), else 0.
+var idemStoreScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v == 'R' .. ARGV[1] .. ARGV[2] then
+  redis.call('SET', KEYS[1], 'D' .. ARGV[1] .. ARGV[3], 'PX', ARGV[4])
+  return 1
+end
+if v == 'D' .. ARGV[1] .. ARGV[3] then
+  return 1
+end
+return 0
+`)
+
+// idemFreeScript deletes KEYS[1] if it holds ARGV[1].
+var idemFreeScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`)
+
+// idemRenewScript sets KEYS[1]'s TTL to ARGV[2] ms if it holds ARGV[1].
+var idemRenewScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+`)
