@@ -382,27 +382,3 @@ func (s *Service) evalGroups(ctx context.Context, script luaScript, groups []*gc
 	}
 	return errs
 }
-
-// scriptInts stores the reply of cmd, which must be len(reply) integers,
-// in reply.
-func scriptInts(cmd redis.Cmder, reply []int64) error {
-	c, ok := cmd.(interface{ Slice() ([]any, error) })
-	if !ok {
-		return fmt.Errorf("%w: script command %T", ErrDecode, cmd)
-	}
-	vals, err := c.Slice()
-	if err != nil {
-		return err
-	}
-	if len(vals) != len(reply) {
-		return fmt.Errorf("%w: script reply has %d values, want %d", ErrDecode, len(vals), len(reply))
-	}
-	for i, v := range vals {
-		n, ok := v.(int64)
-		if !ok {
-			return fmt.Errorf("%w: script reply value %d is %T, want an integer", ErrDecode, i, v)
-		}
-		reply[i] = n
-	}
-	return nil
-}

@@ -41,21 +41,7 @@ func (s *Service) runOnce(ctx context.Context, script luaScript, key string, rep
 	if err != nil {
 		return err
 	}
-	vals, err := cmd.Slice()
-	if err != nil {
-		return err
-	}
-	if len(vals) != len(reply) {
-		return fmt.Errorf("%w: script reply has %d values, want %d", ErrDecode, len(vals), len(reply))
-	}
-	for i, v := range vals {
-		n, ok := v.(int64)
-		if !ok {
-			return fmt.Errorf("%w: script reply value %d is %T, want an integer", ErrDecode, i, v)
-		}
-		reply[i] = n
-	}
-	return nil
+	return scriptInts(cmd, reply)
 }
 
 // noRetryCmd is a command that go-redis must not send a second time: its
@@ -78,4 +64,28 @@ func newNoRetryCmd(ctx context.Context, name string, body any, key string, args 
 	c := &noRetryCmd{Cmd: *redis.NewCmd(ctx, a...)}
 	c.SetFirstKeyPos(3)
 	return c
+}
+
+// scriptInts stores the reply of cmd, which must be len(reply) integers,
+// in reply.
+func scriptInts(cmd redis.Cmder, reply []int64) error {
+	c, ok := cmd.(interface{ Slice() ([]any, error) })
+	if !ok {
+		return fmt.Errorf("%w: script command %T", ErrDecode, cmd)
+	}
+	vals, err := c.Slice()
+	if err != nil {
+		return err
+	}
+	if len(vals) != len(reply) {
+		return fmt.Errorf("%w: script reply has %d values, want %d", ErrDecode, len(vals), len(reply))
+	}
+	for i, v := range vals {
+		n, ok := v.(int64)
+		if !ok {
+			return fmt.Errorf("%w: script reply value %d is %T, want an integer", ErrDecode, i, v)
+		}
+		reply[i] = n
+	}
+	return nil
 }
