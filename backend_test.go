@@ -7,6 +7,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 
 	"github.com/vevurn/redisservice/internal/testredis"
 )
@@ -61,9 +62,7 @@ func (b *backend) service(t testing.TB, opts Options) *Service {
 	opts.Client = b.client
 	opts.KeyPrefix = b.prefix + opts.KeyPrefix
 	s, err := New(opts)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
+	require.NoError(t, err, "New")
 	t.Cleanup(func() { _ = s.Close() })
 	return s
 }

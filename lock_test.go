@@ -190,7 +190,7 @@ func TestLockWaits(t *testing.T) {
 			require.NotNil(t, l)
 			assert.Greater(t, l.Token(), held.Token())
 		case <-ctx.Done():
-			t.Fatal("Lock never returned after Unlock")
+			require.FailNow(t, "Lock never returned after Unlock")
 		}
 	})
 }

@@ -125,7 +125,7 @@ func sessionToken(t testing.TB, c *http.Client, rawURL, name string) string {
 			return ck.Value
 		}
 	}
-	t.Fatalf("no %s cookie", name)
+	require.FailNowf(t, "no session cookie", "no %s cookie", name)
 	return ""
 }
 

@@ -6,12 +6,13 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
-	"reflect"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/vevurn/redisservice"
 )
@@ -20,15 +21,11 @@ func newTestServer(t *testing.T) (*httptest.Server, *catalog, *miniredis.Minired
 	t.Helper()
 	mr := miniredis.RunT(t)
 	svc, err := redisservice.New(redisservice.Options{URL: "redis://" + mr.Addr(), KeyPrefix: "pos:"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { svc.Close() })
 	cat := newCatalog()
 	api, err := newServer(svc, cat)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	ts := httptest.NewServer(api)
 	t.Cleanup(ts.Close)
 	return ts, cat, mr
@@ -37,22 +34,16 @@ func newTestServer(t *testing.T) (*httptest.Server, *catalog, *miniredis.Minired
 func newClient(t *testing.T) *http.Client {
 	t.Helper()
 	jar, err := cookiejar.New(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return &http.Client{Jar: jar}
 }
 
 func do(t *testing.T, c *http.Client, method, url, body string) (*http.Response, string) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp, string(b)
@@ -63,80 +54,67 @@ func TestProductsAreCachedAndInvalidated(t *testing.T) {
 	c := newClient(t)
 	for range 3 {
 		resp, body := do(t, c, "GET", ts.URL+"/products", "")
-		if resp.StatusCode != 200 || !strings.Contains(body, "Espresso") {
-			t.Fatalf("GET /products = %d %s", resp.StatusCode, body)
-		}
-		if resp.Header.Get("RateLimit-Limit") != "100" || resp.Header.Get("RateLimit-Remaining") == "" {
-			t.Errorf("GET /products headers %v; want RateLimit-Limit 100 and RateLimit-Remaining", resp.Header)
-		}
+		require.Equal(t, 200, resp.StatusCode, "GET /products: %s", body)
+		require.Contains(t, body, "Espresso", "GET /products")
+		assert.Equal(t, "100", resp.Header.Get("RateLimit-Limit"), "GET /products headers %v", resp.Header)
+		assert.NotEmpty(t, resp.Header.Get("RateLimit-Remaining"), "GET /products headers %v", resp.Header)
 	}
-	if cat.loads != 1 {
-		t.Errorf("catalog loaded %d times for 3 GETs; want 1", cat.loads)
-	}
+	assert.Equal(t, 1, cat.loads, "catalog loads for 3 GETs")
 
 	login(t, ts, c)
 	resp, body := do(t, c, "PUT", ts.URL+"/products/A-1", `{"name":"Double espresso","priceCents":350}`)
-	if resp.StatusCode != 200 {
-		t.Fatalf("PUT /products/A-1 = %d %s", resp.StatusCode, body)
-	}
+	require.Equal(t, 200, resp.StatusCode, "PUT /products/A-1: %s", body)
 	_, body = do(t, c, "GET", ts.URL+"/products", "")
-	if !strings.Contains(body, "Double espresso") || cat.loads != 2 {
-		t.Errorf("after update GET /products = %s with %d loads; want the new name, 2 loads", body, cat.loads)
-	}
+	assert.Contains(t, body, "Double espresso", "after update GET /products")
+	assert.Equal(t, 2, cat.loads, "catalog loads after update GET /products")
 }
 
 func login(t *testing.T, ts *httptest.Server, c *http.Client) {
 	t.Helper()
 	resp, body := do(t, c, "POST", ts.URL+"/login", `{"email":"ada@example.com","password":"espresso"}`)
-	if resp.StatusCode != 200 {
-		t.Fatalf("POST /login = %d %s", resp.StatusCode, body)
-	}
+	require.Equal(t, 200, resp.StatusCode, "POST /login: %s", body)
 	cookies := resp.Cookies()
-	if len(cookies) != 1 || !cookies[0].HttpOnly || cookies[0].SameSite != http.SameSiteLaxMode || cookies[0].Secure {
-		t.Errorf("login cookie = %+v; want one HttpOnly, SameSite=Lax cookie, not Secure over plain HTTP", cookies)
+	if assert.Len(t, cookies, 1, "login cookies") {
+		assert.True(t, cookies[0].HttpOnly, "login cookie %+v: want HttpOnly", cookies[0])
+		assert.Equal(t, http.SameSiteLaxMode, cookies[0].SameSite, "login cookie %+v: want SameSite=Lax", cookies[0])
+		assert.False(t, cookies[0].Secure, "login cookie %+v: want not Secure over plain HTTP", cookies[0])
 	}
 }
 
 func TestSessions(t *testing.T) {
 	ts, _, _ := newTestServer(t)
-	if resp, _ := do(t, newClient(t), "GET", ts.URL+"/me", ""); resp.StatusCode != 401 {
-		t.Errorf("GET /me without a session = %d; want 401", resp.StatusCode)
-	}
+	resp, _ := do(t, newClient(t), "GET", ts.URL+"/me", "")
+	assert.Equal(t, 401, resp.StatusCode, "GET /me without a session")
 
 	phone, till := newClient(t), newClient(t)
 	login(t, ts, phone)
 	login(t, ts, till)
 	resp, body := do(t, phone, "GET", ts.URL+"/me", "")
-	if resp.StatusCode != 200 || !strings.Contains(body, `"userId":"u1"`) {
-		t.Fatalf("GET /me = %d %s", resp.StatusCode, body)
-	}
+	require.Equal(t, 200, resp.StatusCode, "GET /me: %s", body)
+	require.Contains(t, body, `"userId":"u1"`, "GET /me")
 
 	resp, body = do(t, phone, "POST", ts.URL+"/logout-all", "")
+	require.Equal(t, 200, resp.StatusCode, "POST /logout-all: %s", body)
 	var out struct{ Destroyed int }
-	if err := json.Unmarshal([]byte(body), &out); err != nil || resp.StatusCode != 200 || out.Destroyed != 2 {
-		t.Fatalf("POST /logout-all = %d %s; want 2 sessions destroyed", resp.StatusCode, body)
-	}
+	require.NoError(t, json.Unmarshal([]byte(body), &out), "POST /logout-all: %s", body)
+	require.Equal(t, 2, out.Destroyed, "POST /logout-all: sessions destroyed")
 	for name, c := range map[string]*http.Client{"phone": phone, "till": till} {
-		if resp, _ := do(t, c, "GET", ts.URL+"/me", ""); resp.StatusCode != 401 {
-			t.Errorf("%s: GET /me after logout-all = %d; want 401", name, resp.StatusCode)
-		}
+		resp, _ := do(t, c, "GET", ts.URL+"/me", "")
+		assert.Equal(t, 401, resp.StatusCode, "%s: GET /me after logout-all", name)
 	}
 
 	login(t, ts, phone)
-	if resp, _ := do(t, phone, "POST", ts.URL+"/logout", ""); resp.StatusCode != 204 {
-		t.Errorf("POST /logout = %d; want 204", resp.StatusCode)
-	}
-	if resp, _ := do(t, phone, "GET", ts.URL+"/me", ""); resp.StatusCode != 401 {
-		t.Errorf("GET /me after logout = %d; want 401", resp.StatusCode)
-	}
+	resp, _ = do(t, phone, "POST", ts.URL+"/logout", "")
+	assert.Equal(t, 204, resp.StatusCode, "POST /logout")
+	resp, _ = do(t, phone, "GET", ts.URL+"/me", "")
+	assert.Equal(t, 401, resp.StatusCode, "GET /me after logout")
 }
 
 func TestCartKeepsConcurrentAdds(t *testing.T) {
 	ts, _, _ := newTestServer(t)
 	c := newClient(t)
-	if resp, _ := do(t, c, "POST", ts.URL+"/cart/A-1", ""); resp.StatusCode != 401 {
-		t.Errorf("POST /cart without a session = %d; want 401", resp.StatusCode)
-	}
+	resp, _ := do(t, c, "POST", ts.URL+"/cart/A-1", "")
+	assert.Equal(t, 401, resp.StatusCode, "POST /cart without a session")
 	login(t, ts, c)
 	do(t, c, "POST", ts.URL+"/cart/A-1", "")
 	var wg sync.WaitGroup
@@ -155,41 +133,34 @@ func TestCartKeepsConcurrentAdds(t *testing.T) {
 	wg.Wait()
 	_, body := do(t, c, "POST", ts.URL+"/cart/A-1", "")
 	var cart map[string]int
-	if err := json.Unmarshal([]byte(body), &cart); err != nil {
-		t.Fatal(err)
-	}
-	if want := map[string]int{"A-1": 2, "B-2": 1, "C-3": 1, "D-4": 1, "E-5": 1}; !reflect.DeepEqual(cart, want) {
-		t.Errorf("cart = %v; want %v", cart, want)
-	}
+	require.NoError(t, json.Unmarshal([]byte(body), &cart), "cart body: %s", body)
+	assert.Equal(t, map[string]int{"A-1": 2, "B-2": 1, "C-3": 1, "D-4": 1, "E-5": 1}, cart, "cart")
 }
 
 func TestLoginIsRateLimited(t *testing.T) {
 	ts, _, _ := newTestServer(t)
 	c := newClient(t)
 	for i := range 5 {
-		if resp, _ := do(t, c, "POST", ts.URL+"/login", `{"email":"ada@example.com","password":"wrong"}`); resp.StatusCode != 401 {
-			t.Fatalf("attempt %d: POST /login = %d; want 401", i+1, resp.StatusCode)
-		}
+		resp, _ := do(t, c, "POST", ts.URL+"/login", `{"email":"ada@example.com","password":"wrong"}`)
+		require.Equal(t, 401, resp.StatusCode, "attempt %d: POST /login", i+1)
 	}
 	resp, body := do(t, c, "POST", ts.URL+"/login", `{"email":"ada@example.com","password":"espresso"}`)
-	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
-		t.Errorf("6th POST /login = %d %s %v; want 429 with Retry-After", resp.StatusCode, body, resp.Header)
-	}
+	assert.Equal(t, http.StatusTooManyRequests, resp.StatusCode, "6th POST /login: %s %v", body, resp.Header)
+	assert.NotEmpty(t, resp.Header.Get("Retry-After"), "6th POST /login: want Retry-After, headers %v", resp.Header)
 }
 
 func TestHealthAndRedisDown(t *testing.T) {
 	ts, cat, mr := newTestServer(t)
 	c := newClient(t)
-	if resp, body := do(t, c, "GET", ts.URL+"/healthz", ""); resp.StatusCode != 200 || !strings.Contains(body, `"status":"ok"`) {
-		t.Errorf("GET /healthz = %d %s", resp.StatusCode, body)
-	}
+	resp, body := do(t, c, "GET", ts.URL+"/healthz", "")
+	assert.Equal(t, 200, resp.StatusCode, "GET /healthz: %s", body)
+	assert.Contains(t, body, `"status":"ok"`, "GET /healthz")
 	mr.Close()
-	if resp, _ := do(t, c, "GET", ts.URL+"/healthz", ""); resp.StatusCode != 503 {
-		t.Errorf("GET /healthz with Redis down = %d; want 503", resp.StatusCode)
-	}
+	resp, _ = do(t, c, "GET", ts.URL+"/healthz", "")
+	assert.Equal(t, 503, resp.StatusCode, "GET /healthz with Redis down")
 	// The product list degrades to the database; rate limiting fails open.
-	resp, body := do(t, c, "GET", ts.URL+"/products", "")
-	if resp.StatusCode != 200 || !strings.Contains(body, "Espresso") || cat.loads == 0 {
-		t.Errorf("GET /products with Redis down = %d %s; want the loader's products", resp.StatusCode, body)
-	}
+	resp, body = do(t, c, "GET", ts.URL+"/products", "")
+	assert.Equal(t, 200, resp.StatusCode, "GET /products with Redis down: %s", body)
+	assert.Contains(t, body, "Espresso", "GET /products with Redis down: want the loader's products")
+	assert.NotZero(t, cat.loads, "GET /products with Redis down: want the loader called")
 }

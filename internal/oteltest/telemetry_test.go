@@ -89,7 +89,7 @@ func (o *observed) sums(t testing.TB, name string) map[string]int64 {
 					out[attrs(dp.Attributes)] += int64(dp.Count)
 				}
 			default:
-				t.Fatalf("%s: unexpected data %T", name, m.Data)
+				require.FailNowf(t, "unexpected data", "%s: unexpected data %T", name, m.Data)
 			}
 		}
 	}
@@ -197,7 +197,7 @@ func TestSpanParent(t *testing.T) {
 			return
 		}
 	}
-	t.Fatal("no redisservice.get span")
+	require.FailNow(t, "no redisservice.get span")
 }
 
 // TestCacheResults: a Cache miss and the hit after it.
