@@ -486,3 +486,49 @@ func TestLocalTierTrackerOptionsRace(t *testing.T) {
 		require.NoError(t, c.Close())
 	}
 }
+
+// TestLocalTierKilledTrackingSentinel: with SentinelMaster, a killed
+// tracking connection of the master takes the tier out of use before a
+// write made meanwhile could be missed, as on one node and a cluster.
+// It kills connections only (none of the set's servers), so it leaves the
+// set as it found it; it is not parallel, like the failover tests.
+func TestLocalTierKilledTrackingSentinel(t *testing.T) {
+	addrs, name := os.Getenv(envTestSentinel), os.Getenv(envTestSentinelMaster)
+	if addrs == "" || name == "" {
+		t.Skipf("no Redis Sentinel: set %s and %s (scripts/redis-test-servers start prints them)", envTestSentinel, envTestSentinelMaster)
+	}
+	sentinels := strings.Split(addrs, ",")
+	spw, mpw := os.Getenv(envTestSentinelPassword), os.Getenv(envTestSentinelMasterPwd)
+	master := waitSentinelHealthy(t, sentinels, spw, name)
+	cname := "rstest-" + randomHex(t, 4)
+	prefix := "rstest:" + randomHex(t, 6) + ":"
+	s, err := New(Options{
+		URL:               "redis://:" + mpw + "@unused-with-sentinel/0?client_name=" + cname,
+		SentinelMaster:    name,
+		SentinelAddrs:     sentinels,
+		SentinelPassword:  spw,
+		KeyPrefix:         prefix,
+		LocalCacheEntries: 100,
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	mc := redis.NewClient(&redis.Options{Addr: master, Password: mpw, ContextTimeoutEnabled: true})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		assert.NoError(t, deleteByPrefix(ctx, mc, prefix), "cleanup of %s*", prefix)
+		_ = mc.Close()
+	})
+	require.Eventually(t, s.LocalCacheActive, 10*time.Second, time.Millisecond, "the local tier comes into use")
+	ctx := ctxT(t)
+	for round := range 2 {
+		key := "killed:" + strconv.Itoa(round)
+		warmLocal(t, s, key, "before")
+		require.Eventually(t, func() bool { return killTracking(t, ctx, mc, cname) > 0 }, 20*time.Second, 10*time.Millisecond,
+			"a tracking connection on the master to kill")
+		require.NoError(t, mc.Set(ctx, prefix+key, `"after"`, time.Minute).Err())
+		w := newStaleWatch(s, key, "before", "after", time.Now())
+		w.until(t, 20*time.Second, "the tier in use again after the kill", s.LocalCacheActive)
+		w.check(t, "Sentinel: killed tracking connection, round "+strconv.Itoa(round))
+	}
+}
