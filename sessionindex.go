@@ -333,15 +333,8 @@ func (s *Service) joinIndex(ctx context.Context, op, id, uid string) error {
 // trip for the TTLs, one for the index. It returns the ids the cap
 // evicted.
 func (s *Service) indexAll(ctx context.Context, op, uid string, ids []string) ([]string, error) {
-	cmds := make([]*redis.DurationCmd, len(ids))
-	_, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (struct{}, error) {
-		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, id := range ids {
-				cmds[i] = p.PTTL(ctx, s.key(sessionKey(id)))
-			}
-			return nil
-		})
-		return struct{}{}, err
+	cmds, err := pipelineSessions(ctx, s, op, ids, func(ctx context.Context, p redis.Pipeliner, key string) *redis.DurationCmd {
+		return p.PTTL(ctx, key)
 	})
 	if err != nil {
 		return nil, err

@@ -154,18 +154,28 @@ func (s *Service) delSessions(ctx context.Context, op string, ids []string) (int
 	})
 }
 
-// sessionsExist reports, by id, whether the sessions ids exist: one
-// pipelined round trip, one per node on Redis Cluster.
-func (s *Service) sessionsExist(ctx context.Context, op string, ids []string) (map[string]bool, error) {
-	cmds := make([]*redis.IntCmd, len(ids))
+// pipelineSessions sends one command per session id, made by cmd from
+// the session's key, in one pipelined round trip (one per node on Redis
+// Cluster), and returns them in the order of ids.
+func pipelineSessions[C redis.Cmder](ctx context.Context, s *Service, op string, ids []string, cmd func(context.Context, redis.Pipeliner, string) C) ([]C, error) {
+	cmds := make([]C, len(ids))
 	_, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (struct{}, error) {
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, id := range ids {
-				cmds[i] = p.Exists(ctx, s.key(sessionKey(id)))
+				cmds[i] = cmd(ctx, p, s.key(sessionKey(id)))
 			}
 			return nil
 		})
 		return struct{}{}, err
+	})
+	return cmds, err
+}
+
+// sessionsExist reports, by id, whether the sessions ids exist: one
+// pipelined round trip, one per node on Redis Cluster.
+func (s *Service) sessionsExist(ctx context.Context, op string, ids []string) (map[string]bool, error) {
+	cmds, err := pipelineSessions(ctx, s, op, ids, func(ctx context.Context, p redis.Pipeliner, key string) *redis.IntCmd {
+		return p.Exists(ctx, key)
 	})
 	if err != nil {
 		return nil, err
