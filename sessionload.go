@@ -102,38 +102,11 @@ func (s *Service) loadSession(ctx context.Context, op, id string, touchEvery, li
 	if s.opts.LegacySessions || lt != nil {
 		legacy = 1 // every session is indexed with its TTL, as GetSession does; the tier needs the TTL
 	}
-	var (
-		ticket localtier.Ticket
-		start  = time.Now()
-	)
-	reply, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (any, error) {
-		keys := []string{s.key(sessionKey(id))}
-		args := []any{stamp, now.UnixMilli(), lifetime.Milliseconds(), touchEvery.Milliseconds(), legacy}
-		var (
-			reply any
-			err   error
-			node  *redis.Client
-		)
-		if lt != nil {
-			// Before the read: an invalidation meanwhile keeps its value out.
-			ticket, node = s.localTicket(ctx, sessionKey(id))
-		}
-		if node != nil {
-			// On a cluster, the read goes to the master whose tracking the
-			// ticket checks.
-			reply, err = sessionLoadScript.Run(ctx, node, keys, args...).Result()
-			if err != nil && isRedirect(err) {
-				lt.RaiseDoubt()
-				ticket, node = localtier.Ticket{}, nil
-			}
-		}
-		if node == nil {
-			reply, err = sessionLoadScript.Run(ctx, s.rdb, keys, args...).Result()
-		}
-		var rerr redis.Error
-		if errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "ERR stored session") {
-			err = fmt.Errorf("%w: %w", ErrDecode, err) // the script refused what GetSession cannot decode either
-		}
+	start := time.Now()
+	args := []any{stamp, now.UnixMilli(), lifetime.Milliseconds(), touchEvery.Milliseconds(), legacy}
+	var ticket localtier.Ticket
+	reply, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) (reply any, err error) {
+		reply, ticket, err = s.runSessionLoad(ctx, lt, id, args)
 		return reply, err
 	})
 	if err != nil {
@@ -143,17 +116,8 @@ func (s *Service) loadSession(ctx context.Context, op, id string, touchEvery, li
 		s.found(false) // missing or ended
 		return loadedSession{}, false, nil
 	}
-	var (
-		raw           string
-		ttl, touched  int64
-		ok1, ok2, ok3 bool
-	)
-	if r, ok := reply.([]any); ok && len(r) == 3 {
-		raw, ok1 = r[0].(string)
-		ttl, ok2 = r[1].(int64)
-		touched, ok3 = r[2].(int64)
-	}
-	if !ok1 || !ok2 || !ok3 {
+	raw, ttl, touched, ok := parseSessionLoad(reply)
+	if !ok {
 		return loadedSession{}, false, s.fail(ctx, op, sessionDisplayKey, fmt.Errorf("%w: unexpected script reply %T", ErrDecode, reply))
 	}
 	b := []byte(raw) // the decoded Values alias it
@@ -176,6 +140,53 @@ func (s *Service) loadSession(ctx context.Context, op, id string, touchEvery, li
 		return ls, true, s.indexSession(ctx, op, data.UserID, id, now.Add(ls.ttl))
 	}
 	return ls, true, nil
+}
+
+// runSessionLoad runs sessionLoadScript for id with args. With the tier
+// lt, it takes the tier's ticket before the read (an invalidation
+// meanwhile keeps its value out) and, on a cluster, sends the read to the
+// master whose tracking the ticket checks; a redirect raises the tier's
+// doubt and the read goes through the cluster client without a ticket.
+func (s *Service) runSessionLoad(ctx context.Context, lt *localtier.Tier, id string, args []any) (any, localtier.Ticket, error) {
+	keys := []string{s.key(sessionKey(id))}
+	var (
+		reply  any
+		err    error
+		ticket localtier.Ticket
+		node   *redis.Client
+	)
+	if lt != nil {
+		ticket, node = s.localTicket(ctx, sessionKey(id))
+	}
+	if node != nil {
+		reply, err = sessionLoadScript.Run(ctx, node, keys, args...).Result()
+		if err != nil && isRedirect(err) {
+			lt.RaiseDoubt()
+			ticket, node = localtier.Ticket{}, nil
+		}
+	}
+	if node == nil {
+		reply, err = sessionLoadScript.Run(ctx, s.rdb, keys, args...).Result()
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "ERR stored session") {
+		err = fmt.Errorf("%w: %w", ErrDecode, err) // the script refused what GetSession cannot decode either
+	}
+	return reply, ticket, err
+}
+
+// parseSessionLoad reads sessionLoadScript's reply for a live session:
+// the stored text, its PTTL (ms; -1: none; 0: not read) and whether the
+// script touched it.
+func parseSessionLoad(reply any) (raw string, ttl, touched int64, ok bool) {
+	r, ok := reply.([]any)
+	if !ok || len(r) != 3 {
+		return "", 0, 0, false
+	}
+	raw, ok1 := r[0].(string)
+	ttl, ok2 := r[1].(int64)
+	touched, ok3 := r[2].(int64)
+	return raw, ttl, touched, ok1 && ok2 && ok3
 }
 
 // fresh reports whether c may be served at now without asking Redis: no
