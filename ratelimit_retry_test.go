@@ -3,6 +3,7 @@ package redisservice
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -109,14 +110,22 @@ func checkScriptNotRetried(t *testing.T, b *backend, p *stallProxies, s *Service
 	assert.False(t, took >= stallFor, "CheckRateLimit took %v; want it to give up at the %v read timeout", took, stallReadTimeout)
 	n := p.scripts.Load() - sent
 	assert.False(t, n != 1, "script sent %d times for one CheckRateLimit; want 1", n)
+	// Sent once, so counted once; or not at all when a starved machine
+	// let the read timeout close the connection before the proxy passed
+	// the request on. Never twice.
 	count, err := b.client.Get(ctx, b.raw("ratelimit:"+id)).Int()
-	assert.False(t, err != nil || count != 1, "counter after one timed-out CheckRateLimit = %d, %v; want 1", count, err)
+	if errors.Is(err, redis.Nil) {
+		count, err = 0, nil
+		t.Logf("the held request never reached Redis (a loaded machine): nothing counted")
+	}
+	require.NoError(t, err, "counter after one timed-out CheckRateLimit")
+	assert.LessOrEqual(t, count, 1, "counter after one timed-out CheckRateLimit")
 
 	// The limiter works again, on a fresh connection, as soon as the
 	// background PING has seen Redis answer (calls fail fast until then).
 	require.Eventually(t, s.IsConnected, waitDeadline, time.Millisecond, "IsConnected after the stall")
 	r, err = s.CheckRateLimit(ctx, id, time.Minute, 10)
-	assert.False(t, err != nil || r.Remaining != 8, "CheckRateLimit after the stall = %+v, %v; want Remaining 8", r, err)
+	assert.False(t, err != nil || r.Remaining != 9-count, "CheckRateLimit after the stall = %+v, %v; want Remaining %d", r, err, 9-count)
 }
 
 func TestRateLimitScriptIsNotRetriedOnAStalledServer(t *testing.T) {
