@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -50,6 +51,18 @@ func Install() *Log {
 	redis.SetLogger(l)
 	slog.SetDefault(slog.New(slog.NewTextHandler(l, nil)))
 	return l
+}
+
+// Main is a TestMain for a package whose tests need nothing else: it
+// installs a Log, runs the tests, writes the held lines to stderr when
+// they failed, and exits with their code.
+func Main(m *testing.M) {
+	logs := Install()
+	code := m.Run()
+	if code != 0 {
+		_, _ = logs.WriteTo(os.Stderr)
+	}
+	os.Exit(code)
 }
 
 // Printf keeps one line of go-redis. It implements go-redis's logging
