@@ -241,62 +241,6 @@ func TestAllowAllConcurrentCallersGetExactlyTheBurst(t *testing.T) {
 	})
 }
 
-func TestAllowAllInvalidArguments(t *testing.T) {
-	t.Parallel()
-	b := newBackend(t, "miniredis")
-	s := b.service(t, Options{})
-	ctx := ctxT(t)
-	ok := KeyLimit{"k", PerSecond(1)}
-	tests := []struct {
-		name   string
-		n      int
-		limits []KeyLimit
-		want   error
-	}{
-		{"no limit", 1, nil, ErrInvalidArgument},
-		{"empty key", 1, []KeyLimit{ok, {"", PerSecond(1)}}, ErrInvalidKey},
-		{"negative n", -1, []KeyLimit{ok, ok}, ErrInvalidArgument},
-		{"zero limit", 1, []KeyLimit{ok, {Key: "j"}}, ErrInvalidArgument},
-		{"zero rate", 1, []KeyLimit{ok, {"j", PerSecond(0)}}, ErrInvalidArgument},
-		{"sub-millisecond period", 1, []KeyLimit{ok, {"j", Limit{Rate: 1, Period: time.Microsecond}}}, ErrInvalidTTL},
-		{"huge burst", 1, []KeyLimit{ok, {"j", Limit{Rate: shl(41), Period: time.Hour}}}, ErrInvalidArgument},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r, err := s.AllowAll(ctx, tt.n, tt.limits...)
-			require.ErrorIs(t, err, tt.want)
-			assert.Equal(t, RateLimitResult{}, r, "the zero result (not allowed)")
-		})
-	}
-	assert.Empty(t, b.mr.Keys(), "invalid calls wrote")
-	assert.Zero(t, s.Stats().Errors, "invalid arguments counted as Redis failures")
-}
-
-func TestAllowAllWhenRedisCannotBeAsked(t *testing.T) {
-	t.Parallel()
-	limits := []KeyLimit{{"ip", Limit{Rate: 10, Period: time.Second, Burst: 4}}, {"user", PerMinute(100)}}
-	for _, failClosed := range []bool{false, true} {
-		t.Run(fmt.Sprintf("RateLimitFailClosed=%v", failClosed), func(t *testing.T) {
-			t.Parallel()
-			s := downService(t, Options{RateLimitFailClosed: failClosed})
-			r, err := s.AllowAll(ctxT(t), 2, limits...)
-			require.Error(t, err)
-			want := RateLimitResult{Allowed: true, Limit: 4, Remaining: 2, ResetAfter: 200 * time.Millisecond}
-			if failClosed {
-				want = RateLimitResult{Limit: 100, RetryAfter: 1200 * time.Millisecond, ResetAfter: 1200 * time.Millisecond}
-			}
-			assert.WithinDuration(t, time.Now().Add(want.ResetAfter), r.ResetAt, time.Second)
-			r.ResetAt = time.Time{}
-			assert.Equal(t, want, r, "AllowN's fallback for the same limits")
-
-			require.NoError(t, s.Close())
-			r, err = s.AllowAll(ctxT(t), 1, limits...)
-			require.ErrorIs(t, err, ErrClosed)
-			assert.Equal(t, !failClosed, r.Allowed)
-		})
-	}
-}
-
 // reserve runs gcraScript as AllowAll's first step for key under l.
 func reserve(t testing.TB, s *Service, token string, n int, key string, l Limit) gcraReply {
 	t.Helper()

@@ -1,10 +1,8 @@
 package redisservice
 
 import (
-	"fmt"
 	"math"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -94,30 +92,7 @@ func TestAllowNConcurrentCallersGetExactlyTheBurst(t *testing.T) {
 		// loaded the machine.
 		second := Limit{Rate: 1000, Period: 1000 * time.Hour}
 		limits := []Limit{{Rate: burst, Period: time.Hour}, second}
-		var (
-			wg        sync.WaitGroup
-			mu        sync.Mutex
-			allowed   int
-			remaining = map[int]bool{}
-		)
-		for range callers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				r, err := s.AllowN(ctx, "crowd", 1, limits...)
-				if !assert.NoError(t, err) {
-					return
-				}
-				mu.Lock()
-				defer mu.Unlock()
-				if r.Allowed {
-					allowed++
-					assert.False(t, remaining[r.Remaining], "Remaining %d reported twice", r.Remaining)
-					remaining[r.Remaining] = true
-				}
-			}()
-		}
-		wg.Wait()
+		allowed := allowedOf(t, callers, func() (RateLimitResult, error) { return s.AllowN(ctx, "crowd", 1, limits...) })
 		assert.Equal(t, burst, allowed, "%d concurrent callers", callers)
 		r, err := s.AllowN(ctx, "crowd", 0, second)
 		require.NoError(t, err)
@@ -206,68 +181,6 @@ func downService(t testing.TB, opts Options) *Service {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Close() })
 	return s
-}
-
-func TestAllowNInvalidArguments(t *testing.T) {
-	t.Parallel()
-	b := newBackend(t, "miniredis")
-	s := b.service(t, Options{})
-	ctx := ctxT(t)
-	tests := []struct {
-		name   string
-		key    string
-		n      int
-		limits []Limit
-		want   error
-	}{
-		{"empty key", "", 1, []Limit{PerSecond(1)}, ErrInvalidKey},
-		{"negative n", "k", -1, []Limit{PerSecond(1)}, ErrInvalidArgument},
-		{"no limit", "k", 1, nil, ErrInvalidArgument},
-		{"zero rate", "k", 1, []Limit{PerSecond(0)}, ErrInvalidArgument},
-		{"negative rate", "k", 1, []Limit{PerSecond(1), {Rate: -1, Period: time.Second}}, ErrInvalidArgument},
-		{"zero period", "k", 1, []Limit{{Rate: 1}}, ErrInvalidArgument},
-		{"negative period", "k", 1, []Limit{{Rate: 1, Period: -time.Second}}, ErrInvalidArgument},
-		{"sub-millisecond period", "k", 1, []Limit{{Rate: 1, Period: time.Millisecond - 1}}, ErrInvalidTTL},
-		{"negative burst", "k", 1, []Limit{{Rate: 1, Period: time.Second, Burst: -1}}, ErrInvalidArgument},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r, err := s.AllowN(ctx, tt.key, tt.n, tt.limits...)
-			require.ErrorIs(t, err, tt.want)
-			assert.Equal(t, RateLimitResult{}, r, "the zero result (not allowed)")
-		})
-	}
-	assert.Empty(t, b.mr.Keys(), "invalid calls wrote")
-	assert.True(t, s.IsConnected())
-	assert.Zero(t, s.Stats().Errors, "invalid arguments counted as Redis failures")
-}
-
-func TestAllowNWhenRedisCannotBeAsked(t *testing.T) {
-	t.Parallel()
-	limits := []Limit{{Rate: 10, Period: time.Second, Burst: 4}, PerMinute(100)}
-	for _, failClosed := range []bool{false, true} {
-		t.Run(fmt.Sprintf("RateLimitFailClosed=%v", failClosed), func(t *testing.T) {
-			t.Parallel()
-			s := downService(t, Options{RateLimitFailClosed: failClosed})
-			start := time.Now()
-			r, err := s.AllowN(ctxT(t), "client", 2, limits...)
-			require.Error(t, err)
-			assert.Less(t, time.Since(start), 2*time.Second)
-			want := RateLimitResult{Allowed: true, Limit: 4, Remaining: 2, ResetAfter: 200 * time.Millisecond}
-			if failClosed {
-				// The slowest limit: 2 tokens of 600ms.
-				want = RateLimitResult{Limit: 100, RetryAfter: 1200 * time.Millisecond, ResetAfter: 1200 * time.Millisecond}
-			}
-			assert.WithinDuration(t, time.Now().Add(want.ResetAfter), r.ResetAt, time.Second)
-			r.ResetAt = time.Time{}
-			assert.Equal(t, want, r)
-
-			require.NoError(t, s.Close())
-			r, err = s.AllowN(ctxT(t), "client", 1, limits...)
-			require.ErrorIs(t, err, ErrClosed)
-			assert.Equal(t, !failClosed, r.Allowed)
-		})
-	}
 }
 
 func TestAllowNReplacesAForeignValue(t *testing.T) {
@@ -373,24 +286,6 @@ func TestResetRateLimit(t *testing.T) {
 		}
 		require.ErrorIs(t, s.ResetRateLimit(ctx, ""), ErrInvalidKey)
 	})
-}
-
-func TestAllowNRecoversFromNoScript(t *testing.T) {
-	t.Parallel()
-	b := newBackend(t, "miniredis")
-	s := b.service(t, Options{})
-	ctx := ctxT(t)
-	for i, flush := range []bool{false, false, true} {
-		if flush {
-			require.NoError(t, b.client.ScriptFlush(ctx).Err())
-		}
-		r, err := s.AllowN(ctx, "noscript", 1, PerHour(5))
-		require.NoError(t, err)
-		assert.Equal(t, 4-i, r.Remaining)
-		ok, err := b.client.ScriptExists(ctx, gcraScript.Hash()).Result()
-		require.NoError(t, err)
-		assert.Equal(t, []bool{true}, ok, "script loaded again")
-	}
 }
 
 // TestAllowNHighRatesKeepTheBurst: at a rate of a token every few
