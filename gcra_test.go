@@ -183,6 +183,10 @@ func downService(t testing.TB, opts Options) *Service {
 	return s
 }
 
+// TestAllowNReplacesAForeignValue: a gcra: key that holds what AllowN
+// cannot read is a fresh bucket; a hash that lost its expiry (PERSIST, or
+// written by a tool) keeps its state. Either way the next allowed call
+// gives the hash a TTL, instead of it living for ever.
 func TestAllowNReplacesAForeignValue(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, b *backend) {
@@ -192,21 +196,32 @@ func TestAllowNReplacesAForeignValue(t *testing.T) {
 		l := PerHour(2)
 		field := "2/3600/2"
 		raw := b.raw("gcra:k")
-		for name, write := range map[string]func() error{
-			"string":         func() error { return b.client.Set(ctx, raw, "x", 0).Err() },
-			"list":           func() error { return b.client.RPush(ctx, raw, "x").Err() },
-			"garbage field":  func() error { return b.client.HSet(ctx, raw, field, "not a number").Err() },
-			"far future TAT": func() error { return b.client.HSet(ctx, raw, field, "1e300").Err() },
-			"nan TAT":        func() error { return b.client.HSet(ctx, raw, field, "nan").Err() },
-			"far future exp": func() error { return b.client.HSet(ctx, raw, "exp", "1e300").Err() },
-		} {
-			t.Run(name, func(t *testing.T) {
+		tests := []struct {
+			name          string
+			write         func(t *testing.T)
+			wantRemaining int // after one request
+		}{
+			{"string", func(*testing.T) { b.client.Set(ctx, raw, "x", 0) }, 1},
+			{"list", func(*testing.T) { b.client.RPush(ctx, raw, "x") }, 1},
+			{"garbage field", func(*testing.T) { b.client.HSet(ctx, raw, field, "not a number") }, 1},
+			{"far future TAT", func(*testing.T) { b.client.HSet(ctx, raw, field, "1e300") }, 1},
+			{"nan TAT", func(*testing.T) { b.client.HSet(ctx, raw, field, "nan") }, 1},
+			{"far future exp", func(*testing.T) { b.client.HSet(ctx, raw, "exp", "1e300") }, 1},
+			{"hash without TTL", func(t *testing.T) {
+				_, err := s.AllowN(ctx, "k", 1, l)
+				require.NoError(t, err)
+				require.True(t, b.client.Persist(ctx, raw).Val())
+			}, 0},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
 				require.NoError(t, b.client.Del(ctx, raw).Err())
-				require.NoError(t, write())
+				tt.write(t)
+				require.True(t, b.client.Exists(ctx, raw).Val() == 1 && b.client.PTTL(ctx, raw).Val() == -1, "the value written, without a TTL")
 				r, err := s.AllowN(ctx, "k", 1, l)
 				require.NoError(t, err)
 				assert.True(t, r.Allowed)
-				assert.Equal(t, 1, r.Remaining, "a fresh bucket")
+				assert.Equal(t, tt.wantRemaining, r.Remaining)
 				pttl := b.client.PTTL(ctx, raw).Val()
 				assert.True(t, pttl > 0 && pttl <= 2*time.Hour, "PTTL %v; want the hash to expire", pttl)
 			})
@@ -364,28 +379,6 @@ func TestLimitsThatOverflowAreRefused(t *testing.T) {
 		assert.Equal(t, l.burst()-3, r.Remaining, "Remaining under %v", l.name())
 		assert.GreaterOrEqual(t, r.ResetAfter, time.Duration(0))
 	}
-}
-
-// TestAllowNRepairsAHashWithoutTTL: a gcra: hash that lost its expiry
-// (PERSIST, or written by a tool) gets one back from the next allowed
-// call, instead of living for ever.
-func TestAllowNRepairsAHashWithoutTTL(t *testing.T) {
-	t.Parallel()
-	forEachBackend(t, func(t *testing.T, b *backend) {
-		t.Parallel()
-		s := b.service(t, Options{})
-		ctx := ctxT(t)
-		raw := b.raw("gcra:k")
-		_, err := s.AllowN(ctx, "k", 1, PerHour(10))
-		require.NoError(t, err)
-		require.True(t, b.client.Persist(ctx, raw).Val())
-		require.Equal(t, time.Duration(-1), b.client.PTTL(ctx, raw).Val())
-		r, err := s.AllowN(ctx, "k", 1, PerHour(10))
-		require.NoError(t, err)
-		assert.Equal(t, 8, r.Remaining)
-		pttl := b.client.PTTL(ctx, raw).Val()
-		assert.True(t, pttl > 0 && pttl <= 2*time.Hour, "PTTL %v after an allowed call; want the hash to expire", pttl)
-	})
 }
 
 // TestAllowNReadsTheEarlierStateFormat: a field holding a TAT in seconds
