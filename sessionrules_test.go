@@ -26,9 +26,7 @@ func TestSessionMaxLifetimeEndsOlderSessions(t *testing.T) {
 
 		// Within the lifetime: a touch slides the expiry no further than its end.
 		clock.advance(20 * time.Minute)
-		ok, err := capped.UpdateSessionActivity(ctx, ids[0])
-		require.NoError(t, err)
-		require.True(t, ok)
+		touchSession(t, capped, ids[0])
 		d := b.client.PTTL(ctx, b.raw("session:"+ids[0])).Val()
 		assert.True(t, d > 9*time.Minute && d <= 10*time.Minute, "PTTL = %v; want the 10 minutes left of the lifetime", d)
 
@@ -37,7 +35,7 @@ func TestSessionMaxLifetimeEndsOlderSessions(t *testing.T) {
 		_, found, err := capped.GetSession(ctx, ids[1])
 		require.NoError(t, err)
 		assert.False(t, found, "GetSession of a session past SessionMaxLifetime")
-		ok, err = capped.UpdateSessionActivity(ctx, ids[2])
+		ok, err := capped.UpdateSessionActivity(ctx, ids[2])
 		require.NoError(t, err)
 		assert.False(t, ok, "UpdateSessionActivity of a session past SessionMaxLifetime")
 		ok, err = capped.UpdateSession(ctx, ids[3], func(*SessionData) error { assert.Fail(t, "fn ran for an ended session"); return nil })
@@ -48,19 +46,20 @@ func TestSessionMaxLifetimeEndsOlderSessions(t *testing.T) {
 		assert.False(t, ok, "RenewSessionID of a session past SessionMaxLifetime")
 		assert.Empty(t, newID)
 		for _, id := range ids[1:] {
-			assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+id)).Val(), "an ended session is deleted")
+			assert.False(t, sessionExists(t, b, id), "an ended session is deleted")
 		}
-		require.Contains(t, b.client.ZRange(ctx, b.raw("user-sessions:u1"), 0, -1).Val(), ids[0], "the index")
+		require.Contains(t, indexed(t, b, "u1"), ids[0], "the index")
 		all, err := capped.UserSessions(ctx, "u1")
 		require.NoError(t, err)
 		assert.Empty(t, all, "UserSessions lists a session past SessionMaxLifetime")
 		assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+ids[0])).Val(), "an ended session is deleted")
-		assert.Empty(t, b.client.ZRange(ctx, b.raw("user-sessions:u1"), 0, -1).Val(), "the index")
+		assert.Empty(t, indexed(t, b, "u1"), "the index")
 	})
 }
 
 // Stored objects in which Go and the touch script could mean different
-// members are refused by both; names never lose their bytes.
+// members, and stored values that are not objects, are refused by both;
+// names never lose their bytes.
 func TestSessionMemberNamesGoAndTheScriptAgreeOn(t *testing.T) {
 	t.Parallel()
 	const rest = `"email":"","role":"","createdAt":"2026-11-29T07:00:00.000Z","lastActivity":"2026-11-29T07:00:00.000Z","ip":"","userAgent":""`
@@ -74,6 +73,9 @@ func TestSessionMemberNamesGoAndTheScriptAgreeOn(t *testing.T) {
 		{"repeated Values name", `{"userId":"u1",` + rest + `,"cart":1,"cart":2}`},
 		{"names that decode alike", `{"userId":"u1",` + rest + `,"caf\u00e9":1,"café":2}`},
 		{"invalid UTF-8 names", "{\"userId\":\"u1\"," + rest + ",\"a\xff\":1,\"a\xfe\":2}"},
+		{"an array", `[1]`},
+		{"a string", `"s"`},
+		{"cut short", `{"a":`},
 	}
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		s := b.service(t, Options{})
@@ -94,10 +96,10 @@ func TestSessionMemberNamesGoAndTheScriptAgreeOn(t *testing.T) {
 			}
 		}
 		for _, uid := range []string{"victim", "attacker"} {
-			assert.Empty(t, b.client.ZRange(ctx, b.raw("user-sessions:"+uid), 0, -1).Val(), "index of %s", uid)
+			assert.Empty(t, indexed(t, b, uid), "index of %s", uid)
 		}
 		// Those the script touched have one userId, and are indexed under it.
-		assert.ElementsMatch(t, []string{"names-g", "names-h", "names-i"}, b.client.ZRange(ctx, b.raw("user-sessions:u1"), 0, -1).Val(), "index of u1")
+		assert.ElementsMatch(t, []string{"names-g", "names-h", "names-i"}, indexed(t, b, "u1"), "index of u1")
 
 		// Names and fields given by the caller: invalid UTF-8 is refused, never replaced.
 		id, _ := NewSessionID()
@@ -105,7 +107,7 @@ func TestSessionMemberNamesGoAndTheScriptAgreeOn(t *testing.T) {
 		assert.ErrorIs(t, err, ErrInvalidArgument, "Values keys of invalid UTF-8")
 		err = s.CreateSession(ctx, id, SessionData{UserID: "u1", Email: "a\xffb"}, time.Minute)
 		assert.ErrorIs(t, err, ErrInvalidArgument, "an Email of invalid UTF-8")
-		assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+id)).Val(), "nothing written")
+		assert.False(t, sessionExists(t, b, id), "nothing written")
 		id = newSession(t, s, "u1", time.Minute)
 		_, err = s.UpdateSession(ctx, id, func(d *SessionData) error {
 			d.Values = map[string]json.RawMessage{"k\xff": json.RawMessage(`1`)}
@@ -138,9 +140,7 @@ func TestUpdateSessionWithARacingLastActivity(t *testing.T) {
 		// The racing updates return the LastActivity they wrote.
 		touch := func(t *testing.T) time.Time {
 			clock.advance(time.Second)
-			ok, err := s.UpdateSessionActivity(ctx, id)
-			require.NoError(t, err)
-			require.True(t, ok)
+			touchSession(t, s, id)
 			return clock.now()
 		}
 		setOther := func(t *testing.T) time.Time {
@@ -185,7 +185,7 @@ func TestUpdateSessionWithARacingLastActivity(t *testing.T) {
 			})
 		}
 		// The TTL is kept: LastActivity set by fn does not slide it.
-		d := b.client.PTTL(ctx, b.raw("session:"+id)).Val()
+		d := sessionTTL(t, b, id)
 		assert.True(t, d > 0 && d <= time.Minute, "PTTL = %v", d)
 	})
 }
@@ -243,7 +243,7 @@ func TestSessionTouchReadsCreatedAtAsGoDoes(t *testing.T) {
 			require.NoError(t, err, form)
 			require.True(t, ok, form)
 			want := time.Duration(created.UnixMilli()+(30*time.Minute).Milliseconds()-clock.now().UnixMilli()) * time.Millisecond
-			d := b.client.PTTL(ctx, b.raw("session:"+id)).Val()
+			d := sessionTTL(t, b, id)
 			assert.True(t, d <= want && d > want-time.Second, "createdAt %s: PTTL = %v; want %v", form, d, want)
 		}
 	})
