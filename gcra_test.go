@@ -172,17 +172,6 @@ func TestAllowNAboveTheBurst(t *testing.T) {
 	})
 }
 
-// downService returns a Service whose Redis refuses connections.
-func downService(t testing.TB, opts Options) *Service {
-	t.Helper()
-	opts.URL = "redis://" + closedPort(t)
-	opts.Timeout = 500 * time.Millisecond
-	s, err := New(opts)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
-	return s
-}
-
 // TestAllowNReplacesAForeignValue: a gcra: key that holds what AllowN
 // cannot read is a fresh bucket; a hash that lost its expiry (PERSIST, or
 // written by a tool) keeps its state. Either way the next allowed call

@@ -12,17 +12,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// serverTime returns the backend's TIME.
-func (b *backend) serverTime(t testing.TB) time.Time {
-	t.Helper()
-	if !b.real() {
-		return b.now
-	}
-	now, err := b.client.Time(ctxT(t)).Result()
-	require.NoError(t, err, "TIME")
-	return now
-}
-
 func TestCheckRateLimit(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, b *backend) {
@@ -157,6 +146,17 @@ func keysUnder(t testing.TB, b *backend) []string {
 	return keys
 }
 
+// serverTime returns the backend's TIME.
+func (b *backend) serverTime(t testing.TB) time.Time {
+	t.Helper()
+	if !b.real() {
+		return b.now
+	}
+	now, err := b.client.Time(ctxT(t)).Result()
+	require.NoError(t, err, "TIME")
+	return now
+}
+
 // TestRateLimitInvalidArguments: every rate limit refuses bad arguments
 // before anything is sent, with the zero result (not allowed), and
 // without counting a Redis failure.
@@ -251,6 +251,17 @@ func TestCheckRateLimitUsesTheServerClock(t *testing.T) {
 	require.NoError(t, err)
 	want := serverNow.Add(90 * time.Second)
 	assert.False(t, !r.ResetAt.Equal(want) || r.ResetAfter != 90*time.Second, "CheckRateLimit ResetAt, ResetAfter = %v, %v; want %v, 90s", r.ResetAt, r.ResetAfter, want)
+}
+
+// downService returns a Service whose Redis refuses connections.
+func downService(t testing.TB, opts Options) *Service {
+	t.Helper()
+	opts.URL = "redis://" + closedPort(t)
+	opts.Timeout = 500 * time.Millisecond
+	s, err := New(opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	return s
 }
 
 // TestRateLimitWhenRedisCannotBeAsked: with Redis down, a rate limit
