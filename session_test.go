@@ -323,64 +323,85 @@ func TestSessionRoundTrips(t *testing.T) {
 
 func TestSessionInvalidInput(t *testing.T) {
 	t.Parallel()
-	b := newBackend(t, "miniredis")
-	s := b.service(t, Options{})
-	ctx := ctxT(t)
 	good := SessionData{UserID: "u1"}
 	withValue := func(k, v string) SessionData {
 		return SessionData{UserID: "u1", Values: map[string]json.RawMessage{k: json.RawMessage(v)}}
 	}
-	tests := []struct {
-		name string
-		err  error
-		want error
-	}{
-		{"empty id", s.CreateSession(ctx, "", good, time.Minute), ErrInvalidKey},
-		{"long id", s.CreateSession(ctx, strings.Repeat("a", 257), good, time.Minute), ErrInvalidKey},
-		{"glob id", s.CreateSession(ctx, "abc*", good, time.Minute), ErrInvalidKey},
-		{"space id", s.CreateSession(ctx, "a b", good, time.Minute), ErrInvalidKey},
-		{"no user", s.CreateSession(ctx, "abc", SessionData{}, time.Minute), ErrInvalidArgument},
-		{"zero ttl", s.CreateSession(ctx, "abc", good, 0), ErrInvalidTTL},
-		{"sub-ms ttl", s.CreateSession(ctx, "abc", good, time.Microsecond), ErrInvalidTTL},
-		{"Values userId", s.CreateSession(ctx, "abc", withValue("userId", `"u2"`), time.Minute), ErrInvalidArgument},
-		{"Values lastActivity", s.CreateSession(ctx, "abc", withValue("lastActivity", `"x"`), time.Minute), ErrInvalidArgument},
-		{"Values idleTimeoutMs", s.CreateSession(ctx, "abc", withValue("idleTimeoutMs", `1`), time.Minute), ErrInvalidArgument},
-		{"Values expiresAtMs", s.CreateSession(ctx, "abc", withValue("expiresAtMs", `1`), time.Minute), ErrInvalidArgument},
-		{"Values bad JSON", s.CreateSession(ctx, "abc", withValue("cart", `{"a":`), time.Minute), ErrInvalidArgument},
-		{"Values empty", s.CreateSession(ctx, "abc", withValue("cart", ``), time.Minute), ErrInvalidArgument},
-		{"Values two values", s.CreateSession(ctx, "abc", withValue("cart", `1 2`), time.Minute), ErrInvalidArgument},
-		{"year 10000", s.CreateSession(ctx, "abc", SessionData{UserID: "u1", CreatedAt: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}, time.Minute), ErrInvalidArgument},
-		{"get empty", func() error { _, _, err := s.GetSession(ctx, ""); return err }(), ErrInvalidKey},
-		{"update empty", func() error { _, err := s.UpdateSessionActivity(ctx, ""); return err }(), ErrInvalidKey},
-		{"update fn empty", func() error { _, err := s.UpdateSession(ctx, "", func(*SessionData) error { return nil }); return err }(), ErrInvalidKey},
-		{"update nil fn", func() error { _, err := s.UpdateSession(ctx, "abc", nil); return err }(), ErrInvalidArgument},
-		{"renew empty", func() error { _, _, err := s.RenewSessionID(ctx, ""); return err }(), ErrInvalidKey},
-		{"destroy empty", func() error { _, err := s.DestroySession(ctx, ""); return err }(), ErrInvalidKey},
-		{"destroy user empty", func() error { _, err := s.DestroyUserSessions(ctx, ""); return err }(), ErrInvalidKey},
-		{"user sessions empty", func() error { _, err := s.UserSessions(ctx, ""); return err }(), ErrInvalidKey},
-	}
-	for _, tt := range tests {
-		assert.ErrorIs(t, tt.err, tt.want, tt.name)
-	}
-	assert.Empty(t, b.mr.Keys(), "invalid calls wrote keys")
-	for _, id := range []string{"../../etc", "abc*", strings.Repeat("a", 257)} {
-		_, found, err := s.GetSession(ctx, id)
-		assert.False(t, found)
-		assert.ErrorIs(t, err, ErrInvalidKey, "GetSession(%.20q)", id)
-		ok, err := s.UpdateSessionActivity(ctx, id)
-		assert.False(t, ok)
-		assert.ErrorIs(t, err, ErrInvalidKey, "UpdateSessionActivity(%.20q)", id)
-		ok, err = s.UpdateSession(ctx, id, func(*SessionData) error { return nil })
-		assert.False(t, ok)
-		assert.ErrorIs(t, err, ErrInvalidKey, "UpdateSession(%.20q)", id)
-		newID, ok, err := s.RenewSessionID(ctx, id)
-		assert.False(t, ok)
-		assert.Empty(t, newID)
-		assert.ErrorIs(t, err, ErrInvalidKey, "RenewSessionID(%.20q)", id)
-		ok, err = s.DestroySession(ctx, id)
-		assert.False(t, ok)
-		assert.ErrorIs(t, err, ErrInvalidKey, "DestroySession(%.20q)", id)
-	}
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		// The updates below are refused, and leave this session alone.
+		existing := newSession(t, s, "u1", time.Minute)
+		before := stored(t, b, existing)
+		update := func(fn func(d *SessionData)) error {
+			ok, err := s.UpdateSession(ctx, existing, func(d *SessionData) error { fn(d); return nil })
+			assert.False(t, ok, "UpdateSession refused")
+			return err
+		}
+		tests := []struct {
+			name string
+			err  error
+			want error
+		}{
+			{"empty id", s.CreateSession(ctx, "", good, time.Minute), ErrInvalidKey},
+			{"long id", s.CreateSession(ctx, strings.Repeat("a", 257), good, time.Minute), ErrInvalidKey},
+			{"glob id", s.CreateSession(ctx, "abc*", good, time.Minute), ErrInvalidKey},
+			{"space id", s.CreateSession(ctx, "a b", good, time.Minute), ErrInvalidKey},
+			{"no user", s.CreateSession(ctx, "abc", SessionData{}, time.Minute), ErrInvalidArgument},
+			{"zero ttl", s.CreateSession(ctx, "abc", good, 0), ErrInvalidTTL},
+			{"sub-ms ttl", s.CreateSession(ctx, "abc", good, time.Microsecond), ErrInvalidTTL},
+			{"Values userId", s.CreateSession(ctx, "abc", withValue("userId", `"u2"`), time.Minute), ErrInvalidArgument},
+			{"Values lastActivity", s.CreateSession(ctx, "abc", withValue("lastActivity", `"x"`), time.Minute), ErrInvalidArgument},
+			{"Values idleTimeoutMs", s.CreateSession(ctx, "abc", withValue("idleTimeoutMs", `1`), time.Minute), ErrInvalidArgument},
+			{"Values expiresAtMs", s.CreateSession(ctx, "abc", withValue("expiresAtMs", `1`), time.Minute), ErrInvalidArgument},
+			{"Values bad JSON", s.CreateSession(ctx, "abc", withValue("cart", `{"a":`), time.Minute), ErrInvalidArgument},
+			{"Values empty", s.CreateSession(ctx, "abc", withValue("cart", ``), time.Minute), ErrInvalidArgument},
+			{"Values two values", s.CreateSession(ctx, "abc", withValue("cart", `1 2`), time.Minute), ErrInvalidArgument},
+			// Names and fields given by the caller: invalid UTF-8 is refused, never replaced.
+			{"Values keys of invalid UTF-8", s.CreateSession(ctx, "abc", SessionData{UserID: "u1", Values: map[string]json.RawMessage{"a\xff": json.RawMessage(`1`), "a\xfe": json.RawMessage(`2`)}}, time.Minute), ErrInvalidArgument},
+			{"an Email of invalid UTF-8", s.CreateSession(ctx, "abc", SessionData{UserID: "u1", Email: "a\xffb"}, time.Minute), ErrInvalidArgument},
+			{"year 10000", s.CreateSession(ctx, "abc", SessionData{UserID: "u1", CreatedAt: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}, time.Minute), ErrInvalidArgument},
+			{"get empty", func() error { _, _, err := s.GetSession(ctx, ""); return err }(), ErrInvalidKey},
+			{"update empty", func() error { _, err := s.UpdateSessionActivity(ctx, ""); return err }(), ErrInvalidKey},
+			{"update fn empty", func() error { _, err := s.UpdateSession(ctx, "", func(*SessionData) error { return nil }); return err }(), ErrInvalidKey},
+			{"update nil fn", func() error { _, err := s.UpdateSession(ctx, "abc", nil); return err }(), ErrInvalidArgument},
+			{"update changing UserID", update(func(d *SessionData) { d.UserID = "u2" }), ErrInvalidArgument},
+			{"update Values userId", update(func(d *SessionData) { _ = incr(d, "userId") }), ErrInvalidArgument},
+			{"update Values createdAt", update(func(d *SessionData) { _ = incr(d, "createdAt") }), ErrInvalidArgument},
+			{"update Values idleTimeoutMs", update(func(d *SessionData) { _ = incr(d, "idleTimeoutMs") }), ErrInvalidArgument},
+			{"update Values expiresAtMs", update(func(d *SessionData) { _ = incr(d, "expiresAtMs") }), ErrInvalidArgument},
+			{"update Values bad JSON", update(func(d *SessionData) { d.Values = map[string]json.RawMessage{"x": json.RawMessage(`{`)} }), ErrInvalidArgument},
+			{"update adding a Values key of invalid UTF-8", update(func(d *SessionData) { d.Values = map[string]json.RawMessage{"k\xff": json.RawMessage(`1`)} }), ErrInvalidArgument},
+			{"update setting a UserAgent of invalid UTF-8", update(func(d *SessionData) { d.UserAgent = "\xff" }), ErrInvalidArgument},
+			{"renew empty", func() error { _, _, err := s.RenewSessionID(ctx, ""); return err }(), ErrInvalidKey},
+			{"destroy empty", func() error { _, err := s.DestroySession(ctx, ""); return err }(), ErrInvalidKey},
+			{"destroy user empty", func() error { _, err := s.DestroyUserSessions(ctx, ""); return err }(), ErrInvalidKey},
+			{"user sessions empty", func() error { _, err := s.UserSessions(ctx, ""); return err }(), ErrInvalidKey},
+		}
+		for _, tt := range tests {
+			assert.ErrorIs(t, tt.err, tt.want, tt.name)
+		}
+		assert.ElementsMatch(t, []string{b.raw("session:" + existing), b.raw("user-sessions:u1")}, keysUnder(t, b), "invalid calls wrote keys")
+		assert.Equal(t, before, stored(t, b, existing), "refused updates must leave the session alone")
+		for _, id := range []string{"../../etc", "abc*", strings.Repeat("a", 257)} {
+			_, found, err := s.GetSession(ctx, id)
+			assert.False(t, found)
+			assert.ErrorIs(t, err, ErrInvalidKey, "GetSession(%.20q)", id)
+			ok, err := s.UpdateSessionActivity(ctx, id)
+			assert.False(t, ok)
+			assert.ErrorIs(t, err, ErrInvalidKey, "UpdateSessionActivity(%.20q)", id)
+			ok, err = s.UpdateSession(ctx, id, func(*SessionData) error { return nil })
+			assert.False(t, ok)
+			assert.ErrorIs(t, err, ErrInvalidKey, "UpdateSession(%.20q)", id)
+			newID, ok, err := s.RenewSessionID(ctx, id)
+			assert.False(t, ok)
+			assert.Empty(t, newID)
+			assert.ErrorIs(t, err, ErrInvalidKey, "RenewSessionID(%.20q)", id)
+			ok, err = s.DestroySession(ctx, id)
+			assert.False(t, ok)
+			assert.ErrorIs(t, err, ErrInvalidKey, "DestroySession(%.20q)", id)
+		}
+	})
 }
 
 func TestSessionErrorsHideTheID(t *testing.T) {
