@@ -32,6 +32,20 @@ func allowAllPaths(b *backend, s *Service) map[string]allowAllFunc {
 	}
 }
 
+// forEachAllowAllPath runs fn as a subtest per backend and, within it,
+// per path of allowAllPaths, named for the path, with a Service over
+// the backend shared by the paths.
+func forEachAllowAllPath(t *testing.T, fn func(t *testing.T, b *backend, s *Service, name string, allow allowAllFunc)) {
+	t.Helper()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel()
+		s := b.service(t, Options{})
+		for name, allow := range allowAllPaths(b, s) {
+			t.Run(name, func(t *testing.T) { fn(t, b, s, name, allow) })
+		}
+	})
+}
+
 // peek returns key's state under l, taking nothing.
 func peek(t testing.TB, s *Service, key string, l Limit) RateLimitResult {
 	t.Helper()
@@ -67,62 +81,56 @@ func requireSlotsDiffer(t testing.TB, b *backend, keys ...string) {
 
 func TestAllowAll(t *testing.T) {
 	t.Parallel()
-	forEachBackend(t, func(t *testing.T, b *backend) {
-		t.Parallel()
-		s := b.service(t, Options{})
-		for name, allow := range allowAllPaths(b, s) {
-			t.Run(name, func(t *testing.T) {
-				ctx := ctxT(t)
-				// A token every 20 and 30 minutes: none comes back during
-				// the test.
-				ip := KeyLimit{"{ip}" + name, PerHour(3)}
-				user := KeyLimit{"{user}" + name, PerHour(2)}
-				requireSlotsDiffer(t, b, ip.Key, user.Key)
-				for i := 1; i <= 2; i++ {
-					r, err := allow(ctx, 1, ip, user)
-					require.NoError(t, err)
-					assert.True(t, r.Allowed, "request %d", i)
-					assert.Equal(t, 2, r.Limit, "request %d: the tightest limit is the user's", i)
-					assert.Equal(t, 2-i, r.Remaining, "request %d", i)
-					assert.Zero(t, r.RetryAfter)
-				}
-				ipBefore := peek(t, s, ip.Key, ip.Limit)
-				require.Equal(t, 1, ipBefore.Remaining)
-
-				r, err := allow(ctx, 1, ip, user)
-				require.NoError(t, err)
-				assert.False(t, r.Allowed, "the user's limit is used up")
-				assert.Equal(t, 2, r.Limit, "denied by the user's limit")
-				assert.Zero(t, r.Remaining)
-				assert.InDelta(t, float64(30*time.Minute), float64(r.RetryAfter), float64(time.Second), "one token of the user's")
-				ipAfter := peek(t, s, ip.Key, ip.Limit)
-				assert.Equal(t, 1, ipAfter.Remaining, "the denied request took from the IP's limit")
-				assert.InDelta(t, float64(ipBefore.ResetAfter), float64(ipAfter.ResetAfter), float64(time.Second), "the IP's bucket after a denial")
-				assert.Empty(t, records(t, b, ip.Key), "records left by a denial")
-				assert.Empty(t, records(t, b, user.Key), "records left by a denial")
-
-				// AllowN shares the bucket.
-				r, err = s.AllowN(ctx, ip.Key, 1, ip.Limit)
-				require.NoError(t, err)
-				assert.True(t, r.Allowed)
-				assert.Zero(t, r.Remaining, "AllowN on a key AllowAll used")
-
-				// Denied by both: the longer wait.
-				r, err = allow(ctx, 1, ip, user)
-				require.NoError(t, err)
-				assert.False(t, r.Allowed)
-				assert.Equal(t, 2, r.Limit, "the user's 30 minutes, not the IP's 20")
-				assert.InDelta(t, float64(30*time.Minute), float64(r.RetryAfter), float64(time.Second))
-
-				// n == 0 reports the tightest state and takes nothing.
-				r, err = allow(ctx, 0, ip, user)
-				require.NoError(t, err)
-				assert.True(t, r.Allowed)
-				assert.Zero(t, r.Remaining)
-				assert.Empty(t, records(t, b, ip.Key), "records left")
-				assert.Empty(t, records(t, b, user.Key), "records left")
-			})
+	forEachAllowAllPath(t, func(t *testing.T, b *backend, s *Service, name string, allow allowAllFunc) {
+		ctx := ctxT(t)
+		// A token every 20 and 30 minutes: none comes back during
+		// the test.
+		ip := KeyLimit{"{ip}" + name, PerHour(3)}
+		user := KeyLimit{"{user}" + name, PerHour(2)}
+		requireSlotsDiffer(t, b, ip.Key, user.Key)
+		for i := 1; i <= 2; i++ {
+			r, err := allow(ctx, 1, ip, user)
+			require.NoError(t, err)
+			assert.True(t, r.Allowed, "request %d", i)
+			assert.Equal(t, 2, r.Limit, "request %d: the tightest limit is the user's", i)
+			assert.Equal(t, 2-i, r.Remaining, "request %d", i)
+			assert.Zero(t, r.RetryAfter)
 		}
+		ipBefore := peek(t, s, ip.Key, ip.Limit)
+		require.Equal(t, 1, ipBefore.Remaining)
+
+		r, err := allow(ctx, 1, ip, user)
+		require.NoError(t, err)
+		assert.False(t, r.Allowed, "the user's limit is used up")
+		assert.Equal(t, 2, r.Limit, "denied by the user's limit")
+		assert.Zero(t, r.Remaining)
+		assert.InDelta(t, float64(30*time.Minute), float64(r.RetryAfter), float64(time.Second), "one token of the user's")
+		ipAfter := peek(t, s, ip.Key, ip.Limit)
+		assert.Equal(t, 1, ipAfter.Remaining, "the denied request took from the IP's limit")
+		assert.InDelta(t, float64(ipBefore.ResetAfter), float64(ipAfter.ResetAfter), float64(time.Second), "the IP's bucket after a denial")
+		assert.Empty(t, records(t, b, ip.Key), "records left by a denial")
+		assert.Empty(t, records(t, b, user.Key), "records left by a denial")
+
+		// AllowN shares the bucket.
+		r, err = s.AllowN(ctx, ip.Key, 1, ip.Limit)
+		require.NoError(t, err)
+		assert.True(t, r.Allowed)
+		assert.Zero(t, r.Remaining, "AllowN on a key AllowAll used")
+
+		// Denied by both: the longer wait.
+		r, err = allow(ctx, 1, ip, user)
+		require.NoError(t, err)
+		assert.False(t, r.Allowed)
+		assert.Equal(t, 2, r.Limit, "the user's 30 minutes, not the IP's 20")
+		assert.InDelta(t, float64(30*time.Minute), float64(r.RetryAfter), float64(time.Second))
+
+		// n == 0 reports the tightest state and takes nothing.
+		r, err = allow(ctx, 0, ip, user)
+		require.NoError(t, err)
+		assert.True(t, r.Allowed)
+		assert.Zero(t, r.Remaining)
+		assert.Empty(t, records(t, b, ip.Key), "records left")
+		assert.Empty(t, records(t, b, user.Key), "records left")
 	})
 }
 
@@ -130,44 +138,38 @@ func TestAllowAll(t *testing.T) {
 // key given twice, and a third key; the result names the tightest.
 func TestAllowAllTakesFromEveryLimitOfEveryKey(t *testing.T) {
 	t.Parallel()
-	forEachBackend(t, func(t *testing.T, b *backend) {
-		t.Parallel()
-		s := b.service(t, Options{})
-		for name, allow := range allowAllPaths(b, s) {
-			t.Run(name, func(t *testing.T) {
-				ctx := ctxT(t)
-				a, c, d := "{a}"+name, "{c}"+name, "{d}"+name
-				requireSlotsDiffer(t, b, a, c, d)
-				hour, day := PerHour(10), Limit{Rate: 20, Period: 24 * time.Hour, Burst: 4}
-				limits := []KeyLimit{{a, hour}, {a, day}, {c, hour}, {a, hour}, {d, Limit{Rate: 1, Period: time.Hour, Burst: 7}}}
-				r, err := allow(ctx, 3, limits...)
-				require.NoError(t, err)
-				assert.True(t, r.Allowed)
-				assert.Equal(t, 1, r.Remaining, "a's daily limit: 4-3")
-				assert.Equal(t, 4, r.Limit)
-				assert.Equal(t, 7, peek(t, s, a, hour).Remaining, "a's hourly limit, given twice, taken once")
-				assert.Equal(t, 1, peek(t, s, a, day).Remaining)
-				assert.Equal(t, 7, peek(t, s, c, hour).Remaining)
-				assert.Equal(t, 4, peek(t, s, d, Limit{Rate: 1, Period: time.Hour, Burst: 7}).Remaining)
+	forEachAllowAllPath(t, func(t *testing.T, b *backend, s *Service, name string, allow allowAllFunc) {
+		ctx := ctxT(t)
+		a, c, d := "{a}"+name, "{c}"+name, "{d}"+name
+		requireSlotsDiffer(t, b, a, c, d)
+		hour, day := PerHour(10), Limit{Rate: 20, Period: 24 * time.Hour, Burst: 4}
+		limits := []KeyLimit{{a, hour}, {a, day}, {c, hour}, {a, hour}, {d, Limit{Rate: 1, Period: time.Hour, Burst: 7}}}
+		r, err := allow(ctx, 3, limits...)
+		require.NoError(t, err)
+		assert.True(t, r.Allowed)
+		assert.Equal(t, 1, r.Remaining, "a's daily limit: 4-3")
+		assert.Equal(t, 4, r.Limit)
+		assert.Equal(t, 7, peek(t, s, a, hour).Remaining, "a's hourly limit, given twice, taken once")
+		assert.Equal(t, 1, peek(t, s, a, day).Remaining)
+		assert.Equal(t, 7, peek(t, s, c, hour).Remaining)
+		assert.Equal(t, 4, peek(t, s, d, Limit{Rate: 1, Period: time.Hour, Burst: 7}).Remaining)
 
-				// 2 fit all but a's daily limit: nothing is taken.
-				r, err = allow(ctx, 2, limits...)
-				require.NoError(t, err)
-				assert.False(t, r.Allowed)
-				assert.Equal(t, 4, r.Limit)
-				assert.Equal(t, 7, peek(t, s, a, hour).Remaining)
-				assert.Equal(t, 7, peek(t, s, c, hour).Remaining)
-				assert.Equal(t, 4, peek(t, s, d, Limit{Rate: 1, Period: time.Hour, Burst: 7}).Remaining)
+		// 2 fit all but a's daily limit: nothing is taken.
+		r, err = allow(ctx, 2, limits...)
+		require.NoError(t, err)
+		assert.False(t, r.Allowed)
+		assert.Equal(t, 4, r.Limit)
+		assert.Equal(t, 7, peek(t, s, a, hour).Remaining)
+		assert.Equal(t, 7, peek(t, s, c, hour).Remaining)
+		assert.Equal(t, 4, peek(t, s, d, Limit{Rate: 1, Period: time.Hour, Burst: 7}).Remaining)
 
-				// Above a burst: denied, no error, nothing written.
-				r, err = allow(ctx, 8, KeyLimit{"{e}" + name, PerHour(10)}, KeyLimit{"{f}" + name, PerHour(5)})
-				require.NoError(t, err)
-				assert.False(t, r.Allowed)
-				assert.Equal(t, 5, r.Limit)
-				for _, k := range []string{"{e}" + name, "{f}" + name} {
-					assert.Empty(t, b.client.HGetAll(ctx, b.raw(gcraPrefix+k)).Val(), "%s after a denial", k)
-				}
-			})
+		// Above a burst: denied, no error, nothing written.
+		r, err = allow(ctx, 8, KeyLimit{"{e}" + name, PerHour(10)}, KeyLimit{"{f}" + name, PerHour(5)})
+		require.NoError(t, err)
+		assert.False(t, r.Allowed)
+		assert.Equal(t, 5, r.Limit)
+		for _, k := range []string{"{e}" + name, "{f}" + name} {
+			assert.Empty(t, b.client.HGetAll(ctx, b.raw(gcraPrefix+k)).Val(), "%s after a denial", k)
 		}
 	})
 }
@@ -179,122 +181,62 @@ func TestAllowAllTakesFromEveryLimitOfEveryKey(t *testing.T) {
 // shared limit is either taken by an admitted call or still there.
 func TestAllowAllConcurrentCallersGetExactlyTheBurst(t *testing.T) {
 	t.Parallel()
-	forEachBackend(t, func(t *testing.T, b *backend) {
-		t.Parallel()
-		s := b.service(t, Options{})
-		const callers, burst = 100, 50
-		shared := Limit{Rate: burst, Period: time.Hour} // a token every 72 s
-		own := PerHour(5)
-		for name, allow := range allowAllPaths(b, s) {
-			for _, refunds := range []bool{false, true} {
-				t.Run(fmt.Sprintf("%s/give-backs=%v", name, refunds), func(t *testing.T) {
-					ctx := ctxT(t)
-					sharedKey := fmt.Sprintf("{shared}%s/%v", name, refunds)
-					ownKey := func(i int) string { return fmt.Sprintf("{c%d}%s/%v", i, name, refunds) }
-					requireSlotsDiffer(t, b, sharedKey, ownKey(0), ownKey(1))
-					if refunds {
-						for i := 0; i < callers; i += 2 {
-							r, err := s.AllowN(ctx, ownKey(i), 5, own)
-							require.NoError(t, err)
-							require.True(t, r.Allowed)
+	const callers, burst = 100, 50
+	shared := Limit{Rate: burst, Period: time.Hour} // a token every 72 s
+	own := PerHour(5)
+	forEachAllowAllPath(t, func(t *testing.T, b *backend, s *Service, name string, allow allowAllFunc) {
+		for _, refunds := range []bool{false, true} {
+			t.Run(fmt.Sprintf("give-backs=%v", refunds), func(t *testing.T) {
+				ctx := ctxT(t)
+				sharedKey := fmt.Sprintf("{shared}%s/%v", name, refunds)
+				ownKey := func(i int) string { return fmt.Sprintf("{c%d}%s/%v", i, name, refunds) }
+				requireSlotsDiffer(t, b, sharedKey, ownKey(0), ownKey(1))
+				if refunds {
+					for i := 0; i < callers; i += 2 {
+						r, err := s.AllowN(ctx, ownKey(i), 5, own)
+						require.NoError(t, err)
+						require.True(t, r.Allowed)
+					}
+				}
+				var (
+					wg      sync.WaitGroup
+					mu      sync.Mutex
+					allowed int
+				)
+				for i := range callers {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						r, err := allow(ctx, 1, KeyLimit{sharedKey, shared}, KeyLimit{ownKey(i), own})
+						if !assert.NoError(t, err) {
+							return
 						}
-					}
-					var (
-						wg      sync.WaitGroup
-						mu      sync.Mutex
-						allowed int
-					)
-					for i := range callers {
-						wg.Add(1)
-						go func() {
-							defer wg.Done()
-							r, err := allow(ctx, 1, KeyLimit{sharedKey, shared}, KeyLimit{ownKey(i), own})
-							if !assert.NoError(t, err) {
-								return
-							}
-							if r.Allowed {
-								assert.False(t, refunds && i%2 == 0, "caller %d admitted past its own limit", i)
-								mu.Lock()
-								allowed++
-								mu.Unlock()
-							}
-						}()
-					}
-					wg.Wait()
-					if !refunds {
-						assert.Equal(t, burst, allowed, "%d concurrent callers", callers)
-					}
-					assert.LessOrEqual(t, allowed, burst)
-					// A token given back after others did may show only once
-					// the call's own duration has passed (see gcraRefundScript).
-					b.waitFor(t, "shared tokens: taken by an admitted call or still there", func() bool {
-						return allowed+peek(t, s, sharedKey, shared).Remaining == burst
-					})
-					for i := range callers {
-						rem := peek(t, s, ownKey(i), own).Remaining
-						assert.True(t, rem == 4 || rem == 5 || (refunds && i%2 == 0 && rem == 0), "caller %d's own key: %d left", i, rem)
-					}
-					assert.Empty(t, records(t, b, sharedKey), "records left")
+						if r.Allowed {
+							assert.False(t, refunds && i%2 == 0, "caller %d admitted past its own limit", i)
+							mu.Lock()
+							allowed++
+							mu.Unlock()
+						}
+					}()
+				}
+				wg.Wait()
+				if !refunds {
+					assert.Equal(t, burst, allowed, "%d concurrent callers", callers)
+				}
+				assert.LessOrEqual(t, allowed, burst)
+				// A token given back after others did may show only once
+				// the call's own duration has passed (see gcraRefundScript).
+				b.waitFor(t, "shared tokens: taken by an admitted call or still there", func() bool {
+					return allowed+peek(t, s, sharedKey, shared).Remaining == burst
 				})
-			}
+				for i := range callers {
+					rem := peek(t, s, ownKey(i), own).Remaining
+					assert.True(t, rem == 4 || rem == 5 || (refunds && i%2 == 0 && rem == 0), "caller %d's own key: %d left", i, rem)
+				}
+				assert.Empty(t, records(t, b, sharedKey), "records left")
+			})
 		}
 	})
-}
-
-func TestAllowAllInvalidArguments(t *testing.T) {
-	t.Parallel()
-	b := newBackend(t, "miniredis")
-	s := b.service(t, Options{})
-	ctx := ctxT(t)
-	ok := KeyLimit{"k", PerSecond(1)}
-	tests := []struct {
-		name   string
-		n      int
-		limits []KeyLimit
-		want   error
-	}{
-		{"no limit", 1, nil, ErrInvalidArgument},
-		{"empty key", 1, []KeyLimit{ok, {"", PerSecond(1)}}, ErrInvalidKey},
-		{"negative n", -1, []KeyLimit{ok, ok}, ErrInvalidArgument},
-		{"zero limit", 1, []KeyLimit{ok, {Key: "j"}}, ErrInvalidArgument},
-		{"zero rate", 1, []KeyLimit{ok, {"j", PerSecond(0)}}, ErrInvalidArgument},
-		{"sub-millisecond period", 1, []KeyLimit{ok, {"j", Limit{Rate: 1, Period: time.Microsecond}}}, ErrInvalidTTL},
-		{"huge burst", 1, []KeyLimit{ok, {"j", Limit{Rate: shl(41), Period: time.Hour}}}, ErrInvalidArgument},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r, err := s.AllowAll(ctx, tt.n, tt.limits...)
-			require.ErrorIs(t, err, tt.want)
-			assert.Equal(t, RateLimitResult{}, r, "the zero result (not allowed)")
-		})
-	}
-	assert.Empty(t, b.mr.Keys(), "invalid calls wrote")
-	assert.Zero(t, s.Stats().Errors, "invalid arguments counted as Redis failures")
-}
-
-func TestAllowAllWhenRedisCannotBeAsked(t *testing.T) {
-	t.Parallel()
-	limits := []KeyLimit{{"ip", Limit{Rate: 10, Period: time.Second, Burst: 4}}, {"user", PerMinute(100)}}
-	for _, failClosed := range []bool{false, true} {
-		t.Run(fmt.Sprintf("RateLimitFailClosed=%v", failClosed), func(t *testing.T) {
-			t.Parallel()
-			s := downService(t, Options{RateLimitFailClosed: failClosed})
-			r, err := s.AllowAll(ctxT(t), 2, limits...)
-			require.Error(t, err)
-			want := RateLimitResult{Allowed: true, Limit: 4, Remaining: 2, ResetAfter: 200 * time.Millisecond}
-			if failClosed {
-				want = RateLimitResult{Limit: 100, RetryAfter: 1200 * time.Millisecond, ResetAfter: 1200 * time.Millisecond}
-			}
-			assert.WithinDuration(t, time.Now().Add(want.ResetAfter), r.ResetAt, time.Second)
-			r.ResetAt = time.Time{}
-			assert.Equal(t, want, r, "AllowN's fallback for the same limits")
-
-			require.NoError(t, s.Close())
-			r, err = s.AllowAll(ctxT(t), 1, limits...)
-			require.ErrorIs(t, err, ErrClosed)
-			assert.Equal(t, !failClosed, r.Allowed)
-		})
-	}
 }
 
 // reserve runs gcraScript as AllowAll's first step for key under l.
@@ -320,6 +262,11 @@ func giveBack(t testing.TB, s *Service, token string, keep int, key string) {
 func TestGCRAGiveBack(t *testing.T) {
 	t.Parallel()
 	l := Limit{Rate: 1, Period: time.Second, Burst: 10}
+	take := func(t *testing.T, s *Service, n int) {
+		t.Helper()
+		_, err := s.AllowN(ctxT(t), "x", n, l)
+		require.NoError(t, err)
+	}
 	tests := []struct {
 		name string
 		run  func(t *testing.T, b *backend, s *Service)
@@ -335,8 +282,7 @@ func TestGCRAGiveBack(t *testing.T) {
 			giveBack(t, s, "k", 0, "x")
 		}, 10},
 		{"behind other takes", func(t *testing.T, b *backend, s *Service) {
-			_, err := s.AllowN(ctxT(t), "x", 4, l)
-			require.NoError(t, err)
+			take(t, s, 4)
 			reserve(t, s, "k", 3, "x", l)
 			b.pass(2 * time.Second)
 			giveBack(t, s, "k", 0, "x")
@@ -348,13 +294,11 @@ func TestGCRAGiveBack(t *testing.T) {
 			reserve(t, s, "k", 2, "x", l)
 			giveBack(t, s, "j", 0, "x")
 			b.pass(3 * time.Second)
-			_, err := s.AllowN(ctxT(t), "x", 5, l)
-			require.NoError(t, err)
+			take(t, s, 5)
 			giveBack(t, s, "k", 0, "x")
 		}, 5},
 		{"sent twice", func(t *testing.T, b *backend, s *Service) {
-			_, err := s.AllowN(ctxT(t), "x", 4, l)
-			require.NoError(t, err)
+			take(t, s, 4)
 			reserve(t, s, "k", 3, "x", l)
 			giveBack(t, s, "k", 0, "x")
 			giveBack(t, s, "k", 0, "x")
@@ -375,8 +319,7 @@ func TestGCRAGiveBack(t *testing.T) {
 		{"reset between", func(t *testing.T, b *backend, s *Service) {
 			reserve(t, s, "k", 3, "x", l)
 			require.NoError(t, s.ResetRateLimit(ctxT(t), "x"))
-			_, err := s.AllowN(ctxT(t), "x", 2, l)
-			require.NoError(t, err)
+			take(t, s, 2)
 			giveBack(t, s, "k", 0, "x")
 		}, 8},
 	}
@@ -553,19 +496,15 @@ func TestAllowAllKeysShareABucketWithAllowN(t *testing.T) {
 // nothing, so there is nothing to give back and no mark to leave.
 func TestAllowAllWithAnEndedContext(t *testing.T) {
 	t.Parallel()
-	forEachBackend(t, func(t *testing.T, b *backend) {
-		t.Parallel()
-		s := b.service(t, Options{})
-		for name, allow := range allowAllPaths(b, s) {
-			ctx, cancel := context.WithCancel(ctxT(t))
-			cancel()
-			ip, user := KeyLimit{"{ip}" + name, PerHour(5)}, KeyLimit{"{user}" + name, PerHour(5)}
-			r, err := allow(ctx, 1, ip, user)
-			require.ErrorIs(t, err, context.Canceled, name)
-			assert.True(t, r.Allowed, "%s: the fallback", name)
-			for _, k := range []string{ip.Key, user.Key} {
-				assert.Zero(t, b.client.Exists(ctxT(t), b.raw(gcraPrefix+k)).Val(), "%s: gcra:%s written", name, k)
-			}
+	forEachAllowAllPath(t, func(t *testing.T, b *backend, s *Service, name string, allow allowAllFunc) {
+		ctx, cancel := context.WithCancel(ctxT(t))
+		cancel()
+		ip, user := KeyLimit{"{ip}" + name, PerHour(5)}, KeyLimit{"{user}" + name, PerHour(5)}
+		r, err := allow(ctx, 1, ip, user)
+		require.ErrorIs(t, err, context.Canceled)
+		assert.True(t, r.Allowed, "the fallback")
+		for _, k := range []string{ip.Key, user.Key} {
+			assert.Zero(t, b.client.Exists(ctxT(t), b.raw(gcraPrefix+k)).Val(), "gcra:%s written", k)
 		}
 	})
 }

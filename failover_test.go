@@ -51,38 +51,25 @@ const (
 )
 
 func TestSentinelFailover(t *testing.T) {
-	addrs, name := os.Getenv(envTestSentinel), os.Getenv(envTestSentinelMaster)
-	if addrs == "" || name == "" {
-		t.Skipf("no Redis Sentinel: set %s and %s (scripts/redis-test-servers start prints them)", envTestSentinel, envTestSentinelMaster)
-	}
-	sentinels := strings.Split(addrs, ",")
-	spw, mpw := os.Getenv(envTestSentinelPassword), os.Getenv(envTestSentinelMasterPwd)
+	ss := sentinelSetOrSkip(t)
 	ctx := ctxT(t)
 
-	oldMaster := waitSentinelHealthy(t, sentinels, spw, name)
-	mc := redis.NewClient(&redis.Options{Addr: oldMaster, Password: mpw, ContextTimeoutEnabled: true})
+	oldMaster := ss.waitHealthy(t)
+	mc := redis.NewClient(&redis.Options{Addr: oldMaster, Password: ss.masterPwd, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { _ = mc.Close() })
 	victim := testServerOf(t, ctx, mc)
 
 	logs := &syncWriter{w: new(bytes.Buffer)}
-	s, err := New(Options{
-		URL:              "redis://:" + mpw + "@unused-with-sentinel/0",
-		SentinelMaster:   name,
-		SentinelAddrs:    sentinels,
-		SentinelPassword: spw,
-		KeyPrefix:        "rstest:" + randomHex(t, 6) + ":",
-		Timeout:          failoverTimeout,
-		Logger:           slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
+	opts := ss.options(t, "")
+	opts.Timeout = failoverTimeout
+	opts.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	s := newService(t, opts)
 	require.NoError(t, s.Connect(ctx))
 
-	sc := redis.NewSentinelClient(&redis.Options{Addr: sentinels[0], Password: spw, ContextTimeoutEnabled: true})
-	t.Cleanup(func() { _ = sc.Close() })
+	sc := ss.client(t)
 	promoted := func(ctx context.Context) bool {
-		hp, err := sc.GetMasterAddrByName(ctx, name).Result()
-		return err == nil && len(hp) == 2 && hp[0]+":"+hp[1] != oldMaster
+		m := ss.namedMaster(ctx, sc)
+		return m != "" && m != oldMaster
 	}
 
 	load := startLoad(s, func(int) string { return "" }, func(int) bool { return true })
@@ -93,32 +80,24 @@ func TestSentinelFailover(t *testing.T) {
 
 	r.requireRecovered(t)
 	waitConnected(t, s)
-	newMaster := sentinelMaster(t, ctx, sentinels[0], spw, name)
+	newMaster := ss.namedMaster(ctx, sc)
+	require.NotEmpty(t, newMaster, "the sentinels name no master")
 	assert.NotEqual(t, oldMaster, newMaster, "the sentinels still name the killed master")
 	for _, e := range r.errors {
-		assert.NotContains(t, e, mpw, "an error holds the master's password")
-		assert.NotContains(t, e, spw, "an error holds the sentinels' password")
+		assert.NotContains(t, e, ss.masterPwd, "an error holds the master's password")
+		assert.NotContains(t, e, ss.password, "an error holds the sentinels' password")
 	}
-	assert.NotContains(t, logs.String(), mpw, "the log holds the master's password")
-	assert.NotContains(t, logs.String(), spw, "the log holds the sentinels' password")
+	assert.NotContains(t, logs.String(), ss.masterPwd, "the log holds the master's password")
+	assert.NotContains(t, logs.String(), ss.password, "the log holds the sentinels' password")
 }
 
 func TestClusterReplicaFailover(t *testing.T) {
-	addrs := os.Getenv(envTestClusterReplicas)
-	if addrs == "" {
-		t.Skipf("no Redis Cluster with replicas: set %s (scripts/redis-test-servers start prints it)", envTestClusterReplicas)
-	}
+	addrs := clusterReplicasOrSkip(t)
 	ctx := ctxT(t)
 	// The settings New gives a client it dials (see redisservice.go).
-	cc := redis.NewClusterClient(&redis.ClusterOptions{
-		Addrs:                 strings.Split(addrs, ","),
-		DialTimeout:           failoverTimeout,
-		ReadTimeout:           failoverTimeout,
-		WriteTimeout:          failoverTimeout,
-		PoolTimeout:           failoverTimeout,
-		DialerRetries:         1,
-		ContextTimeoutEnabled: true,
-	})
+	o := replicatedClusterOptions(addrs)
+	o.PoolTimeout, o.DialerRetries = failoverTimeout, 1
+	cc := redis.NewClusterClient(o)
 	t.Cleanup(func() { _ = cc.Close() })
 	waitClusterHealthy(t, cc)
 
@@ -138,22 +117,10 @@ func TestClusterReplicaFailover(t *testing.T) {
 		}
 	}
 	victim := testServerOf(t, ctx, victimMaster)
-	id, err := victimMaster.Do(ctx, "CLUSTER", "MYID").Text()
-	require.NoError(t, err)
-	replicas, err := victimMaster.Do(ctx, "CLUSTER", "REPLICAS", id).StringSlice()
-	require.NoError(t, err)
-	require.Len(t, replicas, 1, "replicas of the victim")
-	replicaAddr, _, _ := strings.Cut(strings.Fields(replicas[0])[1], "@")
-	rc := redis.NewClient(&redis.Options{Addr: replicaAddr, ContextTimeoutEnabled: true})
-	t.Cleanup(func() { _ = rc.Close() })
-	promoted := func(ctx context.Context) bool {
-		info, err := rc.Info(ctx, "replication").Result()
-		return err == nil && strings.Contains(info, "role:master")
-	}
+	rc := replicaOf(t, ctx, victimMaster)
+	promoted := func(ctx context.Context) bool { return isMaster(ctx, rc) }
 
-	s, err := New(Options{Client: cc, KeyPrefix: "rstest:" + randomHex(t, 6) + ":", Timeout: failoverTimeout})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
+	s := newService(t, Options{Client: cc, KeyPrefix: "rstest:" + randomHex(t, 6) + ":", Timeout: failoverTimeout})
 	require.NoError(t, s.Connect(ctx))
 
 	// Even goroutines use keys on the victim's slots, odd ones the others'.
@@ -174,6 +141,103 @@ func TestClusterReplicaFailover(t *testing.T) {
 	m, err := cc.MasterForKey(ctx, victimTags[0])
 	require.NoError(t, err)
 	assert.NotEqual(t, victimAddr, m.Options().Addr, "the killed master still owns its slots")
+}
+
+// sentinelSet is the Sentinel setup that scripts/redis-test-servers
+// starts, as the environment names it.
+type sentinelSet struct {
+	addrs     []string // the sentinels'
+	name      string   // the master's name
+	password  string   // the sentinels' password
+	masterPwd string   // the data nodes' password
+}
+
+// sentinelSetOrSkip returns the Sentinel setup of the environment, and
+// skips the test when there is none.
+func sentinelSetOrSkip(t testing.TB) sentinelSet {
+	t.Helper()
+	addrs, name := os.Getenv(envTestSentinel), os.Getenv(envTestSentinelMaster)
+	if addrs == "" || name == "" {
+		t.Skipf("no Redis Sentinel: set %s and %s (scripts/redis-test-servers start prints them)", envTestSentinel, envTestSentinelMaster)
+	}
+	return sentinelSet{addrs: strings.Split(addrs, ","), name: name,
+		password: os.Getenv(envTestSentinelPassword), masterPwd: os.Getenv(envTestSentinelMasterPwd)}
+}
+
+// options returns the Options of a Service on the set's master, with a
+// key prefix of its own; query is appended to the URL ("?client_name=…").
+func (ss sentinelSet) options(t testing.TB, query string) Options {
+	t.Helper()
+	return Options{
+		URL:              "redis://:" + ss.masterPwd + "@unused-with-sentinel/0" + query,
+		SentinelMaster:   ss.name,
+		SentinelAddrs:    ss.addrs,
+		SentinelPassword: ss.password,
+		KeyPrefix:        "rstest:" + randomHex(t, 6) + ":",
+	}
+}
+
+// client returns a client of the first sentinel, closed at cleanup.
+func (ss sentinelSet) client(t testing.TB) *redis.SentinelClient {
+	t.Helper()
+	sc := redis.NewSentinelClient(&redis.Options{Addr: ss.addrs[0], Password: ss.password, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = sc.Close() })
+	return sc
+}
+
+// namedMaster returns the master's address as sc names it, or "" when
+// it cannot tell.
+func (ss sentinelSet) namedMaster(ctx context.Context, sc *redis.SentinelClient) string {
+	hp, err := sc.GetMasterAddrByName(ctx, ss.name).Result()
+	if err != nil || len(hp) != 2 {
+		return ""
+	}
+	return hp[0] + ":" + hp[1]
+}
+
+// clusterReplicasOrSkip returns the addresses of the cluster with
+// replicas that scripts/redis-test-servers starts, and skips the test
+// when the environment names none.
+func clusterReplicasOrSkip(t testing.TB) []string {
+	t.Helper()
+	addrs := os.Getenv(envTestClusterReplicas)
+	if addrs == "" {
+		t.Skipf("no Redis Cluster with replicas: set %s (scripts/redis-test-servers start prints it)", envTestClusterReplicas)
+	}
+	return strings.Split(addrs, ",")
+}
+
+// replicatedClusterOptions are the options of a client of the cluster
+// with replicas at addrs, its timeouts failoverTimeout.
+func replicatedClusterOptions(addrs []string) *redis.ClusterOptions {
+	return &redis.ClusterOptions{
+		Addrs:                 addrs,
+		DialTimeout:           failoverTimeout,
+		ReadTimeout:           failoverTimeout,
+		WriteTimeout:          failoverTimeout,
+		ContextTimeoutEnabled: true,
+	}
+}
+
+// replicaOf returns a client of the one replica of the cluster master m,
+// closed at cleanup.
+func replicaOf(t testing.TB, ctx context.Context, m *redis.Client) *redis.Client {
+	t.Helper()
+	id, err := m.Do(ctx, "CLUSTER", "MYID").Text()
+	require.NoError(t, err)
+	replicas, err := m.Do(ctx, "CLUSTER", "REPLICAS", id).StringSlice()
+	require.NoError(t, err)
+	require.Len(t, replicas, 1, "replicas of the master %s", m.Options().Addr)
+	addr, _, _ := strings.Cut(strings.Fields(replicas[0])[1], "@")
+	rc := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = rc.Close() })
+	return rc
+}
+
+// isMaster reports whether c says it has the master role.
+func isMaster(ctx context.Context, c *redis.Client) bool {
+	info, err := c.Info(ctx, "replication").Result()
+	return err == nil && strings.Contains(info, "role:master")
 }
 
 // testServer is a redis-server that scripts/redis-test-servers started:
@@ -229,17 +293,17 @@ func (r testServer) restart(t testing.TB) {
 	assert.NoError(t, err, "restarting %s from %s: %v\n%s", r.addr, r.conf, err, out)
 }
 
-// waitSentinelHealthy waits until every sentinel names the same master,
-// knows the two others, and sees a replica in sync that could take over;
-// a previous run's restarted master may still be catching up. It returns
+// waitHealthy waits until every sentinel names the same master, knows
+// the two others, and sees a replica in sync that could take over; a
+// previous run's restarted master may still be catching up. It returns
 // the master's address.
-func waitSentinelHealthy(t testing.TB, sentinels []string, password, name string) string {
+func (ss sentinelSet) waitHealthy(t testing.TB) string {
 	t.Helper()
 	var why string
 	deadline := time.Now().Add(recoveryBound)
 	for time.Now().Before(deadline) {
 		var master string
-		why = sentinelProblem(sentinels, password, name, &master)
+		why = ss.problem(&master)
 		if why == "" {
 			return master
 		}
@@ -249,15 +313,15 @@ func waitSentinelHealthy(t testing.TB, sentinels []string, password, name string
 	return ""
 }
 
-// sentinelProblem says what keeps the Sentinel setup from being ready to
-// fail over, or "" when it is ready, with its master in *master.
-func sentinelProblem(sentinels []string, password, name string, master *string) string {
+// problem says what keeps the Sentinel setup from being ready to fail
+// over, or "" when it is ready, with its master in *master.
+func (ss sentinelSet) problem(master *string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	for _, addr := range sentinels {
-		sc := redis.NewSentinelClient(&redis.Options{Addr: addr, Password: password, ContextTimeoutEnabled: true})
+	for _, addr := range ss.addrs {
+		sc := redis.NewSentinelClient(&redis.Options{Addr: addr, Password: ss.password, ContextTimeoutEnabled: true})
 		defer sc.Close()
-		m, err := sc.Master(ctx, name).Result()
+		m, err := sc.Master(ctx, ss.name).Result()
 		switch {
 		case err != nil:
 			return fmt.Sprintf("sentinel %s: %v", addr, err)
@@ -269,7 +333,7 @@ func sentinelProblem(sentinels []string, password, name string, master *string) 
 			return fmt.Sprintf("sentinels disagree on the master: %s, %s", *master, got)
 		}
 		*master = got
-		replicas, err := sc.Replicas(ctx, name).Result()
+		replicas, err := sc.Replicas(ctx, ss.name).Result()
 		if err != nil {
 			return fmt.Sprintf("sentinel %s: %v", addr, err)
 		}
@@ -280,16 +344,6 @@ func sentinelProblem(sentinels []string, password, name string, master *string) 
 		}
 	}
 	return ""
-}
-
-// sentinelMaster returns the master's address as the sentinel at addr names it.
-func sentinelMaster(t testing.TB, ctx context.Context, addr, password, name string) string {
-	t.Helper()
-	sc := redis.NewSentinelClient(&redis.Options{Addr: addr, Password: password, ContextTimeoutEnabled: true})
-	defer sc.Close()
-	hp, err := sc.GetMasterAddrByName(ctx, name).Result()
-	require.NoError(t, err)
-	return hp[0] + ":" + hp[1]
 }
 
 // waitClusterHealthy waits until the cluster has three masters with a

@@ -1,10 +1,8 @@
 package redisservice
 
 import (
-	"fmt"
 	"math"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -94,30 +92,7 @@ func TestAllowNConcurrentCallersGetExactlyTheBurst(t *testing.T) {
 		// loaded the machine.
 		second := Limit{Rate: 1000, Period: 1000 * time.Hour}
 		limits := []Limit{{Rate: burst, Period: time.Hour}, second}
-		var (
-			wg        sync.WaitGroup
-			mu        sync.Mutex
-			allowed   int
-			remaining = map[int]bool{}
-		)
-		for range callers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				r, err := s.AllowN(ctx, "crowd", 1, limits...)
-				if !assert.NoError(t, err) {
-					return
-				}
-				mu.Lock()
-				defer mu.Unlock()
-				if r.Allowed {
-					allowed++
-					assert.False(t, remaining[r.Remaining], "Remaining %d reported twice", r.Remaining)
-					remaining[r.Remaining] = true
-				}
-			}()
-		}
-		wg.Wait()
+		allowed := allowedOf(t, callers, func() (RateLimitResult, error) { return s.AllowN(ctx, "crowd", 1, limits...) })
 		assert.Equal(t, burst, allowed, "%d concurrent callers", callers)
 		r, err := s.AllowN(ctx, "crowd", 0, second)
 		require.NoError(t, err)
@@ -197,79 +172,10 @@ func TestAllowNAboveTheBurst(t *testing.T) {
 	})
 }
 
-// downService returns a Service whose Redis refuses connections.
-func downService(t testing.TB, opts Options) *Service {
-	t.Helper()
-	opts.URL = "redis://" + closedPort(t)
-	opts.Timeout = 500 * time.Millisecond
-	s, err := New(opts)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
-	return s
-}
-
-func TestAllowNInvalidArguments(t *testing.T) {
-	t.Parallel()
-	b := newBackend(t, "miniredis")
-	s := b.service(t, Options{})
-	ctx := ctxT(t)
-	tests := []struct {
-		name   string
-		key    string
-		n      int
-		limits []Limit
-		want   error
-	}{
-		{"empty key", "", 1, []Limit{PerSecond(1)}, ErrInvalidKey},
-		{"negative n", "k", -1, []Limit{PerSecond(1)}, ErrInvalidArgument},
-		{"no limit", "k", 1, nil, ErrInvalidArgument},
-		{"zero rate", "k", 1, []Limit{PerSecond(0)}, ErrInvalidArgument},
-		{"negative rate", "k", 1, []Limit{PerSecond(1), {Rate: -1, Period: time.Second}}, ErrInvalidArgument},
-		{"zero period", "k", 1, []Limit{{Rate: 1}}, ErrInvalidArgument},
-		{"negative period", "k", 1, []Limit{{Rate: 1, Period: -time.Second}}, ErrInvalidArgument},
-		{"sub-millisecond period", "k", 1, []Limit{{Rate: 1, Period: time.Millisecond - 1}}, ErrInvalidTTL},
-		{"negative burst", "k", 1, []Limit{{Rate: 1, Period: time.Second, Burst: -1}}, ErrInvalidArgument},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r, err := s.AllowN(ctx, tt.key, tt.n, tt.limits...)
-			require.ErrorIs(t, err, tt.want)
-			assert.Equal(t, RateLimitResult{}, r, "the zero result (not allowed)")
-		})
-	}
-	assert.Empty(t, b.mr.Keys(), "invalid calls wrote")
-	assert.True(t, s.IsConnected())
-	assert.Zero(t, s.Stats().Errors, "invalid arguments counted as Redis failures")
-}
-
-func TestAllowNWhenRedisCannotBeAsked(t *testing.T) {
-	t.Parallel()
-	limits := []Limit{{Rate: 10, Period: time.Second, Burst: 4}, PerMinute(100)}
-	for _, failClosed := range []bool{false, true} {
-		t.Run(fmt.Sprintf("RateLimitFailClosed=%v", failClosed), func(t *testing.T) {
-			t.Parallel()
-			s := downService(t, Options{RateLimitFailClosed: failClosed})
-			start := time.Now()
-			r, err := s.AllowN(ctxT(t), "client", 2, limits...)
-			require.Error(t, err)
-			assert.Less(t, time.Since(start), 2*time.Second)
-			want := RateLimitResult{Allowed: true, Limit: 4, Remaining: 2, ResetAfter: 200 * time.Millisecond}
-			if failClosed {
-				// The slowest limit: 2 tokens of 600ms.
-				want = RateLimitResult{Limit: 100, RetryAfter: 1200 * time.Millisecond, ResetAfter: 1200 * time.Millisecond}
-			}
-			assert.WithinDuration(t, time.Now().Add(want.ResetAfter), r.ResetAt, time.Second)
-			r.ResetAt = time.Time{}
-			assert.Equal(t, want, r)
-
-			require.NoError(t, s.Close())
-			r, err = s.AllowN(ctxT(t), "client", 1, limits...)
-			require.ErrorIs(t, err, ErrClosed)
-			assert.Equal(t, !failClosed, r.Allowed)
-		})
-	}
-}
-
+// TestAllowNReplacesAForeignValue: a gcra: key that holds what AllowN
+// cannot read is a fresh bucket; a hash that lost its expiry (PERSIST, or
+// written by a tool) keeps its state. Either way the next allowed call
+// gives the hash a TTL, instead of it living for ever.
 func TestAllowNReplacesAForeignValue(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, b *backend) {
@@ -279,21 +185,32 @@ func TestAllowNReplacesAForeignValue(t *testing.T) {
 		l := PerHour(2)
 		field := "2/3600/2"
 		raw := b.raw("gcra:k")
-		for name, write := range map[string]func() error{
-			"string":         func() error { return b.client.Set(ctx, raw, "x", 0).Err() },
-			"list":           func() error { return b.client.RPush(ctx, raw, "x").Err() },
-			"garbage field":  func() error { return b.client.HSet(ctx, raw, field, "not a number").Err() },
-			"far future TAT": func() error { return b.client.HSet(ctx, raw, field, "1e300").Err() },
-			"nan TAT":        func() error { return b.client.HSet(ctx, raw, field, "nan").Err() },
-			"far future exp": func() error { return b.client.HSet(ctx, raw, "exp", "1e300").Err() },
-		} {
-			t.Run(name, func(t *testing.T) {
+		tests := []struct {
+			name          string
+			write         func(t *testing.T)
+			wantRemaining int // after one request
+		}{
+			{"string", func(*testing.T) { b.client.Set(ctx, raw, "x", 0) }, 1},
+			{"list", func(*testing.T) { b.client.RPush(ctx, raw, "x") }, 1},
+			{"garbage field", func(*testing.T) { b.client.HSet(ctx, raw, field, "not a number") }, 1},
+			{"far future TAT", func(*testing.T) { b.client.HSet(ctx, raw, field, "1e300") }, 1},
+			{"nan TAT", func(*testing.T) { b.client.HSet(ctx, raw, field, "nan") }, 1},
+			{"far future exp", func(*testing.T) { b.client.HSet(ctx, raw, "exp", "1e300") }, 1},
+			{"hash without TTL", func(t *testing.T) {
+				_, err := s.AllowN(ctx, "k", 1, l)
+				require.NoError(t, err)
+				require.True(t, b.client.Persist(ctx, raw).Val())
+			}, 0},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
 				require.NoError(t, b.client.Del(ctx, raw).Err())
-				require.NoError(t, write())
+				tt.write(t)
+				require.True(t, b.client.Exists(ctx, raw).Val() == 1 && b.client.PTTL(ctx, raw).Val() == -1, "the value written, without a TTL")
 				r, err := s.AllowN(ctx, "k", 1, l)
 				require.NoError(t, err)
 				assert.True(t, r.Allowed)
-				assert.Equal(t, 1, r.Remaining, "a fresh bucket")
+				assert.Equal(t, tt.wantRemaining, r.Remaining)
 				pttl := b.client.PTTL(ctx, raw).Val()
 				assert.True(t, pttl > 0 && pttl <= 2*time.Hour, "PTTL %v; want the hash to expire", pttl)
 			})
@@ -375,24 +292,6 @@ func TestResetRateLimit(t *testing.T) {
 	})
 }
 
-func TestAllowNRecoversFromNoScript(t *testing.T) {
-	t.Parallel()
-	b := newBackend(t, "miniredis")
-	s := b.service(t, Options{})
-	ctx := ctxT(t)
-	for i, flush := range []bool{false, false, true} {
-		if flush {
-			require.NoError(t, b.client.ScriptFlush(ctx).Err())
-		}
-		r, err := s.AllowN(ctx, "noscript", 1, PerHour(5))
-		require.NoError(t, err)
-		assert.Equal(t, 4-i, r.Remaining)
-		ok, err := b.client.ScriptExists(ctx, gcraScript.Hash()).Result()
-		require.NoError(t, err)
-		assert.Equal(t, []bool{true}, ok, "script loaded again")
-	}
-}
-
 // TestAllowNHighRatesKeepTheBurst: at a rate of a token every few
 // nanoseconds, no request takes more than the burst, and the count stays
 // exact: the state is precise to a fraction of an emission interval, and
@@ -469,28 +368,6 @@ func TestLimitsThatOverflowAreRefused(t *testing.T) {
 		assert.Equal(t, l.burst()-3, r.Remaining, "Remaining under %v", l.name())
 		assert.GreaterOrEqual(t, r.ResetAfter, time.Duration(0))
 	}
-}
-
-// TestAllowNRepairsAHashWithoutTTL: a gcra: hash that lost its expiry
-// (PERSIST, or written by a tool) gets one back from the next allowed
-// call, instead of living for ever.
-func TestAllowNRepairsAHashWithoutTTL(t *testing.T) {
-	t.Parallel()
-	forEachBackend(t, func(t *testing.T, b *backend) {
-		t.Parallel()
-		s := b.service(t, Options{})
-		ctx := ctxT(t)
-		raw := b.raw("gcra:k")
-		_, err := s.AllowN(ctx, "k", 1, PerHour(10))
-		require.NoError(t, err)
-		require.True(t, b.client.Persist(ctx, raw).Val())
-		require.Equal(t, time.Duration(-1), b.client.PTTL(ctx, raw).Val())
-		r, err := s.AllowN(ctx, "k", 1, PerHour(10))
-		require.NoError(t, err)
-		assert.Equal(t, 8, r.Remaining)
-		pttl := b.client.PTTL(ctx, raw).Val()
-		assert.True(t, pttl > 0 && pttl <= 2*time.Hour, "PTTL %v after an allowed call; want the hash to expire", pttl)
-	})
 }
 
 // TestAllowNReadsTheEarlierStateFormat: a field holding a TAT in seconds

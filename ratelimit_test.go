@@ -2,7 +2,6 @@ package redisservice
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -12,17 +11,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// serverTime returns the backend's TIME.
-func (b *backend) serverTime(t testing.TB) time.Time {
-	t.Helper()
-	if !b.real() {
-		return b.now
-	}
-	now, err := b.client.Time(ctxT(t)).Result()
-	require.NoError(t, err, "TIME")
-	return now
-}
 
 func TestCheckRateLimit(t *testing.T) {
 	t.Parallel()
@@ -82,66 +70,143 @@ func TestCheckRateLimitConcurrentCallersNeverExceedTheLimit(t *testing.T) {
 		s := b.service(t, Options{})
 		ctx := ctxT(t)
 		const limit, callers = 20, 300
-		var (
-			wg        sync.WaitGroup
-			mu        sync.Mutex
-			allowed   int
-			remaining = map[int]bool{}
-		)
-		for range callers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				r, err := s.CheckRateLimit(ctx, "burst", 10*time.Second, limit)
-				if !assert.NoError(t, err, "CheckRateLimit") {
-					return
-				}
-				mu.Lock()
-				defer mu.Unlock()
-				if r.Allowed {
-					allowed++
-					assert.False(t, remaining[r.Remaining], "Remaining %d reported twice", r.Remaining)
-					remaining[r.Remaining] = true
-				}
-			}()
-		}
-		wg.Wait()
-		assert.False(t, allowed != limit, "%d concurrent callers: %d allowed; want exactly %d", callers, allowed, limit)
+		allowed := allowedOf(t, callers, func() (RateLimitResult, error) {
+			return s.CheckRateLimit(ctx, "burst", 10*time.Second, limit)
+		})
+		assert.Equal(t, limit, allowed, "%d concurrent callers", callers)
 		n, err := b.client.Get(ctx, b.raw("ratelimit:burst")).Int()
 		assert.False(t, err != nil || n != callers, "counter = %d, %v; want %d", n, err, callers)
 	})
 }
 
-func TestCheckRateLimitInvalidArguments(t *testing.T) {
+// allowedOf makes callers calls of call at once, and returns how many
+// were allowed; no two allowed calls may report the same Remaining.
+func allowedOf(t testing.TB, callers int, call func() (RateLimitResult, error)) int {
+	t.Helper()
+	var (
+		wg        sync.WaitGroup
+		mu        sync.Mutex // guards allowed and remaining
+		allowed   int
+		remaining = map[int]bool{}
+	)
+	for range callers {
+		wg.Go(func() {
+			r, err := call()
+			if !assert.NoError(t, err) || !r.Allowed {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			allowed++
+			assert.False(t, remaining[r.Remaining], "Remaining %d reported twice", r.Remaining)
+			remaining[r.Remaining] = true
+		})
+	}
+	wg.Wait()
+	return allowed
+}
+
+// rateLimitCall is one call of CheckRateLimit, AllowN or AllowAll.
+type rateLimitCall func(ctx context.Context, s *Service) (RateLimitResult, error)
+
+func checkCall(id string, window time.Duration, limit int) rateLimitCall {
+	return func(ctx context.Context, s *Service) (RateLimitResult, error) {
+		return s.CheckRateLimit(ctx, id, window, limit)
+	}
+}
+
+func allowNCall(key string, n int, limits ...Limit) rateLimitCall {
+	return func(ctx context.Context, s *Service) (RateLimitResult, error) {
+		return s.AllowN(ctx, key, n, limits...)
+	}
+}
+
+func allowAllCall(n int, limits ...KeyLimit) rateLimitCall {
+	return func(ctx context.Context, s *Service) (RateLimitResult, error) { return s.AllowAll(ctx, n, limits...) }
+}
+
+// keysUnder returns the keys b holds under its prefix, on every master.
+func keysUnder(t testing.TB, b *backend) []string {
+	t.Helper()
+	var keys []string
+	var mu sync.Mutex // guards keys
+	scan := func(ctx context.Context, c *redis.Client) error {
+		ks, err := c.Keys(ctx, b.prefix+"*").Result()
+		mu.Lock()
+		keys = append(keys, ks...)
+		mu.Unlock()
+		return err
+	}
+	ctx := ctxT(t)
+	if cc, ok := b.client.(*redis.ClusterClient); ok {
+		require.NoError(t, cc.ForEachMaster(ctx, scan))
+	} else {
+		require.NoError(t, scan(ctx, b.client.(*redis.Client)))
+	}
+	return keys
+}
+
+// serverTime returns the backend's TIME.
+func (b *backend) serverTime(t testing.TB) time.Time {
+	t.Helper()
+	if !b.real() {
+		return b.now
+	}
+	now, err := b.client.Time(ctxT(t)).Result()
+	require.NoError(t, err, "TIME")
+	return now
+}
+
+// TestRateLimitInvalidArguments: every rate limit refuses bad arguments
+// before anything is sent, with the zero result (not allowed), and
+// without counting a Redis failure.
+func TestRateLimitInvalidArguments(t *testing.T) {
 	t.Parallel()
+	ok := KeyLimit{"k", PerSecond(1)}
+	tests := []struct {
+		name string
+		call rateLimitCall
+		want error
+	}{
+		{"CheckRateLimit/empty identifier", checkCall("", time.Second, 10), ErrInvalidKey},
+		{"CheckRateLimit/zero limit", checkCall("id", time.Second, 0), ErrInvalidArgument},
+		{"CheckRateLimit/negative limit", checkCall("id", time.Second, -1), ErrInvalidArgument},
+		{"CheckRateLimit/zero window", checkCall("id", 0, 10), ErrInvalidArgument},
+		{"CheckRateLimit/negative window", checkCall("id", -time.Second, 10), ErrInvalidArgument},
+		{"CheckRateLimit/sub-millisecond window", checkCall("id", 500*time.Microsecond, 10), ErrInvalidTTL},
+
+		{"AllowN/empty key", allowNCall("", 1, PerSecond(1)), ErrInvalidKey},
+		{"AllowN/negative n", allowNCall("k", -1, PerSecond(1)), ErrInvalidArgument},
+		{"AllowN/no limit", allowNCall("k", 1), ErrInvalidArgument},
+		{"AllowN/zero rate", allowNCall("k", 1, PerSecond(0)), ErrInvalidArgument},
+		{"AllowN/negative rate", allowNCall("k", 1, PerSecond(1), Limit{Rate: -1, Period: time.Second}), ErrInvalidArgument},
+		{"AllowN/zero period", allowNCall("k", 1, Limit{Rate: 1}), ErrInvalidArgument},
+		{"AllowN/negative period", allowNCall("k", 1, Limit{Rate: 1, Period: -time.Second}), ErrInvalidArgument},
+		{"AllowN/sub-millisecond period", allowNCall("k", 1, Limit{Rate: 1, Period: time.Millisecond - 1}), ErrInvalidTTL},
+		{"AllowN/negative burst", allowNCall("k", 1, Limit{Rate: 1, Period: time.Second, Burst: -1}), ErrInvalidArgument},
+
+		{"AllowAll/no limit", allowAllCall(1), ErrInvalidArgument},
+		{"AllowAll/empty key", allowAllCall(1, ok, KeyLimit{"", PerSecond(1)}), ErrInvalidKey},
+		{"AllowAll/negative n", allowAllCall(-1, ok, ok), ErrInvalidArgument},
+		{"AllowAll/zero limit", allowAllCall(1, ok, KeyLimit{Key: "j"}), ErrInvalidArgument},
+		{"AllowAll/zero rate", allowAllCall(1, ok, KeyLimit{"j", PerSecond(0)}), ErrInvalidArgument},
+		{"AllowAll/sub-millisecond period", allowAllCall(1, ok, KeyLimit{"j", Limit{Rate: 1, Period: time.Microsecond}}), ErrInvalidTTL},
+		{"AllowAll/huge burst", allowAllCall(1, ok, KeyLimit{"j", Limit{Rate: shl(41), Period: time.Hour}}), ErrInvalidArgument},
+	}
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		t.Parallel()
 		s := b.service(t, Options{})
 		ctx := ctxT(t)
-		tests := []struct {
-			name   string
-			id     string
-			window time.Duration
-			limit  int
-			want   error
-		}{
-			{"empty identifier", "", time.Second, 10, ErrInvalidKey},
-			{"zero limit", "id", time.Second, 0, ErrInvalidArgument},
-			{"negative limit", "id", time.Second, -1, ErrInvalidArgument},
-			{"zero window", "id", 0, 10, ErrInvalidArgument},
-			{"negative window", "id", -time.Second, 10, ErrInvalidArgument},
-			{"sub-millisecond window", "id", 500 * time.Microsecond, 10, ErrInvalidTTL},
-		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
-				r, err := s.CheckRateLimit(ctx, tt.id, tt.window, tt.limit)
-				assert.ErrorIs(t, err, tt.want, "CheckRateLimit(%q, %v, %d) error = %v; want %v", tt.id, tt.window, tt.limit, err, tt.want)
-				assert.False(t, r != (RateLimitResult{}), "CheckRateLimit(%q, %v, %d) = %+v; want the zero result (not allowed)", tt.id, tt.window, tt.limit, r)
-				n := b.client.Exists(ctx, b.raw("ratelimit:"+tt.id)).Val()
-				assert.False(t, n != 0, "CheckRateLimit(%q, %v, %d) wrote a counter", tt.id, tt.window, tt.limit)
+				r, err := tt.call(ctx, s)
+				require.ErrorIs(t, err, tt.want)
+				assert.Equal(t, RateLimitResult{}, r, "the zero result (not allowed)")
 			})
 		}
-		assert.False(t, !s.IsConnected() || s.Stats().Errors != 0, "invalid arguments counted as Redis failures: IsConnected %v, Stats %+v", s.IsConnected(), s.Stats())
+		assert.Empty(t, keysUnder(t, b), "invalid calls wrote")
+		assert.True(t, s.IsConnected())
+		assert.Zero(t, s.Stats().Errors, "invalid arguments counted as Redis failures")
 	})
 }
 
@@ -188,36 +253,66 @@ func TestCheckRateLimitUsesTheServerClock(t *testing.T) {
 	assert.False(t, !r.ResetAt.Equal(want) || r.ResetAfter != 90*time.Second, "CheckRateLimit ResetAt, ResetAfter = %v, %v; want %v, 90s", r.ResetAt, r.ResetAfter, want)
 }
 
-func TestCheckRateLimitWhenRedisCannotBeAsked(t *testing.T) {
-	t.Parallel()
-	addr := closedPort(t)
-	window := 30 * time.Second
-	for _, failClosed := range []bool{false, true} {
-		t.Run(fmt.Sprintf("RateLimitFailClosed=%v", failClosed), func(t *testing.T) {
-			t.Parallel()
-			s, err := New(Options{URL: "redis://" + addr, Timeout: 500 * time.Millisecond, RateLimitFailClosed: failClosed})
-			require.NoError(t, err)
-			defer s.Close()
-			start := time.Now()
-			r, err := s.CheckRateLimit(context.Background(), "client", window, 10)
-			took := time.Since(start)
-			assert.False(t, took > 2*time.Second, "CheckRateLimit with Redis down took %v; want within the 500ms Timeout bound", took)
-			require.Error(t, err, "CheckRateLimit with Redis down = %+v, nil error; want an error", r)
-			want := RateLimitResult{Allowed: true, Limit: 10, Remaining: 9, ResetAfter: window}
-			if failClosed {
-				want = RateLimitResult{Allowed: false, Limit: 10, Remaining: 0, ResetAfter: window, RetryAfter: window}
-			}
-			got := r
-			got.ResetAt = time.Time{}
-			assert.False(t, got != want, "CheckRateLimit with Redis down = %+v; want %+v", got, want)
-			d := time.Until(r.ResetAt)
-			assert.False(t, d <= 0 || d > window, "fallback ResetAt in %v; want about now + %v", d, window)
+// downService returns a Service whose Redis refuses connections.
+func downService(t testing.TB, opts Options) *Service {
+	t.Helper()
+	opts.URL = "redis://" + closedPort(t)
+	opts.Timeout = 500 * time.Millisecond
+	s, err := New(opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
 
-			// After Close: the same fallback, with ErrClosed.
-			_ = s.Close()
-			r, err = s.CheckRateLimit(context.Background(), "client", window, 10)
-			assert.False(t, !errors.Is(err, ErrClosed) || r.Allowed != !failClosed, "CheckRateLimit after Close = %+v, %v; want Allowed %v and ErrClosed", r, err, !failClosed)
-		})
+// TestRateLimitWhenRedisCannotBeAsked: with Redis down, a rate limit
+// returns its fallback with the error, within the Timeout; after Close,
+// the same fallback with ErrClosed.
+func TestRateLimitWhenRedisCannotBeAsked(t *testing.T) {
+	t.Parallel()
+	window := 30 * time.Second
+	// AllowN and AllowAll fall back alike for the same limits: open, the
+	// tightest limit with n taken; closed, the slowest limit's wait for n
+	// tokens (2 of 600ms).
+	ip, user := Limit{Rate: 10, Period: time.Second, Burst: 4}, PerMinute(100)
+	gcraOpen := RateLimitResult{Allowed: true, Limit: 4, Remaining: 2, ResetAfter: 200 * time.Millisecond}
+	gcraClosed := RateLimitResult{Limit: 100, RetryAfter: 1200 * time.Millisecond, ResetAfter: 1200 * time.Millisecond}
+	tests := []struct {
+		name         string
+		call         func(n int) rateLimitCall
+		open, closed RateLimitResult // the fallbacks of a call of n = 2
+	}{
+		{"CheckRateLimit", func(int) rateLimitCall { return checkCall("client", window, 10) },
+			RateLimitResult{Allowed: true, Limit: 10, Remaining: 9, ResetAfter: window},
+			RateLimitResult{Allowed: false, Limit: 10, Remaining: 0, ResetAfter: window, RetryAfter: window}},
+		{"AllowN", func(n int) rateLimitCall { return allowNCall("client", n, ip, user) }, gcraOpen, gcraClosed},
+		{"AllowAll", func(n int) rateLimitCall { return allowAllCall(n, KeyLimit{"ip", ip}, KeyLimit{"user", user}) }, gcraOpen, gcraClosed},
+	}
+	for _, tt := range tests {
+		for _, failClosed := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/RateLimitFailClosed=%v", tt.name, failClosed), func(t *testing.T) {
+				t.Parallel()
+				s := downService(t, Options{RateLimitFailClosed: failClosed})
+				start := time.Now()
+				r, err := tt.call(2)(ctxT(t), s)
+				end := time.Now()
+				require.Error(t, err, "%s with Redis down = %+v", tt.name, r)
+				assert.Less(t, end.Sub(start), 2*time.Second, "%s with Redis down; want within the 500ms Timeout bound", tt.name)
+				want := tt.open
+				if failClosed {
+					want = tt.closed
+				}
+				// ResetAt is the local time of the fallback plus ResetAfter.
+				assert.False(t, r.ResetAt.Before(start.Add(want.ResetAfter)) || r.ResetAt.After(end.Add(want.ResetAfter)),
+					"fallback ResetAt %v; want between %v and %v", r.ResetAt, start.Add(want.ResetAfter), end.Add(want.ResetAfter))
+				r.ResetAt = time.Time{}
+				assert.Equal(t, want, r, "%s with Redis down", tt.name)
+
+				require.NoError(t, s.Close())
+				r, err = tt.call(1)(ctxT(t), s)
+				require.ErrorIs(t, err, ErrClosed)
+				assert.Equal(t, !failClosed, r.Allowed, "%s after Close", tt.name)
+			})
+		}
 	}
 }
 
@@ -268,7 +363,9 @@ func TestCheckRateLimitRepairsAForeignValue(t *testing.T) {
 	})
 }
 
-func TestCheckRateLimitRecoversFromNoScript(t *testing.T) {
+// TestRateLimitRecoversFromNoScript: each rate limit loads its script
+// again after SCRIPT FLUSH or a restart of the server.
+func TestRateLimitRecoversFromNoScript(t *testing.T) {
 	t.Parallel()
 	type server struct {
 		client  *redis.Client
@@ -286,21 +383,29 @@ func TestCheckRateLimitRecoversFromNoScript(t *testing.T) {
 			return server{client: c, restart: sr.restart}
 		},
 	}
+	// Five a minute and five an hour: one taken a call.
+	limits := []struct {
+		name string
+		call rateLimitCall
+		sha  string
+	}{
+		{"CheckRateLimit", checkCall("noscript", time.Minute, 5), rateLimitScript.Hash()},
+		{"AllowN", allowNCall("noscript", 1, PerHour(5)), gcraScript.Hash()},
+	}
 	for _, name := range []string{"miniredis", "redis"} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			srv := servers[name](t)
-			s, err := New(Options{Client: srv.client})
-			require.NoError(t, err)
-			defer s.Close()
+			s := newService(t, Options{Client: srv.client})
 			ctx := ctxT(t)
-			sha := rateLimitScript.Hash()
 			check := func(what string, wantRemaining int) {
 				t.Helper()
-				r, err := s.CheckRateLimit(ctx, "noscript", time.Minute, 5)
-				require.False(t, err != nil || !r.Allowed || r.Remaining != wantRemaining, "CheckRateLimit %s = %+v, %v; want allowed with Remaining %d", what, r, err, wantRemaining)
-				ok, err := srv.client.ScriptExists(ctx, sha).Result()
-				require.False(t, err != nil || !ok[0], "SCRIPT EXISTS after CheckRateLimit %s = %v, %v; want the script loaded again", what, ok, err)
+				for _, l := range limits {
+					r, err := l.call(ctx, s)
+					require.False(t, err != nil || !r.Allowed || r.Remaining != wantRemaining, "%s %s = %+v, %v; want allowed with Remaining %d", l.name, what, r, err, wantRemaining)
+					ok, err := srv.client.ScriptExists(ctx, l.sha).Result()
+					require.False(t, err != nil || !ok[0], "SCRIPT EXISTS after %s %s = %v, %v; want the script loaded again", l.name, what, ok, err)
+				}
 			}
 			check("on a fresh server", 4)
 			check("with the script cached", 3)
@@ -309,7 +414,7 @@ func TestCheckRateLimitRecoversFromNoScript(t *testing.T) {
 			if srv.restart == nil {
 				return
 			}
-			srv.restart() // the counter is lost with the server: a new window
+			srv.restart() // the counters are lost with the server: a new window, a full bucket
 			check("after a restart", 4)
 		})
 	}

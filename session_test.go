@@ -51,15 +51,13 @@ func TestSessionLifecycle(t *testing.T) {
 			assert.Contains(t, raw, field, "stored session")
 		}
 		assert.True(t, strings.HasPrefix(raw, `{"userId":"u1","email":"u1@example.com","role":"cashier","createdAt":"`), "stored session %s: want the original service's key order", raw)
-		got, found, err := s.GetSession(ctx, id)
-		require.NoError(t, err)
-		require.True(t, found)
+		got := getSession(t, s, id)
 		assert.Equal(t, "u1", got.UserID)
 		assert.False(t, got.CreatedAt.IsZero())
 		assert.False(t, got.LastActivity.IsZero())
 		assert.Nil(t, got.Values, "a session without application fields has nil Values")
 
-		got, found, err = s.GetSession(ctx, "unknown-id")
+		got, found, err := s.GetSession(ctx, "unknown-id")
 		assert.NoError(t, err)
 		assert.False(t, found)
 		assert.Equal(t, SessionData{}, got, "GetSession(unknown)")
@@ -73,7 +71,7 @@ func TestSessionLifecycle(t *testing.T) {
 		ok, err = s.UpdateSessionActivity(ctx, id)
 		assert.False(t, ok, "UpdateSessionActivity after destroy")
 		assert.NoError(t, err)
-		assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+id)).Val(), "UpdateSessionActivity resurrected a destroyed session")
+		assert.False(t, sessionExists(t, b, id), "UpdateSessionActivity resurrected a destroyed session")
 	})
 }
 
@@ -93,10 +91,8 @@ func TestSessionWrittenByTheOriginalService(t *testing.T) {
 		assert.True(t, got.CreatedAt.Equal(want), "CreatedAt = %v", got.CreatedAt)
 		assert.Equal(t, "Mozilla/5.0", got.UserAgent)
 
-		ok, err := s.UpdateSessionActivity(ctx, "legacy-id_1")
-		require.NoError(t, err)
-		require.True(t, ok)
-		d := b.client.PTTL(ctx, b.raw("session:legacy-id_1")).Val()
+		touchSession(t, s, "legacy-id_1")
+		d := sessionTTL(t, b, "legacy-id_1")
 		assert.True(t, d > 0 && d <= 5*time.Second, "old session's PTTL after update = %v; want its remaining TTL kept", d)
 		got, _, err = s.GetSession(ctx, "legacy-id_1")
 		require.NoError(t, err)
@@ -105,10 +101,8 @@ func TestSessionWrittenByTheOriginalService(t *testing.T) {
 
 		// An old session without any TTL stays without one (KEEPTTL), still readable.
 		b.client.Set(ctx, b.raw("session:legacy-id_2"), old, 0)
-		ok, err = s.UpdateSessionActivity(ctx, "legacy-id_2")
-		require.NoError(t, err)
-		require.True(t, ok)
-		assert.Equal(t, time.Duration(-1), b.client.PTTL(ctx, b.raw("session:legacy-id_2")).Val(), "old session without TTL after update; want none")
+		touchSession(t, s, "legacy-id_2")
+		assert.Equal(t, time.Duration(-1), sessionTTL(t, b, "legacy-id_2"), "old session without TTL after update; want none")
 		b.client.Del(ctx, b.raw("session:legacy-id_2"))
 		_, found, err = s.GetSession(ctx, "legacy-id_2")
 		assert.False(t, found, "GetSession after Del")
@@ -126,17 +120,15 @@ func TestSessionSlidesToItsOwnTTL(t *testing.T) {
 		ttl, passed := 3*time.Second, time.Second
 		id := newSession(t, s, "u1", ttl)
 		b.pass(passed)
-		ok, err := s.UpdateSessionActivity(ctx, id)
-		require.NoError(t, err)
-		require.True(t, ok)
-		d := b.client.PTTL(ctx, b.raw("session:"+id)).Val()
+		touchSession(t, s, id)
+		d := sessionTTL(t, b, id)
 		assert.True(t, d > ttl-passed && d <= ttl, "PTTL after update = %v; want the session's own %v again", d, ttl)
 		b.pass(ttl)
 		b.waitFor(t, "idle session expires", func() bool {
 			_, found, err := s.GetSession(ctx, id)
 			return !found && err == nil
 		})
-		ok, _ = s.UpdateSessionActivity(ctx, id)
+		ok, _ := s.UpdateSessionActivity(ctx, id)
 		assert.False(t, ok, "UpdateSessionActivity of an expired session")
 	})
 }
@@ -144,32 +136,25 @@ func TestSessionSlidesToItsOwnTTL(t *testing.T) {
 func TestSessionMaxLifetime(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, b *backend) {
-		start := time.Now()
-		clock := start
-		var mu sync.Mutex
-		now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+		clock := &fixedClock{t: time.Now()}
 		// The lifetime runs on the Service's clock (Options.Now), which
 		// advance moves; a real server's TTLs are left to run on their own,
 		// far from ending during the test.
 		advance := func(d time.Duration) {
-			mu.Lock()
-			clock = clock.Add(d)
-			mu.Unlock()
+			clock.advance(d)
 			if !b.real() {
 				b.pass(d)
 			}
 		}
-		s := b.service(t, Options{SessionMaxLifetime: 6 * time.Second, Now: now})
+		s := b.service(t, Options{SessionMaxLifetime: 6 * time.Second, Now: clock.now})
 		ctx := ctxT(t)
 		id := newSession(t, s, "u1", 4*time.Second)
 		advance(3 * time.Second)
-		ok, err := s.UpdateSessionActivity(ctx, id)
-		require.NoError(t, err)
-		require.True(t, ok)
-		d := b.client.PTTL(ctx, b.raw("session:"+id)).Val()
+		touchSession(t, s, id)
+		d := sessionTTL(t, b, id)
 		assert.True(t, d > 0 && d <= 3*time.Second, "PTTL near the cap = %v; want at most the 3s left of the lifetime", d)
 		advance(3500 * time.Millisecond)
-		ok, _ = s.UpdateSessionActivity(ctx, id)
+		ok, _ := s.UpdateSessionActivity(ctx, id)
 		assert.False(t, ok, "UpdateSessionActivity past SessionMaxLifetime; want the session ended")
 		b.waitFor(t, "capped session is gone", func() bool {
 			_, found, _ := s.GetSession(ctx, id)
@@ -192,9 +177,7 @@ func TestSessionConcurrentUpdatesAndDestroy(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		got, found, err := s.GetSession(ctx, id)
-		require.NoError(t, err)
-		require.True(t, found)
+		got := getSession(t, s, id)
 		assert.Equal(t, "u1@example.com", got.Email)
 		assert.Equal(t, "203.0.113.7", got.IP)
 
@@ -207,7 +190,7 @@ func TestSessionConcurrentUpdatesAndDestroy(t *testing.T) {
 		assert.True(t, ok, "DestroySession")
 		assert.NoError(t, err)
 		wg.Wait()
-		_, found, _ = s.GetSession(ctx, id2)
+		_, found, _ := s.GetSession(ctx, id2)
 		assert.False(t, found, "a destroyed session came back after racing updates")
 	})
 }
@@ -340,64 +323,85 @@ func TestSessionRoundTrips(t *testing.T) {
 
 func TestSessionInvalidInput(t *testing.T) {
 	t.Parallel()
-	b := newBackend(t, "miniredis")
-	s := b.service(t, Options{})
-	ctx := ctxT(t)
 	good := SessionData{UserID: "u1"}
 	withValue := func(k, v string) SessionData {
 		return SessionData{UserID: "u1", Values: map[string]json.RawMessage{k: json.RawMessage(v)}}
 	}
-	tests := []struct {
-		name string
-		err  error
-		want error
-	}{
-		{"empty id", s.CreateSession(ctx, "", good, time.Minute), ErrInvalidKey},
-		{"long id", s.CreateSession(ctx, strings.Repeat("a", 257), good, time.Minute), ErrInvalidKey},
-		{"glob id", s.CreateSession(ctx, "abc*", good, time.Minute), ErrInvalidKey},
-		{"space id", s.CreateSession(ctx, "a b", good, time.Minute), ErrInvalidKey},
-		{"no user", s.CreateSession(ctx, "abc", SessionData{}, time.Minute), ErrInvalidArgument},
-		{"zero ttl", s.CreateSession(ctx, "abc", good, 0), ErrInvalidTTL},
-		{"sub-ms ttl", s.CreateSession(ctx, "abc", good, time.Microsecond), ErrInvalidTTL},
-		{"Values userId", s.CreateSession(ctx, "abc", withValue("userId", `"u2"`), time.Minute), ErrInvalidArgument},
-		{"Values lastActivity", s.CreateSession(ctx, "abc", withValue("lastActivity", `"x"`), time.Minute), ErrInvalidArgument},
-		{"Values idleTimeoutMs", s.CreateSession(ctx, "abc", withValue("idleTimeoutMs", `1`), time.Minute), ErrInvalidArgument},
-		{"Values expiresAtMs", s.CreateSession(ctx, "abc", withValue("expiresAtMs", `1`), time.Minute), ErrInvalidArgument},
-		{"Values bad JSON", s.CreateSession(ctx, "abc", withValue("cart", `{"a":`), time.Minute), ErrInvalidArgument},
-		{"Values empty", s.CreateSession(ctx, "abc", withValue("cart", ``), time.Minute), ErrInvalidArgument},
-		{"Values two values", s.CreateSession(ctx, "abc", withValue("cart", `1 2`), time.Minute), ErrInvalidArgument},
-		{"year 10000", s.CreateSession(ctx, "abc", SessionData{UserID: "u1", CreatedAt: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}, time.Minute), ErrInvalidArgument},
-		{"get empty", func() error { _, _, err := s.GetSession(ctx, ""); return err }(), ErrInvalidKey},
-		{"update empty", func() error { _, err := s.UpdateSessionActivity(ctx, ""); return err }(), ErrInvalidKey},
-		{"update fn empty", func() error { _, err := s.UpdateSession(ctx, "", func(*SessionData) error { return nil }); return err }(), ErrInvalidKey},
-		{"update nil fn", func() error { _, err := s.UpdateSession(ctx, "abc", nil); return err }(), ErrInvalidArgument},
-		{"renew empty", func() error { _, _, err := s.RenewSessionID(ctx, ""); return err }(), ErrInvalidKey},
-		{"destroy empty", func() error { _, err := s.DestroySession(ctx, ""); return err }(), ErrInvalidKey},
-		{"destroy user empty", func() error { _, err := s.DestroyUserSessions(ctx, ""); return err }(), ErrInvalidKey},
-		{"user sessions empty", func() error { _, err := s.UserSessions(ctx, ""); return err }(), ErrInvalidKey},
-	}
-	for _, tt := range tests {
-		assert.ErrorIs(t, tt.err, tt.want, tt.name)
-	}
-	assert.Empty(t, b.mr.Keys(), "invalid calls wrote keys")
-	for _, id := range []string{"../../etc", "abc*", strings.Repeat("a", 257)} {
-		_, found, err := s.GetSession(ctx, id)
-		assert.False(t, found)
-		assert.ErrorIs(t, err, ErrInvalidKey, "GetSession(%.20q)", id)
-		ok, err := s.UpdateSessionActivity(ctx, id)
-		assert.False(t, ok)
-		assert.ErrorIs(t, err, ErrInvalidKey, "UpdateSessionActivity(%.20q)", id)
-		ok, err = s.UpdateSession(ctx, id, func(*SessionData) error { return nil })
-		assert.False(t, ok)
-		assert.ErrorIs(t, err, ErrInvalidKey, "UpdateSession(%.20q)", id)
-		newID, ok, err := s.RenewSessionID(ctx, id)
-		assert.False(t, ok)
-		assert.Empty(t, newID)
-		assert.ErrorIs(t, err, ErrInvalidKey, "RenewSessionID(%.20q)", id)
-		ok, err = s.DestroySession(ctx, id)
-		assert.False(t, ok)
-		assert.ErrorIs(t, err, ErrInvalidKey, "DestroySession(%.20q)", id)
-	}
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		// The updates below are refused, and leave this session alone.
+		existing := newSession(t, s, "u1", time.Minute)
+		before := stored(t, b, existing)
+		update := func(fn func(d *SessionData)) error {
+			ok, err := s.UpdateSession(ctx, existing, func(d *SessionData) error { fn(d); return nil })
+			assert.False(t, ok, "UpdateSession refused")
+			return err
+		}
+		tests := []struct {
+			name string
+			err  error
+			want error
+		}{
+			{"empty id", s.CreateSession(ctx, "", good, time.Minute), ErrInvalidKey},
+			{"long id", s.CreateSession(ctx, strings.Repeat("a", 257), good, time.Minute), ErrInvalidKey},
+			{"glob id", s.CreateSession(ctx, "abc*", good, time.Minute), ErrInvalidKey},
+			{"space id", s.CreateSession(ctx, "a b", good, time.Minute), ErrInvalidKey},
+			{"no user", s.CreateSession(ctx, "abc", SessionData{}, time.Minute), ErrInvalidArgument},
+			{"zero ttl", s.CreateSession(ctx, "abc", good, 0), ErrInvalidTTL},
+			{"sub-ms ttl", s.CreateSession(ctx, "abc", good, time.Microsecond), ErrInvalidTTL},
+			{"Values userId", s.CreateSession(ctx, "abc", withValue("userId", `"u2"`), time.Minute), ErrInvalidArgument},
+			{"Values lastActivity", s.CreateSession(ctx, "abc", withValue("lastActivity", `"x"`), time.Minute), ErrInvalidArgument},
+			{"Values idleTimeoutMs", s.CreateSession(ctx, "abc", withValue("idleTimeoutMs", `1`), time.Minute), ErrInvalidArgument},
+			{"Values expiresAtMs", s.CreateSession(ctx, "abc", withValue("expiresAtMs", `1`), time.Minute), ErrInvalidArgument},
+			{"Values bad JSON", s.CreateSession(ctx, "abc", withValue("cart", `{"a":`), time.Minute), ErrInvalidArgument},
+			{"Values empty", s.CreateSession(ctx, "abc", withValue("cart", ``), time.Minute), ErrInvalidArgument},
+			{"Values two values", s.CreateSession(ctx, "abc", withValue("cart", `1 2`), time.Minute), ErrInvalidArgument},
+			// Names and fields given by the caller: invalid UTF-8 is refused, never replaced.
+			{"Values keys of invalid UTF-8", s.CreateSession(ctx, "abc", SessionData{UserID: "u1", Values: map[string]json.RawMessage{"a\xff": json.RawMessage(`1`), "a\xfe": json.RawMessage(`2`)}}, time.Minute), ErrInvalidArgument},
+			{"an Email of invalid UTF-8", s.CreateSession(ctx, "abc", SessionData{UserID: "u1", Email: "a\xffb"}, time.Minute), ErrInvalidArgument},
+			{"year 10000", s.CreateSession(ctx, "abc", SessionData{UserID: "u1", CreatedAt: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}, time.Minute), ErrInvalidArgument},
+			{"get empty", func() error { _, _, err := s.GetSession(ctx, ""); return err }(), ErrInvalidKey},
+			{"update empty", func() error { _, err := s.UpdateSessionActivity(ctx, ""); return err }(), ErrInvalidKey},
+			{"update fn empty", func() error { _, err := s.UpdateSession(ctx, "", func(*SessionData) error { return nil }); return err }(), ErrInvalidKey},
+			{"update nil fn", func() error { _, err := s.UpdateSession(ctx, "abc", nil); return err }(), ErrInvalidArgument},
+			{"update changing UserID", update(func(d *SessionData) { d.UserID = "u2" }), ErrInvalidArgument},
+			{"update Values userId", update(func(d *SessionData) { _ = incr(d, "userId") }), ErrInvalidArgument},
+			{"update Values createdAt", update(func(d *SessionData) { _ = incr(d, "createdAt") }), ErrInvalidArgument},
+			{"update Values idleTimeoutMs", update(func(d *SessionData) { _ = incr(d, "idleTimeoutMs") }), ErrInvalidArgument},
+			{"update Values expiresAtMs", update(func(d *SessionData) { _ = incr(d, "expiresAtMs") }), ErrInvalidArgument},
+			{"update Values bad JSON", update(func(d *SessionData) { d.Values = map[string]json.RawMessage{"x": json.RawMessage(`{`)} }), ErrInvalidArgument},
+			{"update adding a Values key of invalid UTF-8", update(func(d *SessionData) { d.Values = map[string]json.RawMessage{"k\xff": json.RawMessage(`1`)} }), ErrInvalidArgument},
+			{"update setting a UserAgent of invalid UTF-8", update(func(d *SessionData) { d.UserAgent = "\xff" }), ErrInvalidArgument},
+			{"renew empty", func() error { _, _, err := s.RenewSessionID(ctx, ""); return err }(), ErrInvalidKey},
+			{"destroy empty", func() error { _, err := s.DestroySession(ctx, ""); return err }(), ErrInvalidKey},
+			{"destroy user empty", func() error { _, err := s.DestroyUserSessions(ctx, ""); return err }(), ErrInvalidKey},
+			{"user sessions empty", func() error { _, err := s.UserSessions(ctx, ""); return err }(), ErrInvalidKey},
+		}
+		for _, tt := range tests {
+			assert.ErrorIs(t, tt.err, tt.want, tt.name)
+		}
+		assert.ElementsMatch(t, []string{b.raw("session:" + existing), b.raw("user-sessions:u1")}, keysUnder(t, b), "invalid calls wrote keys")
+		assert.Equal(t, before, stored(t, b, existing), "refused updates must leave the session alone")
+		for _, id := range []string{"../../etc", "abc*", strings.Repeat("a", 257)} {
+			_, found, err := s.GetSession(ctx, id)
+			assert.False(t, found)
+			assert.ErrorIs(t, err, ErrInvalidKey, "GetSession(%.20q)", id)
+			ok, err := s.UpdateSessionActivity(ctx, id)
+			assert.False(t, ok)
+			assert.ErrorIs(t, err, ErrInvalidKey, "UpdateSessionActivity(%.20q)", id)
+			ok, err = s.UpdateSession(ctx, id, func(*SessionData) error { return nil })
+			assert.False(t, ok)
+			assert.ErrorIs(t, err, ErrInvalidKey, "UpdateSession(%.20q)", id)
+			newID, ok, err := s.RenewSessionID(ctx, id)
+			assert.False(t, ok)
+			assert.Empty(t, newID)
+			assert.ErrorIs(t, err, ErrInvalidKey, "RenewSessionID(%.20q)", id)
+			ok, err = s.DestroySession(ctx, id)
+			assert.False(t, ok)
+			assert.ErrorIs(t, err, ErrInvalidKey, "DestroySession(%.20q)", id)
+		}
+	})
 }
 
 func TestSessionErrorsHideTheID(t *testing.T) {
@@ -453,9 +457,7 @@ func FuzzSessionID(f *testing.F) {
 			return
 		}
 		require.NoError(t, err, "CreateSession(%q)", id)
-		got, found, err := s.GetSession(ctx, id)
-		require.NoError(t, err)
-		require.True(t, found)
+		got := getSession(t, s, id)
 		require.Equal(t, "fuzz", got.UserID, "GetSession(%q)", id)
 		gone, err := s.DestroySession(ctx, id)
 		require.NoError(t, err)

@@ -16,7 +16,6 @@ func TestSessionMaxLifetimeEndsOlderSessions(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		// The clock starts now, so that index entries (unix ms) are live.
 		clock := &fixedClock{t: time.Now().Truncate(time.Millisecond)}
-		advance := func(d time.Duration) { clock.mu.Lock(); clock.t = clock.t.Add(d); clock.mu.Unlock() }
 		before := b.service(t, Options{Now: clock.now})
 		ctx := ctxT(t)
 		var ids []string
@@ -26,19 +25,17 @@ func TestSessionMaxLifetimeEndsOlderSessions(t *testing.T) {
 		capped := b.service(t, Options{Now: clock.now, SessionMaxLifetime: 30 * time.Minute})
 
 		// Within the lifetime: a touch slides the expiry no further than its end.
-		advance(20 * time.Minute)
-		ok, err := capped.UpdateSessionActivity(ctx, ids[0])
-		require.NoError(t, err)
-		require.True(t, ok)
+		clock.advance(20 * time.Minute)
+		touchSession(t, capped, ids[0])
 		d := b.client.PTTL(ctx, b.raw("session:"+ids[0])).Val()
 		assert.True(t, d > 9*time.Minute && d <= 10*time.Minute, "PTTL = %v; want the 10 minutes left of the lifetime", d)
 
 		// Past it: ended for every call, and deleted.
-		advance(11 * time.Minute)
+		clock.advance(11 * time.Minute)
 		_, found, err := capped.GetSession(ctx, ids[1])
 		require.NoError(t, err)
 		assert.False(t, found, "GetSession of a session past SessionMaxLifetime")
-		ok, err = capped.UpdateSessionActivity(ctx, ids[2])
+		ok, err := capped.UpdateSessionActivity(ctx, ids[2])
 		require.NoError(t, err)
 		assert.False(t, ok, "UpdateSessionActivity of a session past SessionMaxLifetime")
 		ok, err = capped.UpdateSession(ctx, ids[3], func(*SessionData) error { assert.Fail(t, "fn ran for an ended session"); return nil })
@@ -49,19 +46,21 @@ func TestSessionMaxLifetimeEndsOlderSessions(t *testing.T) {
 		assert.False(t, ok, "RenewSessionID of a session past SessionMaxLifetime")
 		assert.Empty(t, newID)
 		for _, id := range ids[1:] {
-			assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+id)).Val(), "an ended session is deleted")
+			assert.False(t, sessionExists(t, b, id), "an ended session is deleted")
 		}
-		require.Contains(t, b.client.ZRange(ctx, b.raw("user-sessions:u1"), 0, -1).Val(), ids[0], "the index")
+		require.Contains(t, indexed(t, b, "u1"), ids[0], "the index")
 		all, err := capped.UserSessions(ctx, "u1")
 		require.NoError(t, err)
 		assert.Empty(t, all, "UserSessions lists a session past SessionMaxLifetime")
 		assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+ids[0])).Val(), "an ended session is deleted")
-		assert.Empty(t, b.client.ZRange(ctx, b.raw("user-sessions:u1"), 0, -1).Val(), "the index")
+		assert.Empty(t, indexed(t, b, "u1"), "the index")
 	})
 }
 
 // Stored objects in which Go and the touch script could mean different
-// members are refused by both; names never lose their bytes.
+// members, and stored values that are not objects, are refused by both;
+// names never lose their bytes (those given by the caller:
+// TestSessionInvalidInput).
 func TestSessionMemberNamesGoAndTheScriptAgreeOn(t *testing.T) {
 	t.Parallel()
 	const rest = `"email":"","role":"","createdAt":"2026-11-29T07:00:00.000Z","lastActivity":"2026-11-29T07:00:00.000Z","ip":"","userAgent":""`
@@ -75,6 +74,9 @@ func TestSessionMemberNamesGoAndTheScriptAgreeOn(t *testing.T) {
 		{"repeated Values name", `{"userId":"u1",` + rest + `,"cart":1,"cart":2}`},
 		{"names that decode alike", `{"userId":"u1",` + rest + `,"caf\u00e9":1,"café":2}`},
 		{"invalid UTF-8 names", "{\"userId\":\"u1\"," + rest + ",\"a\xff\":1,\"a\xfe\":2}"},
+		{"an array", `[1]`},
+		{"a string", `"s"`},
+		{"cut short", `{"a":`},
 	}
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		s := b.service(t, Options{})
@@ -95,100 +97,80 @@ func TestSessionMemberNamesGoAndTheScriptAgreeOn(t *testing.T) {
 			}
 		}
 		for _, uid := range []string{"victim", "attacker"} {
-			assert.Empty(t, b.client.ZRange(ctx, b.raw("user-sessions:"+uid), 0, -1).Val(), "index of %s", uid)
+			assert.Empty(t, indexed(t, b, uid), "index of %s", uid)
 		}
 		// Those the script touched have one userId, and are indexed under it.
-		assert.ElementsMatch(t, []string{"names-g", "names-h", "names-i"}, b.client.ZRange(ctx, b.raw("user-sessions:u1"), 0, -1).Val(), "index of u1")
-
-		// Names and fields given by the caller: invalid UTF-8 is refused, never replaced.
-		id, _ := NewSessionID()
-		err := s.CreateSession(ctx, id, SessionData{UserID: "u1", Values: map[string]json.RawMessage{"a\xff": json.RawMessage(`1`), "a\xfe": json.RawMessage(`2`)}}, time.Minute)
-		assert.ErrorIs(t, err, ErrInvalidArgument, "Values keys of invalid UTF-8")
-		err = s.CreateSession(ctx, id, SessionData{UserID: "u1", Email: "a\xffb"}, time.Minute)
-		assert.ErrorIs(t, err, ErrInvalidArgument, "an Email of invalid UTF-8")
-		assert.Zero(t, b.client.Exists(ctx, b.raw("session:"+id)).Val(), "nothing written")
-		id = newSession(t, s, "u1", time.Minute)
-		_, err = s.UpdateSession(ctx, id, func(d *SessionData) error {
-			d.Values = map[string]json.RawMessage{"k\xff": json.RawMessage(`1`)}
-			return nil
-		})
-		assert.ErrorIs(t, err, ErrInvalidArgument, "UpdateSession adding a Values key of invalid UTF-8")
-		_, err = s.UpdateSession(ctx, id, func(d *SessionData) error { d.UserAgent = "\xff"; return nil })
-		assert.ErrorIs(t, err, ErrInvalidArgument, "UpdateSession setting a UserAgent of invalid UTF-8")
+		assert.ElementsMatch(t, []string{"names-g", "names-h", "names-i"}, indexed(t, b, "u1"), "index of u1")
 	})
 }
 
-// LastActivity is a field like any other in UpdateSession: when fn sets
-// it, fn has seen every change to it made since the session was read.
-func TestUpdateSessionLastActivityIsAFieldLikeAnyOther(t *testing.T) {
+// TestUpdateSessionWithARacingLastActivity: LastActivity is a field like
+// any other in UpdateSession. A change to it between fn's read and the
+// write, by UpdateSessionActivity or another UpdateSession, is no
+// conflict while fn leaves LastActivity alone: the write goes ahead at
+// once and keeps the racing value. When fn sets LastActivity, fn runs
+// again and sees the racing value first.
+func TestUpdateSessionWithARacingLastActivity(t *testing.T) {
 	t.Parallel()
+	other := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+	mine := time.Date(2030, 1, 2, 3, 4, 5, 6e6, time.UTC)
+	incrN := func(d *SessionData) error { return incr(d, "n") }
+	setMine := func(d *SessionData) error { d.LastActivity = mine; return nil }
+	moveOn := func(d *SessionData) error { d.LastActivity = d.LastActivity.Add(time.Minute); return nil }
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		clock := &fixedClock{t: time.Date(2026, 11, 29, 7, 0, 0, 0, time.UTC)}
 		s := b.service(t, Options{Now: clock.now})
 		ctx := ctxT(t)
 		id := newSession(t, s, "u1", time.Minute)
-		t0 := clock.now()
-		get := func() SessionData {
-			got, found, err := s.GetSession(ctx, id)
-			require.NoError(t, err)
-			require.True(t, found)
-			return got
+		// The racing updates return the LastActivity they wrote.
+		touch := func(t *testing.T) time.Time {
+			clock.advance(time.Second)
+			touchSession(t, s, id)
+			return clock.now()
 		}
-
-		// A racing activity update, then fn moves LastActivity on from what it read.
-		calls := 0
-		ok, err := s.UpdateSession(ctx, id, func(d *SessionData) error {
-			calls++
-			if calls == 1 {
-				clock.mu.Lock()
-				clock.t = clock.t.Add(time.Second)
-				clock.mu.Unlock()
-				_, err := s.UpdateSessionActivity(ctx, id)
+		setOther := func(t *testing.T) time.Time {
+			ok, err := s.UpdateSession(ctx, id, func(d *SessionData) error { d.LastActivity = other; return nil })
+			require.NoError(t, err)
+			require.True(t, ok)
+			return other
+		}
+		// The cases run in turn on one session.
+		tests := []struct {
+			name     string
+			race     func(t *testing.T) time.Time // run once, in fn's first attempt
+			fn       func(d *SessionData) error
+			attempts int
+			want     func(raced time.Time) time.Time // LastActivity afterwards
+			n        string                          // Values["n"] afterwards
+		}{
+			{"activity update, fn changes Values", touch, incrN, 1, func(raced time.Time) time.Time { return raced }, "1"},
+			{"activity update, fn sets LastActivity", touch, setMine, 2, func(time.Time) time.Time { return mine }, "1"},
+			{"activity update, fn moves LastActivity on", touch, moveOn, 2, func(raced time.Time) time.Time { return raced.Add(time.Minute) }, "1"},
+			{"LastActivity set, fn moves it on", setOther, moveOn, 2, func(raced time.Time) time.Time { return raced.Add(time.Minute) }, "1"},
+			{"LastActivity set, fn changes Values", setOther, incrN, 1, func(raced time.Time) time.Time { return raced }, "2"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				calls := 0
+				var raced time.Time
+				ok, err := s.UpdateSession(ctx, id, func(d *SessionData) error {
+					calls++
+					if calls == 1 {
+						raced = tt.race(t)
+					}
+					return tt.fn(d)
+				})
 				require.NoError(t, err)
-			}
-			d.LastActivity = d.LastActivity.Add(time.Minute)
-			return nil
-		})
-		require.NoError(t, err)
-		require.True(t, ok)
-		want := t0.Add(time.Second + time.Minute)
-		assert.True(t, get().LastActivity.Equal(want), "LastActivity = %v; want %v: the activity update's, moved on by fn", get().LastActivity, want)
-		assert.Equal(t, 2, calls, "attempts")
-
-		// The same with a racing update of LastActivity alone.
-		calls = 0
-		other := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
-		ok, err = s.UpdateSession(ctx, id, func(d *SessionData) error {
-			calls++
-			if calls == 1 {
-				_, err := s.UpdateSession(ctx, id, func(d *SessionData) error { d.LastActivity = other; return nil })
-				require.NoError(t, err)
-			}
-			d.LastActivity = d.LastActivity.Add(time.Minute)
-			return nil
-		})
-		require.NoError(t, err)
-		require.True(t, ok)
-		assert.True(t, get().LastActivity.Equal(other.Add(time.Minute)), "LastActivity = %v; want the racing update's, moved on by fn", get().LastActivity)
-
-		// fn that leaves LastActivity alone keeps a racing one, without a retry.
-		calls = 0
-		ok, err = s.UpdateSession(ctx, id, func(d *SessionData) error {
-			calls++
-			if calls == 1 {
-				_, err := s.UpdateSession(ctx, id, func(d *SessionData) error { d.LastActivity = other; return nil })
-				require.NoError(t, err)
-			}
-			return incr(d, "n")
-		})
-		require.NoError(t, err)
-		require.True(t, ok)
-		assert.Equal(t, 1, calls, "attempts")
-		got := get()
-		assert.True(t, got.LastActivity.Equal(other), "LastActivity = %v; want the racing update's", got.LastActivity)
-		assert.Equal(t, "1", string(got.Values["n"]))
+				require.True(t, ok)
+				assert.Equal(t, tt.attempts, calls, "attempts")
+				got := getSession(t, s, id)
+				want := tt.want(raced)
+				assert.True(t, got.LastActivity.Equal(want), "LastActivity = %v; want %v", got.LastActivity, want)
+				assert.Equal(t, tt.n, string(got.Values["n"]))
+			})
+		}
 		// The TTL is kept: LastActivity set by fn does not slide it.
-		d := b.client.PTTL(ctx, b.raw("session:"+id)).Val()
+		d := sessionTTL(t, b, id)
 		assert.True(t, d > 0 && d <= time.Minute, "PTTL = %v", d)
 	})
 }
@@ -246,7 +228,7 @@ func TestSessionTouchReadsCreatedAtAsGoDoes(t *testing.T) {
 			require.NoError(t, err, form)
 			require.True(t, ok, form)
 			want := time.Duration(created.UnixMilli()+(30*time.Minute).Milliseconds()-clock.now().UnixMilli()) * time.Millisecond
-			d := b.client.PTTL(ctx, b.raw("session:"+id)).Val()
+			d := sessionTTL(t, b, id)
 			assert.True(t, d <= want && d > want-time.Second, "createdAt %s: PTTL = %v; want %v", form, d, want)
 		}
 	})

@@ -242,49 +242,31 @@ func TestLocalTierKilledTrackingSlowRedial(t *testing.T) {
 }
 
 func TestLocalTierSentinelGracefulFailover(t *testing.T) {
-	addrs, name := os.Getenv(envTestSentinel), os.Getenv(envTestSentinelMaster)
-	if addrs == "" || name == "" {
-		t.Skipf("no Redis Sentinel: set %s and %s (scripts/redis-test-servers start prints them)", envTestSentinel, envTestSentinelMaster)
-	}
-	sentinels := strings.Split(addrs, ",")
-	spw, mpw := os.Getenv(envTestSentinelPassword), os.Getenv(envTestSentinelMasterPwd)
+	ss := sentinelSetOrSkip(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*recoveryBound)
 	defer cancel()
 
-	oldMaster := waitSentinelHealthy(t, sentinels, spw, name)
-	s, err := New(Options{
-		URL:               "redis://:" + mpw + "@unused-with-sentinel/0",
-		SentinelMaster:    name,
-		SentinelAddrs:     sentinels,
-		SentinelPassword:  spw,
-		KeyPrefix:         "rstest:" + randomHex(t, 6) + ":",
-		Timeout:           failoverTimeout,
-		LocalCacheEntries: 100,
-	})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
+	oldMaster := ss.waitHealthy(t)
+	opts := ss.options(t, "")
+	opts.Timeout, opts.LocalCacheEntries = failoverTimeout, 100
+	s := newService(t, opts)
 	require.Eventually(t, s.LocalCacheActive, 10*time.Second, time.Millisecond, "the local tier comes into use")
 	warmLocal(t, s, "k", "before")
 
-	sc := redis.NewSentinelClient(&redis.Options{Addr: sentinels[0], Password: spw, ContextTimeoutEnabled: true})
-	t.Cleanup(func() { _ = sc.Close() })
-	require.NoError(t, sc.Failover(ctx, name).Err())
-	t.Cleanup(func() { waitSentinelHealthy(t, sentinels, spw, name) }) // for the next test, whatever happens here
+	sc := ss.client(t)
+	require.NoError(t, sc.Failover(ctx, ss.name).Err())
+	t.Cleanup(func() { ss.waitHealthy(t) }) // for the next test, whatever happens here
 	var newMaster string
 	require.Eventually(t, func() bool {
-		hp, err := sc.GetMasterAddrByName(ctx, name).Result()
-		if err != nil || len(hp) != 2 {
-			return false
-		}
-		newMaster = hp[0] + ":" + hp[1]
-		return newMaster != oldMaster
+		newMaster = ss.namedMaster(ctx, sc)
+		return newMaster != "" && newMaster != oldMaster
 	}, recoveryBound, 10*time.Millisecond, "the sentinels name the replica master")
 	t.Logf("SENTINEL FAILOVER: %s is master, %s stays up", newMaster, oldMaster)
 
 	// The old master keeps its data and its clients until the sentinels
 	// demote it, seconds later. Wait until the Service reads from the new
 	// master (a key only the new master has), then write there.
-	nc := redis.NewClient(&redis.Options{Addr: newMaster, Password: mpw, ContextTimeoutEnabled: true})
+	nc := redis.NewClient(&redis.Options{Addr: newMaster, Password: ss.masterPwd, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { _ = nc.Close() })
 	require.NoError(t, nc.Set(ctx, s.Key("probe"), "new master", time.Minute).Err())
 	require.Eventually(t, func() bool {
@@ -297,56 +279,35 @@ func TestLocalTierSentinelGracefulFailover(t *testing.T) {
 	// must not serve the old value meanwhile, nor after.
 	w.until(t, 3*recoveryBound, "the old master demoted and in sync, and the tier in use again", func() bool {
 		var master string
-		return sentinelProblem(sentinels, spw, name, &master) == "" && master == newMaster && s.LocalCacheActive()
+		return ss.problem(&master) == "" && master == newMaster && s.LocalCacheActive()
 	})
 	w.check(t, "graceful Sentinel failover")
 	warmLocal(t, s, "k", "after") // the tier in use after the failover
 }
 
 func TestLocalTierClusterGracefulFailover(t *testing.T) {
-	addrs := os.Getenv(envTestClusterReplicas)
-	if addrs == "" {
-		t.Skipf("no Redis Cluster with replicas: set %s (scripts/redis-test-servers start prints it)", envTestClusterReplicas)
-	}
+	addrs := clusterReplicasOrSkip(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*recoveryBound)
 	defer cancel()
 	newCluster := func() *redis.ClusterClient {
-		cc := redis.NewClusterClient(&redis.ClusterOptions{
-			Addrs:                 strings.Split(addrs, ","),
-			DialTimeout:           failoverTimeout,
-			ReadTimeout:           failoverTimeout,
-			WriteTimeout:          failoverTimeout,
-			ContextTimeoutEnabled: true,
-		})
+		cc := redis.NewClusterClient(replicatedClusterOptions(addrs))
 		t.Cleanup(func() { _ = cc.Close() })
 		return cc
 	}
 	cc := newCluster()
 	waitClusterHealthy(t, cc)
-	s, err := New(Options{Client: cc, KeyPrefix: "rstest:" + randomHex(t, 6) + ":", Timeout: failoverTimeout, LocalCacheEntries: 100})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
+	s := newService(t, Options{Client: cc, KeyPrefix: "rstest:" + randomHex(t, 6) + ":", Timeout: failoverTimeout, LocalCacheEntries: 100})
 	require.Eventually(t, s.LocalCacheActive, 10*time.Second, time.Millisecond, "the local tier comes into use")
 	warmLocal(t, s, "k", "before")
 
 	master, err := cc.MasterForKey(ctx, s.Key("k"))
 	require.NoError(t, err)
-	id, err := master.Do(ctx, "CLUSTER", "MYID").Text()
-	require.NoError(t, err)
-	replicas, err := master.Do(ctx, "CLUSTER", "REPLICAS", id).StringSlice()
-	require.NoError(t, err)
-	require.Len(t, replicas, 1, "replicas of the key's master")
-	replicaAddr, _, _ := strings.Cut(strings.Fields(replicas[0])[1], "@")
-	rc := redis.NewClient(&redis.Options{Addr: replicaAddr, ContextTimeoutEnabled: true})
-	t.Cleanup(func() { _ = rc.Close() })
+	rc := replicaOf(t, ctx, master)
 
 	require.NoError(t, rc.Do(ctx, "CLUSTER", "FAILOVER").Err())
 	t.Cleanup(func() { waitClusterHealthy(t, cc) })
-	require.Eventually(t, func() bool {
-		info, err := rc.Info(ctx, "replication").Result()
-		return err == nil && strings.Contains(info, "role:master")
-	}, recoveryBound, 10*time.Millisecond, "the replica takes over")
-	t.Logf("CLUSTER FAILOVER: %s is master, %s stays up", replicaAddr, master.Options().Addr)
+	require.Eventually(t, func() bool { return isMaster(ctx, rc) }, recoveryBound, 10*time.Millisecond, "the replica takes over")
+	t.Logf("CLUSTER FAILOVER: %s is master, %s stays up", rc.Options().Addr, master.Options().Addr)
 
 	writer := newCluster()
 	require.NoError(t, writer.Set(ctx, s.Key("k"), `"after"`, time.Minute).Err())
@@ -493,26 +454,14 @@ func TestLocalTierTrackerOptionsRace(t *testing.T) {
 // It kills connections only (none of the set's servers), so it leaves the
 // set as it found it; it is not parallel, like the failover tests.
 func TestLocalTierKilledTrackingSentinel(t *testing.T) {
-	addrs, name := os.Getenv(envTestSentinel), os.Getenv(envTestSentinelMaster)
-	if addrs == "" || name == "" {
-		t.Skipf("no Redis Sentinel: set %s and %s (scripts/redis-test-servers start prints them)", envTestSentinel, envTestSentinelMaster)
-	}
-	sentinels := strings.Split(addrs, ",")
-	spw, mpw := os.Getenv(envTestSentinelPassword), os.Getenv(envTestSentinelMasterPwd)
-	master := waitSentinelHealthy(t, sentinels, spw, name)
+	ss := sentinelSetOrSkip(t)
+	master := ss.waitHealthy(t)
 	cname := "rstest-" + randomHex(t, 4)
-	prefix := "rstest:" + randomHex(t, 6) + ":"
-	s, err := New(Options{
-		URL:               "redis://:" + mpw + "@unused-with-sentinel/0?client_name=" + cname,
-		SentinelMaster:    name,
-		SentinelAddrs:     sentinels,
-		SentinelPassword:  spw,
-		KeyPrefix:         prefix,
-		LocalCacheEntries: 100,
-	})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
-	mc := redis.NewClient(&redis.Options{Addr: master, Password: mpw, ContextTimeoutEnabled: true})
+	opts := ss.options(t, "?client_name="+cname)
+	opts.LocalCacheEntries = 100
+	prefix := opts.KeyPrefix
+	s := newService(t, opts)
+	mc := redis.NewClient(&redis.Options{Addr: master, Password: ss.masterPwd, ContextTimeoutEnabled: true})
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -121,6 +121,17 @@ func spanAttr(s sdktrace.ReadOnlySpan, key string) (string, bool) {
 	return "", false
 }
 
+// named returns the ended spans called name, in the order they ended.
+func (o *observed) named(name string) []sdktrace.ReadOnlySpan {
+	var out []sdktrace.ReadOnlySpan
+	for _, s := range o.spans.Ended() {
+		if s.Name() == name {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // TestOperationOutcomes: each outcome is counted under its op, each call
 // timed and traced, and a failure sets the span's status.
 func TestOperationOutcomes(t *testing.T) {
@@ -156,12 +167,7 @@ func TestOperationOutcomes(t *testing.T) {
 		"redisservice.op=get":  4,
 	}, o.sums(t, "redisservice.operation.duration"), "durations recorded per op")
 
-	var gets []sdktrace.ReadOnlySpan
-	for _, s := range o.spans.Ended() {
-		if s.Name() == "redisservice.get" {
-			gets = append(gets, s)
-		}
-	}
+	gets := o.named("redisservice.get")
 	require.Len(t, gets, 4)
 	var outcomes []string
 	for _, s := range gets {
@@ -191,84 +197,53 @@ func TestSpanParent(t *testing.T) {
 	_, _, err := o.svc.Get(ctx, "k")
 	require.NoError(t, err)
 	parent.End()
-	for _, s := range o.spans.Ended() {
-		if s.Name() == "redisservice.get" {
-			assert.Equal(t, parent.SpanContext().SpanID(), s.Parent().SpanID())
-			return
-		}
-	}
-	require.FailNow(t, "no redisservice.get span")
-}
-
-// TestCacheResults: a Cache miss and the hit after it.
-func TestCacheResults(t *testing.T) {
-	t.Parallel()
-	o := newObserved(t, redisservice.Options{})
-	ctx := ctxT(t)
-	load := func(context.Context) (int, error) { return 42, nil }
-	for range 3 {
-		v, err := redisservice.Cache(ctx, o.svc, "c", time.Minute, load)
-		require.NoError(t, err)
-		require.Equal(t, 42, v)
-	}
-	assert.Equal(t, map[string]int64{
-		"redisservice.cache.result=miss": 1,
-		"redisservice.cache.result=hit":  2,
-	}, o.sums(t, "redisservice.cache.requests"))
+	gets := o.named("redisservice.get")
+	require.NotEmpty(t, gets, "no redisservice.get span")
+	assert.Equal(t, parent.SpanContext().SpanID(), gets[0].Parent().SpanID())
 }
 
 // TestRateLimitDecisions: allowed, denied, then fail_open with Redis gone,
-// and fail_closed under Options.RateLimitFailClosed.
+// and fail_closed under Options.RateLimitFailClosed, for each rate limit.
 func TestRateLimitDecisions(t *testing.T) {
 	t.Parallel()
-	o := newObserved(t, redisservice.Options{Timeout: 300 * time.Millisecond, MaxRetries: -1})
-	// closed shares o's server, which goes before closed's first call.
-	closed := newObserved(t, redisservice.Options{URL: "redis://" + o.mr.Addr(), Timeout: 300 * time.Millisecond, MaxRetries: -1, RateLimitFailClosed: true})
-	ctx := ctxT(t)
-	for _, want := range []bool{true, false} {
-		r, err := o.svc.CheckRateLimit(ctx, "ip", time.Minute, 1)
-		require.NoError(t, err)
-		require.Equal(t, want, r.Allowed)
-	}
-	o.mr.Close()
-	r, err := o.svc.CheckRateLimit(ctx, "ip", time.Minute, 1)
-	require.Error(t, err)
-	require.True(t, r.Allowed, "fails open")
-	r, err = closed.svc.CheckRateLimit(ctx, "ip", time.Minute, 1)
-	require.Error(t, err)
-	require.False(t, r.Allowed, "fails closed")
+	for name, call := range map[string]func(ctx context.Context, svc *redisservice.Service) (redisservice.RateLimitResult, error){
+		"CheckRateLimit": func(ctx context.Context, svc *redisservice.Service) (redisservice.RateLimitResult, error) {
+			return svc.CheckRateLimit(ctx, "ip", time.Minute, 1)
+		},
+		"AllowN": func(ctx context.Context, svc *redisservice.Service) (redisservice.RateLimitResult, error) {
+			return svc.AllowN(ctx, "ip", 1, redisservice.PerHour(1))
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			o := newObserved(t, redisservice.Options{Timeout: 300 * time.Millisecond, MaxRetries: -1})
+			// closed shares o's server, which goes before closed's first call.
+			closed := newObserved(t, redisservice.Options{URL: "redis://" + o.mr.Addr(), Timeout: 300 * time.Millisecond, MaxRetries: -1, RateLimitFailClosed: true})
+			ctx := ctxT(t)
+			for _, want := range []bool{true, false} {
+				r, err := call(ctx, o.svc)
+				require.NoError(t, err)
+				require.Equal(t, want, r.Allowed)
+			}
+			o.mr.Close()
+			r, err := call(ctx, o.svc)
+			require.Error(t, err)
+			require.True(t, r.Allowed, "fails open")
+			r, err = call(ctx, closed.svc)
+			require.Error(t, err)
+			require.False(t, r.Allowed, "fails closed")
 
-	assert.Equal(t, map[string]int64{
-		"redisservice.ratelimit.decision=allowed":   1,
-		"redisservice.ratelimit.decision=denied":    1,
-		"redisservice.ratelimit.decision=fail_open": 1,
-	}, o.sums(t, "redisservice.ratelimit.decisions"))
-	assert.Equal(t, map[string]int64{
-		"redisservice.ratelimit.decision=fail_closed": 1,
-	}, closed.sums(t, "redisservice.ratelimit.decisions"))
-	assert.Equal(t, int64(1), o.sums(t, "redisservice.operations")["redisservice.op=ratelimit,redisservice.outcome=error"])
-}
-
-// TestAllowNDecisions: AllowN's decisions are counted like
-// CheckRateLimit's.
-func TestAllowNDecisions(t *testing.T) {
-	t.Parallel()
-	o := newObserved(t, redisservice.Options{Timeout: 300 * time.Millisecond, MaxRetries: -1})
-	ctx := ctxT(t)
-	for _, want := range []bool{true, false} {
-		r, err := o.svc.AllowN(ctx, "ip", 1, redisservice.PerHour(1))
-		require.NoError(t, err)
-		require.Equal(t, want, r.Allowed)
+			assert.Equal(t, map[string]int64{
+				"redisservice.ratelimit.decision=allowed":   1,
+				"redisservice.ratelimit.decision=denied":    1,
+				"redisservice.ratelimit.decision=fail_open": 1,
+			}, o.sums(t, "redisservice.ratelimit.decisions"))
+			assert.Equal(t, map[string]int64{
+				"redisservice.ratelimit.decision=fail_closed": 1,
+			}, closed.sums(t, "redisservice.ratelimit.decisions"))
+			assert.Equal(t, int64(1), o.sums(t, "redisservice.operations")["redisservice.op=ratelimit,redisservice.outcome=error"])
+		})
 	}
-	o.mr.Close()
-	r, err := o.svc.AllowN(ctx, "ip", 1, redisservice.PerHour(1))
-	require.Error(t, err)
-	require.True(t, r.Allowed, "fails open")
-	assert.Equal(t, map[string]int64{
-		"redisservice.ratelimit.decision=allowed":   1,
-		"redisservice.ratelimit.decision=denied":    1,
-		"redisservice.ratelimit.decision=fail_open": 1,
-	}, o.sums(t, "redisservice.ratelimit.decisions"))
 }
 
 // TestCacheFallbackWhileDown: once Redis is known down, Cache skips it,
@@ -428,12 +403,10 @@ func TestFailFastIsFallback(t *testing.T) {
 		"redisservice.op=get,redisservice.outcome=fallback": 1,
 	}, o.sums(t, "redisservice.operations"))
 	var types []string
-	for _, s := range o.spans.Ended() {
-		if s.Name() == "redisservice.get" {
-			et, _ := spanAttr(s, "error.type")
-			types = append(types, et)
-			assert.Equal(t, codes.Error, s.Status().Code)
-		}
+	for _, s := range o.named("redisservice.get") {
+		et, _ := spanAttr(s, "error.type")
+		types = append(types, et)
+		assert.Equal(t, codes.Error, s.Status().Code)
 	}
 	assert.Equal(t, []string{"connection", "unavailable"}, types)
 }
