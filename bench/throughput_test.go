@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -277,4 +278,75 @@ func measureServerCPU(b *testing.B, admin *redis.Client, run func()) {
 	b.StopTimer()
 	after := serverCPU(b, admin)
 	b.ReportMetric(float64(after-before)/float64(b.N), "srv-ns/op")
+}
+
+// BenchmarkLoneCaller measures one caller's Get and Set through an impl
+// of BenchmarkThroughput against raw go-redis with default options, in
+// pairs: each iteration makes one call through each, in alternating
+// order, so that the machine's load, which moves the absolute times of
+// separate runs by ±100% on a shared machine, falls on both alike. It
+// reports the median time of a call through each (base-ns/call for
+// go-redis, impl-ns/call) and their ratio (impl/base).
+func BenchmarkLoneCaller(b *testing.B) {
+	url := benchURL(b)
+	ctx := context.Background()
+	admin := newRawClient(b, url, nil)
+	require.NoError(b, admin.Set(ctx, tpGetKey, value100, 0).Err())
+	b.Cleanup(func() { _ = admin.Unlink(context.Background(), append([]string{tpGetKey}, tpKeys...)...).Err() })
+	var base tpImpl
+	var impls []tpImpl
+	for _, impl := range throughputImpls(b, url) {
+		if impl.name == "goredis" {
+			base = impl
+		} else {
+			impls = append(impls, impl)
+		}
+	}
+	require.NotNil(b, base.get, "BENCH_TP_IMPLS must name goredis, the base")
+	for _, op := range []string{"get", "set"} {
+		for _, impl := range impls {
+			b.Run(fmt.Sprintf("op=%s/impl=%s", op, impl.name), func(b *testing.B) {
+				call := func(t tpImpl, i int) time.Duration {
+					start := time.Now()
+					var err error
+					if op == "get" {
+						var v string
+						if v, err = t.get(ctx, tpGetKey); err == nil && v != value100 {
+							err = fmt.Errorf("%s: Get(%q) = %q; want the 100-byte value", t.name, tpGetKey, v)
+						}
+					} else {
+						err = t.set(ctx, tpKeys[i%len(tpKeys)], value100)
+					}
+					d := time.Since(start)
+					if err != nil {
+						b.Fatal(err)
+					}
+					return d
+				}
+				bt := make([]time.Duration, 0, b.N)
+				it := make([]time.Duration, 0, b.N)
+				b.ResetTimer()
+				for i := range b.N {
+					if i%2 == 0 {
+						bt = append(bt, call(base, i))
+						it = append(it, call(impl, i))
+					} else {
+						it = append(it, call(impl, i))
+						bt = append(bt, call(base, i))
+					}
+				}
+				b.StopTimer()
+				mb, mi := median(bt), median(it)
+				b.ReportMetric(float64(mb.Nanoseconds()), "base-ns/call")
+				b.ReportMetric(float64(mi.Nanoseconds()), "impl-ns/call")
+				b.ReportMetric(float64(mi)/float64(mb), "impl/base")
+			})
+		}
+	}
+}
+
+// median returns the median of d, which it sorts.
+func median(d []time.Duration) time.Duration {
+	slices.Sort(d)
+	return d[len(d)/2]
 }
