@@ -212,7 +212,7 @@ func TestSessionTierInvalidationLatency(t *testing.T) {
 		lat := make([]time.Duration, 0, n)
 		for range n {
 			waitFor(t, "the session in the tier", func() bool {
-				_, found, err := s.loadSession(ctx, "loadsession", id, time.Hour, 0)
+				_, found, err := s.loadSession(ctx, "loadsession", id, time.Hour, 0, nil)
 				require.NoError(t, err)
 				require.True(t, found)
 				return localtier.Holds[*tierSession](s.local, sessionKey(id))
