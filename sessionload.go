@@ -79,7 +79,11 @@ type tierSession struct {
 // touchEvery old (no touch due) comes from the tier when it holds it: no
 // round trip. A read that did not touch leaves its session there; any
 // write of the key (a touch, a save, a revocation, an expiry) drops it.
-func (s *Service) loadSession(ctx context.Context, op, id string, touchEvery, lifetime time.Duration) (_ loadedSession, _ bool, err error) {
+//
+// Without the tier, a session whose touch hints (nil: none) says is not
+// due is read with a plain GET, one command (readUntouched); the script
+// runs when the GET shows it is needed after all, a second round trip.
+func (s *Service) loadSession(ctx context.Context, op, id string, touchEvery, lifetime time.Duration, hints *touchHints) (_ loadedSession, _ bool, err error) {
 	ctx, scope := s.tel.Begin(ctx, op, sessionDisplayKey)
 	defer scope.End(ctx, &err)
 	now := s.opts.Now()
@@ -91,6 +95,11 @@ func (s *Service) loadSession(ctx context.Context, op, id string, touchEvery, li
 		if c, _, ok := localtier.Get[*tierSession](lt, sessionKey(id), time.Now().UnixNano()); ok && c.fresh(now, touchEvery, lifetime) {
 			s.found(true)
 			return loadedSession{raw: c.raw, data: c.data}, true, nil
+		}
+	}
+	if lt == nil && !s.opts.LegacySessions && !hints.due(id, now, touchEvery) {
+		if ls, found, done, err := s.readUntouched(ctx, op, id, now, touchEvery, lifetime, hints); done {
+			return ls, found, err
 		}
 	}
 	stamp, err := appendTime(nil, fieldLastActivity, now)
@@ -126,6 +135,9 @@ func (s *Service) loadSession(ctx context.Context, op, id string, touchEvery, li
 		return loadedSession{}, false, err
 	}
 	s.found(true)
+	if !doc.legacy() {
+		hints.note(id, data.LastActivity)
+	}
 	ls := loadedSession{raw: b, data: data, ttl: time.Duration(ttl) * time.Millisecond, touched: touched == 1}
 	if ttl < 0 {
 		ls.ttl = -1
@@ -140,6 +152,36 @@ func (s *Service) loadSession(ctx context.Context, op, id string, touchEvery, li
 		return ls, true, s.indexSession(ctx, op, data.UserID, id, now.Add(ls.ttl))
 	}
 	return ls, true, nil
+}
+
+// readUntouched reads session id with a plain GET (one command), for a
+// request whose touch hints says is not due. It reports done == false,
+// having counted nothing, when the stored session needs
+// sessionLoadScript after all: a touch due (the session was rewritten
+// with an older lastActivity), its absolute end come (the script deletes
+// it), or a session of the original service (the index needs its TTL).
+func (s *Service) readUntouched(ctx context.Context, op, id string, now time.Time, touchEvery, lifetime time.Duration, hints *touchHints) (_ loadedSession, found, done bool, _ error) {
+	b, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) ([]byte, error) {
+		return s.hot.Get(ctx, s.key(sessionKey(id))).Bytes()
+	})
+	if err == redis.Nil { //nolint:errorlint // call returns redis.Nil unwrapped
+		s.found(false)
+		return loadedSession{}, false, true, nil
+	}
+	if err != nil {
+		return loadedSession{}, false, true, err
+	}
+	doc, data, err := s.decodeSession(ctx, op, b)
+	if err != nil {
+		return loadedSession{}, false, true, err
+	}
+	// The rules the tier serves by: no touch due, no absolute end come.
+	if doc.legacy() || !(&tierSession{data: data, end: doc.end()}).fresh(now, touchEvery, lifetime) {
+		return loadedSession{}, false, false, nil
+	}
+	s.found(true)
+	hints.note(id, data.LastActivity)
+	return loadedSession{raw: b, data: data}, true, true, nil
 }
 
 // runSessionLoad runs sessionLoadScript for id with args. With the tier

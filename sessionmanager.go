@@ -143,6 +143,9 @@ type SessionManager struct {
 	s   *Service
 	cfg SessionConfig // defaults filled in
 	ips *clientip.Resolver
+	// hints picks GET over the load script for sessions whose touch is
+	// not due (see touchHints).
+	hints *touchHints
 }
 
 // SessionManager returns a manager of cookie sessions over s, configured
@@ -157,7 +160,7 @@ func (s *Service) SessionManager(cfg SessionConfig) (*SessionManager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: SessionConfig.%w", ErrInvalidArgument, err)
 	}
-	return &SessionManager{s: s, cfg: cfg, ips: ips}, nil
+	return &SessionManager{s: s, cfg: cfg, ips: ips, hints: newTouchHints()}, nil
 }
 
 // clientIP is the address Login records for r: the rate limiter's
@@ -187,7 +190,9 @@ func (m *SessionManager) state(ctx context.Context) *sessionState {
 // request's changes (and the cookie) before the response's first byte.
 //
 // The session is read, and touched when TouchInterval has passed, in one round trip: a
-// request that changes nothing costs that one (see docs/sessions.md for the exceptions). An
+// request that changes nothing costs that one, a single GET when the manager has seen the
+// session and no touch is due (see docs/sessions.md for the exceptions), and none when the
+// local tier ([Options.LocalCacheEntries]) holds it. An
 // unknown, ended or malformed cookie is no session, and nothing is written for it. When the
 // session cannot be read (Redis down or slow: bounded by [Options.Timeout]), next runs without
 // a session ([SessionManager.LoadErr] says why) and the cookie is left as it is.
@@ -229,7 +234,7 @@ func (m *SessionManager) load(r *http.Request) *sessionState {
 	if st.cookieID == "" {
 		return st
 	}
-	ls, found, err := m.s.loadSession(r.Context(), "loadsession", st.cookieID, m.cfg.TouchInterval, m.cfg.Lifetime)
+	ls, found, err := m.s.loadSession(r.Context(), "loadsession", st.cookieID, m.cfg.TouchInterval, m.cfg.Lifetime, m.hints)
 	if !found {
 		st.loadErr = err
 		return st

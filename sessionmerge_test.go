@@ -1,9 +1,11 @@
 package redisservice
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -273,4 +275,126 @@ func TestSessionIdleTimeoutSlides(t *testing.T) {
 			return resp.StatusCode == http.StatusUnauthorized
 		})
 	})
+}
+
+// An unchanged request within TouchInterval of a session the manager has
+// seen sends one GET: one command on the server too (a script would run
+// its own commands beside EVALSHA). The stored session still decides:
+// revoked, it is gone; rewritten with an older lastActivity, it is
+// touched; past its absolute end, it is deleted.
+func TestSessionUnchangedRequestIsOneCommand(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		names := new(commandNames)
+		b.client.AddHook(names)
+		ctx := ctxT(t)
+		require.NoError(t, sessionLoadScript.Load(ctx, b.client).Err())
+		a := newSessionApp(t, b, Options{}, SessionConfig{InsecureCookie: true, IdleTimeout: 10 * time.Minute,
+			Lifetime: 20 * time.Minute, TouchInterval: time.Minute})
+		request := func(what string, id string, want ...string) *http.Response {
+			t.Helper()
+			names.take()
+			resp, body := a.do("GET", "/me", a.with(id), "")
+			assert.Equal(t, want, names.take(), "commands for %s (status %d, %s)", what, resp.StatusCode, body)
+			return resp
+		}
+		id := a.login("u1", "")
+		for range 3 {
+			resp := request("an unchanged request after Login", id, "get")
+			assert.Equal(t, http.StatusOK, resp.StatusCode)
+			assert.Nil(t, sessionCookie(t, resp, "session"), "no touch, no cookie")
+		}
+		a.advance(2 * time.Minute)
+		resp := request("a request with a touch due", id, "evalsha")
+		require.NotNil(t, sessionCookie(t, resp, "session"), "the touch")
+		request("an unchanged request after the touch", id, "get")
+
+		// Seen by another manager (another instance): the first request
+		// runs the script, the next ones GET.
+		other := newSessionApp(t, b, Options{Now: a.clock.now}, SessionConfig{InsecureCookie: true, IdleTimeout: 10 * time.Minute,
+			Lifetime: 20 * time.Minute, TouchInterval: time.Minute})
+		names.take()
+		resp, _ = other.do("GET", "/me", other.with(id), "")
+		assert.Equal(t, []string{"evalsha"}, names.take(), "commands for a session new to the manager")
+		assert.Equal(t, http.StatusOK, resp.StatusCode)
+		resp, _ = other.do("GET", "/me", other.with(id), "")
+		assert.Equal(t, []string{"get"}, names.take(), "commands for the next request")
+		assert.Equal(t, http.StatusOK, resp.StatusCode)
+
+		// Rewritten by the original service with an older lastActivity:
+		// the GET shows the touch due, and the script touches.
+		old := a.clock.now().Add(-5 * time.Minute).UTC().Format(isoMillis)
+		raw := regexp.MustCompile(`"lastActivity":"[^"]*"`).ReplaceAllString(stored(t, b, id), `"lastActivity":"`+old+`"`)
+		require.NotEqual(t, stored(t, b, id), raw)
+		storeRaw(t, b, id, raw, 10*time.Minute)
+		resp = request("a session rewritten with an older lastActivity", id, "get", "evalsha")
+		require.NotNil(t, sessionCookie(t, resp, "session"), "the touch")
+		me, ok := a.me(id)
+		require.True(t, ok)
+		assert.True(t, me.LastActivity.Equal(a.clock.now()), "lastActivity %v; want %v", me.LastActivity, a.clock.now())
+
+		// Past its absolute end (Lifetime after Login) with no touch due:
+		// the script deletes it.
+		a.advance(17*time.Minute + 30*time.Second) // Login + 19m30s
+		request("a request with a touch due", id, "evalsha")
+		a.advance(30 * time.Second) // Login + 20m: no touch due
+		resp = request("a request past the session's Lifetime", id, "get", "evalsha")
+		assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+		n, err := b.client.Exists(ctx, b.raw(sessionKey(id))).Result()
+		require.NoError(t, err)
+		assert.Zero(t, n, "the ended session is deleted")
+
+		// Revoked by another Service: the GET finds nothing.
+		id = a.login("u2", "")
+		request("an unchanged request after Login", id, "get")
+		ok, err = other.s.DestroySession(ctx, id)
+		require.NoError(t, err)
+		require.True(t, ok)
+		resp = request("a revoked session", id, "get")
+		assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	})
+}
+
+// commandNames records the names of the commands sent through a client,
+// connection set-up left out.
+type commandNames struct {
+	mu    sync.Mutex // guards names
+	names []string
+}
+
+func (c *commandNames) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (c *commandNames) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.add(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (c *commandNames) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			c.add(cmd)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func (c *commandNames) add(cmd redis.Cmder) {
+	switch cmd.Name() {
+	case "hello", "client", "auth", "select":
+		return
+	}
+	c.mu.Lock()
+	c.names = append(c.names, cmd.Name())
+	c.mu.Unlock()
+}
+
+// take returns the names recorded since the last take.
+func (c *commandNames) take() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.names
+	c.names = nil
+	return n
 }

@@ -58,6 +58,7 @@ func (m *SessionManager) Login(ctx context.Context, data SessionData) (err error
 		if err != nil {
 			return err
 		}
+		m.hints.note(id, stored.LastActivity)
 		st.id, st.data, st.raw, st.changes = id, stored, p.raw, nil
 		st.expires = m.s.opts.Now().Add(p.life)
 		st.cookie = cookieSet

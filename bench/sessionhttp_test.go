@@ -44,14 +44,18 @@ type httpSessions struct {
 // commandstats, commands run by scripts included; connection set-up and
 // the INFO calls left out). manager-touch touches the session on every
 // request (TouchInterval 1ms): the manager's worst case for an unchanged
-// request. scs commits every request when IdleTimeout is set.
+// request. manager-tier is manager over a Service with the local tier
+// (Options.LocalCacheEntries): within TouchInterval the session comes
+// from the tier, no round trip. scs commits every request when
+// IdleTimeout is set.
 func BenchmarkSessionHTTP(b *testing.B) {
 	impls := []struct {
 		name string
 		make func(b *testing.B) httpSessions
 	}{
-		{"manager", func(b *testing.B) httpSessions { return managerSessions(b, time.Minute) }},
-		{"manager-touch", func(b *testing.B) httpSessions { return managerSessions(b, time.Millisecond) }},
+		{"manager", func(b *testing.B) httpSessions { return managerSessions(b, time.Minute, 0) }},
+		{"manager-touch", func(b *testing.B) httpSessions { return managerSessions(b, time.Millisecond, 0) }},
+		{"manager-tier", func(b *testing.B) httpSessions { return managerSessions(b, time.Minute, 10000) }},
 		{"scs+scsstore", scsstoreSessions},
 		{"scs+redisstore", redisstoreSessions},
 	}
@@ -156,10 +160,13 @@ func loggedIn(b *testing.B, hs httpSessions, user string) *http.Request {
 }
 
 // managerSessions is the SessionManager, touching sessions at most every
-// touchEvery.
-func managerSessions(b *testing.B, touchEvery time.Duration) httpSessions {
+// touchEvery, over a Service with a local tier of tierEntries (0: none).
+func managerSessions(b *testing.B, touchEvery time.Duration, tierEntries int) httpSessions {
 	rt := &roundTrips{}
-	svc := newService(b, redisservice.Options{KeyPrefix: "bench:http:"})
+	svc := newService(b, redisservice.Options{KeyPrefix: "bench:http:", LocalCacheEntries: tierEntries})
+	if tierEntries > 0 {
+		require.Eventually(b, svc.LocalCacheActive, 10*time.Second, time.Millisecond, "the local tier in use")
+	}
 	svc.Client().AddHook(rt)
 	m, err := svc.SessionManager(redisservice.SessionConfig{IdleTimeout: 30 * time.Minute, Lifetime: 24 * time.Hour, TouchInterval: touchEvery})
 	require.NoError(b, err)
