@@ -32,11 +32,11 @@ func scriptArgs(script *redis.Script, src string) luaScript {
 // or a broken connection.
 func (s *Service) runOnce(ctx context.Context, script luaScript, key string, reply []int64, args ...any) error {
 	cmd := newNoRetryCmd(ctx, "evalsha", script.sha, key, args)
-	err := s.rdb.Process(ctx, cmd)
+	err := s.process(ctx, cmd)
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		// EVAL also loads the script, so later calls find it by SHA again.
 		cmd = newNoRetryCmd(ctx, "eval", script.src, key, args)
-		err = s.rdb.Process(ctx, cmd)
+		err = s.process(ctx, cmd)
 	}
 	if err != nil {
 		return err
