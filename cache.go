@@ -259,7 +259,16 @@ func (s *Service) readFrom(ctx context.Context, rdb redis.Cmdable, rk readKey, l
 	k := s.key(rk.key)
 	node := rdb != redis.Cmdable(s.rdb)
 	if !rk.withTTL && !rk.notFound && lock == lockNone {
-		b, err := rdb.Get(ctx, k).Bytes()
+		var b []byte
+		var err error
+		if node {
+			b, err = rdb.Get(ctx, k).Bytes()
+		} else {
+			cmd := getCmd(ctx, k)
+			if err = s.process(ctx, cmd); err == nil {
+				b, err = cmd.Bytes()
+			}
+		}
 		r.b = b
 		return r, missingIfWrongType(err)
 	}
