@@ -24,8 +24,8 @@ type Service struct {
 	rdb       redis.UniversalClient
 	ap        *redis.AutoPipeliner // rdb's deferred autopipeliner; nil without one (fastpath.go)
 	inFlight  atomic.Int64         // calls in process now
-	ownClient bool          // Close closes rdb: New dialled it
-	cluster   bool          // rdb is a *redis.ClusterClient
+	ownClient bool                 // Close closes rdb: New dialled it
+	cluster   bool                 // rdb is a *redis.ClusterClient
 	prefix    string
 	opts      Options
 	log       *slog.Logger
