@@ -1,9 +1,11 @@
 package redisservice
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -138,4 +140,137 @@ func TestClientSideCacheSeesOtherWriters(t *testing.T) {
 		}
 		t.Logf("round %d: other client's write seen after %v", round, time.Since(start))
 	}
+}
+
+// holdHook holds every command batch (or lone command) that carries key
+// until release is closed, telling held the first time.
+type holdHook struct {
+	key     string
+	held    chan<- struct{}
+	release <-chan struct{}
+}
+
+func (h holdHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h holdHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.hold([]redis.Cmder{cmd})
+		return next(ctx, cmd)
+	}
+}
+
+func (h holdHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.hold(cmds)
+		return next(ctx, cmds)
+	}
+}
+
+func (h holdHook) hold(cmds []redis.Cmder) {
+	for _, c := range cmds {
+		if a := c.Args(); len(a) > 1 && a[1] == h.key {
+			select {
+			case h.held <- struct{}{}:
+			default:
+			}
+			<-h.release
+			return
+		}
+	}
+}
+
+// TestQueuedCallReturnsWhenItsContextEnds: a call whose command waits in
+// the autopipeliner behind a slow batch returns as soon as its ctx is
+// cancelled, with context.Canceled, and the Service works on once the
+// slow batch is through. The time from cancel to return is measured over
+// several calls: its median must be at most a millisecond (it is a
+// goroutine wake-up, some microseconds); its maximum may reach tens of
+// milliseconds on a loaded 2-core machine, where a runnable goroutine can
+// wait that long for a core, so it is bounded at 100ms.
+func TestQueuedCallReturnsWhenItsContextEnds(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := ctxT(t)
+		release := make(chan struct{})
+		var once sync.Once
+		unblock := func() { once.Do(func() { close(release) }) }
+		t.Cleanup(unblock)
+		held := make(chan struct{}, 1)
+		// One hash tag: on a cluster, the commands share a slot, so the
+		// autopipeliner queues them behind one another too.
+		b.client.AddHook(holdHook{key: b.raw("{q}slow"), held: held, release: release})
+		s := b.service(t, Options{AutoPipeline: true, Timeout: time.Minute})
+		require.NotNil(t, s.ap, "the Service has no autopipeliner")
+
+		slow := make(chan error, 1)
+		go func() {
+			_, err := s.Set(ctx, "{q}slow", "v")
+			slow <- err
+		}()
+		select {
+		case <-held:
+		case <-time.After(waitDeadline):
+			require.FailNow(t, "the slow command never reached Redis")
+		}
+
+		// The flusher takes the commands queued then to wait for the slow
+		// batch's turn, once, and no more: every command queued after
+		// that stays in the queue. A primer no longer in the queue but
+		// still in flight (the slow Set is the one other call in flight)
+		// shows that the flusher has taken them.
+		pctx, pcancel := context.WithCancel(ctx)
+		var primers sync.WaitGroup
+		taken := func() bool { return s.ap.Len() > 0 && int(s.inFlight.Load())-1 > s.ap.Len() }
+		waitFor(t, "the flusher takes queued Gets", func() bool {
+			if taken() {
+				time.Sleep(time.Millisecond) // not a primer between its count and its queueing
+				return taken()
+			}
+			primers.Go(func() { _, _, _ = s.Get(pctx, "{q}primer") })
+			time.Sleep(time.Millisecond)
+			return false
+		})
+		base := s.ap.Len()
+
+		const tries = 15
+		took := make([]time.Duration, 0, tries)
+		for i := range tries {
+			cctx, cancel := context.WithCancel(ctx)
+			returned := make(chan time.Time, 1)
+			var err error
+			go func() {
+				_, _, err = s.Get(cctx, "{q}k")
+				returned <- time.Now()
+			}()
+			waitFor(t, fmt.Sprintf("Get %d queued (queue %d, base %d)", i, s.ap.Len(), base), func() bool {
+				select {
+				case r := <-returned:
+					t.Fatalf("Get %d returned %v before its cancel: %v", i, r, err)
+				default:
+				}
+				return s.ap.Len() > base+i
+			})
+			cancelled := time.Now()
+			cancel()
+			select {
+			case r := <-returned:
+				took = append(took, r.Sub(cancelled))
+			case <-time.After(waitDeadline):
+				require.FailNow(t, fmt.Sprintf("Get %d still waits %v after its cancel", i, waitDeadline))
+			}
+			require.ErrorIs(t, err, context.Canceled, "Get %d", i)
+		}
+		slices.Sort(took)
+		t.Logf("cancel to return over %d queued Gets: median %v, max %v", tries, took[tries/2], took[tries-1])
+		assert.LessOrEqual(t, took[tries/2], time.Millisecond, "median time from cancel to return")
+		assert.LessOrEqual(t, took[tries-1], 100*time.Millisecond, "longest time from cancel to return")
+
+		pcancel()
+		primers.Wait()
+		unblock()
+		require.NoError(t, <-slow, "the slow Set")
+		v, found, err := s.Get(ctx, "{q}slow")
+		require.NoError(t, err)
+		assert.True(t, found && v == "v", "Get({q}slow) = %q, %v; want v, true", v, found)
+	})
 }
