@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -273,4 +274,72 @@ func TestQueuedCallReturnsWhenItsContextEnds(t *testing.T) {
 		require.NoError(t, err)
 		assert.True(t, found && v == "v", "Get({q}slow) = %q, %v; want v, true", v, found)
 	})
+}
+
+// TestStalledServerUnder64CallersFailsFast: 64 callers whose commands
+// are queued in the autopipeliner (or on the plain client) when the
+// server's process stops all return within Timeout and a little, with
+// the deadline's error, however long the batch ahead of them waits; the
+// calls after that fail fast, and the Service works again once the server
+// resumes.
+func TestStalledServerUnder64CallersFailsFast(t *testing.T) {
+	t.Parallel()
+	for name, opts := range map[string]Options{"default": {}, "AutoPipeline": {AutoPipeline: true}} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv := startRedisServer(t)
+			const timeout = 300 * time.Millisecond
+			// Bound to return by: the call's shared deadline (Timeout and one
+			// slot) plus room for a loaded 2-core machine to wake 64 goroutines.
+			const bound = timeout + 700*time.Millisecond
+			opts.Timeout = timeout
+			s := dialled(t, srv.url(), opts)
+			require.NotNil(t, s.ap, "the Service has no autopipeliner")
+			ctx := context.Background()
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			require.NoError(t, s.Connect(cctx))
+
+			const n = 64
+			run := func() ([]time.Duration, []error) {
+				var wg sync.WaitGroup
+				took := make([]time.Duration, n)
+				errs := make([]error, n)
+				for i := range n {
+					wg.Go(func() {
+						start := time.Now()
+						_, _, errs[i] = s.Get(ctx, "k"+strconv.Itoa(i))
+						took[i] = time.Since(start)
+					})
+				}
+				wg.Wait()
+				return took, errs
+			}
+			srv.pause()
+			t.Cleanup(srv.resume)
+			took, errs := run()
+			for i := range n {
+				if !errors.Is(errs[i], ErrUnavailable) { // a caller late to start may find the breaker open already
+					assert.ErrorIs(t, errs[i], context.DeadlineExceeded, "Get %d on a stalled server", i)
+				}
+				assert.LessOrEqual(t, took[i], bound, "Get %d on a stalled server", i)
+			}
+			t.Logf("%d concurrent Gets as the server stalls: slowest %v", n, slices.Max(took))
+			require.False(t, s.IsConnected())
+
+			took, errs = run()
+			for i := range n {
+				assert.ErrorIs(t, errs[i], ErrUnavailable, "Get %d after the first timed out", i)
+				assert.Less(t, took[i], 100*time.Millisecond, "Get %d after the first timed out", i)
+			}
+			t.Logf("%d concurrent Gets after that: slowest %v", n, slices.Max(took))
+
+			srv.resume()
+			waitFor(t, "IsConnected after SIGCONT", s.IsConnected)
+			require.Eventually(t, func() bool {
+				_, err := s.Set(ctx, "k", "v")
+				return err == nil
+			}, waitDeadline, 10*time.Millisecond, "Set after the server resumed")
+		})
+	}
 }
