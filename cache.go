@@ -261,13 +261,14 @@ func (s *Service) readFrom(ctx context.Context, rdb redis.Cmdable, rk readKey, l
 	if !rk.withTTL && !rk.notFound && lock == lockNone {
 		var b []byte
 		var err error
-		if node {
-			b, err = rdb.Get(ctx, k).Bytes()
+		cmd := getCmd(ctx, k)
+		if nc, ok := rdb.(*redis.Client); ok && node {
+			err = s.processNode(ctx, nc, cmd)
 		} else {
-			cmd := getCmd(ctx, k)
-			if err = s.process(ctx, cmd); err == nil {
-				b, err = cmd.Bytes()
-			}
+			err = s.process(ctx, cmd)
+		}
+		if err == nil {
+			b, err = cmd.Bytes()
 		}
 		r.b = b
 		return r, missingIfWrongType(err)

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -342,4 +343,45 @@ func TestStalledServerUnder64CallersFailsFast(t *testing.T) {
 			}, waitDeadline, 10*time.Millisecond, "Set after the server resumed")
 		})
 	}
+}
+
+// TestConcurrentCacheReadsThroughTheAutopipeliner: Cache's reads, the
+// local tier's misses included (on a cluster, read from each key's
+// master through that node's autopipeliner), return what was stored to
+// 32 concurrent callers.
+func TestConcurrentCacheReadsThroughTheAutopipeliner(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{AutoPipeline: true, LocalCacheEntries: 8, Timeout: 10 * time.Second})
+		ctx := ctxT(t)
+		const keys = 40 // more than the tier keeps: most reads miss it
+		for k := range keys {
+			_, err := s.SetJSON(ctx, "c"+strconv.Itoa(k), k, WithTTL(time.Minute))
+			require.NoError(t, err)
+		}
+		var wg sync.WaitGroup
+		var loads atomic.Int64
+		errs := make(chan error, 32)
+		for g := range 32 {
+			wg.Go(func() {
+				for i := range 50 {
+					k := (g + i) % keys
+					v, err := Cache(ctx, s, "c"+strconv.Itoa(k), time.Minute, func(context.Context) (int, error) {
+						loads.Add(1)
+						return -1, nil
+					})
+					if err != nil || v != k {
+						errs <- fmt.Errorf("Cache(c%d) = %d, %v; want %d, nil", k, v, err, k)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			assert.NoError(t, err)
+		}
+		assert.Zero(t, loads.Load(), "loads of stored keys")
+	})
 }
