@@ -59,8 +59,8 @@ func (s *Service) checkWriteKey(k string) error {
 // []byte, the integer, float and bool types and pointers to them,
 // time.Time, time.Duration and net.IP as they are, and an
 // [encoding.BinaryMarshaler], which it marshals here so that its failure
-// fails this call alone. Checking before anything is queued matters with
-// Options.AutoPipeline, where go-redis writes the commands of many callers
+// fails this call alone. Checking before anything is queued matters in
+// the autopipeliner, where go-redis writes the commands of many callers
 // at once and one unwritable value would fail them all.
 func writable(value any) (any, error) {
 	switch v := value.(type) {
