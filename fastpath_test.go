@@ -385,3 +385,49 @@ func TestConcurrentCacheReadsThroughTheAutopipeliner(t *testing.T) {
 		assert.Zero(t, loads.Load(), "loads of stored keys")
 	})
 }
+
+// TestRateLimitScriptsInABatchRunAtMostOnce: rate-limit scripts that
+// share the autopipeliner's batches with ordinary reads, one batch's reply
+// held back past the read timeout, are each sent at most once, though
+// go-redis retries the ordinary reads.
+func TestRateLimitScriptsInABatchRunAtMostOnce(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"miniredis", "redis"} {
+		t.Run(name, func(t *testing.T) {
+			b := newBackend(t, name)
+			p := newStallProxies(t)
+			s := newService(t, Options{URL: stallURL(t, b, p), KeyPrefix: b.prefix, Timeout: stallReadTimeout, AutoPipeline: true})
+			ctx := ctxT(t)
+			for try := 1; ; try++ {
+				_, err := s.CheckRateLimit(ctx, "warm", time.Minute, 1000)
+				if err == nil {
+					break
+				}
+				require.False(t, try == 5, "CheckRateLimit without a stall: %v", err)
+			}
+			sent := p.scripts.Load()
+
+			p.arm(stallFor)
+			callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			const n = 8
+			var wg sync.WaitGroup
+			for i := range n {
+				wg.Go(func() { _, _ = s.CheckRateLimit(callCtx, "batch-"+strconv.Itoa(i), time.Minute, 10) })
+				wg.Go(func() { _, _, _ = s.Get(callCtx, "other") })
+			}
+			wg.Wait()
+			scripts := p.scripts.Load() - sent
+			assert.Positive(t, scripts, "scripts sent")
+			assert.LessOrEqual(t, scripts, int64(n), "scripts sent for %d CheckRateLimit calls", n)
+			for i := range n {
+				count, err := b.client.Get(ctx, b.raw("ratelimit:batch-"+strconv.Itoa(i))).Int()
+				if errors.Is(err, redis.Nil) {
+					continue // not sent: the batch ahead of it failed
+				}
+				require.NoError(t, err)
+				assert.LessOrEqual(t, count, 1, "counter of CheckRateLimit %d", i)
+			}
+		})
+	}
+}
