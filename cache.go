@@ -259,7 +259,17 @@ func (s *Service) readFrom(ctx context.Context, rdb redis.Cmdable, rk readKey, l
 	k := s.key(rk.key)
 	node := rdb != redis.Cmdable(s.rdb)
 	if !rk.withTTL && !rk.notFound && lock == lockNone {
-		b, err := rdb.Get(ctx, k).Bytes()
+		var b []byte
+		var err error
+		cmd := getCmd(ctx, k)
+		if nc, ok := rdb.(*redis.Client); ok && node {
+			err = s.processNode(ctx, nc, cmd)
+		} else {
+			err = s.process(ctx, cmd)
+		}
+		if err == nil {
+			b, err = cmd.Bytes()
+		}
 		r.b = b
 		return r, missingIfWrongType(err)
 	}

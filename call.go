@@ -88,10 +88,10 @@ func (s *Service) fail(caller context.Context, op, key string, err error) error 
 	s.stats.errors.Add(1)
 	s.stats.fallbacks.Add(1)
 	switch {
-	case errors.Is(err, ErrUnavailable), errors.Is(err, redis.ErrPoolTimeout):
-		// Nothing was asked of Redis: a fast failure, or a pool whose
-		// connections are all busy (which says nothing of Redis itself;
-		// if it stalled, the calls holding them time out and tell).
+	case errors.Is(err, ErrUnavailable), errors.Is(err, redis.ErrPoolTimeout), errors.Is(err, redis.ErrAutoPipelineQueueFull):
+		// Nothing was asked of Redis: a fast failure, or a pool or an
+		// autopipeliner queue that is full (which says nothing of Redis
+		// itself; if it stalled, the calls ahead time out and tell).
 	case !isConnError(err):
 		s.breaker.MarkUp() // Redis answered, if only with an error
 	case caller == nil || deadline.Err(caller) == nil:

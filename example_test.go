@@ -278,8 +278,9 @@ func ExampleOptions_autoPipeline() {
 		panic(err)
 	}
 	defer mr.Close()
-	// Concurrent callers' commands share round trips; each call still
-	// waits for its own reply.
+	// Concurrent callers' commands share round trips by default;
+	// AutoPipeline sends a lone call through the autopipeliner too. Each
+	// call still waits for its own reply, no longer than its ctx allows.
 	svc, err := redisservice.New(redisservice.Options{URL: "redis://" + mr.Addr(), AutoPipeline: true})
 	if err != nil {
 		panic(err)

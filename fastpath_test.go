@@ -1,10 +1,14 @@
 package redisservice
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,7 +34,7 @@ func TestAutoPipelineConcurrentCallers(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			prefix := "rstest:" + randomHex(t, 6) + ":"
 			s := dialled(t, url, Options{AutoPipeline: true, KeyPrefix: prefix})
-			require.IsType(t, (*redis.AutoPipeliner)(nil), s.hot, "hot client is %T; want *redis.AutoPipeliner", s.hot)
+			require.NotNil(t, s.ap, "the Service has no autopipeliner")
 			t.Cleanup(func() {
 				if name != "miniredis" {
 					_ = deleteByPrefix(ctxT(t), s.rdb, prefix)
@@ -137,5 +141,293 @@ func TestClientSideCacheSeesOtherWriters(t *testing.T) {
 			time.Sleep(100 * time.Microsecond)
 		}
 		t.Logf("round %d: other client's write seen after %v", round, time.Since(start))
+	}
+}
+
+// holdHook holds every command batch (or lone command) that carries key
+// until release is closed, telling held the first time.
+type holdHook struct {
+	key     string
+	held    chan<- struct{}
+	release <-chan struct{}
+}
+
+func (h holdHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h holdHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.hold([]redis.Cmder{cmd})
+		return next(ctx, cmd)
+	}
+}
+
+func (h holdHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.hold(cmds)
+		return next(ctx, cmds)
+	}
+}
+
+func (h holdHook) hold(cmds []redis.Cmder) {
+	for _, c := range cmds {
+		if a := c.Args(); len(a) > 1 && a[1] == h.key {
+			select {
+			case h.held <- struct{}{}:
+			default:
+			}
+			<-h.release
+			return
+		}
+	}
+}
+
+// TestQueuedCallReturnsWhenItsContextEnds: a call whose command waits in
+// the autopipeliner behind a slow batch returns as soon as its ctx is
+// cancelled, with context.Canceled, and the Service works on once the
+// slow batch is through. The time from cancel to return is measured over
+// several calls: its median must be at most a millisecond (it is a
+// goroutine wake-up, some microseconds); its maximum may reach tens of
+// milliseconds on a loaded 2-core machine, where a runnable goroutine can
+// wait that long for a core, so it is bounded at 100ms.
+func TestQueuedCallReturnsWhenItsContextEnds(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := ctxT(t)
+		release := make(chan struct{})
+		var once sync.Once
+		unblock := func() { once.Do(func() { close(release) }) }
+		t.Cleanup(unblock)
+		held := make(chan struct{}, 1)
+		// One hash tag: on a cluster, the commands share a slot, so the
+		// autopipeliner queues them behind one another too.
+		b.client.AddHook(holdHook{key: b.raw("{q}slow"), held: held, release: release})
+		s := b.service(t, Options{AutoPipeline: true, Timeout: time.Minute})
+		require.NotNil(t, s.ap, "the Service has no autopipeliner")
+
+		slow := make(chan error, 1)
+		go func() {
+			_, err := s.Set(ctx, "{q}slow", "v")
+			slow <- err
+		}()
+		select {
+		case <-held:
+		case <-time.After(waitDeadline):
+			require.FailNow(t, "the slow command never reached Redis")
+		}
+
+		// The flusher takes the commands queued then to wait for the slow
+		// batch's turn, once, and no more: every command queued after
+		// that stays in the queue. A primer no longer in the queue but
+		// still in flight (the slow Set is the one other call in flight)
+		// shows that the flusher has taken them.
+		pctx, pcancel := context.WithCancel(ctx)
+		var primers sync.WaitGroup
+		taken := func() bool { return s.ap.Len() > 0 && int(s.inFlight.Load())-1 > s.ap.Len() }
+		waitFor(t, "the flusher takes queued Gets", func() bool {
+			if taken() {
+				time.Sleep(time.Millisecond) // not a primer between its count and its queueing
+				return taken()
+			}
+			primers.Go(func() { _, _, _ = s.Get(pctx, "{q}primer") })
+			time.Sleep(time.Millisecond)
+			return false
+		})
+		base := s.ap.Len()
+
+		const tries = 15
+		took := make([]time.Duration, 0, tries)
+		for i := range tries {
+			cctx, cancel := context.WithCancel(ctx)
+			returned := make(chan time.Time, 1)
+			var err error
+			go func() {
+				_, _, err = s.Get(cctx, "{q}k")
+				returned <- time.Now()
+			}()
+			waitFor(t, fmt.Sprintf("Get %d queued (queue %d, base %d)", i, s.ap.Len(), base), func() bool {
+				select {
+				case r := <-returned:
+					t.Fatalf("Get %d returned %v before its cancel: %v", i, r, err)
+				default:
+				}
+				return s.ap.Len() > base+i
+			})
+			cancelled := time.Now()
+			cancel()
+			select {
+			case r := <-returned:
+				took = append(took, r.Sub(cancelled))
+			case <-time.After(waitDeadline):
+				require.FailNow(t, fmt.Sprintf("Get %d still waits %v after its cancel", i, waitDeadline))
+			}
+			require.ErrorIs(t, err, context.Canceled, "Get %d", i)
+		}
+		slices.Sort(took)
+		t.Logf("cancel to return over %d queued Gets: median %v, max %v", tries, took[tries/2], took[tries-1])
+		assert.LessOrEqual(t, took[tries/2], time.Millisecond, "median time from cancel to return")
+		assert.LessOrEqual(t, took[tries-1], 100*time.Millisecond, "longest time from cancel to return")
+
+		pcancel()
+		primers.Wait()
+		unblock()
+		require.NoError(t, <-slow, "the slow Set")
+		v, found, err := s.Get(ctx, "{q}slow")
+		require.NoError(t, err)
+		assert.True(t, found && v == "v", "Get({q}slow) = %q, %v; want v, true", v, found)
+	})
+}
+
+// TestStalledServerUnder64CallersFailsFast: 64 callers whose commands
+// are queued in the autopipeliner (or on the plain client) when the
+// server's process stops all return within Timeout and a little, with
+// the deadline's error, however long the batch ahead of them waits; the
+// calls after that fail fast, and the Service works again once the server
+// resumes.
+func TestStalledServerUnder64CallersFailsFast(t *testing.T) {
+	t.Parallel()
+	for name, opts := range map[string]Options{"default": {}, "AutoPipeline": {AutoPipeline: true}} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv := startRedisServer(t)
+			const timeout = 300 * time.Millisecond
+			// Bound to return by: the call's shared deadline (Timeout and one
+			// slot) plus room for a loaded 2-core machine to wake 64 goroutines.
+			const bound = timeout + 700*time.Millisecond
+			opts.Timeout = timeout
+			s := dialled(t, srv.url(), opts)
+			require.NotNil(t, s.ap, "the Service has no autopipeliner")
+			ctx := context.Background()
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			require.NoError(t, s.Connect(cctx))
+
+			const n = 64
+			run := func() ([]time.Duration, []error) {
+				var wg sync.WaitGroup
+				took := make([]time.Duration, n)
+				errs := make([]error, n)
+				for i := range n {
+					wg.Go(func() {
+						start := time.Now()
+						_, _, errs[i] = s.Get(ctx, "k"+strconv.Itoa(i))
+						took[i] = time.Since(start)
+					})
+				}
+				wg.Wait()
+				return took, errs
+			}
+			srv.pause()
+			t.Cleanup(srv.resume)
+			took, errs := run()
+			for i := range n {
+				if !errors.Is(errs[i], ErrUnavailable) { // a caller late to start may find the breaker open already
+					assert.ErrorIs(t, errs[i], context.DeadlineExceeded, "Get %d on a stalled server", i)
+				}
+				assert.LessOrEqual(t, took[i], bound, "Get %d on a stalled server", i)
+			}
+			t.Logf("%d concurrent Gets as the server stalls: slowest %v", n, slices.Max(took))
+			require.False(t, s.IsConnected())
+
+			took, errs = run()
+			for i := range n {
+				assert.ErrorIs(t, errs[i], ErrUnavailable, "Get %d after the first timed out", i)
+				assert.Less(t, took[i], 100*time.Millisecond, "Get %d after the first timed out", i)
+			}
+			t.Logf("%d concurrent Gets after that: slowest %v", n, slices.Max(took))
+
+			srv.resume()
+			waitFor(t, "IsConnected after SIGCONT", s.IsConnected)
+			require.Eventually(t, func() bool {
+				_, err := s.Set(ctx, "k", "v")
+				return err == nil
+			}, waitDeadline, 10*time.Millisecond, "Set after the server resumed")
+		})
+	}
+}
+
+// TestConcurrentCacheReadsThroughTheAutopipeliner: Cache's reads, the
+// local tier's misses included (on a cluster, read from each key's
+// master through that node's autopipeliner), return what was stored to
+// 32 concurrent callers.
+func TestConcurrentCacheReadsThroughTheAutopipeliner(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{AutoPipeline: true, LocalCacheEntries: 8, Timeout: 10 * time.Second})
+		ctx := ctxT(t)
+		const keys = 40 // more than the tier keeps: most reads miss it
+		for k := range keys {
+			_, err := s.SetJSON(ctx, "c"+strconv.Itoa(k), k, WithTTL(time.Minute))
+			require.NoError(t, err)
+		}
+		var wg sync.WaitGroup
+		var loads atomic.Int64
+		errs := make(chan error, 32)
+		for g := range 32 {
+			wg.Go(func() {
+				for i := range 50 {
+					k := (g + i) % keys
+					v, err := Cache(ctx, s, "c"+strconv.Itoa(k), time.Minute, func(context.Context) (int, error) {
+						loads.Add(1)
+						return -1, nil
+					})
+					if err != nil || v != k {
+						errs <- fmt.Errorf("Cache(c%d) = %d, %v; want %d, nil", k, v, err, k)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			assert.NoError(t, err)
+		}
+		assert.Zero(t, loads.Load(), "loads of stored keys")
+	})
+}
+
+// TestRateLimitScriptsInABatchRunAtMostOnce: rate-limit scripts that
+// share the autopipeliner's batches with ordinary reads, one batch's reply
+// held back past the read timeout, are each sent at most once, though
+// go-redis retries the ordinary reads.
+func TestRateLimitScriptsInABatchRunAtMostOnce(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"miniredis", "redis"} {
+		t.Run(name, func(t *testing.T) {
+			b := newBackend(t, name)
+			p := newStallProxies(t)
+			s := newService(t, Options{URL: stallURL(t, b, p), KeyPrefix: b.prefix, Timeout: stallReadTimeout, AutoPipeline: true})
+			ctx := ctxT(t)
+			for try := 1; ; try++ {
+				_, err := s.CheckRateLimit(ctx, "warm", time.Minute, 1000)
+				if err == nil {
+					break
+				}
+				require.False(t, try == 5, "CheckRateLimit without a stall: %v", err)
+			}
+			sent := p.scripts.Load()
+
+			p.arm(stallFor)
+			callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			const n = 8
+			var wg sync.WaitGroup
+			for i := range n {
+				wg.Go(func() { _, _ = s.CheckRateLimit(callCtx, "batch-"+strconv.Itoa(i), time.Minute, 10) })
+				wg.Go(func() { _, _, _ = s.Get(callCtx, "other") })
+			}
+			wg.Wait()
+			scripts := p.scripts.Load() - sent
+			assert.Positive(t, scripts, "scripts sent")
+			assert.LessOrEqual(t, scripts, int64(n), "scripts sent for %d CheckRateLimit calls", n)
+			for i := range n {
+				count, err := b.client.Get(ctx, b.raw("ratelimit:batch-"+strconv.Itoa(i))).Int()
+				if errors.Is(err, redis.Nil) {
+					continue // not sent: the batch ahead of it failed
+				}
+				require.NoError(t, err)
+				assert.LessOrEqual(t, count, 1, "counter of CheckRateLimit %d", i)
+			}
+		})
 	}
 }

@@ -3,6 +3,8 @@ package redisservice
 import (
 	"context"
 	"fmt"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // HSet sets field in the hash at key to value (anything go-redis can
@@ -18,7 +20,11 @@ func (s *Service) HSet(ctx context.Context, key, field string, value any) error 
 		return invalid(op, key, err)
 	}
 	_, err = call(s, ctx, op, key, func(ctx context.Context) (int64, error) {
-		return s.hot.HSet(ctx, s.key(key), field, value).Result()
+		cmd := redis.NewIntCmd(ctx, "hset", s.key(key), field, value)
+		if err := s.process(ctx, cmd); err != nil {
+			return 0, err
+		}
+		return cmd.Val(), nil
 	})
 	return err
 }
@@ -31,7 +37,11 @@ func (s *Service) HGet(ctx context.Context, key, field string) (string, bool, er
 		return "", false, invalid(op, key, ErrInvalidKey)
 	}
 	v, err := call(s, ctx, op, key, func(ctx context.Context) (string, error) {
-		return s.hot.HGet(ctx, s.key(key), field).Result()
+		cmd := redis.NewStringCmd(ctx, "hget", s.key(key), field)
+		if err := s.process(ctx, cmd); err != nil {
+			return "", err
+		}
+		return cmd.Val(), nil
 	})
 	return lookup(s, v, err)
 }
@@ -44,7 +54,11 @@ func (s *Service) HGetAll(ctx context.Context, key string) (map[string]string, e
 		return map[string]string{}, invalid(op, key, ErrInvalidKey)
 	}
 	m, err := call(s, ctx, op, key, func(ctx context.Context) (map[string]string, error) {
-		return s.hot.HGetAll(ctx, s.key(key)).Result()
+		cmd := redis.NewMapStringStringCmd(ctx, "hgetall", s.key(key))
+		if err := s.process(ctx, cmd); err != nil {
+			return nil, err
+		}
+		return cmd.Val(), nil
 	})
 	if m == nil {
 		m = map[string]string{}
@@ -66,6 +80,15 @@ func (s *Service) HDel(ctx context.Context, key string, fields ...string) (int64
 		return 0, invalid(op, key, fmt.Errorf("%w: no fields", ErrInvalidArgument))
 	}
 	return call(s, ctx, op, key, func(ctx context.Context) (int64, error) {
-		return s.hot.HDel(ctx, s.key(key), fields...).Result()
+		args := make([]any, 2, 2+len(fields))
+		args[0], args[1] = "hdel", s.key(key)
+		for _, f := range fields {
+			args = append(args, f)
+		}
+		cmd := redis.NewIntCmd(ctx, args...)
+		if err := s.process(ctx, cmd); err != nil {
+			return 0, err
+		}
+		return cmd.Val(), nil
 	})
 }

@@ -53,7 +53,11 @@ func (s *Service) GetJSON(ctx context.Context, key string, dst any) (bool, error
 // getBytes reads the raw value at key, counting the hit or miss.
 func (s *Service) getBytes(ctx context.Context, op, key string) ([]byte, bool, error) {
 	b, err := call(s, ctx, op, key, func(ctx context.Context) ([]byte, error) {
-		return s.hot.Get(ctx, s.key(key)).Bytes()
+		cmd := getCmd(ctx, s.key(key))
+		if err := s.process(ctx, cmd); err != nil {
+			return nil, err
+		}
+		return cmd.Bytes()
 	})
 	return lookup(s, b, err)
 }

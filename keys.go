@@ -59,8 +59,8 @@ func (s *Service) checkWriteKey(k string) error {
 // []byte, the integer, float and bool types and pointers to them,
 // time.Time, time.Duration and net.IP as they are, and an
 // [encoding.BinaryMarshaler], which it marshals here so that its failure
-// fails this call alone. Checking before anything is queued matters with
-// Options.AutoPipeline, where go-redis writes the commands of many callers
+// fails this call alone. Checking before anything is queued matters in
+// the autopipeliner, where go-redis writes the commands of many callers
 // at once and one unwritable value would fail them all.
 func writable(value any) (any, error) {
 	switch v := value.(type) {
@@ -85,13 +85,8 @@ func writable(value any) (any, error) {
 
 // set runs one SET with validated options and reports whether it wrote.
 func (s *Service) set(ctx context.Context, op, key string, value any, o setOptions) (bool, error) {
-	_, err := call(s, ctx, op, key, func(ctx context.Context) (string, error) {
-		if !o.nx && !o.xx && !o.keepTTL {
-			// Plain SET, with EX or PX for a TTL: one allocation fewer
-			// than SetArgs for the same command.
-			return s.hot.Set(ctx, s.key(key), value, o.ttl).Result()
-		}
-		return s.hot.SetArgs(ctx, s.key(key), value, o.args()).Result()
+	_, err := call(s, ctx, op, key, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, s.process(ctx, setCmd(ctx, s.key(key), value, o))
 	})
 	if err == redis.Nil { //nolint:errorlint // NX or XX not met
 		return false, nil
@@ -107,7 +102,11 @@ func (s *Service) Get(ctx context.Context, key string) (string, bool, error) {
 		return "", false, invalid(op, key, ErrInvalidKey)
 	}
 	v, err := call(s, ctx, op, key, func(ctx context.Context) (string, error) {
-		return s.hot.Get(ctx, s.key(key)).Result()
+		cmd := getCmd(ctx, s.key(key))
+		if err := s.process(ctx, cmd); err != nil {
+			return "", err
+		}
+		return cmd.Val(), nil
 	})
 	return lookup(s, v, err)
 }
@@ -133,7 +132,11 @@ func (s *Service) Exists(ctx context.Context, key string) (bool, error) {
 		return false, invalid(op, key, ErrInvalidKey)
 	}
 	n, err := call(s, ctx, op, key, func(ctx context.Context) (int64, error) {
-		return s.hot.Exists(ctx, s.key(key)).Result()
+		cmd := redis.NewIntCmd(ctx, "exists", s.key(key))
+		if err := s.process(ctx, cmd); err != nil {
+			return 0, err
+		}
+		return cmd.Val(), nil
 	})
 	return n > 0, err
 }
@@ -151,7 +154,11 @@ func (s *Service) Expire(ctx context.Context, key string, ttl time.Duration) (bo
 		return false, invalid(op, key, err)
 	}
 	return call(s, ctx, op, key, func(ctx context.Context) (bool, error) {
-		return s.hot.PExpire(ctx, s.key(key), ttl).Result()
+		cmd := redis.NewBoolCmd(ctx, "pexpire", s.key(key), int64(ttl/time.Millisecond))
+		if err := s.process(ctx, cmd); err != nil {
+			return false, err
+		}
+		return cmd.Val(), nil
 	})
 }
 
@@ -164,7 +171,11 @@ func (s *Service) TTL(ctx context.Context, key string) (time.Duration, error) {
 		return KeyMissing, invalid(op, key, ErrInvalidKey)
 	}
 	d, err := call(s, ctx, op, key, func(ctx context.Context) (time.Duration, error) {
-		return s.hot.PTTL(ctx, s.key(key)).Result()
+		cmd := redis.NewDurationCmd(ctx, time.Millisecond, "pttl", s.key(key))
+		if err := s.process(ctx, cmd); err != nil {
+			return 0, err
+		}
+		return cmd.Val(), nil
 	})
 	if err != nil {
 		return KeyMissing, err

@@ -34,7 +34,7 @@ type Options struct {
 	// *redis.Client, *redis.ClusterClient or a Sentinel-backed client. The
 	// caller keeps ownership: [Service.Close] never closes it. The
 	// connection options (URL, TLSConfig, DialTimeout, PoolSize,
-	// PoolTimeout, MaxRetries, AutoPipeline, ClientSideCache and its two
+	// PoolTimeout, MaxRetries, ClientSideCache and its two
 	// settings) then do not apply, and New refuses them with
 	// [ErrInvalidArgument]: set them on the client. For the caller's deadlines to reach the socket, the client
 	// should have ContextTimeoutEnabled set.
@@ -124,26 +124,29 @@ type Options struct {
 	// this says (see [Service.CheckRateLimit]).
 	MaxRetries int
 
-	// AutoPipeline batches the string, JSON and hash commands of concurrent
-	// callers (Get, Set, SetJSON, GetJSON, Exists, Expire, TTL, HGet, HSet,
-	// HGetAll, HDel) into pipelines through go-redis's blocking
-	// autopipeliner: each call still waits for its own reply, but many
-	// callers share one round trip, which raises throughput under
-	// concurrency (see BENCHMARKS.md). The default is false, because it
-	// changes two things:
-	//   - The caller's ctx bounds a call only until its command is queued.
-	//     After that the call is bounded by the socket timeouts (Timeout
-	//     for each write and read of the batch it rides in, for each of up
-	//     to MaxRetries+1 tries), not by the caller's deadline or
-	//     cancellation.
-	//   - A batch that fails on a network error is retried as a whole, so
-	//     one slow or failed command delays or fails its neighbours. (A
-	//     value go-redis cannot write never gets that far: Set, HSet and
-	//     MSet refuse it before queueing.)
-	// A single caller gains nothing. Multi-key calls, sessions, rate limits
-	// and scripts keep using the plain client. It applies only to a client
-	// that New dials.
+	// AutoPipeline sends every single-command call (see NoAutoPipeline)
+	// through the autopipeliner, a lone one too. The default, false,
+	// sends a call that is the only one in flight straight on the plain
+	// client, which is faster for it, and only concurrent calls through
+	// the autopipeliner. Either way each call is bounded by its ctx and
+	// Timeout. It cannot be combined with NoAutoPipeline.
 	AutoPipeline bool
+
+	// NoAutoPipeline turns the autopipeliner off: every call then makes
+	// round trips of its own on the plain client. By default, calls that
+	// send one command (Get, Set, SetJSON, GetJSON, Exists, Expire, TTL,
+	// HGet, HSet, HGetAll, HDel, Cache's reads, session reads and the
+	// rate-limit scripts) made while others are in flight share round trips
+	// through go-redis's deferred autopipeliner on the same client, which
+	// raises throughput under concurrency (see docs/operations.md). A call
+	// still returns as soon as its ctx ends, with the ctx's error, while its
+	// command may yet run, as with a plain client whose call is cut short;
+	// a failed batch fails or retries only its own commands, and the
+	// scripts that must not run twice are never sent again. It applies to
+	// a dialled client and to a *redis.Client or *redis.ClusterClient in
+	// Client (whose autopipeliner go-redis shares and closes with it).
+	// The default is false.
+	NoAutoPipeline bool
 
 	// ClientSideCache serves repeated reads (Get, GetJSON, Exists, HGet,
 	// HGetAll, MGet, …) from process memory, using Redis 6+ server-assisted

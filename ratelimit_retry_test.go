@@ -44,26 +44,35 @@ func TestRateLimitScriptIsNotRetriedAfterATimeout(t *testing.T) {
 		}
 		var variants []variant
 		if b.name == "cluster" {
-			variants = append(variants, variant{"cluster client", func(t *testing.T, p *stallProxies) *Service {
-				// Every node, including those found through CLUSTER SLOTS,
-				// is reached through a proxy.
-				cc := redis.NewClusterClient(&redis.ClusterOptions{
-					Addrs: strings.Split(os.Getenv(envTestCluster), ","),
-					Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
-						var d net.Dialer
-						return d.DialContext(ctx, network, p.listen(t, addr))
-					},
-					ReadTimeout:           stallReadTimeout,
-					MaxRetries:            5,
-					ContextTimeoutEnabled: true,
-				})
-				t.Cleanup(func() { cc.Close() })
-				return newService(t, Options{Client: cc, KeyPrefix: b.prefix})
-			}})
+			for _, always := range []bool{false, true} {
+				name := "cluster client"
+				if always {
+					name += " with AutoPipeline"
+				}
+				variants = append(variants, variant{name, func(t *testing.T, p *stallProxies) *Service {
+					// Every node, including those found through CLUSTER SLOTS,
+					// is reached through a proxy.
+					cc := redis.NewClusterClient(&redis.ClusterOptions{
+						Addrs: strings.Split(os.Getenv(envTestCluster), ","),
+						Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+							var d net.Dialer
+							return d.DialContext(ctx, network, p.listen(t, addr))
+						},
+						ReadTimeout:           stallReadTimeout,
+						MaxRetries:            5,
+						ContextTimeoutEnabled: true,
+					})
+					t.Cleanup(func() { cc.Close() })
+					return newService(t, Options{Client: cc, KeyPrefix: b.prefix, AutoPipeline: always})
+				}})
+			}
 		} else {
 			// The Service's own dialled client, with its default retries.
 			variants = append(variants, variant{"dialled client", func(t *testing.T, p *stallProxies) *Service {
 				return newService(t, Options{URL: stallURL(t, b, p), KeyPrefix: b.prefix, Timeout: stallReadTimeout})
+			}})
+			variants = append(variants, variant{"dialled with AutoPipeline", func(t *testing.T, p *stallProxies) *Service {
+				return newService(t, Options{URL: stallURL(t, b, p), KeyPrefix: b.prefix, Timeout: stallReadTimeout, AutoPipeline: true})
 			}})
 			if b.real() { // miniredis has no CLIENT TRACKING
 				variants = append(variants, variant{"dialled with AutoPipeline and ClientSideCache", func(t *testing.T, p *stallProxies) *Service {

@@ -22,9 +22,10 @@ import (
 // not usable.
 type Service struct {
 	rdb       redis.UniversalClient
-	hot       redis.Cmdable // single-key string and hash commands: rdb, or its autopipeliner
-	ownClient bool          // Close closes rdb: New dialled it
-	cluster   bool          // rdb is a *redis.ClusterClient
+	ap        *redis.AutoPipeliner // rdb's deferred autopipeliner; nil without one (fastpath.go)
+	inFlight  atomic.Int64         // calls in process now
+	ownClient bool                 // Close closes rdb: New dialled it
+	cluster   bool                 // rdb is a *redis.ClusterClient
 	prefix    string
 	opts      Options
 	log       *slog.Logger
@@ -57,7 +58,7 @@ type Service struct {
 // Service owns that client: [Service.Close] closes it. A client passed in
 // opts.Client stays the caller's to close; the options that only shape a
 // dialled client (URL, TLSConfig, DialTimeout, PoolSize, PoolTimeout,
-// MaxRetries, AutoPipeline, ClientSideCache*) must then be left unset, or
+// MaxRetries, ClientSideCache*) must then be left unset, or
 // New fails with [ErrInvalidArgument] rather than ignore them.
 func New(opts Options) (*Service, error) {
 	if err := opts.ignoredWithClient(); err != nil {
@@ -79,8 +80,9 @@ func New(opts Options) (*Service, error) {
 	} else if err := s.dial(opts); err != nil {
 		return nil, err
 	}
-	if s.hot == nil {
-		s.hot = s.rdb
+	if err := s.startFastPath(); err != nil {
+		_ = s.rdb.Close() // only a client New dialled fails here
+		return nil, err
 	}
 	_, s.cluster = s.rdb.(*redis.ClusterClient)
 	// Only a single-node client (a dialled URL, or a Sentinel failover
@@ -147,17 +149,7 @@ func (s *Service) dial(opts Options) error {
 	own := *ro // newClient copies ro: this copy is never a live client's
 	s.nodeOpts = &own
 	c := newClient(ro, opts) // a failover client with Options.SentinelMaster
-	s.rdb, s.hot, s.ownClient = c, c, true
-	if opts.AutoPipeline {
-		// The blocking face: each call waits for its own reply, as
-		// with the plain client. Closing c closes it too.
-		ap, err := c.AutoPipeline()
-		if err != nil {
-			_ = c.Close()
-			return fmt.Errorf("%w: AutoPipeline: %w", ErrInvalidArgument, err)
-		}
-		s.hot = ap
-	}
+	s.rdb, s.ownClient = c, true
 	return nil
 }
 

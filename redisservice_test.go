@@ -306,7 +306,6 @@ func TestNewRefusesOptionsItWouldIgnore(t *testing.T) {
 	b := newBackend(t, "miniredis")
 	ignored := map[string]Options{
 		"URL":                         {URL: "redis://other:6379"},
-		"AutoPipeline":                {AutoPipeline: true},
 		"ClientSideCache":             {ClientSideCache: true},
 		"ClientSideCacheEntries":      {ClientSideCacheEntries: 5},
 		"ClientSideCacheMaxStaleness": {ClientSideCacheMaxStaleness: time.Second},
@@ -330,4 +329,13 @@ func TestNewRefusesOptionsItWouldIgnore(t *testing.T) {
 	s, err := New(Options{Client: b.client, Timeout: time.Second, KeyPrefix: "p:"})
 	require.NoError(t, err)
 	require.NoError(t, s.Close())
+	// AutoPipeline and NoAutoPipeline apply to a client passed in too.
+	for _, opts := range []Options{{AutoPipeline: true}, {NoAutoPipeline: true}} {
+		opts.Client = b.client
+		s, err := New(opts)
+		require.NoError(t, err, "New(%+v)", opts)
+		require.NoError(t, s.Close())
+	}
+	_, err = New(Options{Client: b.client, AutoPipeline: true, NoAutoPipeline: true})
+	require.ErrorIs(t, err, ErrInvalidArgument, "New with AutoPipeline and NoAutoPipeline")
 }

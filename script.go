@@ -32,16 +32,38 @@ func scriptArgs(script *redis.Script, src string) luaScript {
 // or a broken connection.
 func (s *Service) runOnce(ctx context.Context, script luaScript, key string, reply []int64, args ...any) error {
 	cmd := newNoRetryCmd(ctx, "evalsha", script.sha, key, args)
-	err := s.rdb.Process(ctx, cmd)
+	err := s.process(ctx, cmd)
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		// EVAL also loads the script, so later calls find it by SHA again.
 		cmd = newNoRetryCmd(ctx, "eval", script.src, key, args)
-		err = s.rdb.Process(ctx, cmd)
+		err = s.process(ctx, cmd)
 	}
 	if err != nil {
 		return err
 	}
 	return scriptInts(cmd, reply)
+}
+
+// runScript runs script on keys with args, as [redis.Script.Run] does
+// (EVALSHA, then EVAL after NOSCRIPT), through the fast path. go-redis
+// may send it again after a lost reply: script must be safe to repeat.
+func (s *Service) runScript(ctx context.Context, script *redis.Script, keys []string, args ...any) (any, error) {
+	a := make([]any, 0, 3+len(keys)+len(args))
+	a = append(a, "evalsha", script.Hash(), len(keys))
+	for _, k := range keys {
+		a = append(a, k)
+	}
+	cmd := redis.NewCmd(ctx, append(a, args...)...)
+	cmd.SetFirstKeyPos(3)
+	err := s.process(ctx, cmd)
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// Rare (the first call, or after SCRIPT FLUSH): EVAL loads it.
+		return script.Eval(ctx, s.rdb, keys, args...).Result()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return cmd.Val(), nil
 }
 
 // noRetryCmd is a command that go-redis must not send a second time: its

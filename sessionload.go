@@ -208,7 +208,7 @@ func (s *Service) runSessionLoad(ctx context.Context, lt *localtier.Tier, id str
 		}
 	}
 	if node == nil {
-		reply, err = sessionLoadScript.Run(ctx, s.rdb, keys, args...).Result()
+		reply, err = s.runScript(ctx, sessionLoadScript, keys, args...)
 	}
 	var rerr redis.Error
 	if errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "ERR stored session") {

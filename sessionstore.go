@@ -38,7 +38,11 @@ func validSessionID(id string) bool {
 // readSession GETs the stored session id.
 func (s *Service) readSession(ctx context.Context, op, id string) ([]byte, bool, error) {
 	b, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) ([]byte, error) {
-		return s.rdb.Get(ctx, s.key(sessionKey(id))).Bytes()
+		cmd := getCmd(ctx, s.key(sessionKey(id)))
+		if err := s.process(ctx, cmd); err != nil {
+			return nil, err
+		}
+		return cmd.Bytes()
 	})
 	return lookup(s, b, err)
 }

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -91,24 +91,16 @@ func TestUnwritableValuesAreRefused(t *testing.T) {
 
 // TestAutoPipelineUnwritableValueFailsNoOneElse: with AutoPipeline,
 // commands of concurrent callers share one write; one caller's value that
-// go-redis cannot write must not fail the others.
+// go-redis cannot write, or one caller's command that Redis refuses
+// (WRONGTYPE), must not fail the others.
 func TestAutoPipelineUnwritableValueFailsNoOneElse(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, b *backend) {
-		opts := Options{AutoPipeline: true, KeyPrefix: b.prefix, Timeout: 5 * time.Second}
-		switch {
-		case b.mr != nil:
-			opts.URL = "redis://" + b.mr.Addr()
-		case b.name == "redis":
-			opts.URL = os.Getenv(envTestURL)
-		default: // AutoPipeline applies only to a dialled single node
-			opts = Options{Client: b.client, KeyPrefix: b.prefix, Timeout: 5 * time.Second}
-		}
-		s, err := New(opts)
-		require.NoError(t, err)
-		t.Cleanup(func() { s.Close() })
+		s := b.service(t, Options{AutoPipeline: true, Timeout: 5 * time.Second})
+		require.NotNil(t, s.ap, "the Service has no autopipeliner")
 		ctx := ctxT(t)
 
+		require.NoError(t, b.client.Set(ctx, b.raw("wrong"), "x", 0).Err())
 		const callers, perCaller = 64, 50
 		var innocent atomic.Int64
 		var firstOnce sync.Once
@@ -129,6 +121,9 @@ func TestAutoPipelineUnwritableValueFailsNoOneElse(t *testing.T) {
 				_, err := s.Set(ctx, "poison", struct{ A int }{})
 				if !errors.Is(err, ErrInvalidArgument) {
 					record(fmt.Errorf("poisoning Set = %v; want ErrInvalidArgument", err))
+				}
+				if _, _, err := s.HGet(ctx, "wrong", "f"); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+					record(fmt.Errorf("HGet of a string = %v; want WRONGTYPE", err))
 				}
 				n++
 				time.Sleep(100 * time.Microsecond)
