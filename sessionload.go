@@ -162,7 +162,11 @@ func (s *Service) loadSession(ctx context.Context, op, id string, touchEvery, li
 // it), or a session of the original service (the index needs its TTL).
 func (s *Service) readUntouched(ctx context.Context, op, id string, now time.Time, touchEvery, lifetime time.Duration, hints *touchHints) (_ loadedSession, found, done bool, _ error) {
 	b, err := call(s, ctx, op, sessionDisplayKey, func(ctx context.Context) ([]byte, error) {
-		return s.hot.Get(ctx, s.key(sessionKey(id))).Bytes()
+		cmd := getCmd(ctx, s.key(sessionKey(id)))
+		if err := s.process(ctx, cmd); err != nil {
+			return nil, err
+		}
+		return cmd.Bytes()
 	})
 	if err == redis.Nil { //nolint:errorlint // call returns redis.Nil unwrapped
 		s.found(false)
