@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,6 +43,7 @@ func BenchmarkIdempotency(b *testing.B) {
 	})
 	idem := s.IdempotencyMiddleware(redisservice.IdempotencyConfig{TTL: time.Minute})(pay)
 	run := strconv.FormatInt(time.Now().UnixNano(), 36)
+	var gen atomic.Int64 // numbers every caller's keys apart
 	raw := func(rts ...func(key string) error) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			key := "bench:idem:raw:" + r.Header.Get("Idempotency-Key")
@@ -79,9 +81,11 @@ func BenchmarkIdempotency(b *testing.B) {
 					require.NoError(b, serve(impl.h, "replay"))
 				}
 				rt.n.Store(0)
-				runWorkers(b, callers, func(worker int) func() error {
+				runWorkers(b, callers, func(int) func() error {
+					// b.Run calls this function more than once, with
+					// growing b.N: a key of an earlier run would replay.
 					n := 0
-					wp := prefix + strconv.Itoa(worker) + ":"
+					wp := prefix + strconv.FormatInt(gen.Add(1), 10) + ":"
 					return func() error {
 						key := "replay"
 						if impl.keys {
