@@ -67,9 +67,12 @@ func (s *Service) TryLock(ctx context.Context, key string, ttl time.Duration) (*
 // loop: it tries again after a jittered pause that starts at 4 ms and
 // doubles up to 128 ms, and never lasts longer than the holder's
 // remaining TTL, so a lock left to expire is taken over at once. Every
-// try is one round trip. Other errors end the wait.
-func (s *Service) Lock(ctx context.Context, key string, ttl time.Duration) (*Lock, error) {
+// try is one round trip. Other errors end the wait. In telemetry the call
+// is one operation, and each try an event of its span.
+func (s *Service) Lock(ctx context.Context, key string, ttl time.Duration) (_ *Lock, err error) {
 	const op = "lock"
+	ctx, scope := s.tel.Begin(ctx, op, key)
+	defer scope.End(ctx, &err)
 	l, err := s.newLock(op, key, ttl)
 	if err != nil {
 		return nil, err

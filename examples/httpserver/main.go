@@ -1,8 +1,10 @@
 // Command httpserver is a small point-of-sale API built on redisservice:
 // a cached product list invalidated on update, rate-limited endpoints with
 // the RateLimit headers, cookie sessions (a SessionManager) with a cart
-// and log-out-everywhere, a health endpoint, OpenTelemetry metrics served
-// for Prometheus at /metrics, and graceful shutdown on SIGINT or SIGTERM.
+// and log-out-everywhere, a checkout that charges once per
+// Idempotency-Key and writes stock under a fenced lock, a health
+// endpoint, OpenTelemetry metrics served for Prometheus at /metrics, and
+// graceful shutdown on SIGINT or SIGTERM.
 //
 // With REDIS_URL unset it runs against an embedded miniredis. ADDR sets
 // the listen address (default 127.0.0.1:8080).
@@ -11,6 +13,7 @@
 //	curl -i -c jar -d '{"email":"ada@example.com","password":"espresso"}' localhost:8080/login
 //	curl -i -b jar localhost:8080/products
 //	curl -i -b jar -X POST localhost:8080/cart/A-1
+//	curl -i -b jar -H 'Idempotency-Key: "ord-7f3a"' -d '{"sku":"A-1","qty":2}' localhost:8080/checkout
 //	curl -s localhost:8080/metrics | grep redisservice
 package main
 

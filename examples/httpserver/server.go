@@ -27,16 +27,23 @@ type Product struct {
 
 // catalog stands in for the database behind the cache.
 type catalog struct {
-	mu       sync.Mutex // guards products and loads
+	mu       sync.Mutex // guards every field below
 	products map[string]Product
-	loads    int // how often the list was read from the "database"
+	loads    int              // how often the list was read from the "database"
+	stock    map[string]int   // units left, by SKU
+	fences   map[string]int64 // the greatest fencing token that wrote a SKU's stock
+	charges  int              // payments taken
 }
 
 func newCatalog() *catalog {
-	return &catalog{products: map[string]Product{
-		"A-1": {"A-1", "Espresso", 250},
-		"B-2": {"B-2", "Croissant", 300},
-	}}
+	return &catalog{
+		products: map[string]Product{
+			"A-1": {"A-1", "Espresso", 250},
+			"B-2": {"B-2", "Croissant", 300},
+		},
+		stock:  map[string]int{"A-1": 100, "B-2": 20},
+		fences: map[string]int64{},
+	}
 }
 
 func (c *catalog) list(context.Context) ([]Product, error) {
@@ -85,6 +92,7 @@ func newServer(svc *redisservice.Service, c *catalog) (http.Handler, error) {
 	api.Handle("PUT /products/{sku}", s.requireSession(http.HandlerFunc(s.putProduct)))
 	api.Handle("GET /me", s.requireSession(http.HandlerFunc(s.me)))
 	api.Handle("POST /cart/{sku}", s.requireSession(http.HandlerFunc(s.addToCart)))
+	api.Handle("POST /checkout", s.requireSession(s.checkoutHandler()))
 	api.HandleFunc("POST /logout", s.logout)
 	api.Handle("POST /logout-all", s.requireSession(http.HandlerFunc(s.logoutAll)))
 

@@ -1,0 +1,70 @@
+package oteltest_test
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/vevurn/redisservice"
+)
+
+// TestIdempotencyOutcomes: every outcome of a request under the
+// Idempotency-Key middleware is counted once, under its name: stored,
+// replayed, mismatch (422), conflict (409), freed (a 5xx), and with Redis
+// gone unavailable (503) or, with FailOpen, fail_open.
+func TestIdempotencyOutcomes(t *testing.T) {
+	t.Parallel()
+	o := newObserved(t, redisservice.Options{Timeout: 300 * time.Millisecond, MaxRetries: -1})
+	started, release := make(chan struct{}), make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/slow":
+			close(started)
+			<-release
+		case "/fail":
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+		_, _ = w.Write([]byte(`{"id":"pay_1"}`))
+	})
+	guarded := o.svc.IdempotencyMiddleware(redisservice.IdempotencyConfig{})(h)
+	open := o.svc.IdempotencyMiddleware(redisservice.IdempotencyConfig{FailOpen: true})(h)
+	post := func(h http.Handler, path, key, body string) int {
+		r := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
+		r.Header.Set("Idempotency-Key", key)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w.Code
+	}
+
+	require.Equal(t, http.StatusCreated, post(guarded, "/pay", "k1", "a"), "first request")
+	require.Equal(t, http.StatusCreated, post(guarded, "/pay", "k1", "a"), "replay")
+	require.Equal(t, http.StatusUnprocessableEntity, post(guarded, "/pay", "k1", "b"), "same key, another body")
+	require.Equal(t, http.StatusBadGateway, post(guarded, "/fail", "k2", "a"), "a 5xx")
+
+	slow := make(chan int, 1)
+	go func() { slow <- post(guarded, "/slow", "k3", "a") }()
+	<-started
+	require.Equal(t, http.StatusConflict, post(guarded, "/slow", "k3", "a"), "while the first runs")
+	close(release)
+	require.Equal(t, http.StatusCreated, <-slow, "the held request")
+
+	o.mr.Close()
+	require.Equal(t, http.StatusServiceUnavailable, post(guarded, "/pay", "k4", "a"), "Redis gone")
+	require.Equal(t, http.StatusCreated, post(open, "/pay", "k5", "a"), "Redis gone, FailOpen")
+
+	assert.Equal(t, map[string]int64{
+		"redisservice.idempotency.outcome=stored":      2,
+		"redisservice.idempotency.outcome=replayed":    1,
+		"redisservice.idempotency.outcome=mismatch":    1,
+		"redisservice.idempotency.outcome=conflict":    1,
+		"redisservice.idempotency.outcome=freed":       1,
+		"redisservice.idempotency.outcome=unavailable": 1,
+		"redisservice.idempotency.outcome=fail_open":   1,
+	}, o.sums(t, "redisservice.idempotency.requests"))
+}
