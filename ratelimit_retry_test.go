@@ -90,20 +90,26 @@ func TestRateLimitScriptIsNotRetriedAfterATimeout(t *testing.T) {
 	})
 }
 
+// warmRateLimitScript loads the rate-limit script and warms s's pool
+// without a stall; under load a first dial may be slow, so a warm-up may
+// take a few tries.
+func warmRateLimitScript(t *testing.T, s *Service) {
+	t.Helper()
+	for try := 1; ; try++ {
+		_, err := s.CheckRateLimit(ctxT(t), "warm", time.Minute, 1000)
+		if err == nil {
+			return
+		}
+		require.False(t, try == 5, "CheckRateLimit without a stall: %v", err)
+	}
+}
+
 // checkScriptNotRetried holds back the reply to one CheckRateLimit of s,
 // which talks to b through p, and checks that it counted once.
 func checkScriptNotRetried(t *testing.T, b *backend, p *stallProxies, s *Service, id string) {
 	t.Helper()
 	ctx := ctxT(t)
-	// Load the script and warm the pool without a stall; under load a
-	// first dial may be slow, so a warm-up may take a few tries.
-	for try := 1; ; try++ {
-		_, err := s.CheckRateLimit(ctx, "warm", time.Minute, 1000)
-		if err == nil {
-			break
-		}
-		require.False(t, try == 5, "CheckRateLimit without a stall: %v", err)
-	}
+	warmRateLimitScript(t, s)
 	sent := p.scripts.Load()
 
 	p.arm(stallFor)
