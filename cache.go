@@ -255,9 +255,9 @@ func (s *Service) readCached(ctx context.Context, rk readKey, lock lockOp) (read
 // cluster the node client of rk.key's master: then the not-found marker,
 // on another slot, is asked through s.rdb, and only when the key is
 // missing.
-func (s *Service) readFrom(ctx context.Context, rdb redis.Cmdable, rk readKey, lock lockOp, r readReply) (readReply, error) {
+func (s *Service) readFrom(ctx context.Context, rdb redis.UniversalClient, rk readKey, lock lockOp, r readReply) (readReply, error) {
 	k := s.key(rk.key)
-	node := rdb != redis.Cmdable(s.rdb)
+	node := rdb != s.rdb
 	if !rk.withTTL && !rk.notFound && lock == lockNone {
 		var b []byte
 		var err error
@@ -273,27 +273,49 @@ func (s *Service) readFrom(ctx context.Context, rdb redis.Cmdable, rk readKey, l
 		r.b = b
 		return r, missingIfWrongType(err)
 	}
-	var get *redis.StringCmd
+	get := getCmd(ctx, k)
 	var pttl *redis.DurationCmd
 	var marker *redis.IntCmd
 	var locked *redis.BoolCmd
 	var lockExists *redis.IntCmd
-	_, _ = rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		switch lock {
-		case lockTake: // first: a value stored before the lock was taken shows in the GET
-			locked = p.SetNX(ctx, s.key(lockKey(rk.key)), "1", fleetLockTTL)
-		case lockCheck:
-			lockExists = p.Exists(ctx, s.key(lockKey(rk.key)))
-		}
-		get = p.Get(ctx, k)
+	if lock == lockNone {
+		cmds := append(make([]redis.Cmder, 0, 3), get)
 		if rk.withTTL {
-			pttl = p.PTTL(ctx, k)
+			pttl = redis.NewDurationCmd(ctx, time.Millisecond, "pttl", k)
+			cmds = append(cmds, pttl)
 		}
 		if rk.notFound && !node {
-			marker = p.Exists(ctx, s.key(notFoundKey(rk.key)))
+			marker = redis.NewIntCmd(ctx, "exists", s.key(notFoundKey(rk.key)))
+			cmds = append(cmds, marker)
 		}
-		return nil
-	})
+		ap := s.ap
+		if nc, ok := rdb.(*redis.Client); ok && node {
+			ap = s.nodePipeliner(nc)
+		}
+		if err := s.processAll(ctx, rdb, ap, cmds...); err != nil {
+			return r, err
+		}
+	} else {
+		// The fleet lock's SETNX stays on the plain client: a batch that
+		// go-redis sent again after a lost reply would find the lock its
+		// own first sending took.
+		_, _ = rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			switch lock {
+			case lockTake: // first: a value stored before the lock was taken shows in the GET
+				locked = p.SetNX(ctx, s.key(lockKey(rk.key)), "1", fleetLockTTL)
+			case lockCheck:
+				lockExists = p.Exists(ctx, s.key(lockKey(rk.key)))
+			}
+			_ = p.Process(ctx, get)
+			if rk.withTTL {
+				pttl = p.PTTL(ctx, k)
+			}
+			if rk.notFound && !node {
+				marker = p.Exists(ctx, s.key(notFoundKey(rk.key)))
+			}
+			return nil
+		})
+	}
 	switch {
 	case locked != nil:
 		ok, err := locked.Result()
@@ -311,7 +333,10 @@ func (s *Service) readFrom(ctx context.Context, rdb redis.Cmdable, rk readKey, l
 	b, err := get.Bytes()
 	err = missingIfWrongType(err)
 	if err == redis.Nil && rk.notFound && node { //nolint:errorlint // go-redis returns redis.Nil unwrapped
-		marker = s.rdb.Exists(ctx, s.key(notFoundKey(rk.key)))
+		marker = redis.NewIntCmd(ctx, "exists", s.key(notFoundKey(rk.key)))
+		if perr := s.process(ctx, marker); perr != nil && ctx.Err() != nil {
+			return r, perr // the reply may still be on its way: read nothing
+		}
 	}
 	if err == redis.Nil && marker != nil { //nolint:errorlint // go-redis returns redis.Nil unwrapped
 		n, merr := marker.Result()

@@ -74,12 +74,18 @@ func (s *Service) process(ctx context.Context, cmd redis.Cmder) error {
 // tier reads from the master it tracks), through that node's own
 // autopipeliner.
 func (s *Service) processNode(ctx context.Context, node *redis.Client, cmd redis.Cmder) error {
-	var ap *redis.AutoPipeliner
-	if s.ap != nil {
-		// go-redis keeps one per node client, and closes it with the node.
-		ap, _ = node.AsyncAutoPipelineWithOptions(fastPathOptions())
+	return s.processOn(ctx, node, s.nodePipeliner(node), cmd)
+}
+
+// nodePipeliner returns node's deferred autopipeliner, or nil when the
+// Service uses none.
+func (s *Service) nodePipeliner(node *redis.Client) *redis.AutoPipeliner {
+	if s.ap == nil {
+		return nil
 	}
-	return s.processOn(ctx, node, ap, cmd)
+	// go-redis keeps one per node client, and closes it with the node.
+	ap, _ := node.AsyncAutoPipelineWithOptions(fastPathOptions())
+	return ap
 }
 
 // processOn is process on rdb and its autopipeliner ap, nil for none.
@@ -95,6 +101,39 @@ func (s *Service) processOn(ctx context.Context, rdb redis.UniversalClient, ap *
 		return rdb.Process(ctx, cmd)
 	}
 	return ap.Submit(ctx, cmd).WaitContext(ctx)
+}
+
+// processAll is process for several commands that go together (Cache's
+// GET and PTTL): alone, they are one pipeline on rdb, one round trip of
+// their own; with other calls in flight, each goes through ap, nil for
+// none, to share round trips with theirs. It returns an error only when
+// ctx ended first: the caller must then read none of cmds, whose replies
+// may still be on their way. Otherwise each command holds its own reply
+// or error, as after a pipeline.
+func (s *Service) processAll(ctx context.Context, rdb redis.UniversalClient, ap *redis.AutoPipeliner, cmds ...redis.Cmder) error {
+	if ap != nil {
+		n := s.inFlight.Add(1)
+		defer s.inFlight.Add(-1)
+		if n > 1 || s.opts.AutoPipeline {
+			var buf [4]redis.AutoFuture
+			futures := buf[:0]
+			for _, cmd := range cmds {
+				futures = append(futures, ap.Submit(ctx, cmd))
+			}
+			for _, f := range futures {
+				if err := f.WaitContext(ctx); err != nil && err == ctx.Err() { //nolint:errorlint // WaitContext returns ctx.Err() itself
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	p := rdb.Pipeline()
+	for _, cmd := range cmds {
+		_ = p.Process(ctx, cmd)
+	}
+	_, _ = p.Exec(ctx) // each command holds its error
+	return nil
 }
 
 // The commands of the fast path, built as go-redis's typed methods build

@@ -192,89 +192,118 @@ func (h holdHook) hold(cmds []redis.Cmder) {
 func TestQueuedCallReturnsWhenItsContextEnds(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, b *backend) {
-		ctx := ctxT(t)
-		release := make(chan struct{})
-		var once sync.Once
-		unblock := func() { once.Do(func() { close(release) }) }
-		t.Cleanup(unblock)
-		held := make(chan struct{}, 1)
-		// One hash tag: on a cluster, the commands share a slot, so the
-		// autopipeliner queues them behind one another too.
-		b.client.AddHook(holdHook{key: b.raw("{q}slow"), held: held, release: release})
-		s := b.service(t, Options{AutoPipeline: true, Timeout: time.Minute})
-		require.NotNil(t, s.ap, "the Service has no autopipeliner")
-
-		slow := make(chan error, 1)
-		go func() {
-			_, err := s.Set(ctx, "{q}slow", "v")
-			slow <- err
-		}()
-		select {
-		case <-held:
-		case <-time.After(waitDeadline):
-			require.FailNow(t, "the slow command never reached Redis")
-		}
-
-		// The flusher takes the commands queued then to wait for the slow
-		// batch's turn, once, and no more: every command queued after
-		// that stays in the queue. A primer no longer in the queue but
-		// still in flight (the slow Set is the one other call in flight)
-		// shows that the flusher has taken them.
-		pctx, pcancel := context.WithCancel(ctx)
-		var primers sync.WaitGroup
-		taken := func() bool { return s.ap.Len() > 0 && int(s.inFlight.Load())-1 > s.ap.Len() }
-		waitFor(t, "the flusher takes queued Gets", func() bool {
-			if taken() {
-				time.Sleep(time.Millisecond) // not a primer between its count and its queueing
-				return taken()
-			}
-			primers.Go(func() { _, _, _ = s.Get(pctx, "{q}primer") })
-			time.Sleep(time.Millisecond)
-			return false
+		queuedCallReturns(t, b, 1, func(ctx context.Context, s *Service, i int) error {
+			_, _, err := s.Get(ctx, "{q}k")
+			return err
 		})
-		base := s.ap.Len()
+	})
+}
 
-		const tries = 15
-		took := make([]time.Duration, 0, tries)
-		for i := range tries {
-			cctx, cancel := context.WithCancel(ctx)
-			returned := make(chan time.Time, 1)
-			var err error
-			go func() {
-				_, _, err = s.Get(cctx, "{q}k")
-				returned <- time.Now()
-			}()
-			waitFor(t, fmt.Sprintf("Get %d queued (queue %d, base %d)", i, s.ap.Len(), base), func() bool {
-				select {
-				case r := <-returned:
-					t.Fatalf("Get %d returned %v before its cancel: %v", i, r, err)
-				default:
-				}
-				return s.ap.Len() > base+i
-			})
-			cancelled := time.Now()
-			cancel()
+// TestQueuedCacheReadReturnsWhenItsContextEnds is
+// TestQueuedCallReturnsWhenItsContextEnds for Cache reads that send GET,
+// PTTL and EXISTS of the not-found marker together: the caller returns
+// when its ctx is cancelled, though none of the three has been sent, and
+// calls no loader.
+func TestQueuedCacheReadReturnsWhenItsContextEnds(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		queuedCallReturns(t, b, 3, func(ctx context.Context, s *Service, i int) error {
+			_, err := Cache(ctx, s, "{q}c"+strconv.Itoa(i), time.Minute, func(context.Context) (int, error) {
+				t.Errorf("Cache({q}c%d) called its loader", i)
+				return 0, nil
+			}, StaleWhileRevalidate(time.Second), NotFoundTTL(time.Second))
+			return err
+		})
+	})
+}
+
+// queuedCallReturns holds a slow Set's batch, queues calls behind it
+// that send cmds commands each, cancels each call's ctx and checks how
+// soon it returns, with context.Canceled.
+func queuedCallReturns(t *testing.T, b *backend, cmds int, call func(ctx context.Context, s *Service, i int) error) {
+	t.Helper()
+	ctx := ctxT(t)
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	held := make(chan struct{}, 1)
+	// One hash tag: on a cluster, the commands share a slot, so the
+	// autopipeliner queues them behind one another too.
+	b.client.AddHook(holdHook{key: b.raw("{q}slow"), held: held, release: release})
+	s := b.service(t, Options{AutoPipeline: true, Timeout: time.Minute})
+	require.NotNil(t, s.ap, "the Service has no autopipeliner")
+
+	slow := make(chan error, 1)
+	go func() {
+		_, err := s.Set(ctx, "{q}slow", "v")
+		slow <- err
+	}()
+	select {
+	case <-held:
+	case <-time.After(waitDeadline):
+		require.FailNow(t, "the slow command never reached Redis")
+	}
+
+	// The flusher takes the commands queued then to wait for the slow
+	// batch's turn, once, and no more: every command queued after
+	// that stays in the queue. A primer no longer in the queue but
+	// still in flight (the slow Set is the one other call in flight)
+	// shows that the flusher has taken them.
+	pctx, pcancel := context.WithCancel(ctx)
+	var primers sync.WaitGroup
+	taken := func() bool { return s.ap.Len() > 0 && int(s.inFlight.Load())-1 > s.ap.Len() }
+	waitFor(t, "the flusher takes queued Gets", func() bool {
+		if taken() {
+			time.Sleep(time.Millisecond) // not a primer between its count and its queueing
+			return taken()
+		}
+		primers.Go(func() { _, _, _ = s.Get(pctx, "{q}primer") })
+		time.Sleep(time.Millisecond)
+		return false
+	})
+	base := s.ap.Len()
+
+	const tries = 15
+	took := make([]time.Duration, 0, tries)
+	for i := range tries {
+		cctx, cancel := context.WithCancel(ctx)
+		returned := make(chan time.Time, 1)
+		var err error
+		go func() {
+			err = call(cctx, s, i)
+			returned <- time.Now()
+		}()
+		waitFor(t, fmt.Sprintf("call %d queued (queue %d, base %d)", i, s.ap.Len(), base), func() bool {
 			select {
 			case r := <-returned:
-				took = append(took, r.Sub(cancelled))
-			case <-time.After(waitDeadline):
-				require.FailNow(t, fmt.Sprintf("Get %d still waits %v after its cancel", i, waitDeadline))
+				t.Fatalf("call %d returned %v before its cancel: %v", i, r, err)
+			default:
 			}
-			require.ErrorIs(t, err, context.Canceled, "Get %d", i)
+			return s.ap.Len() >= base+cmds*(i+1)
+		})
+		cancelled := time.Now()
+		cancel()
+		select {
+		case r := <-returned:
+			took = append(took, r.Sub(cancelled))
+		case <-time.After(waitDeadline):
+			require.FailNow(t, fmt.Sprintf("call %d still waits %v after its cancel", i, waitDeadline))
 		}
-		slices.Sort(took)
-		t.Logf("cancel to return over %d queued Gets: median %v, max %v", tries, took[tries/2], took[tries-1])
-		assert.LessOrEqual(t, took[tries/2], time.Millisecond, "median time from cancel to return")
-		assert.LessOrEqual(t, took[tries-1], 100*time.Millisecond, "longest time from cancel to return")
+		require.ErrorIs(t, err, context.Canceled, "call %d", i)
+	}
+	slices.Sort(took)
+	t.Logf("cancel to return over %d queued calls: median %v, max %v", tries, took[tries/2], took[tries-1])
+	assert.LessOrEqual(t, took[tries/2], time.Millisecond, "median time from cancel to return")
+	assert.LessOrEqual(t, took[tries-1], 100*time.Millisecond, "longest time from cancel to return")
 
-		pcancel()
-		primers.Wait()
-		unblock()
-		require.NoError(t, <-slow, "the slow Set")
-		v, found, err := s.Get(ctx, "{q}slow")
-		require.NoError(t, err)
-		assert.True(t, found && v == "v", "Get({q}slow) = %q, %v; want v, true", v, found)
-	})
+	pcancel()
+	primers.Wait()
+	unblock()
+	require.NoError(t, <-slow, "the slow Set")
+	v, found, err := s.Get(ctx, "{q}slow")
+	require.NoError(t, err)
+	assert.True(t, found && v == "v", "Get({q}slow) = %q, %v; want v, true", v, found)
 }
 
 // TestStalledServerUnder64CallersFailsFast: 64 callers whose commands
@@ -424,4 +453,111 @@ func TestRateLimitScriptsInABatchRunAtMostOnce(t *testing.T) {
 			}
 		})
 	}
+}
+
+// getCounter records the most distinct keys that one round trip (a
+// pipeline, or a lone command) carried GETs of.
+type getCounter struct{ most atomic.Int64 }
+
+func (h *getCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *getCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.count([]redis.Cmder{cmd})
+		return next(ctx, cmd)
+	}
+}
+
+func (h *getCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.count(cmds)
+		return next(ctx, cmds)
+	}
+}
+
+func (h *getCounter) count(cmds []redis.Cmder) {
+	keys := map[any]bool{}
+	for _, c := range cmds {
+		if a := c.Args(); len(a) == 2 && c.Name() == "get" {
+			keys[a[1]] = true
+		}
+	}
+	for n := int64(len(keys)); ; {
+		m := h.most.Load()
+		if n <= m || h.most.CompareAndSwap(m, n) {
+			return
+		}
+	}
+}
+
+// TestConcurrentCacheReadsShareRoundTrips: Cache's reads that send GET
+// with PTTL and EXISTS of the not-found marker (the local tier's misses,
+// StaleWhileRevalidate, NotFoundTTL), made by 32 concurrent callers
+// through the autopipeliner, share round trips, and each still gets its
+// own key's value, remaining TTL and marker.
+func TestConcurrentCacheReadsShareRoundTrips(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		gets := &getCounter{}
+		b.client.AddHook(gets)
+		if cc, ok := b.client.(*redis.ClusterClient); ok {
+			// The tier reads from each key's master through its node
+			// client, whose hooks are its own.
+			cc.OnNewNode(func(n *redis.Client) { n.AddHook(gets) })
+			require.NoError(t, cc.ForEachShard(ctxT(t), func(_ context.Context, n *redis.Client) error {
+				n.AddHook(gets)
+				return nil
+			}))
+		}
+		s := b.service(t, Options{AutoPipeline: true, LocalCacheEntries: 8, Timeout: 10 * time.Second})
+		ctx := ctxT(t)
+		// Key k holds k with a TTL of k+1 minutes when k%3 == 0, k with no
+		// TTL when k%3 == 1, and is missing with its not-found marker when
+		// k%3 == 2.
+		const keys = 30
+		for k := range keys {
+			key := "c" + strconv.Itoa(k)
+			var err error
+			switch k % 3 {
+			case 0:
+				_, err = s.SetJSON(ctx, key, k, WithTTL(time.Duration(k+1)*time.Minute))
+			case 1:
+				_, err = s.SetJSON(ctx, key, k)
+			case 2:
+				err = b.client.Set(ctx, b.raw(notFoundKey(key)), notFoundMarker, time.Minute).Err()
+			}
+			require.NoError(t, err)
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, 32)
+		for g := range 32 {
+			wg.Go(func() {
+				for i := range 30 {
+					k := (g + i) % keys
+					key := "c" + strconv.Itoa(k)
+					v, hit, r, err := cacheRead[int](ctx, s, readKey{key: key, withTTL: true, notFound: true})
+					var bad bool
+					switch k % 3 {
+					case 0:
+						ttl := time.Duration(k+1) * time.Minute
+						bad = !hit || v != k || r.pttl <= ttl-time.Minute || r.pttl > ttl
+					case 1:
+						bad = !hit || v != k || r.pttl != -1
+					case 2:
+						bad = hit || !r.notFound
+					}
+					if bad || err != nil {
+						errs <- fmt.Errorf("cacheRead(%s) = %d, hit %v, PTTL %v, not found %v, %v", key, v, hit, r.pttl, r.notFound, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			assert.NoError(t, err)
+		}
+		assert.Greater(t, gets.most.Load(), int64(1), "most keys read in one round trip")
+	})
 }

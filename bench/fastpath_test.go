@@ -11,14 +11,18 @@ import (
 	"github.com/vevurn/redisservice"
 )
 
-// BenchmarkAutoPipeline compares a Service with Options.AutoPipeline
-// (impl=autopipeline) with a plain one (impl=plain) at 16 and 64
-// concurrent callers. ns/op is wall time over all callers' calls, the
-// inverse of throughput.
+// BenchmarkAutoPipeline compares a Service with the default options
+// (impl=default: a lone call on the plain client, concurrent ones through
+// the autopipeliner), one with Options.AutoPipeline (impl=always: every
+// call through the autopipeliner) and one with Options.NoAutoPipeline
+// (impl=off: every call on the plain client) at 16 and 64 concurrent
+// callers. ns/op is wall time over all callers' calls, the inverse of
+// throughput.
 func BenchmarkAutoPipeline(b *testing.B) {
-	plain := newService(b, redisservice.Options{})
-	auto := newService(b, redisservice.Options{AutoPipeline: true})
-	require.NoError(b, plain.Client().Set(context.Background(), "bench:ap", value64, 0).Err())
+	def := newService(b, redisservice.Options{})
+	always := newService(b, redisservice.Options{AutoPipeline: true})
+	off := newService(b, redisservice.Options{NoAutoPipeline: true})
+	require.NoError(b, def.Client().Set(context.Background(), "bench:ap", value64, 0).Err())
 	ctx := context.Background()
 	ops := []struct {
 		name string
@@ -41,7 +45,7 @@ func BenchmarkAutoPipeline(b *testing.B) {
 			for _, impl := range []struct {
 				name string
 				s    *redisservice.Service
-			}{{"plain", plain}, {"autopipeline", auto}} {
+			}{{"default", def}, {"always", always}, {"off", off}} {
 				b.Run(fmt.Sprintf("op=%s/callers=%d/impl=%s", op.name, callers, impl.name), func(b *testing.B) {
 					runCallers(b, callers, func(i int) error { return op.fn(impl.s, i) })
 				})

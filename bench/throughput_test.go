@@ -61,8 +61,12 @@ type tpImpl struct {
 //	hybrid-async       a lone call (no other in flight) on the plain client,
 //	                   the rest through ap-async
 //	rueidis            rueidis.NewClient with its defaults
-//	service            Service, default Options
-//	service-ap         Service with Options.AutoPipeline
+//	service            Service, default Options: a lone call on the plain
+//	                   client, concurrent ones through its autopipeliner
+//	service-ap         Service with Options.AutoPipeline: every call
+//	                   through the autopipeliner
+//	service-off        Service with Options.NoAutoPipeline: every call on
+//	                   the plain client
 //
 // BENCH_TP_IMPLS (a comma-separated list of names) chooses the set; by
 // default every impl runs but the flush-delay ones (see dropped).
@@ -196,6 +200,7 @@ func throughputImpls(b *testing.B, url string) []tpImpl {
 	})
 	add("service", func() tpImpl { return serviceImpl(newService(b, redisservice.Options{})) })
 	add("service-ap", func() tpImpl { return serviceImpl(newService(b, redisservice.Options{AutoPipeline: true})) })
+	add("service-off", func() tpImpl { return serviceImpl(newService(b, redisservice.Options{NoAutoPipeline: true})) })
 	require.NotEmpty(b, impls, "BENCH_TP_IMPLS=%q names no impl", os.Getenv("BENCH_TP_IMPLS"))
 	return impls
 }
