@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -143,6 +144,15 @@ func checkScriptNotRetried(t *testing.T, b *backend, p *stallProxies, s *Service
 	assert.False(t, err != nil || r.Remaining != 9-count, "CheckRateLimit after the stall = %+v, %v; want Remaining %d", r, err, 9-count)
 }
 
+// TestRateLimitScriptIsNotRetriedOnAStalledServer: on a real server that
+// stalls (DEBUG SLEEP), CheckRateLimit fails with a timeout within a few
+// read timeouts and its request counts at most once. It is a bound test:
+// here go-redis v9.23 does not run a retried script twice behind DEBUG
+// SLEEP even with NoRetry off (measured: EVAL called once), so the
+// never-twice guarantee itself is proven with the proxy that holds a reply
+// back (TestRateLimitScriptIsNotRetriedAfterATimeout,
+// TestRateLimitScriptsInABatchRunAtMostOnce; TestStallMakesGoRedisRetry
+// shows that proxy provokes the retry).
 func TestRateLimitScriptIsNotRetriedOnAStalledServer(t *testing.T) {
 	t.Parallel()
 	sr := startRedisServer(t)
@@ -168,6 +178,29 @@ func TestRateLimitScriptIsNotRetriedOnAStalledServer(t *testing.T) {
 	}
 	wg.Wait()
 
+	// A round in which the request never reached Redis before its read
+	// timeout (a starved machine) proves nothing either way: a retry, the
+	// fault this test is for, would then count once too. Such a round is
+	// run again, with a key of its own.
+	for round := 1; ; round++ {
+		key := "stalled-" + strconv.Itoa(round)
+		n := stalledCheckRateLimit(t, s, sr, direct, key)
+		require.LessOrEqual(t, n, 1, "counter after one timed-out CheckRateLimit (round %d)", round)
+		if n == 1 {
+			return
+		}
+		require.Less(t, round, 3, "in %d rounds the request never reached the stalled server before its read timeout", round)
+		t.Logf("round %d: the request never reached Redis before its read timeout (a loaded machine); again", round)
+	}
+}
+
+// stalledCheckRateLimit stalls sr with DEBUG SLEEP, makes one
+// CheckRateLimit of key through s, checks that it fails with a timeout
+// within four read timeouts, and returns the counter once the server
+// answers again: 1 when the script ran once, 0 when it never reached Redis.
+func stalledCheckRateLimit(t *testing.T, s *Service, sr *redisServer, direct *redis.Client, key string) int {
+	t.Helper()
+	ctx := ctxT(t)
 	// The server itself stalls: commands queue up behind DEBUG SLEEP and
 	// run when it ends, retries included.
 	waitForStall := stallProbe(t, sr.addr())
@@ -177,7 +210,7 @@ func TestRateLimitScriptIsNotRetriedOnAStalledServer(t *testing.T) {
 	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	start := time.Now()
-	r, err := s.CheckRateLimit(callCtx, "stalled", time.Minute, 10)
+	r, err := s.CheckRateLimit(callCtx, key, time.Minute, 10)
 	// 2s: four read timeouts, and short of the 2.5s that waiting for the
 	// server (or retrying behind it) takes.
 	took := time.Since(start)
@@ -185,8 +218,12 @@ func TestRateLimitScriptIsNotRetriedOnAStalledServer(t *testing.T) {
 	require.NoError(t, <-slept, "DEBUG SLEEP")
 	// Whatever was queued has run once the server answers again.
 	require.NoError(t, direct.Ping(ctx).Err())
-	n, err := direct.Get(ctx, "ratelimit:stalled").Int()
-	assert.False(t, err != nil || n != 1, "counter after one timed-out CheckRateLimit = %d, %v; want 1", n, err)
+	n, err := direct.Get(ctx, "ratelimit:"+key).Int()
+	if errors.Is(err, redis.Nil) {
+		return 0
+	}
+	require.NoError(t, err, "counter after one timed-out CheckRateLimit")
+	return n
 }
 
 // TestStallMakesGoRedisRetry shows that the proxy above provokes a retry
