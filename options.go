@@ -279,6 +279,10 @@ type Options struct {
 	// default value is time.Now. Rate-limit windows use the Redis server's
 	// clock instead, so that all processes agree.
 	Now func() time.Time
+
+	// queueLimit, when positive, bounds the autopipeliner's queue instead
+	// of maxQueued: a test seam, so that a test can fill the queue.
+	queueLimit int
 }
 
 // withDefaults returns a copy of o with every unset field filled in.
