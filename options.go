@@ -142,8 +142,11 @@ type Options struct {
 	// still returns as soon as its ctx ends, with the ctx's error, while its
 	// command may yet run, as with a plain client whose call is cut short;
 	// a failed batch fails or retries only its own commands, and the
-	// scripts that must not run twice are never sent again. It applies to
-	// a dialled client and to a *redis.Client or *redis.ClusterClient in
+	// scripts that must not run twice are never sent again. Past 16,384
+	// queued commands a call fails at once, with its fallback and an error
+	// matching [redis.ErrAutoPipelineQueueFull], which does not count as
+	// Redis down. It applies to a client New dials (one node or through
+	// the sentinels) and to a *redis.Client or *redis.ClusterClient in
 	// Client (whose autopipeliner go-redis shares and closes with it).
 	// The default is false.
 	NoAutoPipeline bool
