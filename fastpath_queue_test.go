@@ -21,27 +21,42 @@ import (
 // (IsConnected stays true, and the calls fail for no other reason), the
 // queued calls succeed once the batch goes through, and every slot comes
 // back: a second round fills the queue with as many calls as the first.
+// It runs on every backend and on a Service dialled through the
+// sentinels (keys of its own on their master, nothing failed over).
 func TestAutoPipelineQueueFull(t *testing.T) {
 	t.Parallel()
+	const queueLimit = 8
+	opts := Options{Timeout: time.Minute, queueLimit: queueLimit}
 	forEachBackend(t, func(t *testing.T, b *backend) {
-		const queueLimit = 8
-		const callers = 3 * queueLimit
-		s := b.service(t, Options{Timeout: time.Minute, queueLimit: queueLimit})
-		require.NotNil(t, s.ap, "the Service has no autopipeliner")
-		ctx := ctxT(t)
-		for round := range 2 {
-			queued, rejected := fillQueue(t, s, strconv.Itoa(round), callers)
-			assert.Equal(t, queueLimit-1, queued, "round %d: calls queued behind the held batch (the queue holds it too)", round)
-			assert.Equal(t, callers-queueLimit+1, rejected, "round %d: calls refused with the queue full", round)
-		}
-		assert.True(t, s.IsConnected(), "IsConnected after the queue was full")
-		_, err := s.Set(ctx, "after", "v")
-		require.NoError(t, err, "Set after the queue was full")
-		v, found, err := s.Get(ctx, "after")
-		require.NoError(t, err, "Get after the queue was full")
-		assert.True(t, found && v == "v", "Get(after) = %q, %v; want v, true", v, found)
-		waitFor(t, "the autopipeliner's queue empties", func() bool { return s.ap.Len() == 0 })
+		queueFullFailsAlone(t, b.service(t, opts))
 	})
+	t.Run("sentinel", func(t *testing.T) {
+		ss := sentinelSetOrSkip(t)
+		ss.waitHealthy(t)
+		queueFullFailsAlone(t, sentinelService(t, ss, opts))
+	})
+}
+
+// queueFullFailsAlone is TestAutoPipelineQueueFull on s, made with
+// Options.queueLimit.
+func queueFullFailsAlone(t *testing.T, s *Service) {
+	t.Helper()
+	require.NotNil(t, s.ap, "the Service has no autopipeliner")
+	limit := s.opts.queueLimit
+	callers := 3 * limit
+	ctx := ctxT(t)
+	for round := range 2 {
+		queued, rejected := fillQueue(t, s, strconv.Itoa(round), callers)
+		assert.Equal(t, limit-1, queued, "round %d: calls queued behind the held batch (the queue holds it too)", round)
+		assert.Equal(t, callers-limit+1, rejected, "round %d: calls refused with the queue full", round)
+	}
+	assert.True(t, s.IsConnected(), "IsConnected after the queue was full")
+	_, err := s.Set(ctx, "after", "v")
+	require.NoError(t, err, "Set after the queue was full")
+	v, found, err := s.Get(ctx, "after")
+	require.NoError(t, err, "Get after the queue was full")
+	assert.True(t, found && v == "v", "Get(after) = %q, %v; want v, true", v, found)
+	waitFor(t, "the autopipeliner's queue empties", func() bool { return s.ap.Len() == 0 })
 }
 
 // fillQueue holds a lone Set on s's plain client, so that every call

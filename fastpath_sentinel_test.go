@@ -66,12 +66,12 @@ func TestFastPathThroughSentinel(t *testing.T) {
 }
 
 // sentinelService returns a Service that dials the master of ss, with
-// opts and a key prefix of its own. At cleanup it deletes its keys and
+// opts' Timeout, AutoPipeline and queueLimit and a key prefix of its own. At cleanup it deletes its keys and
 // is closed.
 func sentinelService(t testing.TB, ss sentinelSet, opts Options) *Service {
 	t.Helper()
 	so := ss.options(t, "")
-	so.Timeout, so.AutoPipeline = opts.Timeout, opts.AutoPipeline
+	so.Timeout, so.AutoPipeline, so.queueLimit = opts.Timeout, opts.AutoPipeline, opts.queueLimit
 	s := newService(t, so)
 	require.NotNil(t, s.ap, "the Service dialled through the sentinels has no autopipeliner")
 	t.Cleanup(func() { // before Close: cleanups run last in, first out
