@@ -21,7 +21,7 @@ import (
 // maxQueued bounds the commands the autopipeliner holds, sent or not,
 // including those whose callers stopped waiting: past it a call fails
 // with ErrAutoPipelineQueueFull instead of growing the queue behind a
-// stalled server.
+// stalled server. Options.queueLimit replaces it in tests.
 const maxQueued = 16384
 
 // asyncPipeliner is a go-redis client with a deferred autopipeliner:
@@ -42,7 +42,7 @@ func (s *Service) startFastPath() error {
 	if !ok {
 		return nil
 	}
-	ap, err := c.AsyncAutoPipelineWithOptions(fastPathOptions())
+	ap, err := c.AsyncAutoPipelineWithOptions(s.fastPathOptions())
 	switch {
 	case err == nil:
 		s.ap = ap
@@ -57,9 +57,12 @@ func (s *Service) startFastPath() error {
 // no flush delay, batches of up to 200 commands), with the queue bounded.
 // bench's BenchmarkDefaultPath compares it with raw go-redis and with the
 // autopipeliner on or off for every call.
-func fastPathOptions() *redis.AutoPipelineOptions {
+func (s *Service) fastPathOptions() *redis.AutoPipelineOptions {
 	cfg := redis.DefaultAutoPipelineOptions()
 	cfg.MaxQueuedCommands = maxQueued
+	if s.opts.queueLimit > 0 {
+		cfg.MaxQueuedCommands = s.opts.queueLimit
+	}
 	return cfg
 }
 
@@ -84,7 +87,7 @@ func (s *Service) nodePipeliner(node *redis.Client) *redis.AutoPipeliner {
 		return nil
 	}
 	// go-redis keeps one per node client, and closes it with the node.
-	ap, _ := node.AsyncAutoPipelineWithOptions(fastPathOptions())
+	ap, _ := node.AsyncAutoPipelineWithOptions(s.fastPathOptions())
 	return ap
 }
 

@@ -217,10 +217,17 @@ func TestQueuedCacheReadReturnsWhenItsContextEnds(t *testing.T) {
 	})
 }
 
-// queuedCallReturns holds a slow Set's batch, queues calls behind it
-// that send cmds commands each, cancels each call's ctx and checks how
-// soon it returns, with context.Canceled.
+// queuedCallReturns is queuedCallsReturn on a Service over b.
 func queuedCallReturns(t *testing.T, b *backend, cmds int, call func(ctx context.Context, s *Service, i int) error) {
+	t.Helper()
+	queuedCallsReturn(t, b.service(t, Options{AutoPipeline: true, Timeout: time.Minute}), cmds, call)
+}
+
+// queuedCallsReturn holds a slow Set's batch on s, made with
+// AutoPipeline, queues calls behind it that send cmds commands each,
+// cancels each call's ctx and checks how soon it returns, with
+// context.Canceled.
+func queuedCallsReturn(t *testing.T, s *Service, cmds int, call func(ctx context.Context, s *Service, i int) error) {
 	t.Helper()
 	ctx := ctxT(t)
 	release := make(chan struct{})
@@ -230,8 +237,7 @@ func queuedCallReturns(t *testing.T, b *backend, cmds int, call func(ctx context
 	held := make(chan struct{}, 1)
 	// One hash tag: on a cluster, the commands share a slot, so the
 	// autopipeliner queues them behind one another too.
-	b.client.AddHook(holdHook{key: b.raw("{q}slow"), held: held, release: release})
-	s := b.service(t, Options{AutoPipeline: true, Timeout: time.Minute})
+	s.rdb.AddHook(holdHook{key: s.key("{q}slow"), held: held, release: release})
 	require.NotNil(t, s.ap, "the Service has no autopipeliner")
 
 	slow := make(chan error, 1)

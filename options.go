@@ -142,8 +142,11 @@ type Options struct {
 	// still returns as soon as its ctx ends, with the ctx's error, while its
 	// command may yet run, as with a plain client whose call is cut short;
 	// a failed batch fails or retries only its own commands, and the
-	// scripts that must not run twice are never sent again. It applies to
-	// a dialled client and to a *redis.Client or *redis.ClusterClient in
+	// scripts that must not run twice are never sent again. Past 16,384
+	// queued commands a call fails at once, with its fallback and an error
+	// matching [redis.ErrAutoPipelineQueueFull], which does not count as
+	// Redis down. It applies to a client New dials (one node or through
+	// the sentinels) and to a *redis.Client or *redis.ClusterClient in
 	// Client (whose autopipeliner go-redis shares and closes with it).
 	// The default is false.
 	NoAutoPipeline bool
@@ -279,6 +282,10 @@ type Options struct {
 	// default value is time.Now. Rate-limit windows use the Redis server's
 	// clock instead, so that all processes agree.
 	Now func() time.Time
+
+	// queueLimit, when positive, bounds the autopipeliner's queue instead
+	// of maxQueued: a test seam, so that a test can fill the queue.
+	queueLimit int
 }
 
 // withDefaults returns a copy of o with every unset field filled in.
