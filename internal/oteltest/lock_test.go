@@ -14,46 +14,114 @@ import (
 )
 
 // TestLockOperations: each lock call is one operation under its own op,
-// with one span: TryLock, Refresh, Unlock, and a Lock that finds the key
-// free.
+// with one span, and, when Redis answered, one count of its lock outcome
+// (redisservice.lock.requests, also on its span): a TryLock that takes
+// the lock (acquired) or finds it held (held, a miss), a Refresh and an
+// Unlock of the holder (refreshed, released) and of a holder whose lock
+// was taken over (lost, a miss), a Lock that finds the key free
+// (acquired) and one whose ctx ends while another holds it (held, an
+// error: its ctx's).
 func TestLockOperations(t *testing.T) {
 	t.Parallel()
 	o := newObserved(t, redisservice.Options{})
 	ctx := ctxT(t)
+	// tries cancels the ctx armed with it once a script has answered, so
+	// that a Lock's wait, not its round trip, sees the ctx end.
+	tries := &scripts{}
+	o.svc.Client().AddHook(tries)
+
 	l, err := o.svc.TryLock(ctx, "stock:A-1", time.Minute)
 	require.NoError(t, err)
+	_, err = o.svc.TryLock(ctx, "stock:A-1", time.Minute)
+	require.ErrorIs(t, err, redisservice.ErrLockHeld)
 	require.NoError(t, l.Refresh(ctx, time.Minute))
 	require.NoError(t, l.Unlock(ctx))
 	l, err = o.svc.Lock(ctx, "stock:A-1", time.Minute)
 	require.NoError(t, err)
 	require.Equal(t, int64(2), l.Token())
+	waiting, cancel := context.WithCancel(ctx)
+	tries.cancelAfter(cancel)
+	_, err = o.svc.Lock(waiting, "stock:A-1", time.Minute)
+	require.ErrorIs(t, err, context.Canceled)
+
+	old, err := o.svc.TryLock(ctx, "stock:B-1", time.Second)
+	require.NoError(t, err)
+	o.mr.FastForward(2 * time.Second)
+	taker, err := o.svc.TryLock(ctx, "stock:B-1", time.Minute)
+	require.NoError(t, err)
+	require.ErrorIs(t, old.Refresh(ctx, time.Minute), redisservice.ErrLockLost)
+	require.ErrorIs(t, old.Unlock(ctx), redisservice.ErrLockLost)
+	require.NoError(t, taker.Unlock(ctx))
 
 	assert.Equal(t, map[string]int64{
-		"redisservice.op=trylock,redisservice.outcome=ok":     1,
-		"redisservice.op=refreshlock,redisservice.outcome=ok": 1,
-		"redisservice.op=unlock,redisservice.outcome=ok":      1,
-		"redisservice.op=lock,redisservice.outcome=ok":        1,
+		"redisservice.lock.outcome=acquired,redisservice.op=trylock":      3,
+		"redisservice.lock.outcome=held,redisservice.op=trylock":          1,
+		"redisservice.lock.outcome=refreshed,redisservice.op=refreshlock": 1,
+		"redisservice.lock.outcome=lost,redisservice.op=refreshlock":      1,
+		"redisservice.lock.outcome=released,redisservice.op=unlock":       2,
+		"redisservice.lock.outcome=lost,redisservice.op=unlock":           1,
+		"redisservice.lock.outcome=acquired,redisservice.op=lock":         1,
+		"redisservice.lock.outcome=held,redisservice.op=lock":             1,
+	}, o.sums(t, "redisservice.lock.requests"))
+	assert.Equal(t, map[string]int64{
+		"redisservice.op=trylock,redisservice.outcome=ok":       3,
+		"redisservice.op=trylock,redisservice.outcome=miss":     1,
+		"redisservice.op=refreshlock,redisservice.outcome=ok":   1,
+		"redisservice.op=refreshlock,redisservice.outcome=miss": 1,
+		"redisservice.op=unlock,redisservice.outcome=ok":        2,
+		"redisservice.op=unlock,redisservice.outcome=miss":      1,
+		"redisservice.op=lock,redisservice.outcome=ok":          1,
+		"redisservice.op=lock,redisservice.outcome=error":       1,
 	}, o.sums(t, "redisservice.operations"))
-	var names []string
+
+	// One span per call, in the order of the calls, each with the
+	// outcome of its call; only the Lock whose ctx ended is an error.
+	var got []string
 	for _, s := range o.spans.Ended() {
-		names = append(names, s.Name())
+		lock, _ := spanAttr(s, "redisservice.lock.outcome")
+		out, _ := spanAttr(s, "redisservice.outcome")
+		got = append(got, s.Name()+" "+lock+" "+out+" "+s.Status().Code.String())
 	}
-	assert.Equal(t, []string{"redisservice.trylock", "redisservice.refreshlock", "redisservice.unlock", "redisservice.lock"}, names)
+	assert.Equal(t, []string{
+		"redisservice.trylock acquired ok Unset",
+		"redisservice.trylock held miss Unset",
+		"redisservice.refreshlock refreshed ok Unset",
+		"redisservice.unlock released ok Unset",
+		"redisservice.lock acquired ok Unset",
+		"redisservice.lock held error Error",
+		"redisservice.trylock acquired ok Unset",
+		"redisservice.trylock acquired ok Unset",
+		"redisservice.refreshlock lost miss Unset",
+		"redisservice.unlock lost miss Unset",
+		"redisservice.unlock released ok Unset",
+	}, got)
 }
 
 // scripts counts the EVALSHAs a client sends (one per try of a lock;
-// a script not loaded yet is sent again as EVAL). Add it with
+// a script not loaded yet is sent again as EVAL), and calls the function
+// set by cancelAfter once, when the next one has answered. Add it with
 // rdb.AddHook.
-type scripts struct{ n atomic.Int64 }
+type scripts struct {
+	n      atomic.Int64
+	cancel atomic.Pointer[context.CancelFunc]
+}
+
+// cancelAfter arms cancel: it runs when the next EVALSHA has answered.
+func (h *scripts) cancelAfter(cancel context.CancelFunc) { h.cancel.Store(&cancel) }
 
 func (h *scripts) DialHook(next redis.DialHook) redis.DialHook { return next }
 
 func (h *scripts) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() == "evalsha" {
-			h.n.Add(1)
+		if cmd.Name() != "evalsha" {
+			return next(ctx, cmd)
 		}
-		return next(ctx, cmd)
+		h.n.Add(1)
+		err := next(ctx, cmd)
+		if cancel := h.cancel.Swap(nil); cancel != nil {
+			(*cancel)()
+		}
+		return err
 	}
 }
 
