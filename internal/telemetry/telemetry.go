@@ -58,6 +58,7 @@ const (
 	IdemFreed       = "freed"       // a 5xx, a panic or an unfinished handler: the key is freed
 	IdemFailOpen    = "fail_open"   // Redis gave no answer; run unprotected (FailOpen)
 	IdemUnavailable = "unavailable" // Redis gave no answer; answered 503
+	IdemCorrupt     = "corrupt"     // the stored response did not decode: dropped, answered 409
 )
 
 // Outcomes of a lock call that Redis answered: the values of
@@ -138,7 +139,7 @@ func New(cfg Config) (*Telemetry, error) {
 	}
 	t.results = attributeOptions("redisservice.cache.result", CacheHit, CacheLocalHit, CacheMiss, CacheStale, CacheNotFound)
 	t.decisions = attributeOptions("redisservice.ratelimit.decision", decisionAllowed, decisionDenied, decisionFailOpen, decisionFailClosed)
-	t.idemOuts = attributeOptions("redisservice.idempotency.outcome", IdemStored, IdemReplayed, IdemConflict, IdemMismatch, IdemFreed, IdemFailOpen, IdemUnavailable)
+	t.idemOuts = attributeOptions("redisservice.idempotency.outcome", IdemStored, IdemReplayed, IdemConflict, IdemMismatch, IdemFreed, IdemFailOpen, IdemUnavailable, IdemCorrupt)
 	m := cfg.MeterProvider.Meter(Name)
 	var errs [7]error
 	t.operations, errs[0] = m.Int64Counter("redisservice.operations",
@@ -155,7 +156,7 @@ func New(cfg Config) (*Telemetry, error) {
 		metric.WithDescription("Rate-limit decisions (allowed, denied, fail_open, fail_closed)."),
 		metric.WithUnit("{decision}"))
 	t.idem, errs[5] = m.Int64Counter("redisservice.idempotency.requests",
-		metric.WithDescription("Requests with an Idempotency-Key by outcome (stored, replayed, conflict, mismatch, freed, fail_open, unavailable)."),
+		metric.WithDescription("Requests with an Idempotency-Key by outcome (stored, replayed, conflict, mismatch, freed, fail_open, unavailable, corrupt)."),
 		metric.WithUnit("{request}"))
 	t.lock, errs[6] = m.Int64Counter("redisservice.lock.requests",
 		metric.WithDescription("Lock calls that Redis answered, by operation and outcome (acquired, held, refreshed, released, lost)."),
