@@ -138,8 +138,8 @@ func (h *scripts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proc
 }
 
 // TestLockThatWaitsIsOneOperation: a Lock that tries several times
-// before the holder lets go is one operation and one span, each try an
-// event of it.
+// before the holder lets go is one operation, one lock outcome
+// (acquired) and one span, each try an event of it.
 func TestLockThatWaitsIsOneOperation(t *testing.T) {
 	t.Parallel()
 	o := newObserved(t, redisservice.Options{})
@@ -167,6 +167,12 @@ func TestLockThatWaitsIsOneOperation(t *testing.T) {
 		"redisservice.op=unlock,redisservice.outcome=ok":  1,
 		"redisservice.op=lock,redisservice.outcome=ok":    1,
 	}, o.sums(t, "redisservice.operations"))
+	// The tries that found the lock held are not outcomes of their own.
+	assert.Equal(t, map[string]int64{
+		"redisservice.lock.outcome=acquired,redisservice.op=trylock": 1,
+		"redisservice.lock.outcome=released,redisservice.op=unlock":  1,
+		"redisservice.lock.outcome=acquired,redisservice.op=lock":    1,
+	}, o.sums(t, "redisservice.lock.requests"))
 	var locks []sdktrace.ReadOnlySpan
 	for _, s := range o.spans.Ended() {
 		if s.Name() == "redisservice.lock" {
