@@ -73,7 +73,8 @@ const (
 //
 // A 5xx response, a panic (which goes on after the key is freed) or a
 // handler that did not return is not kept: the key is freed, and a retry
-// runs again. The in-flight mark is a 30 s lease, renewed while the
+// runs again. A stored response that does not decode is dropped and
+// answered 409 (counted as "corrupt"); the retry runs again. The in-flight mark is a 30 s lease, renewed while the
 // handler runs, so a dead instance's mark expires. A request costs one
 // round trip to claim its key (or read the stored response) and one to
 // store the response. When Redis cannot be asked, the request is answered
@@ -183,6 +184,7 @@ func (h *idemHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		// A record that does not decode is no one's response: free it.
 		rec.free(ctx, "D"+rec.fp+stored)
+		h.s.tel.Idempotency(ctx, telemetry.IdemCorrupt)
 		writeProblem(w, http.StatusConflict, "the stored response for this "+h.cfg.Header+" was unreadable and is dropped; retry")
 	case code == claimConflict:
 		h.s.tel.Idempotency(ctx, telemetry.IdemConflict)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/vevurn/redisservice/internal/telemetry"
 )
 
 // Lock is a lock on one key held through [Service.TryLock] or
@@ -47,8 +49,10 @@ const (
 // [ErrInvalidTTL]. A request re-sent after a lost reply takes the lock
 // once, with one token. A call that fails after its request was sent may
 // leave the lock taken, until ttl, by no one.
-func (s *Service) TryLock(ctx context.Context, key string, ttl time.Duration) (*Lock, error) {
+func (s *Service) TryLock(ctx context.Context, key string, ttl time.Duration) (_ *Lock, err error) {
 	const op = "trylock"
+	ctx, scope := s.tel.Begin(ctx, op, key)
+	defer scope.End(ctx, &err)
 	l, err := s.newLock(op, key, ttl)
 	if err != nil {
 		return nil, err
@@ -57,8 +61,10 @@ func (s *Service) TryLock(ctx context.Context, key string, ttl time.Duration) (*
 		return nil, err
 	}
 	if l.token == 0 {
+		s.tel.LockOutcome(ctx, telemetry.LockHeld)
 		return nil, wrapOp(op, key, ErrLockHeld)
 	}
+	s.tel.LockOutcome(ctx, telemetry.LockAcquired)
 	return l, nil
 }
 
@@ -86,19 +92,16 @@ func (s *Service) Lock(ctx context.Context, key string, ttl time.Duration) (_ *L
 			return nil, err
 		}
 		if l.token != 0 {
+			s.tel.LockOutcome(ctx, telemetry.LockAcquired)
 			return l, nil
 		}
 		wait := pause
 		if held > 0 && held < wait {
 			wait = held
 		}
-		wait = wait/2 + rand.N(wait/2+1)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, wait/2+rand.N(wait/2+1)) {
+			s.tel.LockOutcome(ctx, telemetry.LockHeld)
 			return nil, wrapOp(op, key, ctx.Err())
-		case <-t.C:
 		}
 		pause = min(2*pause, lockBackoffMax)
 	}
@@ -113,20 +116,42 @@ func (l *Lock) Token() int64 { return l.token }
 // this lock was taken. A lock that expired and that no one took since is
 // taken again, with the same token: no other holder could have relied on
 // it in between.
-func (l *Lock) Refresh(ctx context.Context, ttl time.Duration) error {
+func (l *Lock) Refresh(ctx context.Context, ttl time.Duration) (err error) {
 	const op = "refreshlock"
+	ctx, scope := l.s.tel.Begin(ctx, op, l.key)
+	defer scope.End(ctx, &err)
 	if err := checkTTL(ttl); err != nil {
 		return invalid(op, l.key, err)
 	}
-	return l.run(ctx, op, refreshLockScript, ttl.Milliseconds())
+	return l.run(ctx, op, telemetry.LockRefreshed, refreshLockScript, ttl.Milliseconds())
 }
 
 // Unlock releases the lock, in one round trip, if this holder still has
 // it: it never releases another holder's lock, and then fails with
 // [ErrLockLost]. A lock that expired and that no one took since is free
 // already: Unlock returns nil, and so does a repeated Unlock.
-func (l *Lock) Unlock(ctx context.Context) error {
-	return l.run(ctx, "unlock", unlockScript)
+func (l *Lock) Unlock(ctx context.Context) (err error) {
+	const op = "unlock"
+	ctx, scope := l.s.tel.Begin(ctx, op, l.key)
+	defer scope.End(ctx, &err)
+	return l.run(ctx, op, telemetry.LockReleased, unlockScript)
+}
+
+// sleep waits for d, and reports whether it did: false when ctx ended,
+// before or during the wait (a ctx that ended during a try never loses
+// the race to a timer that fired meanwhile).
+func sleep(ctx context.Context, d time.Duration) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // newLock validates TryLock's arguments and returns an unheld Lock with a
@@ -183,8 +208,8 @@ func (s *Service) acquire(ctx context.Context, op string, l *Lock, ttl time.Dura
 }
 
 // run runs script, a compare-and-something of l, which replies 1 when l
-// held the lock, else 0.
-func (l *Lock) run(ctx context.Context, op string, script *redis.Script, args ...any) error {
+// held the lock, else 0, and records the lock outcome: done, or lost.
+func (l *Lock) run(ctx context.Context, op, done string, script *redis.Script, args ...any) error {
 	args = append([]any{l.value, l.token}, args...)
 	n, err := call(l.s, ctx, op, l.key, func(ctx context.Context) (int64, error) {
 		return script.Run(ctx, l.s.rdb, []string{l.lock, l.fence}, args...).Int64()
@@ -193,8 +218,10 @@ func (l *Lock) run(ctx context.Context, op string, script *redis.Script, args ..
 	case err != nil:
 		return err
 	case n != 1:
+		l.s.tel.LockOutcome(ctx, telemetry.LockLost)
 		return wrapOp(op, l.key, ErrLockLost)
 	}
+	l.s.tel.LockOutcome(ctx, done)
 	return nil
 }
 

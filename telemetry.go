@@ -43,9 +43,17 @@ func newTelemetry(opts Options, rdb redis.UniversalClient) (*telemetry.Telemetry
 		PoolStats:      rdb.PoolStats,
 		Outcome:        outcomeOf,
 		ErrorType:      errorType,
-		Absent:         func(err error) bool { return errors.Is(err, ErrNotFound) },
+		Absent:         notThere,
 		Unkeyed:        opCause,
 	})
+}
+
+// notThere reports an error that means Redis answered and the thing asked
+// for is not there: a remembered not-found, or a lock held by another
+// holder or lost to one. A scoped call that returns one counts as a miss,
+// as SET NX that finds the key does, and its span is not an error.
+func notThere(err error) bool {
+	return errors.Is(err, ErrNotFound) || errors.Is(err, ErrLockHeld) || errors.Is(err, ErrLockLost)
 }
 
 // observe is call with a span and measurements around it.

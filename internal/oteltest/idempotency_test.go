@@ -14,8 +14,9 @@ import (
 
 // TestIdempotencyOutcomes: every outcome of a request under the
 // Idempotency-Key middleware is counted once, under its name: stored,
-// replayed, mismatch (422), conflict (409), freed (a 5xx), and with Redis
-// gone unavailable (503) or, with FailOpen, fail_open.
+// replayed, mismatch (422), conflict (409), freed (a 5xx), corrupt (a
+// stored response that does not decode: 409), and with Redis gone
+// unavailable (503) or, with FailOpen, fail_open.
 func TestIdempotencyOutcomes(t *testing.T) {
 	t.Parallel()
 	o := newObserved(t, redisservice.Options{Timeout: 300 * time.Millisecond, MaxRetries: -1})
@@ -54,17 +55,31 @@ func TestIdempotencyOutcomes(t *testing.T) {
 	close(release)
 	require.Equal(t, http.StatusCreated, <-slow, "the held request")
 
+	// A stored response that no longer decodes (junk written over it) is
+	// dropped and answered 409, counted as corrupt; the retry runs again.
+	require.Equal(t, http.StatusCreated, post(guarded, "/pay", "k6", "a"), "first request")
+	const record = "idem:0::k6"
+	stored, err := o.mr.Get(record)
+	require.NoError(t, err)
+	require.Greater(t, len(stored), 65, "the stored record")
+	require.Equal(t, byte('D'), stored[0], "the stored record")
+	require.NoError(t, o.mr.Set(record, stored[:65]+"not a stored response"))
+	require.Equal(t, http.StatusConflict, post(guarded, "/pay", "k6", "a"), "an undecodable record")
+	require.False(t, o.mr.Exists(record), "the undecodable record is dropped")
+	require.Equal(t, http.StatusCreated, post(guarded, "/pay", "k6", "a"), "the retry runs again")
+
 	o.mr.Close()
 	require.Equal(t, http.StatusServiceUnavailable, post(guarded, "/pay", "k4", "a"), "Redis gone")
 	require.Equal(t, http.StatusCreated, post(open, "/pay", "k5", "a"), "Redis gone, FailOpen")
 
 	assert.Equal(t, map[string]int64{
-		"redisservice.idempotency.outcome=stored":      2,
+		"redisservice.idempotency.outcome=stored":      4,
 		"redisservice.idempotency.outcome=replayed":    1,
 		"redisservice.idempotency.outcome=mismatch":    1,
 		"redisservice.idempotency.outcome=conflict":    1,
 		"redisservice.idempotency.outcome=freed":       1,
 		"redisservice.idempotency.outcome=unavailable": 1,
 		"redisservice.idempotency.outcome=fail_open":   1,
+		"redisservice.idempotency.outcome=corrupt":     1,
 	}, o.sums(t, "redisservice.idempotency.requests"))
 }

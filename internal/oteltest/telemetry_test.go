@@ -25,7 +25,7 @@ import (
 // observed is a Service on miniredis with an SDK meter and tracer whose
 // output the test reads.
 type observed struct {
-	mr     *miniredis.Miniredis // nil when opts.URL named a server
+	mr     *miniredis.Miniredis // nil when opts.URL or opts.Client named a server
 	svc    *redisservice.Service
 	reader *sdkmetric.ManualReader
 	spans  *tracetest.SpanRecorder
@@ -34,7 +34,8 @@ type observed struct {
 }
 
 // newObserved starts miniredis and a Service over it with both providers;
-// opts may set more options, and a URL of its own instead of miniredis.
+// opts may set more options, and a URL or a Client of its own instead of
+// miniredis.
 func newObserved(t testing.TB, opts redisservice.Options) *observed {
 	t.Helper()
 	o := &observed{
@@ -43,7 +44,7 @@ func newObserved(t testing.TB, opts redisservice.Options) *observed {
 	}
 	o.tp = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(o.spans))
 	o.mp = sdkmetric.NewMeterProvider(sdkmetric.WithReader(o.reader))
-	if opts.URL == "" {
+	if opts.URL == "" && opts.Client == nil {
 		o.mr = miniredis.RunT(t)
 		opts.URL = "redis://" + o.mr.Addr()
 	}

@@ -12,7 +12,7 @@ import (
 )
 
 // Scope is the telemetry of one call that makes several round trips
-// (Cache, most session calls, InvalidatePattern, HealthCheck): one span
+// (Cache, most session calls, InvalidatePattern, HealthCheck, locks): one span
 // and one count for the whole call, begun at its entry and ended when it
 // returns. Its round trips find the scope in their ctx ([ScopeOf]) and
 // record each as an event of the scope's span ([Scope.RoundTrip])
@@ -25,6 +25,7 @@ type Scope struct {
 	start     time.Time
 	missed    atomic.Bool // a round trip answered nil
 	result    string      // the Cache result, set by the goroutine that began the scope
+	lock      string      // the lock outcome, set by the goroutine that began the scope
 }
 
 // scopeKey is the ctx key of the current *Scope.
@@ -119,6 +120,9 @@ func (sc *Scope) finish(ctx context.Context, out, errType string, err error) {
 		sc.span.SetAttributes(o.spanAttrs[out]...)
 		if sc.result != "" {
 			sc.span.SetAttributes(attribute.String("redisservice.cache.result", sc.result))
+		}
+		if sc.lock != "" {
+			sc.span.SetAttributes(attribute.String("redisservice.lock.outcome", sc.lock))
 		}
 		if err != nil {
 			sc.span.SetAttributes(attribute.String("error.type", errType))

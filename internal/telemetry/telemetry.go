@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -57,7 +58,21 @@ const (
 	IdemFreed       = "freed"       // a 5xx, a panic or an unfinished handler: the key is freed
 	IdemFailOpen    = "fail_open"   // Redis gave no answer; run unprotected (FailOpen)
 	IdemUnavailable = "unavailable" // Redis gave no answer; answered 503
+	IdemCorrupt     = "corrupt"     // the stored response did not decode: dropped, answered 409
 )
+
+// Outcomes of a lock call that Redis answered: the values of
+// redisservice.lock.outcome, counted with the call's redisservice.op.
+const (
+	LockAcquired  = "acquired"  // TryLock or Lock took the lock
+	LockHeld      = "held"      // TryLock found another holder; Lock's ctx ended while one held it
+	LockRefreshed = "refreshed" // Refresh: the holder still had it, its TTL is set again
+	LockReleased  = "released"  // Unlock: the holder had it (or it expired untaken); it is free
+	LockLost      = "lost"      // Refresh or Unlock: another holder has taken the key since
+)
+
+// lockOutcomes are the Lock constants.
+var lockOutcomes = [...]string{LockAcquired, LockHeld, LockRefreshed, LockReleased, LockLost}
 
 // Config is what [New] needs: the providers, and what the caller's
 // errors mean. Outcome and ErrorType are required when a provider is set.
@@ -87,6 +102,7 @@ type Telemetry struct {
 	cache      metric.Int64Counter
 	ratelimit  metric.Int64Counter
 	idem       metric.Int64Counter
+	lock       metric.Int64Counter
 	pool       metric.Registration // the pool gauges' callback, unregistered by Close
 
 	ops       sync.Map                      // op string -> *opTelemetry
@@ -98,11 +114,15 @@ type Telemetry struct {
 // opTelemetry is what one op records with, built once per op so that a
 // call allocates nothing for its attributes.
 type opTelemetry struct {
+	op        string
 	spanName  string
 	spanStart []trace.SpanStartOption
 	outcomes  map[string][]metric.AddOption   // by outcome
 	spanAttrs map[string][]attribute.KeyValue // by outcome
 	duration  []metric.RecordOption
+	// lock holds the options by lock outcome, built on the op's first
+	// lock outcome; only lock calls have them.
+	lock atomic.Pointer[map[string][]metric.AddOption]
 }
 
 // New returns the telemetry of cfg, or nil when neither provider is set.
@@ -119,9 +139,9 @@ func New(cfg Config) (*Telemetry, error) {
 	}
 	t.results = attributeOptions("redisservice.cache.result", CacheHit, CacheLocalHit, CacheMiss, CacheStale, CacheNotFound)
 	t.decisions = attributeOptions("redisservice.ratelimit.decision", decisionAllowed, decisionDenied, decisionFailOpen, decisionFailClosed)
-	t.idemOuts = attributeOptions("redisservice.idempotency.outcome", IdemStored, IdemReplayed, IdemConflict, IdemMismatch, IdemFreed, IdemFailOpen, IdemUnavailable)
+	t.idemOuts = attributeOptions("redisservice.idempotency.outcome", IdemStored, IdemReplayed, IdemConflict, IdemMismatch, IdemFreed, IdemFailOpen, IdemUnavailable, IdemCorrupt)
 	m := cfg.MeterProvider.Meter(Name)
-	var errs [6]error
+	var errs [7]error
 	t.operations, errs[0] = m.Int64Counter("redisservice.operations",
 		metric.WithDescription("Calls by operation and final outcome (ok, miss, error, fallback), one per call whatever its round trips."),
 		metric.WithUnit("{operation}"))
@@ -136,7 +156,10 @@ func New(cfg Config) (*Telemetry, error) {
 		metric.WithDescription("Rate-limit decisions (allowed, denied, fail_open, fail_closed)."),
 		metric.WithUnit("{decision}"))
 	t.idem, errs[5] = m.Int64Counter("redisservice.idempotency.requests",
-		metric.WithDescription("Requests with an Idempotency-Key by outcome (stored, replayed, conflict, mismatch, freed, fail_open, unavailable)."),
+		metric.WithDescription("Requests with an Idempotency-Key by outcome (stored, replayed, conflict, mismatch, freed, fail_open, unavailable, corrupt)."),
+		metric.WithUnit("{request}"))
+	t.lock, errs[6] = m.Int64Counter("redisservice.lock.requests",
+		metric.WithDescription("Lock calls that Redis answered, by operation and outcome (acquired, held, refreshed, released, lost)."),
 		metric.WithUnit("{request}"))
 	t.pool, errs[4] = registerPool(m, cfg.PoolStats)
 	if err := errors.Join(errs[:]...); err != nil {
@@ -208,6 +231,7 @@ func (t *Telemetry) forOp(op string) *opTelemetry {
 		return v.(*opTelemetry)
 	}
 	o := &opTelemetry{
+		op:       op,
 		spanName: "redisservice." + op,
 		spanStart: []trace.SpanStartOption{
 			trace.WithSpanKind(trace.SpanKindClient),
@@ -327,6 +351,39 @@ func (t *Telemetry) Idempotency(ctx context.Context, outcome string) {
 		return
 	}
 	t.idem.Add(orBackground(ctx), 1, t.idemOuts[outcome]...)
+}
+
+// LockOutcome counts one lock call that Redis answered by outcome (one of
+// the Lock constants) and its op, and sets the outcome on the call's span.
+// ctx must be in the call's [Scope]; outside one it does nothing.
+func (t *Telemetry) LockOutcome(ctx context.Context, outcome string) {
+	if t == nil {
+		return
+	}
+	sc := ScopeOf(ctx)
+	if sc == nil {
+		return
+	}
+	sc.lock = outcome
+	if t.lock != nil {
+		t.lock.Add(ctx, 1, sc.o.lockOptions(outcome)...)
+	}
+}
+
+// lockOptions returns the options that carry o's op and the lock outcome
+// out. Two first calls may both build them; either result is the same.
+func (o *opTelemetry) lockOptions(out string) []metric.AddOption {
+	m := o.lock.Load()
+	if m == nil {
+		built := make(map[string][]metric.AddOption, len(lockOutcomes))
+		for _, v := range lockOutcomes {
+			built[v] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(
+				attribute.String("redisservice.op", o.op), attribute.String("redisservice.lock.outcome", v)))}
+		}
+		o.lock.CompareAndSwap(nil, &built)
+		m = o.lock.Load()
+	}
+	return (*m)[out]
 }
 
 // attributeOptions returns, by value, the options that carry the
