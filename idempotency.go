@@ -74,10 +74,11 @@ const (
 // A 5xx response, a panic (which goes on after the key is freed) or a
 // handler that did not return is not kept: the key is freed, and a retry
 // runs again. A stored response that does not decode is dropped and
-// answered 409 (counted as "corrupt"); the retry runs again. The in-flight mark is a 30 s lease, renewed while the
-// handler runs, so a dead instance's mark expires. A request costs one
-// round trip to claim its key (or read the stored response) and one to
-// store the response. When Redis cannot be asked, the request is answered
+// answered 409 ("corrupt"); a response that could not be stored (a Redis
+// error, or the lease lost) was still sent ("store_failed"): either way a
+// retry runs again. The in-flight mark is a 30 s lease, renewed while the
+// handler runs. A request costs one round trip to claim its key (or read
+// the stored response) and one to store the response. When Redis cannot be asked, the request is answered
 // 503 with Retry-After, or with FailOpen runs unprotected. It panics, when
 // called, on a negative TTL or MaxBodyBytes. Detail: docs/idempotency-and-locks.md.
 func (s *Service) IdempotencyMiddleware(cfg IdempotencyConfig) func(http.Handler) http.Handler {
@@ -211,6 +212,10 @@ func (h *idemHandler) run(w http.ResponseWriter, r *http.Request, rec *idemRecor
 		if finished && cw.status() < 500 {
 			if rec.store(ctx, cw.encode(), h.cfg.TTL) == nil {
 				h.s.tel.Idempotency(ctx, telemetry.IdemStored)
+			} else {
+				// The client has its response, but a retry will not
+				// replay it: it may run the handler again.
+				h.s.tel.Idempotency(ctx, telemetry.IdemStoreFailed)
 			}
 			return
 		}

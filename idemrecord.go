@@ -2,7 +2,6 @@ package redisservice
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -63,7 +62,11 @@ func (rec *idemRecord) store(ctx context.Context, response string, ttl time.Dura
 		return idemStoreScript.Run(ctx, s.rdb, []string{s.key(rec.id)}, rec.fp, rec.owner, response, ttl.Milliseconds()).Int64()
 	})
 	if err == nil && n != 1 {
-		err = s.fail(ctx, op, rec.key, errors.New("redisservice: the in-flight lease expired before the response was stored"))
+		// Redis answered: a lost lease says nothing of its health, so it
+		// is logged but does not mark Redis down (as s.fail would).
+		err = wrapOp(op, rec.key, fmt.Errorf("%w: the in-flight lease expired before the response was stored", ErrLockLost))
+		s.stats.errors.Add(1)
+		s.logFailure(ctx, op, rec.key, err)
 	}
 	return err
 }
