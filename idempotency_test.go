@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -348,4 +349,47 @@ func TestIdempotencyScope(t *testing.T) {
 		assert.Equal(t, int64(4), c.runs.Load(), "handler runs")
 		assert.Equal(t, alice.Body.String(), as("alice", "k").Body.String())
 	})
+}
+
+// TestIdempotencyStoredHead: the head of a stored response is written
+// byte for byte as encoding/json writes it (sorted keys, escaping, nil and
+// empty values, the headers left out), so records stay readable by every
+// version of the middleware sharing the Redis.
+func TestIdempotencyStoredHead(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		status int
+		header http.Header
+	}{
+		{"none", 201, nil},
+		{"empty", 200, http.Header{}},
+		{"only left out", 204, http.Header{"Set-Cookie": {"a=b"}, "Connection": {"close"}}},
+		{"plain", 201, http.Header{"Content-Type": {"application/json"}, "X-B": {"1", "2"}, "Location": {"/p/1"}}},
+		{"nil and empty values", 200, http.Header{"Date": nil, "X-Empty": {}, "X-Blank": {""}}},
+		{"escaped", 422, http.Header{"X-Html": {"<a href=\"x\">&</a>"}, "X-Ctl": {"a\tb\x00\x7f"}, "X-Utf8": {"é\u2028", "\xff"}, "x-lower\\": {"\\"}}},
+		{"many", 200, func() http.Header {
+			h := http.Header{}
+			for i := range 40 {
+				h.Set(fmt.Sprintf("X-H%02d", 40-i), strconv.Itoa(i))
+			}
+			h.Set("Transfer-Encoding", "chunked")
+			return h
+		}()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			want := tt.header.Clone()
+			for k := range want {
+				if notKept(k) {
+					delete(want, k)
+				}
+			}
+			head, err := json.Marshal(storedResponse{Status: tt.status, Header: want})
+			require.NoError(t, err)
+			var b strings.Builder
+			writeHead(&b, tt.status, tt.header)
+			assert.Equal(t, string(head)+"\n", b.String(), "writeHead(%d, %v)", tt.status, tt.header)
+		})
+	}
 }

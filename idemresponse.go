@@ -1,25 +1,27 @@
 package redisservice
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 )
 
-// captureWriter passes a response through and keeps a copy of it.
+// captureWriter passes a response through and keeps a copy of it in its
+// stored form: its head, a newline, its body.
 type captureWriter struct {
 	http.ResponseWriter
-	code   int         // 0 until WriteHeader
-	header http.Header // the headers as they were sent
-	body   bytes.Buffer
+	code int             // 0 until WriteHeader
+	out  strings.Builder // the stored form, from WriteHeader on
 }
 
 func (c *captureWriter) WriteHeader(code int) {
 	if c.code == 0 && code >= 200 {
 		c.code = code
-		c.header = c.ResponseWriter.Header().Clone()
+		// The headers as they are sent: later changes are not sent.
+		writeHead(&c.out, code, c.ResponseWriter.Header())
 	}
 	c.ResponseWriter.WriteHeader(code)
 }
@@ -28,7 +30,7 @@ func (c *captureWriter) Write(b []byte) (int, error) {
 	if c.code == 0 {
 		c.WriteHeader(http.StatusOK)
 	}
-	c.body.Write(b)
+	c.out.Write(b)
 	return c.ResponseWriter.Write(b)
 }
 
@@ -51,17 +53,89 @@ type storedResponse struct {
 }
 
 // encode returns the response as stored: its head, a newline, its body.
+// Call it once the handler has returned.
 func (c *captureWriter) encode() string {
-	header := c.header
-	if header == nil {
-		header = c.ResponseWriter.Header().Clone()
+	if c.code == 0 {
+		c.code = http.StatusOK
+		writeHead(&c.out, c.code, c.ResponseWriter.Header())
 	}
-	for _, h := range []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding",
-		"Upgrade", "Te", "Trailer", "Proxy-Authenticate", "Proxy-Authorization", "Set-Cookie"} {
-		header.Del(h)
+	return c.out.String()
+}
+
+// notKept reports whether header k is one a stored response leaves out:
+// the hop-by-hop ones and Set-Cookie.
+func notKept(k string) bool {
+	switch k {
+	case "Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding",
+		"Upgrade", "Te", "Trailer", "Proxy-Authenticate", "Proxy-Authorization", "Set-Cookie":
+		return true
 	}
-	head, _ := json.Marshal(storedResponse{Status: c.status(), Header: header})
-	return string(head) + "\n" + c.body.String()
+	return false
+}
+
+// writeHead writes a stored response's head and its newline to b: the
+// JSON of storedResponse{status, h without the headers notKept}, exactly
+// as encoding/json writes it (keys sorted, HTML escaped), without its
+// reflection and without copying h.
+func writeHead(b *strings.Builder, status int, h http.Header) {
+	var small [16]string // most responses have fewer headers
+	keys := small[:0]
+	size := 16
+	for k, v := range h {
+		if !notKept(k) {
+			keys = append(keys, k)
+			size += len(k) + 8
+			for _, s := range v {
+				size += len(s) + 3
+			}
+		}
+	}
+	b.Grow(size + 512) // and a small body
+	var num [20]byte
+	b.WriteString(`{"s":`)
+	b.Write(strconv.AppendInt(num[:0], int64(status), 10))
+	if len(keys) > 0 {
+		slices.Sort(keys)
+		b.WriteString(`,"h":{`)
+		for i, k := range keys {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			writeJSONString(b, k)
+			b.WriteByte(':')
+			v := h[k]
+			if v == nil {
+				b.WriteString("null")
+				continue
+			}
+			b.WriteByte('[')
+			for j, s := range v {
+				if j > 0 {
+					b.WriteByte(',')
+				}
+				writeJSONString(b, s)
+			}
+			b.WriteByte(']')
+		}
+		b.WriteByte('}')
+	}
+	b.WriteString("}\n")
+}
+
+// writeJSONString writes s as encoding/json does: as it is between quotes
+// when it needs no escaping (printable ASCII but for the quote, the
+// backslash and <, > and &), else through encoding/json.
+func writeJSONString(b *strings.Builder, s string) {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always encodes
+			b.Write(q)
+			return
+		}
+	}
+	b.WriteByte('"')
+	b.WriteString(s)
+	b.WriteByte('"')
 }
 
 // replay writes a stored response, and reports whether it decoded.
