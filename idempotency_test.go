@@ -364,7 +364,7 @@ func TestIdempotencyStoredHead(t *testing.T) {
 	}{
 		{"none", 201, nil},
 		{"empty", 200, http.Header{}},
-		{"only left out", 204, http.Header{"Set-Cookie": {"a=b"}, "Connection": {"close"}}},
+		{"only left out", 200, http.Header{"Set-Cookie": {"a=b"}, "Connection": {"close"}}},
 		{"plain", 201, http.Header{"Content-Type": {"application/json"}, "X-B": {"1", "2"}, "Location": {"/p/1"}}},
 		{"nil and empty values", 200, http.Header{"Date": nil, "X-Empty": {}, "X-Blank": {""}}},
 		{"escaped", 422, http.Header{"X-Html": {"<a href=\"x\">&</a>"}, "X-Ctl": {"a\tb\x00\x7f"}, "X-Utf8": {"é\u2028", "\xff"}, "x-lower\\": {"\\"}}},
@@ -390,6 +390,57 @@ func TestIdempotencyStoredHead(t *testing.T) {
 			var b strings.Builder
 			writeHead(&b, tt.status, tt.header)
 			assert.Equal(t, string(head)+"\n", b.String(), "writeHead(%d, %v)", tt.status, tt.header)
+
+			// And it is replayed as encoding/json reads it.
+			w := httptest.NewRecorder()
+			require.True(t, replay(w, b.String()+"body"), "replay(%q)", b.String())
+			var sr storedResponse
+			require.NoError(t, json.Unmarshal(head, &sr))
+			if sr.Header == nil {
+				sr.Header = http.Header{}
+			}
+			sr.Header.Set(idemReplayHeader, "true")
+			assert.Equal(t, sr.Header, w.Header(), "replayed headers")
+			assert.Equal(t, tt.status, w.Code, "replayed status")
+			assert.Equal(t, "body", w.Body.String(), "replayed body")
 		})
+	}
+}
+
+// TestIdempotencyReplayHeadForms: a stored head in another form than the
+// one written (spaces, escapes, field order) is still read, through
+// encoding/json, and one that is not a head is refused.
+func TestIdempotencyReplayHeadForms(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		head   string
+		ok     bool
+		status int
+		header http.Header
+	}{
+		{`{"s":201,"h":{"A":["x","y"],"B":null}}`, true, 201, http.Header{"A": {"x", "y"}, "B": nil}},
+		{`{ "h": {"A": ["x"]}, "s": 202 }`, true, 202, http.Header{"A": {"x"}}},
+		{`{"s":200,"h":{"A":["\u003cb\u003e"]}}`, true, 200, http.Header{"A": {"<b>"}}},
+		{`{"s":200,"h":{"A":["x"],"A":["y"]}}`, true, 200, http.Header{"A": {"y"}}},
+		{`{"s":200,"h":{}}`, true, 200, http.Header{}},
+		{`{"s":200,"h":{"A":["x"]}`, false, 0, nil},
+		{`{"s":200}x`, false, 0, nil},
+		{`{"s":099}`, false, 0, nil},
+		{`{"s":1000}`, false, 0, nil},
+		{`{"s":"200"}`, false, 0, nil},
+		{`{"s":200,"h":{"A":"x"}}`, false, 0, nil},
+		{`{"s":200,"h":{"A":["x\ty"]}}`, true, 200, http.Header{"A": {"x\ty"}}},
+	}
+	for _, tt := range tests {
+		w := httptest.NewRecorder()
+		ok := replay(w, tt.head+"\nbody")
+		require.Equal(t, tt.ok, ok, "replay(%q)", tt.head)
+		if !ok {
+			assert.Empty(t, w.Header(), "replay(%q) headers", tt.head)
+			continue
+		}
+		tt.header.Set(idemReplayHeader, "true")
+		assert.Equal(t, tt.header, w.Header(), "replay(%q) headers", tt.head)
+		assert.Equal(t, tt.status, w.Code, "replay(%q) status", tt.head)
 	}
 }

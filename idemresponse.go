@@ -141,16 +141,130 @@ func writeJSONString(b *strings.Builder, s string) {
 // replay writes a stored response, and reports whether it decoded.
 func replay(w http.ResponseWriter, stored string) bool {
 	head, body, ok := strings.Cut(stored, "\n")
-	var sr storedResponse
-	if !ok || json.Unmarshal([]byte(head), &sr) != nil || sr.Status < 100 || sr.Status > 999 {
+	if !ok {
 		return false
 	}
 	h := w.Header()
-	for k, v := range sr.Header {
-		h[k] = v
+	status, n, ok := scanHead(head, nil, nil)
+	if ok && status >= 100 && status <= 999 {
+		// One backing array for every value; each header's slice is
+		// capped so that appending to one never writes into the next.
+		scanHead(head, h, make([]string, 0, n))
+	} else {
+		var sr storedResponse
+		if json.Unmarshal([]byte(head), &sr) != nil || sr.Status < 100 || sr.Status > 999 {
+			return false
+		}
+		status = sr.Status
+		for k, v := range sr.Header {
+			h[k] = v
+		}
 	}
 	h.Set(idemReplayHeader, "true")
-	w.WriteHeader(sr.Status)
+	w.WriteHeader(status)
 	_, _ = io.WriteString(w, body)
 	return true
+}
+
+// scanHead reads a stored head written in writeHead's plain form (no
+// escapes, no spaces), without encoding/json: it returns the status and
+// the number of header values, or false for any other form, which
+// encoding/json then reads. With h, it also sets the headers in h, with
+// values appended to vals (which must have room for them).
+func scanHead(head string, h http.Header, vals []string) (status, n int, ok bool) {
+	p := headScanner{s: head}
+	if !p.lit(`{"s":`) {
+		return 0, 0, false
+	}
+	if status, ok = p.status(); !ok {
+		return 0, 0, false
+	}
+	if p.lit(`}`) {
+		return status, 0, p.i == len(p.s)
+	}
+	if !p.lit(`,"h":{`) {
+		return 0, 0, false
+	}
+	for first := true; !p.lit(`}`); first = false {
+		if !first && !p.lit(`,`) {
+			return 0, 0, false
+		}
+		k, ok := p.str()
+		if !ok || !p.lit(`:`) {
+			return 0, 0, false
+		}
+		if p.lit(`null`) {
+			if h != nil {
+				h[k] = nil
+			}
+			continue
+		}
+		if !p.lit(`[`) {
+			return 0, 0, false
+		}
+		from := len(vals)
+		for j := 0; !p.lit(`]`); j++ {
+			if j > 0 && !p.lit(`,`) {
+				return 0, 0, false
+			}
+			v, ok := p.str()
+			if !ok {
+				return 0, 0, false
+			}
+			n++
+			if h != nil {
+				vals = append(vals, v)
+			}
+		}
+		if h != nil {
+			h[k] = vals[from:len(vals):len(vals)]
+		}
+	}
+	return status, n, p.lit(`}`) && p.i == len(p.s)
+}
+
+// headScanner reads a stored head from left to right.
+type headScanner struct {
+	s string
+	i int // the next byte to read
+}
+
+// lit reads lit if it is next.
+func (p *headScanner) lit(lit string) bool {
+	if !strings.HasPrefix(p.s[p.i:], lit) {
+		return false
+	}
+	p.i += len(lit)
+	return true
+}
+
+// status reads a status: one to three digits, the first not 0.
+func (p *headScanner) status() (int, bool) {
+	v, j := 0, p.i
+	for ; j < len(p.s) && j-p.i < 3 && p.s[j] >= '0' && p.s[j] <= '9'; j++ {
+		v = v*10 + int(p.s[j]-'0')
+	}
+	if j == p.i || p.s[p.i] == '0' {
+		return 0, false
+	}
+	p.i = j
+	return v, true
+}
+
+// str reads a JSON string of printable ASCII without escapes.
+func (p *headScanner) str() (string, bool) {
+	if !p.lit(`"`) {
+		return "", false
+	}
+	for j := p.i; j < len(p.s); j++ {
+		switch c := p.s[j]; {
+		case c == '"':
+			v := p.s[p.i:j]
+			p.i = j + 1
+			return v, true
+		case c < 0x20 || c > 0x7e || c == '\\':
+			return "", false
+		}
+	}
+	return "", false
 }
