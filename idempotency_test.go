@@ -444,3 +444,27 @@ func TestIdempotencyReplayHeadForms(t *testing.T) {
 		assert.Equal(t, tt.status, w.Code, "replay(%q) status", tt.head)
 	}
 }
+
+// TestIdempotencyLeaseLost: a handler whose lease is lost (another
+// request's mark written over it) still answers; its response is not
+// stored over the other's mark, and Redis, which answered, is not taken
+// for down: the next request is answered from Redis (422 against the
+// other's mark), not 503.
+func TestIdempotencyLeaseLost(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		raw := b.raw("idem:0::k")
+		other := "R" + strings.Repeat("0", 64) + "another"
+		var setErr error
+		h := s.IdempotencyMiddleware(IdempotencyConfig{})(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			setErr = b.client.Set(ctx, raw, other, time.Minute).Err()
+			w.WriteHeader(http.StatusCreated)
+		}))
+		require.Equal(t, http.StatusCreated, send(h, http.MethodPost, "/pay", "k", "5").Code, "lease lost")
+		require.NoError(t, setErr)
+		assert.Equal(t, other, b.client.Get(ctx, raw).Val(), "the other's mark")
+		assert.Equal(t, http.StatusUnprocessableEntity, send(h, http.MethodPost, "/pay", "k", "5").Code, "after a lost lease")
+	})
+}
