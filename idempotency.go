@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -74,10 +75,11 @@ const (
 // A 5xx response, a panic (which goes on after the key is freed) or a
 // handler that did not return is not kept: the key is freed, and a retry
 // runs again. A stored response that does not decode is dropped and
-// answered 409 (counted as "corrupt"); the retry runs again. The in-flight mark is a 30 s lease, renewed while the
-// handler runs, so a dead instance's mark expires. A request costs one
-// round trip to claim its key (or read the stored response) and one to
-// store the response. When Redis cannot be asked, the request is answered
+// answered 409 ("corrupt"); a response that could not be stored (a Redis
+// error, or the lease lost) was still sent ("store_failed"): either way a
+// retry runs again. The in-flight mark is a 30 s lease, renewed while the
+// handler runs. A request costs one round trip to claim its key (or read
+// the stored response) and one to store the response. When Redis cannot be asked, the request is answered
 // 503 with Retry-After, or with FailOpen runs unprotected. It panics, when
 // called, on a negative TTL or MaxBodyBytes. Detail: docs/idempotency-and-locks.md.
 func (s *Service) IdempotencyMiddleware(cfg IdempotencyConfig) func(http.Handler) http.Handler {
@@ -90,7 +92,8 @@ func (s *Service) IdempotencyMiddleware(cfg IdempotencyConfig) func(http.Handler
 		methods[strings.ToUpper(m)] = true
 	}
 	return func(next http.Handler) http.Handler {
-		return &idemHandler{s: s, cfg: cfg, methods: methods, next: next}
+		return &idemHandler{s: s, cfg: cfg, methods: methods, next: next,
+			leaseArg: cfg.lease.Milliseconds(), ttlArg: cfg.TTL.Milliseconds()}
 	}
 }
 
@@ -120,6 +123,9 @@ type idemHandler struct {
 	cfg     IdempotencyConfig
 	methods map[string]bool // read-only
 	next    http.Handler
+
+	// The scripts' arguments, boxed once: the lease and TTL in ms.
+	leaseArg, ttlArg any
 }
 
 func (h *idemHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -145,30 +151,29 @@ func (h *idemHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusRequestEntityTooLarge, "the request body is larger than this endpoint accepts with an "+h.cfg.Header)
 		return
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, h.cfg.MaxBodyBytes+1))
+	buf, prefix, err := readRequest(r, h.cfg.MaxBodyBytes)
 	if err != nil {
 		writeProblem(w, http.StatusBadRequest, "the request body could not be read")
 		return
 	}
-	if int64(len(body)) > h.cfg.MaxBodyBytes {
+	if int64(len(buf)-prefix) > h.cfg.MaxBodyBytes {
 		writeProblem(w, http.StatusRequestEntityTooLarge, "the request body is larger than this endpoint accepts with an "+h.cfg.Header)
 		return
 	}
-	r.Body = io.NopCloser(bytes.NewReader(body))
+	// One allocation holds the request's state: its record, the body
+	// the handler reads, the captured response and the lease's renewal.
+	req := &idemRequest{}
+	req.body.Reset(buf[prefix:])
+	r.Body = &req.body
 
 	scope := ""
 	if h.cfg.Scope != nil {
 		scope = h.cfg.Scope(r)
 	}
-	rec := idemRecord{
-		s:     h.s,
-		key:   key,
-		id:    idemPrefix + strconv.Itoa(len(scope)) + ":" + scope + ":" + key,
-		fp:    fingerprint(r, body),
-		owner: ownerID(),
-	}
+	rec := &req.rec
+	rec.init(h.s, key, idemPrefix+strconv.Itoa(len(scope))+":"+scope+":"+key, fingerprint(buf), ownerID())
 	ctx := r.Context()
-	code, stored, err := rec.claim(ctx, h.cfg.lease)
+	code, stored, err := rec.claim(ctx, h.leaseArg)
 	switch {
 	case err != nil && h.cfg.FailOpen:
 		h.s.tel.Idempotency(ctx, telemetry.IdemFailOpen)
@@ -193,24 +198,29 @@ func (h *idemHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.s.tel.Idempotency(ctx, telemetry.IdemMismatch)
 		writeProblem(w, http.StatusUnprocessableEntity, "this "+h.cfg.Header+" was used with a different request")
 	default:
-		h.run(w, r, &rec)
+		h.run(w, r, req)
 	}
 }
 
 // run runs the handler for a claimed key, renewing the lease meanwhile,
 // and stores its response, or frees the key.
-func (h *idemHandler) run(w http.ResponseWriter, r *http.Request, rec *idemRecord) {
-	cw := &captureWriter{ResponseWriter: w}
-	stop := rec.keepLease(h.cfg.lease)
+func (h *idemHandler) run(w http.ResponseWriter, r *http.Request, req *idemRequest) {
+	rec, cw := &req.rec, &req.cw
+	cw.ResponseWriter = w
+	req.lease.start(rec, h.cfg.lease, h.leaseArg)
 	finished := false
 	defer func() {
-		stop()
+		req.lease.stop()
 		// The request's ctx may have ended with its client; the record
 		// must still be stored or freed.
 		ctx := context.WithoutCancel(r.Context())
 		if finished && cw.status() < 500 {
-			if rec.store(ctx, cw.encode(), h.cfg.TTL) == nil {
+			if rec.store(ctx, cw.encode(), h.ttlArg) == nil {
 				h.s.tel.Idempotency(ctx, telemetry.IdemStored)
+			} else {
+				// The client has its response, but a retry will not
+				// replay it: it may run the handler again.
+				h.s.tel.Idempotency(ctx, telemetry.IdemStoreFailed)
 			}
 			return
 		}
@@ -221,6 +231,20 @@ func (h *idemHandler) run(w http.ResponseWriter, r *http.Request, rec *idemRecor
 	h.next.ServeHTTP(cw, r)
 	finished = true
 }
+
+// idemRequest is the state of one request with a key, allocated once.
+type idemRequest struct {
+	rec   idemRecord
+	body  bodyReader    // the request's body, as the handler reads it
+	cw    captureWriter // the handler's ResponseWriter
+	lease leaseKeeper
+}
+
+// bodyReader is a request body read into memory.
+type bodyReader struct{ bytes.Reader }
+
+// Close does nothing: the body is in memory.
+func (*bodyReader) Close() error { return nil }
 
 // parseIdemKey returns the key of the header's values: one value, a
 // structured-field string or a bare token, of 1 to idemMaxKey printable
@@ -258,16 +282,49 @@ func parseIdemKey(values []string) (string, bool) {
 	return v, true
 }
 
+// readRequest reads r's body, after at most max bytes, into a buffer that
+// begins with what fingerprint digests before it: r's method, a zero
+// byte, its target (path and query) and a zero byte, prefix bytes in all.
+// The body is buf[prefix:], max+1 bytes long when it is longer than max.
+func readRequest(r *http.Request, max int64) (buf []byte, prefix int, err error) {
+	uri := r.URL.RequestURI()
+	prefix = len(r.Method) + 1 + len(uri) + 1
+	size := int64(512)
+	if r.ContentLength >= 0 && r.ContentLength <= max {
+		size = r.ContentLength + 1 // room for the read that finds the end
+	}
+	buf = make([]byte, 0, int64(prefix)+size)
+	buf = append(buf, r.Method...)
+	buf = append(buf, 0)
+	buf = append(buf, uri...)
+	buf = append(buf, 0)
+	if r.Body == nil {
+		return buf, prefix, nil
+	}
+	limit := prefix + int(min(max, math.MaxInt-int64(prefix)-1)) + 1
+	for len(buf) < limit {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Body.Read(buf[len(buf):min(cap(buf), limit)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, prefix, nil
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+	}
+	return buf, prefix, nil
+}
+
 // fingerprint is the hex SHA-256 of what makes a request the same
-// request: its method, target (path and query) and body.
-func fingerprint(r *http.Request, body []byte) string {
-	h := sha256.New()
-	io.WriteString(h, r.Method)
-	h.Write([]byte{0})
-	io.WriteString(h, r.URL.RequestURI())
-	h.Write([]byte{0})
-	h.Write(body)
-	return hex.EncodeToString(h.Sum(nil))
+// request, as readRequest lays it out: its method, target and body.
+func fingerprint(buf []byte) string {
+	sum := sha256.Sum256(buf)
+	var fp [2 * sha256.Size]byte
+	hex.Encode(fp[:], sum[:])
+	return string(fp[:])
 }
 
 // problem is an RFC 9457 problem details object.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -347,5 +348,123 @@ func TestIdempotencyScope(t *testing.T) {
 		require.Equal(t, http.StatusCreated, as("alice", "k:x").Code)
 		assert.Equal(t, int64(4), c.runs.Load(), "handler runs")
 		assert.Equal(t, alice.Body.String(), as("alice", "k").Body.String())
+	})
+}
+
+// TestIdempotencyStoredHead: the head of a stored response is written
+// byte for byte as encoding/json writes it (sorted keys, escaping, nil and
+// empty values, the headers left out), so records stay readable by every
+// version of the middleware sharing the Redis.
+func TestIdempotencyStoredHead(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		status int
+		header http.Header
+	}{
+		{"none", 201, nil},
+		{"empty", 200, http.Header{}},
+		{"only left out", 200, http.Header{"Set-Cookie": {"a=b"}, "Connection": {"close"}}},
+		{"plain", 201, http.Header{"Content-Type": {"application/json"}, "X-B": {"1", "2"}, "Location": {"/p/1"}}},
+		{"nil and empty values", 200, http.Header{"Date": nil, "X-Empty": {}, "X-Blank": {""}}},
+		{"escaped", 422, http.Header{"X-Html": {"<a href=\"x\">&</a>"}, "X-Ctl": {"a\tb\x00\x7f"}, "X-Utf8": {"é\u2028", "\xff"}, "x-lower\\": {"\\"}}},
+		{"many", 200, func() http.Header {
+			h := http.Header{}
+			for i := range 40 {
+				h.Set(fmt.Sprintf("X-H%02d", 40-i), strconv.Itoa(i))
+			}
+			h.Set("Transfer-Encoding", "chunked")
+			return h
+		}()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			want := tt.header.Clone()
+			for k := range want {
+				if notKept(k) {
+					delete(want, k)
+				}
+			}
+			head, err := json.Marshal(storedResponse{Status: tt.status, Header: want})
+			require.NoError(t, err)
+			var b strings.Builder
+			writeHead(&b, tt.status, tt.header)
+			assert.Equal(t, string(head)+"\n", b.String(), "writeHead(%d, %v)", tt.status, tt.header)
+
+			// And it is replayed as encoding/json reads it.
+			w := httptest.NewRecorder()
+			require.True(t, replay(w, b.String()+"body"), "replay(%q)", b.String())
+			var sr storedResponse
+			require.NoError(t, json.Unmarshal(head, &sr))
+			if sr.Header == nil {
+				sr.Header = http.Header{}
+			}
+			sr.Header.Set(idemReplayHeader, "true")
+			assert.Equal(t, sr.Header, w.Header(), "replayed headers")
+			assert.Equal(t, tt.status, w.Code, "replayed status")
+			assert.Equal(t, "body", w.Body.String(), "replayed body")
+		})
+	}
+}
+
+// TestIdempotencyReplayHeadForms: a stored head in another form than the
+// one written (spaces, escapes, field order) is still read, through
+// encoding/json, and one that is not a head is refused.
+func TestIdempotencyReplayHeadForms(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		head   string
+		ok     bool
+		status int
+		header http.Header
+	}{
+		{`{"s":201,"h":{"A":["x","y"],"B":null}}`, true, 201, http.Header{"A": {"x", "y"}, "B": nil}},
+		{`{ "h": {"A": ["x"]}, "s": 202 }`, true, 202, http.Header{"A": {"x"}}},
+		{`{"s":200,"h":{"A":["\u003cb\u003e"]}}`, true, 200, http.Header{"A": {"<b>"}}},
+		{`{"s":200,"h":{"A":["x"],"A":["y"]}}`, true, 200, http.Header{"A": {"y"}}},
+		{`{"s":200,"h":{}}`, true, 200, http.Header{}},
+		{`{"s":200,"h":{"A":["x"]}`, false, 0, nil},
+		{`{"s":200}x`, false, 0, nil},
+		{`{"s":099}`, false, 0, nil},
+		{`{"s":1000}`, false, 0, nil},
+		{`{"s":"200"}`, false, 0, nil},
+		{`{"s":200,"h":{"A":"x"}}`, false, 0, nil},
+		{`{"s":200,"h":{"A":["x\ty"]}}`, true, 200, http.Header{"A": {"x\ty"}}},
+	}
+	for _, tt := range tests {
+		w := httptest.NewRecorder()
+		ok := replay(w, tt.head+"\nbody")
+		require.Equal(t, tt.ok, ok, "replay(%q)", tt.head)
+		if !ok {
+			assert.Empty(t, w.Header(), "replay(%q) headers", tt.head)
+			continue
+		}
+		tt.header.Set(idemReplayHeader, "true")
+		assert.Equal(t, tt.header, w.Header(), "replay(%q) headers", tt.head)
+		assert.Equal(t, tt.status, w.Code, "replay(%q) status", tt.head)
+	}
+}
+
+// TestIdempotencyLeaseLost: a handler whose lease is lost (another
+// request's mark written over it) still answers; its response is not
+// stored over the other's mark, and Redis, which answered, is not taken
+// for down: the next request is answered from Redis (422 against the
+// other's mark), not 503.
+func TestIdempotencyLeaseLost(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		s := b.service(t, Options{})
+		ctx := ctxT(t)
+		raw := b.raw("idem:0::k")
+		other := "R" + strings.Repeat("0", 64) + "another"
+		var setErr error
+		h := s.IdempotencyMiddleware(IdempotencyConfig{})(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			setErr = b.client.Set(ctx, raw, other, time.Minute).Err()
+			w.WriteHeader(http.StatusCreated)
+		}))
+		require.Equal(t, http.StatusCreated, send(h, http.MethodPost, "/pay", "k", "5").Code, "lease lost")
+		require.NoError(t, setErr)
+		assert.Equal(t, other, b.client.Get(ctx, raw).Val(), "the other's mark")
+		assert.Equal(t, http.StatusUnprocessableEntity, send(h, http.MethodPost, "/pay", "k", "5").Code, "after a lost lease")
 	})
 }

@@ -2,7 +2,6 @@ package redisservice
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -22,23 +21,38 @@ const (
 // lease), "D<fp><response>" once its response is stored.
 type idemRecord struct {
 	s     *Service
-	key   string // the Idempotency-Key, for errors and logs
-	id    string // the record's key, before the prefix
-	fp    string // the request's fingerprint, 64 hex digits
-	owner string // this request's owner id
+	key   string    // the Idempotency-Key, for errors and logs
+	keys  [1]string // the record's key in Redis, as the scripts take it
+	fp    string    // the request's fingerprint, 64 hex digits
+	owner string    // this request's owner id
+
+	// The scripts' arguments, boxed once for every round trip: claim's,
+	// and store's, whose third is the response.
+	claimArgs [3]any
+	storeArgs [4]any
+}
+
+// init sets up the record of the request of fingerprint fp, by owner, at
+// id (before the key prefix).
+func (rec *idemRecord) init(s *Service, key, id, fp, owner string) {
+	rec.s, rec.key, rec.fp, rec.owner = s, key, fp, owner
+	rec.keys[0] = s.key(id)
+	rec.claimArgs[0], rec.claimArgs[1] = fp, owner
+	rec.storeArgs[0], rec.storeArgs[1] = rec.claimArgs[0], rec.claimArgs[1]
 }
 
 // running is the record's value while this request runs.
 func (rec *idemRecord) running() string { return "R" + rec.fp + rec.owner }
 
-// claim takes the key for this request with a lease, or reports what
-// holds it: one round trip. With claimReplay it returns the stored
-// response.
-func (rec *idemRecord) claim(ctx context.Context, lease time.Duration) (int64, string, error) {
+// claim takes the key for this request with a lease of leaseMS (int64 ms),
+// or reports what holds it: one round trip. With claimReplay it returns
+// the stored response.
+func (rec *idemRecord) claim(ctx context.Context, leaseMS any) (int64, string, error) {
 	const op = "idempotency"
 	s := rec.s
+	rec.claimArgs[2] = leaseMS
 	reply, err := call(s, ctx, op, rec.key, func(ctx context.Context) ([]any, error) {
-		return idemClaimScript.Run(ctx, s.rdb, []string{s.key(rec.id)}, rec.fp, rec.owner, lease.Milliseconds()).Slice()
+		return idemClaimScript.Run(ctx, s.rdb, rec.keys[:], rec.claimArgs[:]...).Slice()
 	})
 	if err != nil {
 		return 0, "", err
@@ -54,16 +68,21 @@ func (rec *idemRecord) claim(ctx context.Context, lease time.Duration) (int64, s
 	return code, "", nil
 }
 
-// store keeps the response for ttl, if this request still holds the key:
-// one round trip.
-func (rec *idemRecord) store(ctx context.Context, response string, ttl time.Duration) error {
+// store keeps the response for ttlMS (int64 ms), if this request still
+// holds the key: one round trip.
+func (rec *idemRecord) store(ctx context.Context, response string, ttlMS any) error {
 	const op = "idempotency"
 	s := rec.s
+	rec.storeArgs[2], rec.storeArgs[3] = response, ttlMS
 	n, err := call(s, ctx, op, rec.key, func(ctx context.Context) (int64, error) {
-		return idemStoreScript.Run(ctx, s.rdb, []string{s.key(rec.id)}, rec.fp, rec.owner, response, ttl.Milliseconds()).Int64()
+		return idemStoreScript.Run(ctx, s.rdb, rec.keys[:], rec.storeArgs[:]...).Int64()
 	})
 	if err == nil && n != 1 {
-		err = s.fail(ctx, op, rec.key, errors.New("redisservice: the in-flight lease expired before the response was stored"))
+		// Redis answered: a lost lease says nothing of its health, so it
+		// is logged but does not mark Redis down (as s.fail would).
+		err = wrapOp(op, rec.key, fmt.Errorf("%w: the in-flight lease expired before the response was stored", ErrLockLost))
+		s.stats.errors.Add(1)
+		s.logFailure(ctx, op, rec.key, err)
 	}
 	return err
 }
@@ -72,34 +91,65 @@ func (rec *idemRecord) store(ctx context.Context, response string, ttl time.Dura
 func (rec *idemRecord) free(ctx context.Context, value string) {
 	s := rec.s
 	_, _ = call(s, ctx, "idempotency", rec.key, func(ctx context.Context) (int64, error) {
-		return idemFreeScript.Run(ctx, s.rdb, []string{s.key(rec.id)}, value).Int64()
+		return idemFreeScript.Run(ctx, s.rdb, rec.keys[:], value).Int64()
 	})
 }
 
-// keepLease renews the lease every third of it until the returned
-// function is called; that function returns once renewals have stopped.
-func (rec *idemRecord) keepLease(lease time.Duration) (stop func()) {
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	s := rec.s
-	wg.Go(func() {
-		t := time.NewTicker(lease / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-			}
-			_, _ = call(s, context.Background(), "idempotency", rec.key, func(ctx context.Context) (int64, error) {
-				return idemRenewScript.Run(ctx, s.rdb, []string{s.key(rec.id)}, rec.running(), lease.Milliseconds()).Int64()
-			})
-		}
-	})
-	return func() {
-		close(done)
-		wg.Wait()
+// leaseKeeper renews a record's lease every third of it, from start until
+// stop, on a timer rather than a goroutine of its own. The zero value is
+// ready for start.
+type leaseKeeper struct {
+	rec     *idemRecord
+	every   time.Duration
+	leaseMS any
+	t       *time.Timer
+	// wg counts the pending timer or the running renewal: at most one.
+	wg sync.WaitGroup
+	mu sync.Mutex // guards stopped and the timer's re-arming
+	// stopped is set by stop; no renewal starts after it.
+	stopped bool
+}
+
+// start starts renewing rec's lease (of leaseMS int64 ms) every third of
+// lease.
+func (k *leaseKeeper) start(rec *idemRecord, lease time.Duration, leaseMS any) {
+	k.rec, k.every, k.leaseMS = rec, lease/3, leaseMS
+	k.wg.Add(1)
+	k.mu.Lock() // the first renewal may run before AfterFunc returns
+	k.t = time.AfterFunc(k.every, k.renew)
+	k.mu.Unlock()
+}
+
+// renew renews the lease once, and re-arms the timer unless stopped.
+func (k *leaseKeeper) renew() {
+	defer k.wg.Done()
+	k.mu.Lock()
+	stopped := k.stopped
+	k.mu.Unlock()
+	if stopped {
+		return
 	}
+	rec, s := k.rec, k.rec.s
+	_, _ = call(s, context.Background(), "idempotency", rec.key, func(ctx context.Context) (int64, error) {
+		return idemRenewScript.Run(ctx, s.rdb, rec.keys[:], rec.running(), k.leaseMS).Int64()
+	})
+	k.mu.Lock()
+	if !k.stopped {
+		k.wg.Add(1) // while this renewal still counts: never from zero during stop's Wait
+		k.t.Reset(k.every)
+	}
+	k.mu.Unlock()
+}
+
+// stop stops the renewals, and returns once none runs.
+func (k *leaseKeeper) stop() {
+	k.mu.Lock()
+	k.stopped = true
+	if k.t.Stop() {
+		k.wg.Done() // the pending renewal will not run
+	}
+	k.mu.Unlock()
+	k.wg.Wait()
 }
 
 // idemClaimScript claims KEYS[1] for the request of fingerprint ARGV[1]

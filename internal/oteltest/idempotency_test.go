@@ -15,8 +15,9 @@ import (
 // TestIdempotencyOutcomes: every outcome of a request under the
 // Idempotency-Key middleware is counted once, under its name: stored,
 // replayed, mismatch (422), conflict (409), freed (a 5xx), corrupt (a
-// stored response that does not decode: 409), and with Redis gone
-// unavailable (503) or, with FailOpen, fail_open.
+// stored response that does not decode: 409), store_failed (the lease
+// lost, or Redis gone, before the response was stored), and with Redis
+// gone unavailable (503) or, with FailOpen, fail_open.
 func TestIdempotencyOutcomes(t *testing.T) {
 	t.Parallel()
 	o := newObserved(t, redisservice.Options{Timeout: 300 * time.Millisecond, MaxRetries: -1})
@@ -29,6 +30,12 @@ func TestIdempotencyOutcomes(t *testing.T) {
 		case "/fail":
 			w.WriteHeader(http.StatusBadGateway)
 			return
+		case "/steal":
+			// The lease is lost while the handler runs: the store finds
+			// another's mark.
+			o.mr.Set("idem:0::"+r.Header.Get("Idempotency-Key"), "R"+strings.Repeat("0", 64)+"another")
+		case "/stop":
+			o.mr.Close() // Redis is gone before the store
 		}
 		w.WriteHeader(http.StatusCreated)
 		_, _ = w.Write([]byte(`{"id":"pay_1"}`))
@@ -68,18 +75,24 @@ func TestIdempotencyOutcomes(t *testing.T) {
 	require.False(t, o.mr.Exists(record), "the undecodable record is dropped")
 	require.Equal(t, http.StatusCreated, post(guarded, "/pay", "k6", "a"), "the retry runs again")
 
-	o.mr.Close()
+	// A response that could not be stored has been sent all the same, and
+	// is counted as store_failed: the lease lost, or Redis gone.
+	require.Equal(t, http.StatusCreated, post(guarded, "/steal", "k7", "a"), "lease lost")
+	require.Equal(t, http.StatusUnprocessableEntity, post(guarded, "/steal", "k7", "a"), "the other request's mark stays, and Redis is not taken for down")
+	require.Equal(t, http.StatusCreated, post(guarded, "/stop", "k8", "a"), "Redis gone mid-handler")
+
 	require.Equal(t, http.StatusServiceUnavailable, post(guarded, "/pay", "k4", "a"), "Redis gone")
 	require.Equal(t, http.StatusCreated, post(open, "/pay", "k5", "a"), "Redis gone, FailOpen")
 
 	assert.Equal(t, map[string]int64{
-		"redisservice.idempotency.outcome=stored":      4,
-		"redisservice.idempotency.outcome=replayed":    1,
-		"redisservice.idempotency.outcome=mismatch":    1,
-		"redisservice.idempotency.outcome=conflict":    1,
-		"redisservice.idempotency.outcome=freed":       1,
-		"redisservice.idempotency.outcome=unavailable": 1,
-		"redisservice.idempotency.outcome=fail_open":   1,
-		"redisservice.idempotency.outcome=corrupt":     1,
+		"redisservice.idempotency.outcome=stored":       4,
+		"redisservice.idempotency.outcome=store_failed": 2,
+		"redisservice.idempotency.outcome=replayed":     1,
+		"redisservice.idempotency.outcome=mismatch":     2,
+		"redisservice.idempotency.outcome=conflict":     1,
+		"redisservice.idempotency.outcome=freed":        1,
+		"redisservice.idempotency.outcome=unavailable":  1,
+		"redisservice.idempotency.outcome=fail_open":    1,
+		"redisservice.idempotency.outcome=corrupt":      1,
 	}, o.sums(t, "redisservice.idempotency.requests"))
 }

@@ -51,14 +51,15 @@ const (
 // Outcomes of a request under the Idempotency-Key middleware: the values
 // of redisservice.idempotency.outcome.
 const (
-	IdemStored      = "stored"      // the handler ran; its response is kept
-	IdemReplayed    = "replayed"    // a stored response was replayed
-	IdemConflict    = "conflict"    // 409: the same request is in flight
-	IdemMismatch    = "mismatch"    // 422: the key was used with another request
-	IdemFreed       = "freed"       // a 5xx, a panic or an unfinished handler: the key is freed
-	IdemFailOpen    = "fail_open"   // Redis gave no answer; run unprotected (FailOpen)
-	IdemUnavailable = "unavailable" // Redis gave no answer; answered 503
-	IdemCorrupt     = "corrupt"     // the stored response did not decode: dropped, answered 409
+	IdemStored      = "stored"       // the handler ran; its response is kept
+	IdemReplayed    = "replayed"     // a stored response was replayed
+	IdemConflict    = "conflict"     // 409: the same request is in flight
+	IdemMismatch    = "mismatch"     // 422: the key was used with another request
+	IdemFreed       = "freed"        // a 5xx, a panic or an unfinished handler: the key is freed
+	IdemFailOpen    = "fail_open"    // Redis gave no answer; run unprotected (FailOpen)
+	IdemUnavailable = "unavailable"  // Redis gave no answer; answered 503
+	IdemCorrupt     = "corrupt"      // the stored response did not decode: dropped, answered 409
+	IdemStoreFailed = "store_failed" // the handler ran, but its response could not be kept (a Redis error, or the lease was lost)
 )
 
 // Outcomes of a lock call that Redis answered: the values of
@@ -139,7 +140,7 @@ func New(cfg Config) (*Telemetry, error) {
 	}
 	t.results = attributeOptions("redisservice.cache.result", CacheHit, CacheLocalHit, CacheMiss, CacheStale, CacheNotFound)
 	t.decisions = attributeOptions("redisservice.ratelimit.decision", decisionAllowed, decisionDenied, decisionFailOpen, decisionFailClosed)
-	t.idemOuts = attributeOptions("redisservice.idempotency.outcome", IdemStored, IdemReplayed, IdemConflict, IdemMismatch, IdemFreed, IdemFailOpen, IdemUnavailable, IdemCorrupt)
+	t.idemOuts = attributeOptions("redisservice.idempotency.outcome", IdemStored, IdemReplayed, IdemConflict, IdemMismatch, IdemFreed, IdemFailOpen, IdemUnavailable, IdemCorrupt, IdemStoreFailed)
 	m := cfg.MeterProvider.Meter(Name)
 	var errs [7]error
 	t.operations, errs[0] = m.Int64Counter("redisservice.operations",
@@ -156,7 +157,7 @@ func New(cfg Config) (*Telemetry, error) {
 		metric.WithDescription("Rate-limit decisions (allowed, denied, fail_open, fail_closed)."),
 		metric.WithUnit("{decision}"))
 	t.idem, errs[5] = m.Int64Counter("redisservice.idempotency.requests",
-		metric.WithDescription("Requests with an Idempotency-Key by outcome (stored, replayed, conflict, mismatch, freed, fail_open, unavailable, corrupt)."),
+		metric.WithDescription("Requests with an Idempotency-Key by outcome (stored, replayed, conflict, mismatch, freed, fail_open, unavailable, corrupt, store_failed)."),
 		metric.WithUnit("{request}"))
 	t.lock, errs[6] = m.Int64Counter("redisservice.lock.requests",
 		metric.WithDescription("Lock calls that Redis answered, by operation and outcome (acquired, held, refreshed, released, lost)."),
