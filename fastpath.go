@@ -103,7 +103,30 @@ func (s *Service) processOn(ctx context.Context, rdb redis.UniversalClient, ap *
 		// hand-off to the autopipeliner's flusher.
 		return rdb.Process(ctx, cmd)
 	}
+	if ap = s.openPipeliner(rdb, ap); ap == nil {
+		return rdb.Process(ctx, cmd)
+	}
 	return ap.Submit(ctx, cmd).WaitContext(ctx)
+}
+
+// openPipeliner returns ap, or when ap is closed while rdb is not, rdb's
+// deferred autopipeliner now (go-redis makes a new one), nil when rdb has
+// none. The owner of a client passed in may close the autopipeliner
+// go-redis shares with them, keeping the client open: its calls must not
+// then fail with redis.ErrClosed, nor take Redis for down.
+func (s *Service) openPipeliner(rdb redis.UniversalClient, ap *redis.AutoPipeliner) *redis.AutoPipeliner {
+	if !ap.IsClosed() {
+		return ap
+	}
+	c, ok := rdb.(asyncPipeliner)
+	if !ok {
+		return nil
+	}
+	ap, err := c.AsyncAutoPipelineWithOptions(s.fastPathOptions())
+	if err != nil {
+		return nil // rdb is closed: its Process says so
+	}
+	return ap
 }
 
 // processAll is process for several commands that go together (Cache's
@@ -117,7 +140,7 @@ func (s *Service) processAll(ctx context.Context, rdb redis.UniversalClient, ap 
 	if ap != nil {
 		n := s.inFlight.Add(1)
 		defer s.inFlight.Add(-1)
-		if n > 1 || s.opts.AutoPipeline {
+		if ap = s.openPipeliner(rdb, ap); ap != nil && (n > 1 || s.opts.AutoPipeline) {
 			var buf [4]redis.AutoFuture
 			futures := buf[:0]
 			for _, cmd := range cmds {
