@@ -52,6 +52,33 @@ func (s *Service) startFastPath() error {
 	return nil
 }
 
+// closeClient closes rdb, which New dialled, waiting for it no longer
+// than Options.Timeout. go-redis's Close first tries every command queued
+// in the autopipeliner, one batch after another, each with its retries:
+// against a stalled server that takes up to 30 seconds. The callers of
+// those commands have their answer by then (each is bounded by its ctx
+// and Timeout); Close then returns an error, and the client finishes
+// closing in the background.
+func (s *Service) closeClient() error {
+	if s.ap == nil {
+		defer close(s.clientClosed)
+		return s.rdb.Close()
+	}
+	done := make(chan error, 1)
+	go func() {
+		defer close(s.clientClosed)
+		done <- s.rdb.Close()
+	}()
+	t := time.NewTimer(s.opts.Timeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("redisservice: close: the client still sends queued commands after %v: %w", s.opts.Timeout, context.DeadlineExceeded)
+	}
+}
+
 // fastPathOptions returns the autopipeliner's configuration: go-redis's
 // default for the deferred face (half-duplex, one ordered batch in flight,
 // no flush delay, batches of up to 200 commands), with the queue bounded.

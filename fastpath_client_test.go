@@ -1,8 +1,11 @@
 package redisservice
 
 import (
+	"context"
 	"fmt"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -38,4 +41,37 @@ func TestPassedInClientsAutopipelinerClosedByItsOwner(t *testing.T) {
 		st := s.Stats()
 		assert.True(t, st.Errors == 0 && st.Connected, "Stats() = %+v; want no errors and Connected", st)
 	})
+}
+
+// Close of a Service whose Redis stalls while calls are queued in the
+// autopipeliner returns within its Timeout, as it does without the
+// autopipeliner: go-redis's own Close waits for every queued command to
+// be tried against the stalled server, up to 30 seconds.
+func TestCloseWithCallsQueuedBehindAStalledServer(t *testing.T) {
+	t.Parallel()
+	const timeout = 2 * time.Second
+	s := dialled(t, "redis://"+stalledServer(t), Options{Timeout: timeout, AutoPipeline: true})
+	require.NotNil(t, s.ap, "the Service has no autopipeliner")
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for range 64 {
+		wg.Go(func() {
+			_, _, err := s.Get(context.Background(), "k")
+			assert.Error(t, err, "Get on a stalled server")
+		})
+	}
+	waitFor(t, "64 calls in flight", func() bool { return s.inFlight.Load() == 64 })
+
+	start := time.Now()
+	err := s.Close()
+	took := time.Since(start)
+	assert.Less(t, took, 10*timeout, "Close with 64 calls queued took %v (err %v); want it bounded by Timeout (%v)", took, err, timeout)
+	wg.Wait()
+	// The client's own close goes on until go-redis gives up on the
+	// stalled server; wait for it, so that it leaves no goroutine behind.
+	select {
+	case <-s.clientClosed:
+	case <-time.After(2 * time.Minute):
+		require.FailNow(t, "the dialled client's Close never returned")
+	}
 }
