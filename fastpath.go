@@ -52,6 +52,33 @@ func (s *Service) startFastPath() error {
 	return nil
 }
 
+// closeClient closes rdb, which New dialled, waiting for it no longer
+// than Options.Timeout. go-redis's Close first tries every command queued
+// in the autopipeliner, one batch after another, each with its retries:
+// against a stalled server that takes up to 30 seconds. The callers of
+// those commands have their answer by then (each is bounded by its ctx
+// and Timeout); Close then returns an error, and the client finishes
+// closing in the background.
+func (s *Service) closeClient() error {
+	if s.ap == nil {
+		defer close(s.clientClosed)
+		return s.rdb.Close()
+	}
+	done := make(chan error, 1)
+	go func() {
+		defer close(s.clientClosed)
+		done <- s.rdb.Close()
+	}()
+	t := time.NewTimer(s.opts.Timeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("redisservice: close: the client still sends queued commands after %v: %w", s.opts.Timeout, context.DeadlineExceeded)
+	}
+}
+
 // fastPathOptions returns the autopipeliner's configuration: go-redis's
 // default for the deferred face (half-duplex, one ordered batch in flight,
 // no flush delay, batches of up to 200 commands), with the queue bounded.
@@ -103,7 +130,30 @@ func (s *Service) processOn(ctx context.Context, rdb redis.UniversalClient, ap *
 		// hand-off to the autopipeliner's flusher.
 		return rdb.Process(ctx, cmd)
 	}
+	if ap = s.openPipeliner(rdb, ap); ap == nil {
+		return rdb.Process(ctx, cmd)
+	}
 	return ap.Submit(ctx, cmd).WaitContext(ctx)
+}
+
+// openPipeliner returns ap, or when ap is closed while rdb is not, rdb's
+// deferred autopipeliner now (go-redis makes a new one), nil when rdb has
+// none. The owner of a client passed in may close the autopipeliner
+// go-redis shares with them, keeping the client open: its calls must not
+// then fail with redis.ErrClosed, nor take Redis for down.
+func (s *Service) openPipeliner(rdb redis.UniversalClient, ap *redis.AutoPipeliner) *redis.AutoPipeliner {
+	if !ap.IsClosed() {
+		return ap
+	}
+	c, ok := rdb.(asyncPipeliner)
+	if !ok {
+		return nil
+	}
+	ap, err := c.AsyncAutoPipelineWithOptions(s.fastPathOptions())
+	if err != nil {
+		return nil // rdb is closed: its Process says so
+	}
+	return ap
 }
 
 // processAll is process for several commands that go together (Cache's
@@ -117,7 +167,7 @@ func (s *Service) processAll(ctx context.Context, rdb redis.UniversalClient, ap 
 	if ap != nil {
 		n := s.inFlight.Add(1)
 		defer s.inFlight.Add(-1)
-		if n > 1 || s.opts.AutoPipeline {
+		if ap = s.openPipeliner(rdb, ap); ap != nil && (n > 1 || s.opts.AutoPipeline) {
 			var buf [4]redis.AutoFuture
 			futures := buf[:0]
 			for _, cmd := range cmds {

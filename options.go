@@ -147,8 +147,10 @@ type Options struct {
 	// matching [redis.ErrAutoPipelineQueueFull], which does not count as
 	// Redis down. It applies to a client New dials (one node or through
 	// the sentinels) and to a *redis.Client or *redis.ClusterClient in
-	// Client (whose autopipeliner go-redis shares and closes with it).
-	// The default is false.
+	// Client (whose autopipeliner go-redis shares and closes with it, and
+	// whose settings, the queue bound included, are those of whoever asked
+	// for it first; if its owner closes it, go-redis makes the Service a
+	// new one). The default is false.
 	NoAutoPipeline bool
 
 	// ClientSideCache serves repeated reads (Get, GetJSON, Exists, HGet,

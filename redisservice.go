@@ -25,10 +25,13 @@ type Service struct {
 	ap        *redis.AutoPipeliner // rdb's deferred autopipeliner; nil without one (fastpath.go)
 	inFlight  atomic.Int64         // calls in process now
 	ownClient bool                 // Close closes rdb: New dialled it
-	cluster   bool                 // rdb is a *redis.ClusterClient
-	prefix    string
-	opts      Options
-	log       *slog.Logger
+	// clientClosed is closed when Close's close of rdb, which New dialled,
+	// has returned (fastpath.go closeClient).
+	clientClosed chan struct{}
+	cluster      bool // rdb is a *redis.ClusterClient
+	prefix       string
+	opts         Options
+	log          *slog.Logger
 
 	breaker *breaker.Breaker // whether Redis answers; fails calls fast while it does not
 
@@ -149,7 +152,7 @@ func (s *Service) dial(opts Options) error {
 	own := *ro // newClient copies ro: this copy is never a live client's
 	s.nodeOpts = &own
 	c := newClient(ro, opts) // a failover client with Options.SentinelMaster
-	s.rdb, s.ownClient = c, true
+	s.rdb, s.ownClient, s.clientClosed = c, true, make(chan struct{})
 	return nil
 }
 
@@ -183,8 +186,12 @@ func (s *Service) Connect(ctx context.Context) error {
 // Service's own background work: the local tier's tracking connections
 // and its cache's clean-up goroutine end before Close returns. [Cache]'s
 // loads in progress have their ctx cancelled, and Close waits for them to
-// return, up to [Options.Timeout]. Close is idempotent: calls after the
-// first return nil. Every other method returns [ErrClosed] afterwards.
+// return, up to [Options.Timeout]. It waits for the dialled client to
+// close up to Options.Timeout too: past it (calls queued behind a stalled
+// server), it returns an error matching [context.DeadlineExceeded] and
+// the client finishes closing in the background. Close is idempotent:
+// calls after the first return nil. Every other method returns
+// [ErrClosed] afterwards.
 func (s *Service) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
@@ -202,7 +209,7 @@ func (s *Service) Close() error {
 	s.tel.Close()
 	s.breaker.MarkDown() // starts no ping: goBackground refuses after Close
 	if s.ownClient {
-		return s.rdb.Close()
+		return s.closeClient()
 	}
 	return nil
 }
