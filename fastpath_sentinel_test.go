@@ -2,9 +2,6 @@ package redisservice
 
 import (
 	"context"
-	"fmt"
-	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,31 +25,7 @@ func TestFastPathThroughSentinel(t *testing.T) {
 			s := sentinelService(t, ss, Options{Timeout: 10 * time.Second})
 			gets := &getCounter{}
 			s.rdb.AddHook(gets)
-			ctx := ctxT(t)
-			var wg sync.WaitGroup
-			errs := make(chan error, 32)
-			for g := range 32 {
-				wg.Go(func() {
-					key := "k" + strconv.Itoa(g)
-					for i := range 20 {
-						want := fmt.Sprintf("v%d.%d", g, i)
-						if ok, err := s.Set(ctx, key, want, WithTTL(time.Minute)); !ok || err != nil {
-							errs <- fmt.Errorf("Set(%q) = %v, %v; want true, nil", key, ok, err)
-							return
-						}
-						got, found, err := s.Get(ctx, key)
-						if got != want || !found || err != nil {
-							errs <- fmt.Errorf("Get(%q) = %q, %v, %v; want %q, true, nil", key, got, found, err, want)
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				assert.NoError(t, err)
-			}
+			setGetRounds(t, s, 32, 20)
 			assert.Greater(t, gets.most.Load(), int64(1), "most keys read in one round trip")
 		})
 		t.Run("a queued call returns when its context ends", func(t *testing.T) {

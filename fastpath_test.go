@@ -24,6 +24,38 @@ import (
 // ClientSideCacheMaxStaleness set far longer.
 const cscInvalidationBound = time.Second
 
+// setGetRounds has callers goroutines each Set and then Get a key of its
+// own rounds times through s, and reports every call whose result was not
+// the one just written.
+func setGetRounds(t *testing.T, s *Service, callers, rounds int) {
+	t.Helper()
+	ctx := ctxT(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, callers)
+	for g := range callers {
+		wg.Go(func() {
+			key := "k" + strconv.Itoa(g)
+			for i := range rounds {
+				want := fmt.Sprintf("v%d.%d", g, i)
+				if ok, err := s.Set(ctx, key, want, WithTTL(time.Minute)); !ok || err != nil {
+					errs <- fmt.Errorf("Set(%q) = %v, %v; want true, nil", key, ok, err)
+					return
+				}
+				got, found, err := s.Get(ctx, key)
+				if got != want || !found || err != nil {
+					errs <- fmt.Errorf("Get(%q) = %q, %v, %v; want %q, true, nil", key, got, found, err, want)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		assert.NoError(t, err)
+	}
+}
+
 func TestAutoPipelineConcurrentCallers(t *testing.T) {
 	t.Parallel()
 	urls := map[string]string{"miniredis": "redis://" + miniredis.RunT(t).Addr()}
@@ -40,30 +72,8 @@ func TestAutoPipelineConcurrentCallers(t *testing.T) {
 					_ = deleteByPrefix(ctxT(t), s.rdb, prefix)
 				}
 			})
+			setGetRounds(t, s, 64, 20)
 			ctx := ctxT(t)
-			var wg sync.WaitGroup
-			errs := make(chan error, 64)
-			for g := range 64 {
-				wg.Go(func() {
-					for i := range 20 {
-						key, want := fmt.Sprintf("k%d", g), fmt.Sprintf("v%d.%d", g, i)
-						if ok, err := s.Set(ctx, key, want, WithTTL(time.Minute)); !ok || err != nil {
-							errs <- fmt.Errorf("Set(%q) = %v, %v; want true, nil", key, ok, err)
-							return
-						}
-						got, found, err := s.Get(ctx, key)
-						if got != want || !found || err != nil {
-							errs <- fmt.Errorf("Get(%q) = %q, %v, %v; want %q, true, nil", key, got, found, err, want)
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				assert.NoError(t, err)
-			}
 			require.NoError(t, s.HSet(ctx, "h", "f", "x"), "HSet")
 			m, err := s.HGetAll(ctx, "h")
 			assert.False(t, err != nil || m["f"] != "x", "HGetAll(h) = %v, %v; want map[f:x], nil", m, err)

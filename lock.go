@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/vevurn/redisservice/internal/deadline"
 	"github.com/vevurn/redisservice/internal/telemetry"
 )
 
@@ -99,7 +100,7 @@ func (s *Service) Lock(ctx context.Context, key string, ttl time.Duration) (_ *L
 		if held > 0 && held < wait {
 			wait = held
 		}
-		if !sleep(ctx, wait/2+rand.N(wait/2+1)) {
+		if !deadline.Sleep(ctx, wait/2+rand.N(wait/2+1)) {
 			s.tel.LockOutcome(ctx, telemetry.LockHeld)
 			return nil, wrapOp(op, key, ctx.Err())
 		}
@@ -135,23 +136,6 @@ func (l *Lock) Unlock(ctx context.Context) (err error) {
 	ctx, scope := l.s.tel.Begin(ctx, op, l.key)
 	defer scope.End(ctx, &err)
 	return l.run(ctx, op, telemetry.LockReleased, unlockScript)
-}
-
-// sleep waits for d, and reports whether it did: false when ctx ended,
-// before or during the wait (a ctx that ended during a try never loses
-// the race to a timer that fired meanwhile).
-func sleep(ctx context.Context, d time.Duration) bool {
-	if ctx.Err() != nil {
-		return false
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // newLock validates TryLock's arguments and returns an unheld Lock with a

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/vevurn/redisservice/internal/deadline"
 )
 
 // probeInterval is the least time between the starts of two background
@@ -96,7 +98,7 @@ func (b *Breaker) probeLoop(ctx context.Context) {
 				b.connected.Store(true)
 				break
 			}
-			if !sleep(ctx, probeInterval-time.Since(start)) {
+			if !deadline.Sleep(ctx, probeInterval-time.Since(start)) {
 				b.probing.Store(false)
 				return
 			}
@@ -115,21 +117,6 @@ func (b *Breaker) pingOnce(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
 	return b.ping(ctx)
-}
-
-// sleep waits for d, and reports false, at once, when ctx ends first.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // refusedError is a refused dial. It matches [syscall.ECONNREFUSED] with

@@ -145,3 +145,24 @@ func Wrap(ctx context.Context, err error) error {
 	}
 	return err
 }
+
+// Sleep waits for d and reports whether it did: false, at once, when ctx
+// has ended or ends first (a ctx that ended before the call never loses
+// the race to a timer that fired meanwhile). A d of zero or less waits
+// for nothing.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

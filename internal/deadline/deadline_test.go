@@ -231,3 +231,19 @@ func TestWrap(t *testing.T) {
 	already := fmt.Errorf("dial: %w", context.DeadlineExceeded)
 	assert.Same(t, already, Wrap(expired, already), "Wrap returns an error that already matches as it is")
 }
+
+func TestSleep(t *testing.T) {
+	t.Parallel()
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	assert.False(t, Sleep(done, 0), "Sleep(ended ctx, 0)")
+	assert.False(t, Sleep(done, time.Hour), "Sleep(ended ctx, 1h)")
+	assert.True(t, Sleep(context.Background(), -time.Second), "Sleep(ctx, -1s)")
+	start := time.Now()
+	assert.True(t, Sleep(context.Background(), 20*time.Millisecond), "Sleep(ctx, 20ms)")
+	assert.GreaterOrEqual(t, time.Since(start), 20*time.Millisecond, "Sleep(ctx, 20ms) returned early")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	go cancel()
+	assert.False(t, Sleep(ctx, time.Hour), "Sleep(ctx cancelled during the wait, 1h)")
+}
