@@ -49,7 +49,7 @@ func TestPassedInClientsAutopipelinerClosedByItsOwner(t *testing.T) {
 // be tried against the stalled server, up to 30 seconds.
 func TestCloseWithCallsQueuedBehindAStalledServer(t *testing.T) {
 	t.Parallel()
-	const timeout = 2 * time.Second
+	const timeout = 300 * time.Millisecond
 	s := dialled(t, "redis://"+stalledServer(t), Options{Timeout: timeout, AutoPipeline: true})
 	require.NotNil(t, s.ap, "the Service has no autopipeliner")
 	var wg sync.WaitGroup
